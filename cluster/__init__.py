@@ -1,0 +1,22 @@
+"""Scoring cluster core: reward models and critics that match their model cards exactly."""
+
+from cluster.batching import pad_batch, plan_batches, run_batched
+from cluster.config import ModelSpec
+from cluster.critic import CriticModel, Verdict
+from cluster.errors import (
+    ConfigError,
+    InputTooLong,
+    InvalidInput,
+    ModelFailure,
+    ModelLoadError,
+    ScoringError,
+)
+from cluster.loading import load_model
+from cluster.reward import Comparison, RewardModel, RewardResult
+from cluster.tokenization import ChatEncoder, Encoded
+
+__all__ = [
+    "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
+    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardModel", "RewardResult", "ScoringError", "Verdict",
+    "load_model", "pad_batch", "plan_batches", "run_batched",
+]

@@ -1,0 +1,151 @@
+"""Reward runner (token ids -> raw logits) and RewardModel (inputs -> scores).
+
+The score is read where HF's own single-sequence forward reads it: the last token whose id is not
+the config's pad id (so with pad == EOS, the token before a trailing EOS), or the last token when the
+config has no pad id. We compute that position from the unpadded ids ourselves, run the base model
+on the padded batch, and apply the score head only there, so padding side, pad id and batch
+composition cannot move it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cluster.batching import pad_batch, run_batched
+from cluster.config import ModelSpec
+from cluster.errors import ModelFailure
+from cluster.tokenization import ChatEncoder, Encoded, check_list, validate_judge_item
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    score: float
+    truncated: bool
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An RM's pairwise judgement: prob_a = sigmoid(reward_a - reward_b)."""
+
+    winner: str  # "A" | "B" (ties go to A)
+    prob_a: float
+    reward_a: float
+    reward_b: float
+    truncated: bool
+
+
+def read_position(ids: Sequence[int], pad_token_id: int | None) -> int:
+    """Index HF's sequence-classification forward pools at for this sequence run alone."""
+    if pad_token_id is None:
+        return len(ids) - 1
+    for j in range(len(ids) - 1, -1, -1):
+        if ids[j] != pad_token_id:
+            return j
+    return 0  # all pad: HF's argmax over a zero mask gives 0
+
+
+class ForwardRunner:
+    """Shared plumbing for runners: device, padding, budgeted batches, failures as ModelFailure."""
+
+    def __init__(self, model, *, name: str, pad_id: int, padding_side: str, max_batch_tokens: int,
+                 max_batch_size: int):
+        self.model = model
+        self.name = name
+        self.pad_id = pad_id
+        self.padding_side = padding_side
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.device = next(model.parameters()).device
+
+    def _run(self, seqs, fn, cost=len) -> list:
+        if not seqs:
+            return []
+        try:
+            with torch.inference_mode():
+                return run_batched(seqs, fn, self.max_batch_tokens, self.max_batch_size, cost=cost)
+        except torch.OutOfMemoryError as err:
+            raise ModelFailure(
+                f"model '{self.name}' ran out of memory; lower max_batch_tokens ({self.max_batch_tokens}): {err}"
+            ) from err
+        except RuntimeError as err:
+            raise ModelFailure(f"model '{self.name}' failed on a batch: {type(err).__name__}: {err}") from err
+
+    def _pad(self, seqs):
+        return pad_batch(seqs, self.pad_id, self.padding_side).to(self.device)
+
+
+class RewardRunner(ForwardRunner):
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.base = getattr(model, model.base_model_prefix)
+        self.head = model.score
+        self.score_pad_id = model.config.get_text_config().pad_token_id
+
+    def score_ids(self, seqs: Sequence[Sequence[int]]) -> list[float]:
+        """Raw logits for token-id sequences, in input order."""
+        return self._run(list(seqs), self._forward)
+
+    def _forward(self, seqs: list[Sequence[int]]) -> list[float]:
+        batch = self._pad(seqs)
+        rows = torch.arange(len(seqs), device=self.device)
+        cols = torch.tensor([off + read_position(s, self.score_pad_id) for s, off in zip(seqs, batch.offsets)],
+                            device=self.device)
+        hidden = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        logits = self.head(hidden[rows, cols])
+        return logits[:, 0].float().tolist()
+
+
+class RewardModel:
+    """A loaded reward model: `score(conversations)` -> raw logits in input order."""
+
+    kind = "reward"
+
+    def __init__(self, spec: ModelSpec, encoder: ChatEncoder, runner: RewardRunner):
+        self.spec = spec
+        self.encoder = encoder
+        self.runner = runner
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def score(self, inputs: Any) -> list[float]:
+        """Conversations (lists of {role, content}, ending with the assistant) or pre-templated
+        strings -> raw logits (higher is better), in input order."""
+        return [r.score for r in self.score_detailed(inputs)]
+
+    def score_detailed(self, inputs: Any) -> list[RewardResult]:
+        return self.score_encoded(self.encoder.encode_inputs(inputs))
+
+    def score_encoded(self, encoded: list[Encoded]) -> list[RewardResult]:
+        scores = self.runner.score_ids([e.ids for e in encoded])
+        return [RewardResult(s, e.truncated, len(e.ids)) for s, e in zip(scores, encoded)]
+
+    def compare(self, items: Any) -> list[Comparison]:
+        """Pairs {prompt, response_a, response_b} -> prob_a = sigmoid(r_a - r_b) and both rewards."""
+        checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
+        convs = []
+        for it in checked:
+            for resp in (it["response_a"], it["response_b"]):
+                convs.append([{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": resp}])
+        results = self.score_detailed(convs)
+        out = []
+        for a, b in zip(results[0::2], results[1::2]):
+            prob_a = sigmoid(a.score - b.score)
+            out.append(Comparison("A" if prob_a >= 0.5 else "B", prob_a, a.score, b.score,
+                                  a.truncated or b.truncated))
+        return out
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

@@ -1,0 +1,1 @@
+"""Ray Serve layer (ingress, tokenizer deployment, model replicas): see the Serve issue."""
