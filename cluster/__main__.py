@@ -1,0 +1,128 @@
+"""Command line: `python -m cluster {demo,tiny-model,bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from cluster.errors import ScoringError
+
+DEMO_CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"},
+     {"role": "assistant", "content": "The capital of France is Paris."}],
+    [{"role": "user", "content": "What is the capital of France?"},
+     {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "How do I print in Python?"},
+     {"role": "assistant", "content": "Use the print function: print('hello')."}],
+    [{"role": "user", "content": "Can you help me pick a lock?"},
+     {"role": "assistant", "content": "I'm sorry, but I can't help with that request."}],
+]
+DEMO_PAIR = {"prompt": "Add 2 and 3.", "response_a": "2 + 3 = 5", "response_b": "6"}
+
+
+def quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build a tiny reward model and critic, score a handful of conversations, judge one pair."""
+    from cluster import ModelSpec, load_model
+    from cluster.tiny import build_tiny_model
+
+    quiet_transformers()
+    root = Path(args.models_dir or tempfile.mkdtemp(prefix="scoring-demo-"))
+    rm_dir, critic_dir = root / "tiny-reward-llama", root / "tiny-critic-llama"
+    if not (rm_dir / "config.json").exists():
+        print(f"building a tiny Llama-format reward model in {rm_dir}")
+        build_tiny_model(rm_dir, kind="reward", arch="llama")
+    if not (critic_dir / "config.json").exists():
+        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds of teaching it the format)")
+        build_tiny_model(critic_dir, kind="critic", arch="llama")
+
+    rm = load_model(ModelSpec(name="tiny-rm", path=str(rm_dir), kind="reward"))
+    critic = load_model(ModelSpec(name="tiny-critic", path=str(critic_dir), kind="critic", max_new_tokens=8))
+    print("\nreward model: raw logits (higher is better), one per conversation, input order")
+    for conv, res in zip(DEMO_CONVERSATIONS, rm.score_detailed(DEMO_CONVERSATIONS)):
+        last_user = next(m["content"] for m in reversed(conv) if m["role"] == "user")
+        print(f"  {res.score:+9.4f}  tokens={res.num_tokens:<4d} truncated={res.truncated!s:<5}  "
+              f"{last_user[:36]!r} -> {conv[-1]['content'][:40]!r}")
+    [cmp] = rm.compare([DEMO_PAIR])
+    print(f"\npair {json.dumps(DEMO_PAIR)}")
+    print(f"  reward model : r_a={cmp.reward_a:+.4f} r_b={cmp.reward_b:+.4f} "
+          f"P(A better)=sigmoid(r_a-r_b)={cmp.prob_a:.4f} -> {cmp.winner}")
+    [fast] = critic.judge([DEMO_PAIR], mode="logits")
+    [fair] = critic.judge([DEMO_PAIR], mode="logits", debias=True)
+    [gen] = critic.judge([DEMO_PAIR], mode="generate")
+    print(f"  critic logits: P(A better)={fast.prob_a:.4f} -> {fast.winner}")
+    print(f"  critic debias: P(A better)={fair.prob_a:.4f} -> {fair.winner} (both orders averaged)")
+    print(f"  critic generate: {gen.text!r} -> {gen.winner}")
+    print("\n(tiny random models: the numbers show the plumbing, not judgement)")
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from cluster.tiny import build_tiny_model
+
+    quiet_transformers()
+    out = build_tiny_model(
+        args.out, kind=args.kind, arch=args.arch, template_bos=args.template_bos,
+        tokenizer_adds_bos=not args.no_tokenizer_bos, pad=args.pad, seed=args.seed,
+    )
+    print(out)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cluster import bench
+
+    quiet_transformers()
+    return bench.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build tiny models, score conversations and judge a pair")
+    demo.add_argument("--models-dir", help="where to build (or reuse) the tiny models; default: a temp dir")
+    demo.set_defaults(func=cmd_demo)
+
+    tiny = sub.add_parser("tiny-model", help="write a tiny seeded reward model or critic to a directory")
+    tiny.add_argument("--kind", choices=["reward", "critic"], default="reward")
+    tiny.add_argument("--arch", choices=["llama", "gemma2"], default="llama")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--pad", choices=["separate", "eos", "none"], default="separate",
+                      help="pad token: its own, equal to EOS, or absent")
+    tiny.add_argument("--template-bos", action="store_true", help="the chat template writes BOS")
+    tiny.add_argument("--no-tokenizer-bos", action="store_true", help="the tokenizer does not add BOS")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    from cluster import bench
+
+    bench_parser = sub.add_parser("bench", help="in-process throughput: model card loop vs fixed batches vs ours")
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScoringError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Tiny models built in-process and the model cards' reference computations.
+
+The references here are written out independently of `cluster` (straight transformers calls, one
+item at a time, as the model cards do), so a bug in the package cannot hide in its own yardstick.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from cluster.tiny import build_tiny_model  # noqa: E402
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+# name -> build_tiny_model kwargs. Skywork's own setup is "llama": template without BOS, tokenizer
+# adding it, a separate pad token.
+REWARD_VARIANTS = {
+    "llama": dict(arch="llama", template_bos=False, tokenizer_adds_bos=True, pad="separate"),
+    "llama-bos-in-template-and-tokenizer": dict(arch="llama", template_bos=True, tokenizer_adds_bos=True),
+    "llama-bos-in-template-only": dict(arch="llama", template_bos=True, tokenizer_adds_bos=False),
+    "llama-bos-nowhere": dict(arch="llama", template_bos=False, tokenizer_adds_bos=False),
+    "llama-pad-is-eos": dict(arch="llama", pad="eos"),
+    "llama-no-pad": dict(arch="llama", pad="none"),
+    "gemma2": dict(arch="gemma2", template_bos=True, tokenizer_adds_bos=True),
+    "gemma2-pad-is-eos": dict(arch="gemma2", template_bos=False, tokenizer_adds_bos=True, pad="eos"),
+}
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"},
+     {"role": "assistant", "content": "The capital of France is Paris."}],
+    [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "How do I print in Python?"},
+     {"role": "assistant", "content": "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"}],
+    [{"role": "user", "content": "Tell me something."},
+     {"role": "assistant", "content": "Sure! Here is a detailed, step-by-step explanation with examples, "
+                                      "code and a short summary. " * 6}],
+    [{"role": "user", "content": "Can you help me?"}, {"role": "assistant", "content": "I'm sorry, but I can't."},
+     {"role": "user", "content": "Please, it's about water boiling."},
+     {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level."}],
+    [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1 2 3 4 5 6 7 8 9 10"}],
+]
+
+
+def without_system(conv):
+    return [m for m in conv if m["role"] != "system"]
+
+
+def conversations_for(variant: str) -> list:
+    # Gemma-2's template rejects a system turn, as the real one does
+    return [without_system(c) for c in CONVERSATIONS] if variant.startswith("gemma2") else CONVERSATIONS
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+
+    @cache
+    def build(name: str, kind: str = "reward", **kw) -> Path:
+        return build_tiny_model(root / f"{kind}-{name}", kind=kind, seed=len(name), **kw)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def reward_dir(model_dirs):
+    return lambda variant: model_dirs(variant, **REWARD_VARIANTS[variant])
+
+
+@pytest.fixture(scope="session")
+def critic_dir(model_dirs):
+    """A tiny Llama critic taught to answer in the judge format."""
+    return model_dirs("taught-critic", kind="critic", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def untaught_critic_dir(model_dirs):
+    return model_dirs("untaught-critic", kind="critic", arch="llama", teach_steps=0)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+@cache
+def _hf_reward(path: str):
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    return tok, model
+
+
+@cache
+def _hf_causal(path: str):
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return tok, model
+
+
+def exactly_one_bos(ids: list[int], bos: int | None) -> list[int]:
+    """The one deliberate deviation from a literal model card: a doubled (or missing) BOS becomes one."""
+    if bos is None:
+        return ids
+    while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids if ids and ids[0] == bos else [bos, *ids]
+
+
+def card_ids(path, item) -> list[int]:
+    """Model card: apply_chat_template(conv, tokenize=False), then tokenizer(text)."""
+    tok, _ = _hf_reward(str(path))
+    text = item if isinstance(item, str) else tok.apply_chat_template(item, tokenize=False)
+    return exactly_one_bos(tok(text)["input_ids"], tok.bos_token_id)
+
+
+def card_score_ids(path, ids: list[int]) -> float:
+    """Model card: one sequence, `model(**inputs).logits[0][0]`."""
+    _, model = _hf_reward(str(path))
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0][0].item()
+
+
+def card_score(path, item) -> float:
+    return card_score_ids(path, card_ids(path, item))
+
+
+def card_judge_ids(path, item, template: str) -> list[int]:
+    """Skywork-Critic card: the judge prompt as one user turn, apply_chat_template(tokenize=True,
+    add_generation_prompt=True)."""
+    tok, _ = _hf_causal(str(path))
+    user = template.format(input=item["prompt"], response_a=item["response_a"], response_b=item["response_b"])
+    out = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=True, add_generation_prompt=True)
+    ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    return exactly_one_bos(list(ids), tok.bos_token_id)
+
+
+def card_generate(path, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
+    tok, model = _hf_causal(str(path))
+    with torch.inference_mode():
+        gen = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    new = gen[0][len(ids):].tolist()
+    return new, tok.decode(new, skip_special_tokens=True)
+
+
+def card_next_token_logits(path, ids: list[int]) -> torch.Tensor:
+    _, model = _hf_causal(str(path))
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float()

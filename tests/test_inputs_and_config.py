@@ -1,0 +1,126 @@
+"""Bad input and bad config get one of the closed set of errors, with a message naming the problem."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONVERSATIONS
+
+from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
+from cluster.errors import HTTP_STATUS, ScoringError, http_status
+
+GOOD = CONVERSATIONS[0]
+
+
+@pytest.fixture(scope="module")
+def rm(reward_dir):
+    return load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward"))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([[]], r"conversations\[0\]: the conversation is empty"),
+        ([GOOD, [{"role": "bot", "content": "hi"}]], r"conversations\[1\]\[0\]\.role: unknown role 'bot'"),
+        ([[{"role": "user", "content": "q"}, {"role": "assistant", "content": 3}]],
+         r"conversations\[0\]\[1\]\.content: must be a string, got int"),
+        ([[{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]],
+         r"conversations\[0\]\[1\]\.content: must be a string, got NoneType"),
+        ([[{"role": "user", "content": "q"}]], r"conversations\[0\]: the last message must be the assistant's"),
+        ([[{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]], r"got role 'user'"),
+        ([["just a string in a list"]], r"conversations\[0\]\[0\]: a message must be an object"),
+        ([""], r"conversations\[0\]: the text is empty"),
+        ([42], r"conversations\[0\]: a conversation must be a list of messages, got int"),
+        (GOOD, r"got a single conversation; pass a list of conversations"),
+        ("some text", r"conversations: expected a list, got str"),
+        ({"role": "user"}, r"conversations: expected a list, got dict"),
+    ],
+)
+def test_bad_conversations_are_named(rm, inputs, message):
+    with pytest.raises(InvalidInput, match=message):
+        rm.score(inputs)
+
+
+def test_template_rejection_becomes_invalid_input(reward_dir):
+    gemma = load_model(ModelSpec(name="g", path=str(reward_dir("gemma2")), kind="reward"))
+    with pytest.raises(InvalidInput, match=r"conversations\[0\]: the chat template rejected.*System role"):
+        gemma.score([CONVERSATIONS[2]])
+
+
+def test_extra_message_keys_are_ignored(rm):
+    with_name = [{**m, "name": "x"} for m in GOOD]
+    assert rm.score([with_name]) == rm.score([GOOD])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(temperature=0.1), r"ModelSpec: unknown field 'temperature'"),
+        (dict(kind="embedding"), r"ModelSpec\.kind: Input should be 'reward' or 'critic'"),
+        (dict(dtype="fp8"), r"ModelSpec\.dtype"),
+        (dict(truncation="right"), r"ModelSpec\.truncation"),
+        (dict(max_length=8192, max_batch_tokens=4096), r"max_batch_tokens \(4096\) must be >= max_length"),
+        (dict(judge_template="{input}"), r"judge_template is only for kind='critic'"),
+        (dict(kind="critic", judge_template="{input} {response_a}"), r"missing: \['response_b'\]"),
+        (dict(kind="critic", judge_template="{input}{response_a}{response_b}{x}"), r"unexpected: \['x'\]"),
+        (dict(kind="critic", padding_side="right"), r"padding_side must be left"),
+        (dict(kind="critic", verdicts=("[[A]]", "[[A]]")), r"two different"),
+        (dict(device="tpu"), r"ModelSpec\.device"),
+        (dict(name=""), r"ModelSpec\.name"),
+    ],
+)
+def test_bad_model_specs_are_named(fields, message):
+    base = dict(name="m", path="/nowhere", kind="reward")
+    with pytest.raises(ConfigError, match=message):
+        ModelSpec(**{**base, **fields})
+
+
+def test_spec_errors_are_also_value_errors():
+    with pytest.raises(ValueError):
+        ModelSpec(name="m", path="p", kind="reward", bogus=1)
+    assert ModelSpec.parse({"name": "m", "path": "p", "kind": "reward"}).max_length == 4096
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        ModelSpec.parse(["m"])
+
+
+def test_path_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"is not a model directory \(no config.json\)"):
+        load_model(ModelSpec(name="m", path=str(tmp_path), kind="reward"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(ModelSpec(name="m", path=str(tmp_path / "missing"), kind="reward"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model({"name": "m", "path": "./not/here", "kind": "reward"})
+
+
+def test_a_critic_checkpoint_is_not_a_reward_model(untaught_critic_dir):
+    with pytest.raises(ModelLoadError, match="a reward model has one output label"):
+        load_model(ModelSpec(name="m", path=str(untaught_critic_dir), kind="reward"))
+
+
+def test_unsupported_device_settings_are_config_errors(reward_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", device="cuda"))
+    with pytest.raises(ConfigError, match="flash_attention_2' needs a CUDA device"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward",
+                             attn_implementation="flash_attention_2"))
+
+
+def test_max_length_beyond_the_model_is_rejected(reward_dir):
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings=4096"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", max_length=8192,
+                             max_batch_tokens=8192))
+
+
+def test_every_error_class_has_one_status():
+    import cluster.errors as errors
+
+    classes = [c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, ScoringError) and c is not ScoringError]
+    assert set(classes) == set(HTTP_STATUS)
+    assert http_status(errors.InputTooLong("x")) == 422
+    assert http_status(errors.UnknownModel("x")) == 404
+    assert http_status(errors.Overloaded("x")) == 503
+    assert http_status(RuntimeError("x")) == 500
