@@ -1,0 +1,68 @@
+"""The command line, the README's code and the README's commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import ModelSpec, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_tiny_model_command_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "gemma-rm"
+    proc = run_cli("tiny-model", "--kind", "reward", "--arch", "gemma2", "--pad", "eos", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rm = load_model(ModelSpec(name="rm", path=str(out), kind="reward"))
+    assert rm.runner.model.config.model_type == "gemma2"
+    assert rm.runner.model.config.pad_token_id == rm.encoder.tokenizer.eos_token_id
+    [score] = rm.score([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]])
+    assert isinstance(score, float)
+
+
+def test_demo_scores_and_judges(tmp_path):
+    proc = run_cli("demo", "--models-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    scores = re.findall(r"^\s+([+-]\d+\.\d{4})\s+tokens=", proc.stdout, flags=re.M)
+    assert len(scores) == 4
+    assert re.search(r"critic logits: P\(A better\)=0\.\d{4} -> [AB]", proc.stdout)
+    assert re.search(r"critic generate: '.*' -> (A|B|None)", proc.stdout)
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_errors_are_one_line_not_a_traceback(tmp_path):
+    proc = run_cli("tiny-model", "--kind", "nonsense", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_readme_python_example_runs(tmp_path, capsys):
+    [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)[:1]
+    code = code.replace("/tmp/readme-", str(tmp_path / "readme-"))
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"^\[-?\d", printed, flags=re.M)  # the scores line
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme_cmd = re.search(r"# 2\. install and run the tests.*\n(.*)\n", README).group(1)
+    ci_cmd = ci.strip().splitlines()[-1]
+    assert readme_cmd.endswith(ci_cmd), (readme_cmd, ci_cmd)
+
+
+@pytest.mark.parametrize("field", ["max_length", "max_batch_tokens", "truncation", "judge_template"])
+def test_readme_documents_model_spec_fields(field):
+    assert field in ModelSpec.model_fields and f"`{field}`" in README
