@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from cluster.config import ModelSpec
 from cluster.errors import InvalidInput
-from cluster.reward import ForwardRunner
-from cluster.tokenization import ChatEncoder, Encoded, VerdictTokens
+from cluster.runner import ForwardRunner, LoadedModel
+from cluster.tokenization import Encoded, VerdictTokens
 
 MODES = ("logits", "generate")
 
@@ -118,19 +117,11 @@ class CriticRunner(ForwardRunner):
         return "A" if match.group(0) == self.verdicts[0] else "B"
 
 
-class CriticModel:
+class CriticModel(LoadedModel):
     """A loaded critic: `judge(items, mode, debias)` -> one Verdict per item, in input order."""
 
     kind = "critic"
-
-    def __init__(self, spec: ModelSpec, encoder: ChatEncoder, runner: CriticRunner):
-        self.spec = spec
-        self.encoder = encoder
-        self.runner = runner
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    runner: CriticRunner
 
     def judge(self, items: Any, mode: str = "logits", debias: bool = False) -> list[Verdict]:
         if mode not in MODES:

@@ -16,10 +16,8 @@ from typing import Any
 
 import torch
 
-from cluster.batching import pad_batch, run_batched
-from cluster.config import ModelSpec
-from cluster.errors import ModelFailure
-from cluster.tokenization import ChatEncoder, Encoded, check_list, validate_judge_item
+from cluster.runner import ForwardRunner, LoadedModel
+from cluster.tokenization import Encoded, check_list, validate_judge_item
 
 
 @dataclass(frozen=True)
@@ -50,36 +48,6 @@ def read_position(ids: Sequence[int], pad_token_id: int | None) -> int:
     return 0  # all pad: HF's argmax over a zero mask gives 0
 
 
-class ForwardRunner:
-    """Shared plumbing for runners: device, padding, budgeted batches, failures as ModelFailure."""
-
-    def __init__(self, model, *, name: str, pad_id: int, padding_side: str, max_batch_tokens: int,
-                 max_batch_size: int):
-        self.model = model
-        self.name = name
-        self.pad_id = pad_id
-        self.padding_side = padding_side
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self.device = next(model.parameters()).device
-
-    def _run(self, seqs, fn, cost=len) -> list:
-        if not seqs:
-            return []
-        try:
-            with torch.inference_mode():
-                return run_batched(seqs, fn, self.max_batch_tokens, self.max_batch_size, cost=cost)
-        except torch.OutOfMemoryError as err:
-            raise ModelFailure(
-                f"model '{self.name}' ran out of memory; lower max_batch_tokens ({self.max_batch_tokens}): {err}"
-            ) from err
-        except RuntimeError as err:
-            raise ModelFailure(f"model '{self.name}' failed on a batch: {type(err).__name__}: {err}") from err
-
-    def _pad(self, seqs):
-        return pad_batch(seqs, self.pad_id, self.padding_side).to(self.device)
-
-
 class RewardRunner(ForwardRunner):
     def __init__(self, model, **kw):
         super().__init__(model, **kw)
@@ -102,19 +70,11 @@ class RewardRunner(ForwardRunner):
         return logits[:, 0].float().tolist()
 
 
-class RewardModel:
+class RewardModel(LoadedModel):
     """A loaded reward model: `score(conversations)` -> raw logits in input order."""
 
     kind = "reward"
-
-    def __init__(self, spec: ModelSpec, encoder: ChatEncoder, runner: RewardRunner):
-        self.spec = spec
-        self.encoder = encoder
-        self.runner = runner
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    runner: RewardRunner
 
     def score(self, inputs: Any) -> list[float]:
         """Conversations (lists of {role, content}, ending with the assistant) or pre-templated

@@ -157,8 +157,9 @@ def test_compare_is_sigmoid_of_the_reward_difference(reward_dir):
              {"prompt": "Add 2 and 3.", "response_a": "6", "response_b": "2 + 3 = 5"}]
     out = rm.compare(items)
     for item, cmp in zip(items, out):
-        conv = lambda r: [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": r}]  # noqa: E731
-        r_a, r_b = card_score(path, conv(item["response_a"])), card_score(path, conv(item["response_b"]))
+        r_a, r_b = (card_score(path, [{"role": "user", "content": item["prompt"]},
+                                      {"role": "assistant", "content": item[key]}])
+                    for key in ("response_a", "response_b"))
         assert cmp.reward_a == pytest.approx(r_a, abs=TOL) and cmp.reward_b == pytest.approx(r_b, abs=TOL)
         assert cmp.prob_a == pytest.approx(1 / (1 + torch.exp(torch.tensor(r_b - r_a)).item()), abs=1e-5)
         assert cmp.winner == ("A" if r_a >= r_b else "B")
