@@ -121,3 +121,73 @@ def check_judge_template(template: str) -> None:
             f"judge_template must use exactly the fields {{input}}, {{response_a}}, {{response_b}}"
             f" (missing: {missing or 'none'}, unexpected: {extra or 'none'})"
         )
+
+
+# ---------------------------------------------------------------- the Serve app (deployments/)
+
+
+class ReplicaSettings(StrictModel):
+    """How one model is deployed: Ray resources, autoscaling, backpressure, batching."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0, description="1 pins one replica per GPU")
+    num_cpus: float = Field(1.0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1, description="requests a replica holds at once (caps a batch)")
+    max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503; -1: unbounded")
+    # live-tunable (user_config -> reconfigure): cross-request batching
+    batch_max_tokens: int = Field(32768, ge=1, description="tokens gathered across requests per batch")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> ReplicaSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+    def user_config(self) -> dict[str, Any]:
+        return {"batch_max_tokens": self.batch_max_tokens, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+
+
+class ServedModel(ModelSpec):
+    """A ModelSpec plus how to deploy it."""
+
+    replicas: ReplicaSettings = ReplicaSettings()
+
+    @model_validator(mode="after")
+    def _fits(self) -> ServedModel:
+        if self.replicas.batch_max_tokens < self.max_length:
+            raise ValueError(f"replicas.batch_max_tokens ({self.replicas.batch_max_tokens}) must be >= "
+                             f"max_length ({self.max_length})")
+        return self
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump(exclude={"replicas"}))
+
+
+class TokenizerSettings(StrictModel):
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+
+
+class AppConfig(StrictModel):
+    """`build_app(args)`: what `ray_config.yaml` passes as `args`."""
+
+    models: list[ServedModel] = Field(min_length=1)
+    api_keys: list[str] = Field(default_factory=list, description="also from SCORING_API_KEYS (comma-separated)")
+    max_items_per_request: int = Field(4096, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    tokenizer: TokenizerSettings = TokenizerSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> AppConfig:
+        names = [m.name for m in self.models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+        return self
+
+    def default_model(self, kind: str) -> ServedModel | None:
+        return next((m for m in self.models if m.kind == kind), None)

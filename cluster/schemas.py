@@ -1,0 +1,185 @@
+"""Request and response bodies for every HTTP route (pydantic, at the edge only).
+
+Our own /v1 routes reject unknown keys. The two protocol routes (/get_reward for OpenRLHF,
+/classify for vLLM-style clients such as verl's reward loop) accept what those clients send,
+unknown keys included, because their clients add fields over time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class JudgeItem(Strict):
+    prompt: str
+    response_a: str
+    response_b: str
+
+
+# ---------------------------------------------------------------- /v1/rewards
+
+
+class RewardsRequest(Strict):
+    model: str | None = None
+    conversations: list[list[Message] | str] = Field(min_length=1)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+
+
+class RewardsResponse(BaseModel):
+    model: str
+    scores: list[float]
+    truncated: list[bool]
+    usage: Usage
+
+
+# ---------------------------------------------------------------- /v1/compare and /v1/judge
+
+
+class CompareRequest(Strict):
+    model: str | None = None
+    prompt: str | None = None
+    response_a: str | None = None
+    response_b: str | None = None
+    items: list[JudgeItem] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CompareRequest:
+        single = (self.prompt, self.response_a, self.response_b)
+        if self.items is None and any(v is None for v in single):
+            raise ValueError("give prompt, response_a and response_b, or items")
+        if self.items is not None and any(v is not None for v in single):
+            raise ValueError("give either items or prompt/response_a/response_b, not both")
+        if self.items is not None and not self.items:
+            raise ValueError("items is empty")
+        return self
+
+    def judge_items(self) -> list[dict[str, str]]:
+        if self.items is not None:
+            return [i.model_dump() for i in self.items]
+        return [{"prompt": self.prompt, "response_a": self.response_a, "response_b": self.response_b}]
+
+
+class JudgeRequest(Strict):
+    model: str | None = None
+    items: list[JudgeItem] = Field(min_length=1)
+    mode: Literal["logits", "generate"] = "logits"
+    debias: bool = False
+
+
+class Comparison(BaseModel):
+    winner: Literal["A", "B"] | None
+    prob_a: float | None
+    truncated: bool
+    reward_a: float | None = None  # reward models
+    reward_b: float | None = None
+    text: str | None = None  # critics, generate mode
+    text_swapped: str | None = None
+
+
+class CompareResponse(BaseModel):
+    model: str
+    kind: Literal["reward", "critic"]
+    results: list[Comparison]
+    usage: Usage
+
+
+# ---------------------------------------------------------------- /get_reward (OpenRLHF)
+
+
+class GetRewardRequest(Lenient):
+    query: list[str] = Field(min_length=1)  # already templated prompt + response
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+    model: str | None = None
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[Any]]
+
+
+# ---------------------------------------------------------------- /classify (vLLM)
+
+
+class ClassifyRequest(Lenient):
+    model: str | None = None
+    input: str | list[str] | None = None
+    messages: list[Message] | None = None
+    activation: bool | None = None
+    use_activation: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ClassifyRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give exactly one of input or messages")
+        if isinstance(self.input, list) and not self.input:
+            raise ValueError("input is empty")
+        return self
+
+    def apply_activation(self) -> bool:
+        for flag in (self.use_activation, self.activation):
+            if flag is not None:
+                return flag
+        return True  # vLLM's default for a one-label classifier: sigmoid
+
+
+class ClassifyData(BaseModel):
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int = 1
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassifyData]
+    usage: Usage
+
+
+# ---------------------------------------------------------------- /v1/models, errors
+
+
+class ModelCard(BaseModel):
+    name: str
+    kind: Literal["reward", "critic"]
+    max_length: int
+    default: bool
+
+
+class ModelsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

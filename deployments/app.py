@@ -1,0 +1,60 @@
+"""`build_app(args)`: the Serve application that `ray_config.yaml` (import_path:
+deployments.app:build_app) and the demo deploy.
+
+One tokenizer deployment (CPU, autoscaled), one replica deployment per model (its own resources:
+`num_gpus: 1` pins one replica per GPU), and the HTTP ingress that routes by the request's `model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from cluster.config import AppConfig, ServedModel
+from deployments.ingress import Ingress
+from deployments.replica import ModelReplica
+from deployments.tokenizer import Tokenizer
+
+
+def deployment_name(model: ServedModel) -> str:
+    return f"{model.kind}-{model.name}".replace("/", "_").replace(":", "_")
+
+
+def replica_deployment(model: ServedModel):
+    r = model.replicas
+    autoscaling = None
+    if r.max_replicas > r.min_replicas:
+        autoscaling = {"min_replicas": r.min_replicas, "max_replicas": r.max_replicas,
+                       "target_ongoing_requests": r.target_ongoing_requests}
+    return serve.deployment(
+        ModelReplica,
+        name=deployment_name(model),
+        num_replicas=None if autoscaling else r.min_replicas or 1,
+        autoscaling_config=autoscaling,
+        ray_actor_options={"num_gpus": r.num_gpus, "num_cpus": r.num_cpus},
+        max_ongoing_requests=r.max_ongoing_requests,
+        max_queued_requests=r.max_queued_requests,
+        user_config={**r.user_config(), "max_batch_tokens": model.max_batch_tokens},
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+        graceful_shutdown_timeout_s=30,
+    ).bind(model.spec().model_dump())
+
+
+def build_app(args: dict[str, Any]):
+    """Validate `args` (AppConfig; unknown keys rejected) and bind the deployment graph."""
+    config = AppConfig.parse(args)
+    specs = [m.spec().model_dump() for m in config.models]
+    tok = config.tokenizer
+    tokenizer = serve.deployment(
+        Tokenizer, name="tokenizer",
+        autoscaling_config={"min_replicas": tok.min_replicas, "max_replicas": tok.max_replicas,
+                            "target_ongoing_requests": 8},
+        ray_actor_options={"num_cpus": tok.num_cpus},
+        max_ongoing_requests=64,
+    ).bind(specs)
+    replicas = {m.name: replica_deployment(m) for m in config.models}
+    ingress = serve.deployment(Ingress, name="ingress", max_ongoing_requests=512,
+                               ray_actor_options={"num_cpus": 0})
+    return ingress.bind(config.model_dump(), tokenizer, replicas)

@@ -1,0 +1,310 @@
+"""HTTP ingress (FastAPI via @serve.ingress): validation, auth, limits, routing, one error table.
+
+Flow per request: pydantic body -> the tokenizer deployment (one call for the whole request) ->
+the model's replicas (token ids only; the request split into chunks that fit a replica's batch
+budget, sent concurrently, so big requests spread over replicas and small ones from many callers
+are gathered into one forward pass) -> results in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from cluster import schemas
+from cluster.config import AppConfig
+from cluster.errors import (
+    InvalidInput,
+    ModelFailure,
+    Overloaded,
+    RequestTooLarge,
+    ScoringError,
+    UnknownModel,
+    http_status,
+)
+from deployments.replica import call
+
+logger = logging.getLogger("ray.serve")
+RETRY_AFTER_S = 1
+OPEN_PATHS = {"/healthz"}
+
+app = FastAPI(title="scoring-cluster", version="0.1.0")
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """A replica's exception arrives wrapped in RayTaskError; the cause is what the user caused."""
+    while isinstance(err, RayTaskError) and getattr(err, "cause", None) is not None:
+        err = err.cause
+    return err
+
+
+def error_response(err: BaseException, request_id: str) -> JSONResponse:
+    err = unwrap(err)
+    if isinstance(err, BackPressureError):
+        err = Overloaded("the model's queue is full; retry after a moment")
+    if isinstance(err, ScoringError):
+        status, code, message = http_status(err), err.code, err.message
+    else:
+        status, code, message = 500, "internal_error", "internal error; quote the request id to the operator"
+    if status >= 500:
+        logger.error("request %s failed: %s: %s", request_id, type(err).__name__, err)
+    body = schemas.ErrorResponse(error=schemas.ErrorBody(code=code, message=message, request_id=request_id))
+    headers = {"X-Request-Id": request_id}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def describe(err: ValidationError) -> str:
+    """`conversations.0.1.role: Input should be 'system', 'user' or 'assistant'; ...`"""
+    problems = []
+    for e in err.errors()[:10]:
+        loc = ".".join(str(p) for p in e["loc"])
+        problems.append(f"{loc or 'body'}: {e['msg']}")
+    return "; ".join(problems)
+
+
+def request_id(request: Request) -> str:
+    if not hasattr(request.state, "request_id"):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return request.state.request_id
+
+
+class ScoringService:
+    """The routes' logic over deployment handles (no HTTP here)."""
+
+    def __init__(self, config: AppConfig, tokenizer, replicas: dict[str, Any]):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.replicas = replicas
+        self.models = {m.name: m for m in config.models}
+
+    def resolve(self, name: str | None, kinds: tuple[str, ...]) -> Any:
+        if name is None:
+            for kind in kinds:
+                default = self.config.default_model(kind)
+                if default is not None:
+                    return default
+            raise UnknownModel(f"no {' or '.join(kinds)} model is served here")
+        model = self.models.get(name)
+        if model is None:
+            raise UnknownModel(f"model '{name}' is not served here; see GET /v1/models")
+        if model.kind not in kinds:
+            raise InvalidInput(f"model '{name}' is a {model.kind}; this route needs a {' or '.join(kinds)}")
+        return model
+
+    def check_count(self, n: int) -> None:
+        if n > self.config.max_items_per_request:
+            raise RequestTooLarge(f"{n} items in one request; the limit is {self.config.max_items_per_request}")
+
+    async def _fan_out(self, model, method: str, seqs: list[list[int]]) -> list:
+        """Split into chunks that fit the replica's gather budget; send them concurrently."""
+        budget = model.replicas.batch_max_tokens
+        chunks, current, tokens = [], [], 0
+        for seq in seqs:
+            if current and tokens + len(seq) > budget:
+                chunks.append(current)
+                current, tokens = [], 0
+            current.append(seq)
+            tokens += len(seq)
+        if current:
+            chunks.append(current)
+        handle = getattr(self.replicas[model.name], method)
+        outputs = await asyncio.gather(*(handle.remote(call(c)) for c in chunks))
+        return [x for out in outputs for x in out]
+
+    async def rewards(self, model, inputs: list, what: str = "conversations") -> tuple[list[float], list[bool], int]:
+        self.check_count(len(inputs))
+        encoded = await self.tokenizer.encode_inputs.remote(model.name, inputs, what)
+        scores = await self._fan_out(model, "score", [ids for ids, _ in encoded])
+        return scores, [t for _, t in encoded], sum(len(ids) for ids, _ in encoded)
+
+    async def judge(self, model, items: list[dict], mode: str, debias: bool) -> tuple[list[dict], int]:
+        from cluster.critic import Verdict, combine, winner_of
+
+        self.check_count(len(items))
+        orders = [False, True] if debias else [False]
+        encoded = await asyncio.gather(*(self.tokenizer.encode_judge_items.remote(model.name, items, s)
+                                         for s in orders))
+        tokens = sum(len(ids) for enc in encoded for ids, _ in enc)
+        per_order = []
+        for enc in encoded:
+            seqs = [ids for ids, _ in enc]
+            if mode == "logits":
+                probs = await self._fan_out(model, "verdict_probs", seqs)
+                per_order.append([Verdict(winner_of(p), p, t) for p, (_, t) in zip(probs, enc)])
+            else:
+                gens = await self.replicas[model.name].generate.remote(seqs)
+                per_order.append([self._parse(g, t) for g, (_, t) in zip(gens, enc)])
+        verdicts = per_order[0] if not debias else [combine(a, b) for a, b in zip(*per_order)]
+        return [v.__dict__ for v in verdicts], tokens
+
+    @staticmethod
+    def _parse(gen: dict, truncated: bool):
+        from cluster.critic import Verdict
+
+        text = gen["text"]
+        winner = "A" if "[[A]]" in text else "B" if "[[B]]" in text else None
+        if winner and "[[A]]" in text and "[[B]]" in text:
+            winner = "A" if text.index("[[A]]") < text.index("[[B]]") else "B"
+        return Verdict(winner, gen["prob_a"] if winner else None, truncated, text)
+
+
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config: dict[str, Any], tokenizer, replicas: dict[str, Any]):
+        self.config = AppConfig(**config)
+        self.service = ScoringService(self.config, tokenizer, replicas)
+        keys = list(self.config.api_keys)
+        keys += [k.strip() for k in os.environ.get("SCORING_API_KEYS", "").split(",") if k.strip()]
+        self.api_keys = [k.encode() for k in keys]
+
+    # -- auth, limits and errors for every route
+
+    async def _guard(self, request: Request) -> None:
+        if request.url.path not in OPEN_PATHS and self.api_keys:
+            header = request.headers.get("authorization", "")
+            token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+            # compare against every key, always, so timing says nothing about which matched
+            if not any([hmac.compare_digest(token, key) for key in self.api_keys]):
+                raise _Unauthorized()
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.config.max_request_bytes:
+            raise RequestTooLarge(f"request body of {length} bytes; the limit is {self.config.max_request_bytes}")
+
+    async def _run(self, request: Request, work, schema: type[BaseModel] | None = None) -> Any:
+        """Auth, then size, then the body, then the work: each failure a mapped response."""
+        rid = request_id(request)
+        try:
+            await self._guard(request)
+            if schema is None:
+                result = await work()
+            else:
+                raw = await request.body()
+                if len(raw) > self.config.max_request_bytes:
+                    raise RequestTooLarge(f"request body of {len(raw)} bytes; the limit is "
+                                          f"{self.config.max_request_bytes}")
+                try:
+                    body = schema.model_validate_json(raw)
+                except ValidationError as err:
+                    raise InvalidInput(describe(err)) from None
+                result = await work(body)
+        except _Unauthorized:
+            body = schemas.ErrorResponse(error=schemas.ErrorBody(
+                code="unauthorized", message="missing or invalid API key (Authorization: Bearer <key>)",
+                request_id=rid))
+            return JSONResponse(body.model_dump(), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer", "X-Request-Id": rid})
+        except Exception as err:  # noqa: BLE001 - every failure becomes a mapped response
+            return error_response(err, rid)
+        return JSONResponse(result.model_dump(), headers={"X-Request-Id": rid})
+
+    # -- routes
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(self, request: Request):
+        async def work():
+            defaults = {self.config.default_model(k).name for k in ("reward", "critic")
+                        if self.config.default_model(k) is not None}
+            return schemas.ModelsResponse(data=[
+                schemas.ModelCard(name=m.name, kind=m.kind, max_length=m.max_length, default=m.name in defaults)
+                for m in self.config.models])
+        return await self._run(request, work)
+
+    @app.post("/v1/rewards")
+    async def rewards(self, request: Request):
+        async def work(body: schemas.RewardsRequest):
+            model = self.service.resolve(body.model, ("reward",))
+            inputs = [c if isinstance(c, str) else [m.model_dump() for m in c] for c in body.conversations]
+            scores, truncated, tokens = await self.service.rewards(model, inputs)
+            return schemas.RewardsResponse(model=model.name, scores=scores, truncated=truncated,
+                                           usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return await self._run(request, work, schemas.RewardsRequest)
+
+    @app.post("/v1/compare")
+    async def compare(self, request: Request):
+        async def work(body: schemas.CompareRequest):
+            model = self.service.resolve(body.model, ("reward", "critic"))
+            items = body.judge_items()
+            if model.kind == "critic":
+                verdicts, tokens = await self.service.judge(model, items, "logits", debias=False)
+                results = [schemas.Comparison(**v) for v in verdicts]
+            else:
+                convs = [[{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[k]}]
+                         for it in items for k in ("response_a", "response_b")]
+                scores, truncated, tokens = await self.service.rewards(model, convs, "items")
+                results = []
+                for i in range(len(items)):
+                    r_a, r_b = scores[2 * i], scores[2 * i + 1]
+                    p = sigmoid(r_a - r_b)
+                    results.append(schemas.Comparison(winner="A" if p >= 0.5 else "B", prob_a=p, reward_a=r_a,
+                                                      reward_b=r_b, truncated=truncated[2 * i] or truncated[2 * i + 1]))
+            return schemas.CompareResponse(model=model.name, kind=model.kind, results=results,
+                                           usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return await self._run(request, work, schemas.CompareRequest)
+
+    @app.post("/v1/judge")
+    async def judge(self, request: Request):
+        async def work(body: schemas.JudgeRequest):
+            model = self.service.resolve(body.model, ("critic",))
+            verdicts, tokens = await self.service.judge(model, [i.model_dump() for i in body.items],
+                                                        body.mode, body.debias)
+            return schemas.CompareResponse(model=model.name, kind="critic",
+                                           results=[schemas.Comparison(**v) for v in verdicts],
+                                           usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return await self._run(request, work, schemas.JudgeRequest)
+
+    @app.post("/get_reward")
+    async def get_reward(self, request: Request):
+        """OpenRLHF's remote reward protocol: `query` holds templated prompt + response text."""
+        async def work(body: schemas.GetRewardRequest):
+            model = self.service.resolve(body.model, ("reward",))
+            scores, truncated, _ = await self.service.rewards(model, body.query, "query")
+            return schemas.GetRewardResponse(rewards=scores, scores=scores, extra_logs={"truncated": truncated})
+        return await self._run(request, work, schemas.GetRewardRequest)
+
+    @app.post("/classify")
+    async def classify(self, request: Request):
+        """vLLM's classify API (what verl's reward loop calls) for a one-label reward model."""
+        async def work(body: schemas.ClassifyRequest):
+            model = self.service.resolve(body.model, ("reward",))
+            if body.messages is not None:
+                inputs, what = [[m.model_dump() for m in body.messages]], "messages"
+            else:
+                inputs, what = ([body.input] if isinstance(body.input, str) else body.input), "input"
+            scores, _, tokens = await self.service.rewards(model, inputs, what)
+            activate = body.apply_activation()
+            data = [schemas.ClassifyData(index=i, label="LABEL_0", probs=[sigmoid(s) if activate else s])
+                    for i, s in enumerate(scores)]
+            return schemas.ClassifyResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
+                                            model=model.name, data=data,
+                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return await self._run(request, work, schemas.ClassifyRequest)
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+__all__ = ["Ingress", "ModelFailure", "ScoringService", "app"]

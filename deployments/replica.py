@@ -1,0 +1,136 @@
+"""One reward-model or critic replica: token ids in, scores/verdicts out.
+
+Replicas never see text. Calls from concurrent requests are gathered by `@serve.batch` up to a
+token budget (`batch_max_tokens`, live-tunable with `batch_wait_timeout_s` through user_config),
+then run as length-sorted, token-budget micro-batches by the same runner in-process scoring uses.
+The forward pass runs in a worker thread so the replica's event loop keeps taking requests (and
+answering health checks) meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve import metrics
+
+from cluster.batching import padding_efficiency, plan_batches
+from cluster.config import ModelSpec
+from cluster.loading import load_model
+
+
+def count_tokens(calls: list[dict[str, Any]]) -> int:
+    return sum(len(seq) for call in calls for seq in call["seqs"])
+
+
+def call(seqs: list[list[int]]) -> dict[str, Any]:
+    """What a caller sends to score/verdict_probs: sequences plus when they were sent (queue wait)."""
+    return {"seqs": seqs, "sent_at": time.time()}
+
+
+class ModelReplica:
+    """Deployed once per model (see deployments/app.py), with that model's resources."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = ModelSpec(**spec)
+        self.model = load_model(self.spec)
+        self.lock = threading.Lock()  # one forward at a time per replica (one GPU)
+        self.batching: dict[str, Any] = {}
+        self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "max_calls_in_batch": 0}
+        tags = {"model": self.spec.name}
+        self.m_tokens = metrics.Counter("scoring_tokens_total", "tokens scored", tag_keys=("model",))
+        self.m_batch_calls = metrics.Histogram("scoring_batch_requests", "requests gathered per batch",
+                                               boundaries=[1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("model",))
+        self.m_batch_tokens = metrics.Histogram("scoring_batch_tokens", "tokens per gathered batch",
+                                                boundaries=[256, 1024, 4096, 16384, 65536], tag_keys=("model",))
+        self.m_padding = metrics.Gauge("scoring_padding_efficiency", "useful / computed tokens, last batch",
+                                       tag_keys=("model",))
+        self.m_queue_wait = metrics.Histogram("scoring_queue_wait_seconds", "time from call to batch start",
+                                              boundaries=[0.001, 0.005, 0.02, 0.1, 0.5, 2.0], tag_keys=("model",))
+        for m in (self.m_tokens, self.m_batch_calls, self.m_batch_tokens, self.m_padding, self.m_queue_wait):
+            m.set_default_tags(tags)
+
+    # -- live configuration
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        for method in (self.score, self.verdict_probs):
+            if "batch_max_tokens" in user_config:
+                method.set_max_batch_size(int(user_config["batch_max_tokens"]))
+            if "batch_wait_timeout_s" in user_config:
+                method.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        if "max_batch_tokens" in user_config:
+            self.model.runner.max_batch_tokens = max(int(user_config["max_batch_tokens"]), self.spec.max_length)
+        self.batching.update(user_config)
+
+    # -- scoring, batched across concurrent requests
+
+    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
+    async def score(self, calls: list[dict[str, Any]]) -> list[list[float]]:
+        """Reward model: raw logits for each call's sequences."""
+        return await self._gathered(calls, self.model.runner.score_ids)
+
+    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
+    async def verdict_probs(self, calls: list[dict[str, Any]]) -> list[list[float]]:
+        """Critic fast path: P(A) for each call's judge prompts."""
+        return await self._gathered(calls, self.model.runner.verdict_probs)
+
+    async def generate(self, seqs: list[list[int]]) -> list[dict[str, Any]]:
+        """Critic slow path: greedy generation (not gathered: each call is already a batch)."""
+        gens = await asyncio.to_thread(self._locked, self.model.runner.generate, seqs, self.spec.max_new_tokens)
+        return [{"text": g.text, "prob_a": g.prob_a} for g in gens]
+
+    async def _gathered(self, calls, fn) -> list[list[float]]:
+        started = time.time()
+        for c in calls:
+            self.m_queue_wait.observe(max(0.0, started - c["sent_at"]))
+        flat = [seq for c in calls for seq in c["seqs"]]
+        outputs = await asyncio.to_thread(self._locked, fn, flat)
+        self._record(len(calls), flat)
+        results, at = [], 0
+        for c in calls:
+            results.append(outputs[at:at + len(c["seqs"])])
+            at += len(c["seqs"])
+        return results
+
+    def _locked(self, fn, *args):
+        with self.lock:
+            return fn(*args)
+
+    def _record(self, n_calls: int, flat: list[list[int]]) -> None:
+        lengths = [len(s) for s in flat]
+        plan = plan_batches(lengths, self.model.runner.max_batch_tokens, self.model.runner.max_batch_size)
+        self.stats["batches"] += 1
+        self.stats["calls"] += n_calls
+        self.stats["sequences"] += len(flat)
+        self.stats["tokens"] += sum(lengths)
+        self.stats["max_calls_in_batch"] = max(self.stats["max_calls_in_batch"], n_calls)
+        self.m_tokens.inc(sum(lengths))
+        self.m_batch_calls.observe(n_calls)
+        self.m_batch_tokens.observe(sum(lengths))
+        self.m_padding.set(padding_efficiency([[lengths[i] for i in b] for b in plan]))
+
+    # -- introspection and health
+
+    def get_stats(self) -> dict[str, Any]:
+        import ray
+
+        ctx = serve.get_replica_context()
+        return {**self.stats, "replica": ctx.replica_id.unique_id, "node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "max_batch_tokens": self.model.runner.max_batch_tokens,
+                **self.batching}
+
+    def check_health(self) -> None:
+        """Touch the model: a one-token forward. A replica still loading is not yet checked (Serve
+        waits for __init__), so slow loading is not mistaken for death."""
+        bos = self.model.encoder.bos_id if self.model.encoder.bos_id is not None else 0
+        if self.lock.acquire(blocking=False):  # busy scoring is alive; don't queue behind it
+            try:
+                if self.spec.kind == "reward":
+                    self.model.runner.score_ids([[bos]])
+                else:
+                    self.model.runner.verdict_probs([[bos]])
+            finally:
+                self.lock.release()
