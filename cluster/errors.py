@@ -48,6 +48,12 @@ class UnknownModel(ScoringError, LookupError):
     code = "unknown_model"
 
 
+class Unauthorized(ScoringError):
+    """Missing or wrong API key."""
+
+    code = "unauthorized"
+
+
 class RequestTooLarge(ScoringError):
     """A request exceeds the item-count or byte limit."""
 
@@ -71,6 +77,7 @@ HTTP_STATUS: dict[type[ScoringError], int] = {
     InvalidInput: 422,
     InputTooLong: 422,
     ConfigError: 422,
+    Unauthorized: 401,
     UnknownModel: 404,
     RequestTooLarge: 413,
     Overloaded: 503,

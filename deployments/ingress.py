@@ -6,7 +6,6 @@ budget, sent concurrently, so big requests spread over replicas and small ones f
 are gathered into one forward pass) -> results in input order.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hmac
@@ -32,6 +31,7 @@ from cluster.errors import (
     Overloaded,
     RequestTooLarge,
     ScoringError,
+    Unauthorized,
     UnknownModel,
     http_status,
 )
@@ -69,6 +69,8 @@ def error_response(err: BaseException, request_id: str) -> JSONResponse:
     headers = {"X-Request-Id": request_id}
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -76,7 +78,8 @@ def describe(err: ValidationError) -> str:
     """`conversations.0.1.role: Input should be 'system', 'user' or 'assistant'; ...`"""
     problems = []
     for e in err.errors()[:10]:
-        loc = ".".join(str(p) for p in e["loc"])
+        # drop union-member labels such as "list[Message]" / "str" from the location
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p == "str")))
         problems.append(f"{loc or 'body'}: {e['msg']}")
     return "; ".join(problems)
 
@@ -184,7 +187,7 @@ class Ingress:
             token = header[7:].encode() if header.lower().startswith("bearer ") else b""
             # compare against every key, always, so timing says nothing about which matched
             if not any([hmac.compare_digest(token, key) for key in self.api_keys]):
-                raise _Unauthorized()
+                raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_request_bytes:
             raise RequestTooLarge(f"request body of {length} bytes; the limit is {self.config.max_request_bytes}")
@@ -206,12 +209,6 @@ class Ingress:
                 except ValidationError as err:
                     raise InvalidInput(describe(err)) from None
                 result = await work(body)
-        except _Unauthorized:
-            body = schemas.ErrorResponse(error=schemas.ErrorBody(
-                code="unauthorized", message="missing or invalid API key (Authorization: Bearer <key>)",
-                request_id=rid))
-            return JSONResponse(body.model_dump(), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer", "X-Request-Id": rid})
         except Exception as err:  # noqa: BLE001 - every failure becomes a mapped response
             return error_response(err, rid)
         return JSONResponse(result.model_dump(), headers={"X-Request-Id": rid})
@@ -301,10 +298,6 @@ class Ingress:
                                             model=model.name, data=data,
                                             usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
         return await self._run(request, work, schemas.ClassifyRequest)
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 __all__ = ["Ingress", "ModelFailure", "ScoringService", "app"]

@@ -40,7 +40,7 @@ class ModelReplica:
         self.lock = threading.Lock()  # one forward at a time per replica (one GPU)
         self.batching: dict[str, Any] = {}
         self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "max_calls_in_batch": 0}
-        tags = {"model": self.spec.name}
+        self.tags = {"model": self.spec.name}
         self.m_tokens = metrics.Counter("scoring_tokens_total", "tokens scored", tag_keys=("model",))
         self.m_batch_calls = metrics.Histogram("scoring_batch_requests", "requests gathered per batch",
                                                boundaries=[1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("model",))
@@ -50,8 +50,6 @@ class ModelReplica:
                                        tag_keys=("model",))
         self.m_queue_wait = metrics.Histogram("scoring_queue_wait_seconds", "time from call to batch start",
                                               boundaries=[0.001, 0.005, 0.02, 0.1, 0.5, 2.0], tag_keys=("model",))
-        for m in (self.m_tokens, self.m_batch_calls, self.m_batch_tokens, self.m_padding, self.m_queue_wait):
-            m.set_default_tags(tags)
 
     # -- live configuration
 
@@ -85,7 +83,7 @@ class ModelReplica:
     async def _gathered(self, calls, fn) -> list[list[float]]:
         started = time.time()
         for c in calls:
-            self.m_queue_wait.observe(max(0.0, started - c["sent_at"]))
+            self.m_queue_wait.observe(max(0.0, started - c["sent_at"]), tags=self.tags)
         flat = [seq for c in calls for seq in c["seqs"]]
         outputs = await asyncio.to_thread(self._locked, fn, flat)
         self._record(len(calls), flat)
@@ -107,10 +105,10 @@ class ModelReplica:
         self.stats["sequences"] += len(flat)
         self.stats["tokens"] += sum(lengths)
         self.stats["max_calls_in_batch"] = max(self.stats["max_calls_in_batch"], n_calls)
-        self.m_tokens.inc(sum(lengths))
-        self.m_batch_calls.observe(n_calls)
-        self.m_batch_tokens.observe(sum(lengths))
-        self.m_padding.set(padding_efficiency([[lengths[i] for i in b] for b in plan]))
+        self.m_tokens.inc(sum(lengths), tags=self.tags)
+        self.m_batch_calls.observe(n_calls, tags=self.tags)
+        self.m_batch_tokens.observe(sum(lengths), tags=self.tags)
+        self.m_padding.set(padding_efficiency([[lengths[i] for i in b] for b in plan]), tags=self.tags)
 
     # -- introspection and health
 
