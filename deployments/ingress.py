@@ -66,7 +66,7 @@ def error_response(err: BaseException, request_id: str) -> JSONResponse:
     if status >= 500:
         logger.error("request %s failed: %s: %s", request_id, type(err).__name__, err)
     body = schemas.ErrorResponse(error=schemas.ErrorBody(code=code, message=message, request_id=request_id))
-    headers = {"X-Request-Id": request_id}
+    headers = {}  # the Serve proxy sets X-Request-Id itself
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if status == 401:
@@ -85,6 +85,7 @@ def describe(err: ValidationError) -> str:
 
 
 def request_id(request: Request) -> str:
+    """Serve's own request id (it arrives as x-request-id and goes back in the response header)."""
     if not hasattr(request.state, "request_id"):
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     return request.state.request_id
@@ -211,7 +212,7 @@ class Ingress:
                 result = await work(body)
         except Exception as err:  # noqa: BLE001 - every failure becomes a mapped response
             return error_response(err, rid)
-        return JSONResponse(result.model_dump(), headers={"X-Request-Id": rid})
+        return JSONResponse(result.model_dump())
 
     # -- routes
 

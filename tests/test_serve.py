@@ -1,0 +1,361 @@
+"""The Serve app on a local Ray cluster with two fake GPUs: HTTP scores equal in-process scores,
+replicas pin one per GPU, concurrent requests batch together, every error code, auth, reconfigure,
+and the OpenRLHF / vLLM(verl) protocol routes driven with the bodies those clients send."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import httpx
+import pytest
+from conftest import CONVERSATIONS, conversations_for
+
+from cluster import ModelSpec, load_model
+from cluster.reward import sigmoid
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+API_KEY = "test-key-123"
+ITEMS = [
+    {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
+    {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 6, because addition."},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(rm, rm2, critic, **rm_replicas):
+    return {
+        "api_keys": [API_KEY],
+        "max_items_per_request": 64,
+        "max_request_bytes": 200_000,
+        "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
+        "models": [
+            {"name": "rm", "path": str(rm), "kind": "reward", "max_length": 512, "max_batch_tokens": 2048,
+             "replicas": {"min_replicas": 2, "max_replicas": 2, "num_gpus": 1, "num_cpus": 0.1,
+                          "batch_max_tokens": 4096, "batch_wait_timeout_s": 0.05, **rm_replicas}},
+            {"name": "rm-gemma", "path": str(rm2), "kind": "reward",
+             "replicas": {"num_cpus": 0.1}},
+            {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
+             "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def served(reward_dir, critic_dir):
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    rm, rm2 = reward_dir("llama"), reward_dir("gemma2")
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
+            "args": app_args(rm, rm2, critic_dir)})
+    models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
+              "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
+              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8))}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+    yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir),
+           "metrics_port": metrics_port}
+    client.close()
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(app: dict, timeout_s: float = 180) -> None:
+    """Deploy as `serve deploy ray_config.yaml` does (the declarative path), and wait until running."""
+    from ray.serve.schema import ServeDeploySchema
+
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema(applications=[app]))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = serve.status().applications.get(app["name"])
+        if status is not None and status.status == "RUNNING":
+            # a lightweight update is applied by the controller loop; let it reach every replica
+            if all(d.status == "HEALTHY" for d in status.deployments.values()):
+                return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(status.message)
+        time.sleep(0.5)
+    raise TimeoutError(f"app {app['name']} not running after {timeout_s}s")
+
+
+def replica_stats(deployment: str, min_distinct: int = 1, tries: int = 60) -> dict[str, dict]:
+    handle = serve.get_deployment_handle(deployment, app_name="scoring")
+    seen: dict[str, dict] = {}
+    for _ in range(tries):
+        stats = handle.get_stats.remote().result()
+        seen[stats["replica"]] = stats
+        if len(seen) >= min_distinct:
+            break
+    return seen
+
+
+# ---------------------------------------------------------------- scores equal in-process scores
+
+
+def test_models_and_health(served):
+    c = served["client"]
+    assert httpx.get(f"http://127.0.0.1:{served['port']}/healthz").json() == {"status": "ok"}
+    cards = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
+    assert cards["rm"] == {"name": "rm", "kind": "reward", "max_length": 512, "default": True}
+    assert cards["rm-gemma"]["default"] is False and cards["judge"]["kind"] == "critic"
+
+
+@pytest.mark.parametrize("model", ["rm", "rm-gemma"])
+def test_rewards_over_http_equal_load_model_score(served, model):
+    convs = conversations_for("gemma2" if model == "rm-gemma" else "llama")
+    r = served["client"].post("/v1/rewards", json={"model": model, "conversations": convs})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = served["models"][model].score_detailed(convs)
+    assert body["model"] == model
+    assert body["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+    assert body["truncated"] == [e.truncated for e in expected]
+    assert body["usage"]["prompt_tokens"] == sum(e.num_tokens for e in expected)
+
+
+def test_default_model_and_pretemplated_text(served):
+    rm = served["models"]["rm"]
+    text = rm.encoder.tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False)
+    r = served["client"].post("/v1/rewards", json={"conversations": [text, CONVERSATIONS[1]]})
+    assert r.json()["model"] == "rm"
+    assert r.json()["scores"] == pytest.approx(rm.score([CONVERSATIONS[0], CONVERSATIONS[1]]), abs=1e-4)
+
+
+def test_truncation_is_reported(served):
+    long_conv = [{"role": "user", "content": "Tell me. " * 200}, {"role": "assistant", "content": "Sure. " * 10}]
+    r = served["client"].post("/v1/rewards", json={"conversations": [long_conv, CONVERSATIONS[1]]})
+    spec = ModelSpec(name="rm", path=str(served["paths"][0]), kind="reward", max_length=512)
+    expected = load_model(spec).score_detailed([long_conv, CONVERSATIONS[1]])
+    assert r.json()["truncated"] == [True, False]
+    assert r.json()["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+
+
+def test_compare_with_a_reward_model(served):
+    r = served["client"].post("/v1/compare", json={"items": ITEMS})
+    assert r.status_code == 200, r.text
+    expected = served["models"]["rm"].compare(ITEMS)
+    for got, exp in zip(r.json()["results"], expected):
+        assert got["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+        assert got["reward_a"] == pytest.approx(exp.reward_a, abs=1e-4)
+        assert got["winner"] == exp.winner
+    single = served["client"].post("/v1/compare", json=ITEMS[0]).json()["results"][0]
+    assert single["prob_a"] == pytest.approx(expected[0].prob_a, abs=1e-5)
+    assert single["prob_a"] == pytest.approx(sigmoid(single["reward_a"] - single["reward_b"]), abs=1e-9)
+
+
+@pytest.mark.parametrize(("mode", "debias"), [("logits", False), ("logits", True), ("generate", False)])
+def test_judge_over_http_equals_critic_judge(served, mode, debias):
+    r = served["client"].post("/v1/judge", json={"items": ITEMS, "mode": mode, "debias": debias})
+    assert r.status_code == 200, r.text
+    expected = served["models"]["judge"].judge(ITEMS, mode=mode, debias=debias)
+    for got, exp in zip(r.json()["results"], expected):
+        assert got["winner"] == exp.winner
+        assert got["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+        assert got["text"] == exp.text
+
+
+def test_compare_with_a_critic(served):
+    r = served["client"].post("/v1/compare", json={"model": "judge", **ITEMS[1]})
+    [exp] = served["models"]["judge"].judge([ITEMS[1]])
+    assert r.json()["kind"] == "critic"
+    assert r.json()["results"][0]["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+
+
+# ---------------------------------------------------------------- protocol routes
+
+
+def test_get_reward_as_openrlhf_sends_it(served):
+    """openrlhf.utils.remote_rm_utils posts {"query", "prompts", "labels"} and reads "rewards"."""
+    rm = served["models"]["rm"]
+    queries = [rm.encoder.tokenizer.apply_chat_template(c, tokenize=False) for c in CONVERSATIONS[:3]]
+    prompts = [rm.encoder.tokenizer.apply_chat_template(c[:-1], tokenize=False) for c in CONVERSATIONS[:3]]
+    r = served["client"].post("/get_reward", json={"query": queries, "prompts": prompts, "labels": ["", "", ""]})
+    assert r.status_code == 200, r.text
+    assert r.json()["rewards"] == pytest.approx(rm.score(CONVERSATIONS[:3]), abs=1e-4)
+    assert r.json()["scores"] == r.json()["rewards"]
+    assert set(r.json()["extra_logs"]) == {"truncated"}
+
+
+def test_classify_as_vllm_clients_send_it(served):
+    """verl-style: {"model", "input": [...], "use_activation": false, "add_special_tokens": false}."""
+    rm = served["models"]["rm"]
+    texts = [rm.encoder.tokenizer.apply_chat_template(c, tokenize=False) for c in CONVERSATIONS[:2]]
+    raw = served["client"].post("/classify", json={"model": "rm", "input": texts, "use_activation": False,
+                                                   "add_special_tokens": False})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    assert [d["num_classes"] for d in body["data"]] == [1, 1]
+    expected = rm.score(CONVERSATIONS[:2])
+    assert [d["probs"][0] for d in body["data"]] == pytest.approx(expected, abs=1e-4)
+    activated = served["client"].post("/classify", json={"model": "rm", "input": texts[0]}).json()
+    assert activated["data"][0]["probs"][0] == pytest.approx(sigmoid(expected[0]), abs=1e-5)
+    legacy = served["client"].post("/classify", json={"model": "rm", "input": texts[0], "activation": False}).json()
+    assert legacy["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    chat = served["client"].post("/classify", json={"model": "rm", "messages": CONVERSATIONS[0],
+                                                    "use_activation": False}).json()
+    assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+# ---------------------------------------------------------------- errors, limits, auth
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code", "fragment"),
+    [
+        ("/v1/rewards", {"conversations": [[{"role": "bot", "content": "x"}]]}, 422, "invalid_input", "role"),
+        ("/v1/rewards", {"conversations": [[{"role": "user", "content": "x"}]]}, 422, "invalid_input",
+         "last message must be the assistant"),
+        ("/v1/rewards", {"conversations": []}, 422, "invalid_input", "conversations"),
+        ("/v1/rewards", {"conversation": [CONVERSATIONS[0]]}, 422, "invalid_input", "conversation"),
+        ("/v1/rewards", {"model": "nope", "conversations": [CONVERSATIONS[0]]}, 404, "unknown_model", "nope"),
+        ("/v1/rewards", {"model": "judge", "conversations": [CONVERSATIONS[0]]}, 422, "invalid_input",
+         "is a critic"),
+        ("/v1/rewards", {"conversations": [CONVERSATIONS[1]] * 65}, 413, "request_too_large", "limit is 64"),
+        ("/v1/judge", {"items": ITEMS, "mode": "sample"}, 422, "invalid_input", "mode"),
+        ("/v1/compare", {"prompt": "q"}, 422, "invalid_input", "response_a"),
+        ("/classify", {"model": "rm"}, 422, "invalid_input", "exactly one of input or messages"),
+    ],
+)
+def test_errors_are_mapped_with_a_request_id_and_no_traceback(served, path, body, status, code, fragment):
+    r = served["client"].post(path, json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and fragment in err["message"]
+    assert err["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text and "File \"" not in r.text
+
+
+def test_body_over_the_byte_limit_is_413(served):
+    big = {"conversations": [[{"role": "user", "content": "x" * 250_000}, {"role": "assistant", "content": "y"}]]}
+    r = served["client"].post("/v1/rewards", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_malformed_json_is_422(served):
+    r = served["client"].post("/v1/rewards", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+
+
+def test_api_keys(served):
+    base = f"http://127.0.0.1:{served['port']}"
+    body = {"conversations": [CONVERSATIONS[0]]}
+    assert httpx.post(f"{base}/v1/rewards", json=body).status_code == 401
+    wrong = httpx.post(f"{base}/v1/rewards", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{base}/v1/models").status_code == 401
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    # auth comes before parsing: an unauthenticated caller learns nothing about the body
+    assert httpx.post(f"{base}/v1/rewards", content=b"{bad").status_code == 401
+
+
+def test_overload_gives_503_with_retry_after(served):
+    """judge: max_ongoing_requests=1, max_queued_requests=1; generation keeps the replica busy."""
+    async def burst():
+        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            body = {"items": ITEMS * 8, "mode": "generate"}
+            return await asyncio.gather(*(c.post("/v1/judge", json=body) for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes, codes
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "1" and rejected.json()["error"]["code"] == "overloaded"
+
+
+# ---------------------------------------------------------------- placement, batching, reconfigure
+
+
+def test_one_replica_per_gpu(served):
+    stats = replica_stats("reward-rm", min_distinct=2)
+    assert len(stats) == 2
+    gpu_ids = [s["gpu_ids"] for s in stats.values()]
+    assert all(len(ids) == 1 for ids in gpu_ids)
+    assert gpu_ids[0] != gpu_ids[1]
+
+
+def test_a_third_gpu_replica_waits(served):
+    from cluster.config import ServedModel
+    from deployments.app import replica_deployment
+
+    extra = ServedModel(name="rm-extra", path=str(served["paths"][0]), kind="reward",
+                        replicas={"num_gpus": 1, "num_cpus": 0.1})
+    serve._run(replica_deployment(extra), _blocking=False, name="gpu-probe", route_prefix=None)
+    try:
+        time.sleep(8)
+        app = serve.status().applications["gpu-probe"]
+        assert app.status != "RUNNING"
+        replica_states = app.deployments["reward-rm-extra"].replica_states
+        assert replica_states.get("RUNNING", 0) == 0, replica_states
+    finally:
+        serve.delete("gpu-probe")
+
+
+def test_concurrent_requests_are_batched_together(served):
+    before = sum(s["calls"] for s in replica_stats("reward-rm", 2).values())
+
+    async def many():
+        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]})
+                                          for conv in CONVERSATIONS * 4))
+
+    responses = asyncio.run(many())
+    expected = served["models"]["rm"].score(CONVERSATIONS * 4)
+    assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=1e-4)
+    stats = replica_stats("reward-rm", 2)
+    assert sum(s["calls"] for s in stats.values()) - before == 24
+    assert max(s["max_calls_in_batch"] for s in stats.values()) > 1
+
+
+def test_live_reconfigure_keeps_replicas(served):
+    """Retune batching through the config's user_config override: the stock Serve workflow, applied
+    by reconfigure() on the running replicas, not by restarting them."""
+    before = set(replica_stats("reward-rm", 2))
+    new_settings = {"batch_max_tokens": 8192, "batch_wait_timeout_s": 0.02, "max_batch_tokens": 1024}
+    deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
+            "args": app_args(*served["paths"]),
+            "deployments": [{"name": "reward-rm", "user_config": new_settings}]})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        after = replica_stats("reward-rm", 2)
+        if all(s["batch_wait_timeout_s"] == 0.02 for s in after.values()) and len(after) == 2:
+            break
+        time.sleep(0.5)
+    assert set(after) == before  # same replicas: reconfigured, not restarted
+    for s in after.values():
+        assert (s["batch_max_tokens"], s["batch_wait_timeout_s"], s["max_batch_tokens"]) == (8192, 0.02, 1024)
+    r = served["client"].post("/v1/rewards", json={"conversations": CONVERSATIONS})
+    assert r.json()["scores"] == pytest.approx(served["models"]["rm"].score(CONVERSATIONS), abs=1e-4)
+
+
+def test_custom_metrics_are_exported(served):
+    """Tokens scored, batch sizes, padding efficiency and queue wait, per model, on Ray's
+    Prometheus endpoint (what the Serve metrics dashboards read)."""
+    served["client"].post("/v1/rewards", json={"conversations": CONVERSATIONS})
+    wanted = ["ray_scoring_tokens_total", "ray_scoring_batch_requests", "ray_scoring_batch_tokens",
+              "ray_scoring_padding_efficiency", "ray_scoring_queue_wait_seconds"]
+    text = ""
+    for _ in range(40):
+        text = httpx.get(f"http://127.0.0.1:{served['metrics_port']}/metrics", timeout=10).text
+        if all(w in text for w in wanted) and 'model="rm"' in text:
+            break
+        time.sleep(1)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
+    assert 'model="rm"' in text
