@@ -28,7 +28,8 @@ def format_validation_error(err: ValidationError, what: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"{what}: unknown field '{loc}'")
         else:
-            lines.append(f"{what}.{loc}: {e['msg']}" if loc else f"{what}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{what}.{loc}: {msg}" if loc else f"{what}: {msg}")
     return "; ".join(lines)
 
 

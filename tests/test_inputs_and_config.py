@@ -124,3 +124,43 @@ def test_every_error_class_has_one_status():
     assert http_status(errors.UnknownModel("x")) == 404
     assert http_status(errors.Overloaded("x")) == 503
     assert http_status(RuntimeError("x")) == 500
+
+
+def test_ray_config_yaml_is_a_valid_serve_config_for_build_app():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.config import AppConfig
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.yaml").read_text())
+    schema = ServeDeploySchema(**raw)
+    [app] = schema.applications
+    assert app.import_path == "deployments.app:build_app"
+    config = AppConfig.parse(app.args)
+    reward, critic = config.models
+    assert (reward.path, reward.kind, reward.dtype) == ("Skywork/Skywork-Reward-Llama-3.1-8B", "reward", "bfloat16")
+    assert (critic.path, critic.kind) == ("Skywork/Skywork-Critic-Llama-3.1-8B", "critic")
+    assert reward.replicas.num_gpus == 1 and critic.replicas.num_gpus == 1
+    assert reward.replicas.max_replicas > reward.replicas.min_replicas  # autoscaling
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"models": []}, r"AppConfig\.models"),
+        ({"models": [{"name": "a", "path": "p", "kind": "reward"}], "extra": 1}, r"unknown field 'extra'"),
+        ({"models": [{"name": "a", "path": "p", "kind": "reward"}] * 2}, r"repeated: \['a'\]"),
+        ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"gpus": 1}}]},
+         r"AppConfig\.models\.0: ServedModel\.replicas: ReplicaSettings: unknown field 'gpus'"),
+        ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"min_replicas": 3,
+                                                                            "max_replicas": 2}}]},
+         r"min_replicas \(3\) > max_replicas \(2\)"),
+    ],
+)
+def test_bad_app_configs_are_named(args, message):
+    from cluster.config import AppConfig
+
+    with pytest.raises(ConfigError, match=message):
+        AppConfig.parse(args)
