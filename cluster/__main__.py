@@ -34,6 +34,15 @@ def quiet_transformers() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    quiet_transformers()
+    if args.in_process:
+        return demo_in_process(args)
+    from deployments.demo import run_demo
+
+    return run_demo(args.models_dir, args.port, args.once)
+
+
+def demo_in_process(args: argparse.Namespace) -> int:
     """Build a tiny reward model and critic, score a handful of conversations, judge one pair."""
     from cluster import ModelSpec, load_model
     from cluster.tiny import build_tiny_model
@@ -92,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build tiny models, score conversations and judge a pair")
+    demo = sub.add_parser("demo", help="tiny models behind the Serve app on a local CPU cluster, over HTTP")
     demo.add_argument("--models-dir", help="where to build (or reuse) the tiny models; default: a temp dir")
+    demo.add_argument("--once", action="store_true", help="exit after one round of requests")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--in-process", action="store_true",
+                      help="no Ray: load the models in this process, score and judge directly")
     demo.set_defaults(func=cmd_demo)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny seeded reward model or critic to a directory")

@@ -33,14 +33,31 @@ def test_tiny_model_command_writes_a_loadable_model(tmp_path):
     assert isinstance(score, float)
 
 
-def test_demo_scores_and_judges(tmp_path):
-    proc = run_cli("demo", "--models-dir", str(tmp_path))
+def test_in_process_demo_scores_and_judges(tmp_path):
+    proc = run_cli("demo", "--in-process", "--models-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     scores = re.findall(r"^\s+([+-]\d+\.\d{4})\s+tokens=", proc.stdout, flags=re.M)
     assert len(scores) == 4
     assert re.search(r"critic logits: P\(A better\)=0\.\d{4} -> [AB]", proc.stdout)
     assert re.search(r"critic generate: '.*' -> (A|B|None)", proc.stdout)
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_demo_answers_every_route_over_http(tmp_path):
+    """The README's main command, with --once: a local Ray cluster, the Serve app, real HTTP."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = run_cli("demo", "--once", "--models-dir", str(tmp_path), "--port", str(port), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    routes = re.findall(r"^(GET|POST) (\S+)", proc.stdout, flags=re.M)
+    statuses = re.findall(r"^  -> (\d{3}) ", proc.stdout, flags=re.M)
+    assert {p for _, p in routes} >= {"/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge",
+                                      "/get_reward", "/classify"}
+    assert statuses == ["200"] * (len(statuses) - 1) + ["422"]  # the last request is the bad one
+    assert '"text": "[[A]]"' in proc.stdout or '"text": "[[B]]"' in proc.stdout
 
 
 def test_cli_errors_are_one_line_not_a_traceback(tmp_path):
