@@ -97,6 +97,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from deployments import bench_serve
+
+    quiet_transformers()
+    return bench_serve.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = sub.add_parser("bench", help="in-process throughput: model card loop vs fixed batches vs ours")
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(func=cmd_bench)
+    from deployments import bench_serve
+
+    serve_bench = sub.add_parser("bench-serve", help="HTTP load on the CPU app: cross-request batching vs none")
+    bench_serve.add_arguments(serve_bench)
+    serve_bench.set_defaults(func=cmd_bench_serve)
     return parser
 
 

@@ -140,6 +140,7 @@ class ReplicaSettings(StrictModel):
     # live-tunable (user_config -> reconfigure): cross-request batching
     batch_max_tokens: int = Field(32768, ge=1, description="tokens gathered across requests per batch")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    cross_request_batching: bool = Field(True, description="false: one forward per request (baseline)")
 
     @model_validator(mode="after")
     def _check(self) -> ReplicaSettings:

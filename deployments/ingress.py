@@ -130,6 +130,8 @@ class ScoringService:
             tokens += len(seq)
         if current:
             chunks.append(current)
+        if not model.replicas.cross_request_batching:
+            method += "_alone"
         handle = getattr(self.replicas[model.name], method)
         outputs = await asyncio.gather(*(handle.remote(call(c)) for c in chunks))
         return [x for out in outputs for x in out]

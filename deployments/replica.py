@@ -75,6 +75,13 @@ class ModelReplica:
         """Critic fast path: P(A) for each call's judge prompts."""
         return await self._gathered(calls, self.model.runner.verdict_probs)
 
+    async def score_alone(self, c: dict[str, Any]) -> list[float]:
+        """One forward per request, no gathering (cross_request_batching: false, the baseline)."""
+        return (await self._gathered([c], self.model.runner.score_ids))[0]
+
+    async def verdict_probs_alone(self, c: dict[str, Any]) -> list[float]:
+        return (await self._gathered([c], self.model.runner.verdict_probs))[0]
+
     async def generate(self, seqs: list[list[int]]) -> list[dict[str, Any]]:
         """Critic slow path: greedy generation (not gathered: each call is already a batch)."""
         gens = await asyncio.to_thread(self._locked, self.model.runner.generate, seqs, self.spec.max_new_tokens)
