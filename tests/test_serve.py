@@ -359,3 +359,28 @@ def test_custom_metrics_are_exported(served):
     missing = [w for w in wanted if w not in text]
     assert not missing, missing
     assert 'model="rm"' in text
+
+
+def test_two_node_cluster_places_one_replica_per_node(reward_dir):
+    """ray.cluster_utils.Cluster with one fake GPU per node, in its own process."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, str(root / "tests" / "two_node_cluster.py"), str(reward_dir("llama"))],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"nodes"')]
+    result = json.loads(line)
+    assert len(result["nodes"]) == 2
+    replicas = list(result["replicas"].values())
+    assert len(replicas) == 2
+    assert {r["node_id"] for r in replicas} == set(result["nodes"])  # one replica on each node
+    assert all(len(r["gpu_ids"]) == 1 for r in replicas)
+    assert all(r["calls"] > 0 for r in replicas)  # requests were served from both
+    expected = load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward")).score(
+        [CONVERSATIONS[0]])[0]
+    assert result["scores"] == pytest.approx([expected] * 24, abs=1e-4)
