@@ -138,9 +138,40 @@ class ScoringService:
 
     async def rewards(self, model, inputs: list, what: str = "conversations") -> tuple[list[float], list[bool], int]:
         self.check_count(len(inputs))
-        encoded = await self.tokenizer.encode_inputs.remote(model.name, inputs, what)
-        scores = await self._fan_out(model, "score", [ids for ids, _ in encoded])
+        if model.replicas.cross_request_batching:
+            result = await self._gathered_rewards((model.name, inputs, what))
+            if isinstance(result, BaseException):
+                raise result
+            encoded, scores = result
+        else:  # the baseline: this request's own tokenizer call and replica call
+            encoded = await self.tokenizer.encode_inputs.remote(model.name, inputs, what)
+            scores = await self._fan_out(model, "score", [ids for ids, _ in encoded])
         return scores, [t for _, t in encoded], sum(len(ids) for ids, _ in encoded)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
+    async def _gathered_rewards(self, requests: list[tuple[str, list, str]]) -> list:
+        """Concurrent reward requests to this ingress replica share one tokenizer call and one set
+        of replica calls per model: RPCs, not items or requests, are what cost on the way to the
+        GPU. A request's bad input comes back as its own error, not the batch's."""
+        by_model: dict[str, list[int]] = {}
+        for i, (name, _, _) in enumerate(requests):
+            by_model.setdefault(name, []).append(i)
+        results: list = [None] * len(requests)
+
+        async def one_model(name: str, indices: list[int]) -> None:
+            encoded = await self.tokenizer.encode_many.remote(name, [requests[i][1:] for i in indices])
+            good = [(i, enc) for i, enc in zip(indices, encoded) if not isinstance(enc, BaseException)]
+            for i, enc in zip(indices, encoded):
+                if isinstance(enc, BaseException):
+                    results[i] = enc
+            scores = await self._fan_out(self.models[name], "score", [ids for _, enc in good for ids, _ in enc])
+            at = 0
+            for i, enc in good:
+                results[i] = (enc, scores[at:at + len(enc)])
+                at += len(enc)
+
+        await asyncio.gather(*(one_model(name, idx) for name, idx in by_model.items()))
+        return results
 
     async def judge(self, model, items: list[dict], mode: str, debias: bool) -> tuple[list[dict], int]:
         from cluster.critic import Verdict, combine, winner_of

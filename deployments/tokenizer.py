@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.config import ModelSpec
-from cluster.errors import UnknownModel
+from cluster.errors import ScoringError, UnknownModel
 from cluster.tokenization import ChatEncoder
 
 
@@ -29,6 +29,17 @@ class Tokenizer:
     def encode_inputs(self, model: str, inputs: list, what: str = "conversations") -> list[tuple[list[int], bool]]:
         """Conversations or pre-templated strings -> (ids, truncated) per item."""
         return [(e.ids, e.truncated) for e in self._encoder(model).encode_inputs(inputs, what)]
+
+    def encode_many(self, model: str, requests: list[tuple[list, str]]) -> list:
+        """Several requests' inputs in one call; a request with bad input gets its error back in
+        its place, so one caller's mistake does not fail the others."""
+        out = []
+        for inputs, what in requests:
+            try:
+                out.append(self.encode_inputs(model, inputs, what))
+            except ScoringError as err:
+                out.append(err)
+        return out
 
     def encode_judge_items(self, model: str, items: list, swap: bool = False) -> list[tuple[list[int], bool]]:
         return [(e.ids, e.truncated) for e in self._encoder(model).encode_judge_items(items, swap=swap)]
