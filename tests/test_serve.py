@@ -409,3 +409,32 @@ def test_two_node_cluster_places_one_replica_per_node(reward_dir):
     expected = load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward")).score(
         [CONVERSATIONS[0]])[0]
     assert result["scores"] == pytest.approx([expected] * 24, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "code", "message"),
+    [
+        ("model_failure", 500, "model_failure", "model 'rm' failed on a batch"),
+        ("unexpected", 500, "internal_error", "internal error; quote the request id"),
+        ("backpressure", 503, "overloaded", "queue is full"),
+    ],
+)
+def test_failures_map_to_500_and_503_without_internals(err, status, code, message):
+    import json
+
+    from ray.serve.exceptions import BackPressureError
+
+    from cluster.errors import ModelFailure
+    from deployments.ingress import error_response
+
+    exc = {"model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),
+           "unexpected": KeyError("secret internal detail"),
+           "backpressure": BackPressureError(num_queued_requests=5, max_queued_requests=4)}[err]
+    response = error_response(exc, "req-123")
+    body = json.loads(response.body)
+    assert response.status_code == status
+    assert body == {"error": {"code": code, "message": body["error"]["message"], "request_id": "req-123"}}
+    assert message in body["error"]["message"]
+    assert "secret internal detail" not in response.body.decode() and "Traceback" not in response.body.decode()
+    if status == 503:
+        assert response.headers["retry-after"] == "1"
