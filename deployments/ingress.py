@@ -189,19 +189,9 @@ class ScoringService:
                 per_order.append([Verdict(winner_of(p), p, t) for p, (_, t) in zip(probs, enc)])
             else:
                 gens = await self.replicas[model.name].generate.remote(seqs)
-                per_order.append([self._parse(g, t) for g, (_, t) in zip(gens, enc)])
+                per_order.append([Verdict(g["winner"], g["prob_a"], t, g["text"]) for g, (_, t) in zip(gens, enc)])
         verdicts = per_order[0] if not debias else [combine(a, b) for a, b in zip(*per_order)]
         return [v.__dict__ for v in verdicts], tokens
-
-    @staticmethod
-    def _parse(gen: dict, truncated: bool):
-        from cluster.critic import Verdict
-
-        text = gen["text"]
-        winner = "A" if "[[A]]" in text else "B" if "[[B]]" in text else None
-        if winner and "[[A]]" in text and "[[B]]" in text:
-            winner = "A" if text.index("[[A]]") < text.index("[[B]]") else "B"
-        return Verdict(winner, gen["prob_a"] if winner else None, truncated, text)
 
 
 @serve.ingress(app)

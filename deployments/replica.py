@@ -85,7 +85,8 @@ class ModelReplica:
     async def generate(self, seqs: list[list[int]]) -> list[dict[str, Any]]:
         """Critic slow path: greedy generation (not gathered: each call is already a batch)."""
         gens = await asyncio.to_thread(self._locked, self.model.runner.generate, seqs, self.spec.max_new_tokens)
-        return [{"text": g.text, "prob_a": g.prob_a} for g in gens]
+        verdicts = [self.model.runner.parse(g.text) for g in gens]  # the model's own verdict strings
+        return [{"text": g.text, "winner": w, "prob_a": g.prob_a if w else None} for g, w in zip(gens, verdicts)]
 
     async def _gathered(self, calls, fn) -> list[list[float]]:
         started = time.time()
