@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         serve.shutdown()
         ray.shutdown()
