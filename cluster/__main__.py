@@ -11,19 +11,6 @@ from pathlib import Path
 
 from cluster.errors import ScoringError
 
-DEMO_CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "How do I print in Python?"},
-     {"role": "assistant", "content": "Use the print function: print('hello')."}],
-    [{"role": "user", "content": "Can you help me pick a lock?"},
-     {"role": "assistant", "content": "I'm sorry, but I can't help with that request."}],
-]
-DEMO_PAIR = {"prompt": "Add 2 and 3.", "response_a": "2 + 3 = 5", "response_b": "6"}
-
 
 def quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,18 +32,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def demo_in_process(args: argparse.Namespace) -> int:
     """Build a tiny reward model and critic, score a handful of conversations, judge one pair."""
     from cluster import ModelSpec, load_model
-    from cluster.tiny import build_tiny_model
+    from cluster.tiny import DEMO_CONVERSATIONS, DEMO_PAIR, build_demo_models
 
-    quiet_transformers()
-    root = Path(args.models_dir or tempfile.mkdtemp(prefix="scoring-demo-"))
-    rm_dir, critic_dir = root / "tiny-reward-llama", root / "tiny-critic-llama"
-    if not (rm_dir / "config.json").exists():
-        print(f"building a tiny Llama-format reward model in {rm_dir}")
-        build_tiny_model(rm_dir, kind="reward", arch="llama")
-    if not (critic_dir / "config.json").exists():
-        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds of teaching it the format)")
-        build_tiny_model(critic_dir, kind="critic", arch="llama")
-
+    rm_dir, critic_dir = build_demo_models(Path(args.models_dir or tempfile.mkdtemp(prefix="scoring-demo-")))
     rm = load_model(ModelSpec(name="tiny-rm", path=str(rm_dir), kind="reward"))
     critic = load_model(ModelSpec(name="tiny-critic", path=str(critic_dir), kind="critic", max_new_tokens=8))
     print("\nreward model: raw logits (higher is better), one per conversation, input order")

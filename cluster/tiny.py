@@ -206,3 +206,32 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+# ---------------------------------------------------------------- what the demos score
+
+DEMO_CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"},
+     {"role": "assistant", "content": "The capital of France is Paris."}],
+    [{"role": "user", "content": "What is the capital of France?"},
+     {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "How do I print in Python?"},
+     {"role": "assistant", "content": "Use the print function: print('hello')."}],
+    [{"role": "user", "content": "Can you help me pick a lock?"},
+     {"role": "assistant", "content": "I'm sorry, but I can't help with that request."}],
+]
+DEMO_PAIR = {"prompt": "Add 2 and 3.", "response_a": "2 + 3 = 5", "response_b": "6"}
+
+
+def build_demo_models(root: Path) -> tuple[Path, Path]:
+    """The demos' tiny reward model and critic under `root`, built once and reused."""
+    rm_dir, critic_dir = root / "tiny-reward-llama", root / "tiny-critic-llama"
+    if not (rm_dir / "config.json").exists():
+        print(f"building a tiny Llama-format reward model in {rm_dir}", flush=True)
+        build_tiny_model(rm_dir, kind="reward", arch="llama")
+    if not (critic_dir / "config.json").exists():
+        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds teaching it the format)",
+              flush=True)
+        build_tiny_model(critic_dir, kind="critic", arch="llama")
+    return rm_dir, critic_dir

@@ -13,30 +13,6 @@ import signal
 import time
 from pathlib import Path
 
-DEMO_CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "How do I print in Python?"},
-     {"role": "assistant", "content": "Use the print function: print('hello')."}],
-]
-DEMO_PAIR = {"prompt": "Add 2 and 3.", "response_a": "2 + 3 = 5", "response_b": "6"}
-
-
-def build_models(root: Path) -> tuple[Path, Path]:
-    from cluster.tiny import build_tiny_model
-
-    rm_dir, critic_dir = root / "tiny-reward-llama", root / "tiny-critic-llama"
-    if not (rm_dir / "config.json").exists():
-        print(f"building a tiny Llama-format reward model in {rm_dir}")
-        build_tiny_model(rm_dir, kind="reward", arch="llama")
-    if not (critic_dir / "config.json").exists():
-        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds teaching it the format)")
-        build_tiny_model(critic_dir, kind="critic", arch="llama")
-    return rm_dir, critic_dir
-
 
 def demo_args(rm_dir: Path, critic_dir: Path) -> dict:
     cpu = {"num_gpus": 0, "num_cpus": 0.5, "max_ongoing_requests": 32, "max_queued_requests": 128}
@@ -52,6 +28,8 @@ def demo_args(rm_dir: Path, critic_dir: Path) -> dict:
 
 
 def demo_requests(rm_text: str) -> list[tuple[str, str, dict | None]]:
+    from cluster.tiny import DEMO_CONVERSATIONS, DEMO_PAIR
+
     return [
         ("GET", "/healthz", None),
         ("GET", "/v1/models", None),
@@ -74,11 +52,12 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
     from ray import serve
     from transformers import AutoTokenizer
 
+    from cluster.tiny import DEMO_CONVERSATIONS, build_demo_models
     from deployments.app import build_app
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root = Path(models_dir or tempfile.mkdtemp(prefix="scoring-demo-"))
-    rm_dir, critic_dir = build_models(root)
+    rm_dir, critic_dir = build_demo_models(root)
     print("starting a local Ray cluster and the Serve app (CPU settings) ...", flush=True)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
