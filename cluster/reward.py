@@ -91,17 +91,24 @@ class RewardModel(LoadedModel):
     def compare(self, items: Any) -> list[Comparison]:
         """Pairs {prompt, response_a, response_b} -> prob_a = sigmoid(r_a - r_b) and both rewards."""
         checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
-        convs = []
-        for it in checked:
-            for resp in (it["response_a"], it["response_b"]):
-                convs.append([{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": resp}])
-        results = self.score_detailed(convs)
-        out = []
-        for a, b in zip(results[0::2], results[1::2]):
-            prob_a = sigmoid(a.score - b.score)
-            out.append(Comparison("A" if prob_a >= 0.5 else "B", prob_a, a.score, b.score,
-                                  a.truncated or b.truncated))
-        return out
+        results = self.score_detailed(pair_conversations(checked))
+        return pair_comparisons([r.score for r in results], [r.truncated for r in results])
+
+
+def pair_conversations(items: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """Each pair as two conversations (prompt + response_a, prompt + response_b), interleaved."""
+    return [[{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[key]}]
+            for it in items for key in ("response_a", "response_b")]
+
+
+def pair_comparisons(scores: list[float], truncated: list[bool]) -> list[Comparison]:
+    """Interleaved (a, b) rewards -> prob_a = sigmoid(r_a - r_b); ties go to A."""
+    out = []
+    for i in range(0, len(scores), 2):
+        r_a, r_b = scores[i], scores[i + 1]
+        prob_a = sigmoid(r_a - r_b)
+        out.append(Comparison("A" if prob_a >= 0.5 else "B", prob_a, r_a, r_b, truncated[i] or truncated[i + 1]))
+    return out
 
 
 def sigmoid(x: float) -> float:

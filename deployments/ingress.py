@@ -10,7 +10,6 @@ are gathered into one forward pass) -> results in input order.
 import asyncio
 import hmac
 import logging
-import math
 import os
 import time
 import uuid
@@ -25,6 +24,7 @@ from ray.serve.exceptions import BackPressureError
 
 from cluster import schemas
 from cluster.config import AppConfig
+from cluster.critic import Verdict, combine, winner_of
 from cluster.errors import (
     InvalidInput,
     ModelFailure,
@@ -35,6 +35,7 @@ from cluster.errors import (
     UnknownModel,
     http_status,
 )
+from cluster.reward import pair_comparisons, pair_conversations, sigmoid
 from deployments.replica import call
 
 logger = logging.getLogger("ray.serve")
@@ -42,10 +43,6 @@ RETRY_AFTER_S = 1
 OPEN_PATHS = {"/healthz"}
 
 app = FastAPI(title="scoring-cluster", version="0.1.0")
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def unwrap(err: BaseException) -> BaseException:
@@ -174,24 +171,23 @@ class ScoringService:
         return results
 
     async def judge(self, model, items: list[dict], mode: str, debias: bool) -> tuple[list[dict], int]:
-        from cluster.critic import Verdict, combine, winner_of
-
+        """Verdicts; with debias both orders go to the replicas together, as in CriticModel.judge."""
         self.check_count(len(items))
         orders = [False, True] if debias else [False]
         encoded = await asyncio.gather(*(self.tokenizer.encode_judge_items.remote(model.name, items, s)
                                          for s in orders))
-        tokens = sum(len(ids) for enc in encoded for ids, _ in enc)
-        per_order = []
-        for enc in encoded:
-            seqs = [ids for ids, _ in enc]
-            if mode == "logits":
-                probs = await self._fan_out(model, "verdict_probs", seqs)
-                per_order.append([Verdict(winner_of(p), p, t) for p, (_, t) in zip(probs, enc)])
-            else:
-                gens = await self.replicas[model.name].generate.remote(seqs)
-                per_order.append([Verdict(g["winner"], g["prob_a"], t, g["text"]) for g, (_, t) in zip(gens, enc)])
-        verdicts = per_order[0] if not debias else [combine(a, b) for a, b in zip(*per_order)]
-        return [v.__dict__ for v in verdicts], tokens
+        both = [e for enc in encoded for e in enc]
+        seqs = [ids for ids, _ in both]
+        if mode == "logits":
+            probs = await self._fan_out(model, "verdict_probs", seqs)
+            verdicts = [Verdict(winner_of(p), p, t) for p, (_, t) in zip(probs, both)]
+        else:
+            gens = await self.replicas[model.name].generate.remote(seqs)
+            verdicts = [Verdict(g["winner"], g["prob_a"], t, g["text"]) for g, (_, t) in zip(gens, both)]
+        if debias:
+            n = len(items)
+            verdicts = [combine(a, b) for a, b in zip(verdicts[:n], verdicts[n:])]
+        return [v.__dict__ for v in verdicts], sum(len(ids) for ids in seqs)
 
 
 @serve.ingress(app)
@@ -272,15 +268,8 @@ class Ingress:
                 verdicts, tokens = await self.service.judge(model, items, "logits", debias=False)
                 results = [schemas.Comparison(**v) for v in verdicts]
             else:
-                convs = [[{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[k]}]
-                         for it in items for k in ("response_a", "response_b")]
-                scores, truncated, tokens = await self.service.rewards(model, convs, "items")
-                results = []
-                for i in range(len(items)):
-                    r_a, r_b = scores[2 * i], scores[2 * i + 1]
-                    p = sigmoid(r_a - r_b)
-                    results.append(schemas.Comparison(winner="A" if p >= 0.5 else "B", prob_a=p, reward_a=r_a,
-                                                      reward_b=r_b, truncated=truncated[2 * i] or truncated[2 * i + 1]))
+                scores, truncated, tokens = await self.service.rewards(model, pair_conversations(items), "items")
+                results = [schemas.Comparison(**c.__dict__) for c in pair_comparisons(scores, truncated)]
             return schemas.CompareResponse(model=model.name, kind=model.kind, results=results,
                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
         return await self._run(request, work, schemas.CompareRequest)
