@@ -33,6 +33,11 @@ def format_validation_error(err: ValidationError, what: str) -> str:
     return "; ".join(lines)
 
 
+def deployment_name(kind: str, name: str) -> str:
+    """The Serve deployment that serves model `name` (kind 'reward' or 'critic')."""
+    return f"{kind}-{name}".replace("/", "_").replace(":", "_")
+
+
 class StrictModel(BaseModel):
     """Pydantic model that rejects unknown keys and raises ConfigError with field-named messages."""
 

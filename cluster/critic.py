@@ -64,7 +64,8 @@ class CriticRunner(ForwardRunner):
     def _verdict_forward(self, seqs: list[Sequence[int]]) -> list[float]:
         batch = self._pad(seqs)
         last = self._last_logits(batch)
-        return torch.sigmoid(last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).tolist()
+        # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
+        return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
 
     def _last_logits(self, batch) -> torch.Tensor:
         # left padding: every row's last real token is the last column, so logits_to_keep=1 runs

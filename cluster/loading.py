@@ -56,7 +56,7 @@ def resolve_attn(requested: str, model_type: str, device: torch.device, dtype: t
     return requested
 
 
-def _load_config(spec: ModelSpec):
+def load_config(spec: ModelSpec):
     from transformers import AutoConfig
 
     if os.path.isdir(spec.path) and not os.path.isfile(os.path.join(spec.path, "config.json")):
@@ -79,7 +79,7 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
     spec = ModelSpec.parse(spec)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    config = _load_config(spec)
+    config = load_config(spec)
     text_config = config.get_text_config()
     attn = resolve_attn(spec.attn_implementation, config.model_type, device, dtype)
     max_positions = getattr(text_config, "max_position_embeddings", None)

@@ -11,14 +11,10 @@ from typing import Any
 
 from ray import serve
 
-from cluster.config import AppConfig, ServedModel
+from cluster.config import AppConfig, ServedModel, deployment_name
 from deployments.ingress import Ingress
 from deployments.replica import ModelReplica
 from deployments.tokenizer import Tokenizer
-
-
-def deployment_name(model: ServedModel) -> str:
-    return f"{model.kind}-{model.name}".replace("/", "_").replace(":", "_")
 
 
 def replica_deployment(model: ServedModel):
@@ -29,7 +25,7 @@ def replica_deployment(model: ServedModel):
                        "target_ongoing_requests": r.target_ongoing_requests}
     return serve.deployment(
         ModelReplica,
-        name=deployment_name(model),
+        name=deployment_name(model.kind, model.name),
         num_replicas=None if autoscaling else r.min_replicas or 1,
         autoscaling_config=autoscaling,
         ray_actor_options={"num_gpus": r.num_gpus, "num_cpus": r.num_cpus},

@@ -120,6 +120,11 @@ class ModelReplica:
 
     # -- introspection and health
 
+    def describe(self) -> dict[str, Any]:
+        """What a caller that tokenizes for itself (the Ray Data pipeline's via_serve) needs: the
+        spec, and the most tokens one call may carry (@serve.batch rejects a bigger call)."""
+        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching.get("batch_max_tokens", 32768))}
+
     def get_stats(self) -> dict[str, Any]:
         import ray
 

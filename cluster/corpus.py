@@ -1,0 +1,251 @@
+"""Corpus rows -> what a model scores, and model outputs -> the row's result columns.
+
+No Ray here: the Ray Data pipeline (cluster/pipeline.py) calls these per batch, and tests call them
+directly. A row is a plain dict; its own columns are carried through untouched.
+
+Row shapes (detected from the columns, or named):
+- "conversations": a `conversations` (or `messages`) column holding one message list per row;
+- "prompt_response": `prompt` + `response` (strings; the prompt may also be a message list);
+- "pairs": `chosen` + `rejected` (+ `prompt`), each side a string, a message list (the response
+  turn(s), or the whole conversation when it starts with the user), or a list of several responses
+  (RM-Bench style). `prompt` may be left out when both sides are whole conversations.
+
+Pair results use one convention whatever the model: `margins[i*m + j]` is how much chosen response i
+beats rejected response j. For a reward model that is r_chosen - r_rejected; for a critic it is the
+log-odds of its verdict, log P(chosen) / P(rejected), so that sigmoid(margin) is P(chosen better)
+either way. Ties lose (RewardBench's rule): chosen wins only with margin > 0.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.errors import InvalidInput
+from cluster.tokenization import validate_conversation
+
+SHAPES = ("conversations", "prompt_response", "pairs")
+CONVERSATION_COLUMNS = ("conversations", "messages")
+# Written by the pipeline; an input column with one of these names would be overwritten.
+OUTPUT_COLUMNS = (
+    "score", "chosen_score", "rejected_score", "chosen_scores", "rejected_scores", "prob_chosen", "probs_chosen",
+    "margin", "margins", "win_rate", "chosen_wins", "truncated", "num_tokens", "source_file", "source_row", "error",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a corpus holds, decided once per run (so every output batch has the same columns)."""
+
+    shape: str
+    kind: str  # "reward" | "critic"
+    multi: bool = False  # pairs with lists of several responses per side
+    conversation_column: str = "conversations"
+
+    @property
+    def result_columns(self) -> tuple[str, ...]:
+        if self.shape != "pairs":
+            return ("score", "truncated", "num_tokens")
+        if self.kind == "reward":
+            sides = (("chosen_scores", "rejected_scores", "margins") if self.multi
+                     else ("chosen_score", "rejected_score"))
+        else:
+            sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
+        extra = ("win_rate",) if self.multi else ()
+        return (*sides, "margin", *extra, "chosen_wins", "truncated", "num_tokens")
+
+
+def detect_shape(columns: Sequence[str], where: str) -> str:
+    cols = set(columns)
+    if {"chosen", "rejected"} <= cols:
+        return "pairs"
+    if any(c in cols for c in CONVERSATION_COLUMNS):
+        return "conversations"
+    if {"prompt", "response"} <= cols:
+        return "prompt_response"
+    raise InvalidInput(
+        f"{where}: cannot tell the row shape from the columns {sorted(cols)}; expected 'conversations' "
+        "(a message list), 'prompt' + 'response', or 'prompt' + 'chosen' + 'rejected'"
+    )
+
+
+def check_columns(columns: Sequence[str], shape: str, where: str) -> str | None:
+    """Raise naming the missing column; return the conversation column for that shape."""
+    cols = set(columns)
+    if shape == "conversations":
+        for name in CONVERSATION_COLUMNS:
+            if name in cols:
+                return name
+        raise InvalidInput(f"{where}: missing column 'conversations' (shape='conversations')")
+    needed = ("prompt", "response") if shape == "prompt_response" else ("chosen", "rejected")
+    for name in needed:
+        if name not in cols:
+            raise InvalidInput(f"{where}: missing column {name!r} (shape={shape!r} needs {', '.join(needed)})")
+    clash = sorted(cols & set(OUTPUT_COLUMNS))
+    if clash:
+        raise InvalidInput(f"{where}: input column(s) {clash} would be overwritten by the results; rename them")
+    return None
+
+
+def is_multi(row: Mapping[str, Any]) -> bool:
+    """A pair row with several responses per side: a list whose items are responses, not messages."""
+    value = row.get("chosen")
+    return _is_list(value) and len(value) > 0 and not isinstance(value[0], Mapping)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+# ---------------------------------------------------------------- rows -> units
+
+
+def row_units(row: Mapping[str, Any], layout: Layout, where: str) -> list:
+    """The conversations (reward model) or judge items (critic) one row asks to score, in the
+    order `row_result` expects them."""
+    if layout.shape == "conversations":
+        return [_conversation(row.get(layout.conversation_column), f"{where}: {layout.conversation_column}")]
+    if layout.shape == "prompt_response":
+        if layout.kind == "critic":
+            raise InvalidInput(f"{where}: a critic judges pairs; this corpus has no chosen/rejected columns")
+        context = _context(row, where, required=True)
+        return [context + [{"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]]
+    chosen = _side(row, "chosen", layout, where)
+    rejected = _side(row, "rejected", layout, where)
+    if layout.kind == "reward":
+        return chosen + rejected
+    question = _question(row, chosen, where)
+    items = []
+    for c in chosen:
+        for r in rejected:
+            items.append({"prompt": question, "response_a": _last_response(c), "response_b": _last_response(r)})
+    return items
+
+
+def _conversation(value: Any, where: str) -> list[dict]:
+    return validate_conversation(value, where, require_assistant_last=True)
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: must be a string, got {type(value).__name__}")
+    return value
+
+
+def _context(row: Mapping[str, Any], where: str, required: bool) -> list[dict]:
+    """The prompt as leading messages: a string is one user turn; a message list is kept as is."""
+    prompt = row.get("prompt")
+    if prompt is None:
+        if required:
+            raise InvalidInput(f"{where}: prompt: missing")
+        return []
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return validate_conversation(prompt, f"{where}: prompt", require_assistant_last=False)
+
+
+def _side(row: Mapping[str, Any], side: str, layout: Layout, where: str) -> list[list[dict]]:
+    """One side of a pair as whole conversations (one, or several when the corpus is multi)."""
+    value, at = row.get(side), f"{where}: {side}"
+    if value is None:
+        raise InvalidInput(f"{at}: missing")
+    if layout.multi:
+        if not _is_list(value) or not value:
+            raise InvalidInput(f"{at}: expected a non-empty list of responses, like the corpus's other rows")
+        return [_response(row, v, where, f"{at}[{i}]") for i, v in enumerate(value)]
+    if _is_list(value) and value and not isinstance(value[0], Mapping):
+        raise InvalidInput(f"{at}: a list of several responses, but the corpus's other rows hold one per side")
+    return [_response(row, value, where, at)]
+
+
+def _response(row: Mapping[str, Any], value: Any, row_where: str, where: str) -> list[dict]:
+    if isinstance(value, str):
+        return _context(row, row_where, required=True) + [{"role": "assistant", "content": value}]
+    messages = validate_conversation(value, where, require_assistant_last=True)
+    if messages[0]["role"] == "assistant":  # the response turn(s) only: the prompt comes first
+        return _context(row, row_where, required=True) + messages
+    return messages  # a whole conversation, prompt included
+
+
+def _question(row: Mapping[str, Any], chosen: list[list[dict]], where: str) -> str:
+    """The critic's question: the prompt string, or the last user turn before the response."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    before = chosen[0][:-1]
+    users = [m["content"] for m in before if m["role"] == "user"]
+    if not users:
+        raise InvalidInput(f"{where}: prompt: a critic needs the question (a 'prompt' string or a user turn)")
+    return users[-1]
+
+
+def _last_response(conversation: list[dict]) -> str:
+    return conversation[-1]["content"]
+
+
+def critic_swap(item: Mapping[str, str]) -> bool:
+    """Without debias, put the chosen response second for about half the pairs (a stable hash of
+    the texts, so reruns and both pipelines agree): a judge's position bias then cannot inflate or
+    deflate accuracy the way always-chosen-first would."""
+    key = "\x00".join((item["prompt"], item["response_a"], item["response_b"])).encode()
+    return zlib.crc32(key) & 1 == 1
+
+
+def swapped(item: Mapping[str, str]) -> dict[str, str]:
+    return {**item, "response_a": item["response_b"], "response_b": item["response_a"]}
+
+
+def critic_orders(items: list[dict], debias: bool) -> tuple[list[dict], list[bool]]:
+    """The judge prompts to run for a row's items, and for each whether chosen sits in position B.
+    debias runs both orders of every item (forward first, then swapped)."""
+    if debias:
+        return items + [swapped(it) for it in items], [False] * len(items) + [True] * len(items)
+    flags = [critic_swap(it) for it in items]
+    return [swapped(it) if f else it for it, f in zip(items, flags)], flags
+
+
+# ---------------------------------------------------------------- outputs -> result columns
+
+
+def logit(p: float) -> float:
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p) - math.log1p(-p)
+
+
+def prob_chosen(prob_a: list[float], chosen_is_b: list[bool], n_items: int) -> list[float]:
+    """P(chosen better) per item from the judge's P(A) per prompt; with debias (twice as many
+    prompts as items) the two orders are averaged, as `CriticModel.judge` does."""
+    per_prompt = [1.0 - p if b else p for p, b in zip(prob_a, chosen_is_b)]
+    if len(per_prompt) == n_items:
+        return per_prompt
+    return [(per_prompt[i] + per_prompt[n_items + i]) / 2.0 for i in range(n_items)]
+
+
+def row_result(layout: Layout, outputs: list[float], truncated: bool, num_tokens: int, *, n_chosen: int = 1,
+               chosen_is_b: list[bool] | None = None, debias: bool = False) -> dict[str, Any]:
+    """A row's result columns from its units' outputs: reward scores (chosen first, then
+    rejected), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them."""
+    if layout.shape != "pairs":
+        return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens}
+    if layout.kind == "reward":
+        chosen, rejected = outputs[:n_chosen], outputs[n_chosen:]
+        margins = [c - r for c in chosen for r in rejected]
+        sides = ({"chosen_scores": chosen, "rejected_scores": rejected, "margins": margins} if layout.multi
+                 else {"chosen_score": chosen[0], "rejected_score": rejected[0]})
+    else:
+        n_items = len(outputs) // 2 if debias else len(outputs)
+        probs = prob_chosen(outputs, chosen_is_b or [False] * len(outputs), n_items)
+        margins = [logit(p) for p in probs]
+        sides = {"probs_chosen": probs, "margins": margins} if layout.multi else {"prob_chosen": probs[0]}
+    wins = [m > 0 for m in margins]
+    out: dict[str, Any] = {**sides, "margin": sum(margins) / len(margins)}
+    if layout.multi:
+        out["win_rate"] = sum(wins) / len(wins)
+    out.update(chosen_wins=all(wins), truncated=truncated, num_tokens=num_tokens)
+    return out

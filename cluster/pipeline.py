@@ -1,0 +1,746 @@
+"""Ray Data: score, evaluate and curate preference corpora across autoscaled model actors.
+
+    read (parquet / JSONL / JSON, one task per chunk of rows; each row keeps its file and index)
+      -> tokenize   CPU actor pool, the shared ChatEncoder (the same ids as in-process and Serve)
+      -> score      model actor pool, ActorPoolStrategy(min, max), one GPU per actor on GPU clusters;
+                    each Ray batch is cut into length-sorted token-budget forward passes by the
+                    shared planner (cluster/batching.py). With via_serve, the actor sends each
+                    planned batch to the running Serve app's replica as one handle call instead.
+      -> write      (score_corpus) one parquet shard per batch, written atomically and named by its
+                    rows; a rerun with the same arguments skips every row already in a shard.
+
+`score_dataset` is the lazy building block (Dataset in, Dataset out); `score_corpus` adds the files,
+the shards, resume, the errors file and the summary; `filter_pairs` is the curation recipe on top.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from cluster.config import ModelSpec, StrictModel, deployment_name
+from cluster.corpus import (
+    Layout,
+    check_columns,
+    critic_orders,
+    detect_shape,
+    is_multi,
+    row_result,
+    row_units,
+)
+from cluster.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError
+
+INPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
+INTERNAL = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
+RESULT_TYPES = {
+    "score": pa.float64(), "chosen_score": pa.float64(), "rejected_score": pa.float64(),
+    "chosen_scores": pa.list_(pa.float64()), "rejected_scores": pa.list_(pa.float64()),
+    "prob_chosen": pa.float64(), "probs_chosen": pa.list_(pa.float64()), "margins": pa.list_(pa.float64()),
+    "margin": pa.float64(), "win_rate": pa.float64(), "chosen_wins": pa.bool_(), "truncated": pa.bool_(),
+    "num_tokens": pa.int64(),
+}
+MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
+
+
+class ScoringOptions(StrictModel):
+    """How a corpus is scored. Only shape/debias change results; the rest is speed and plumbing."""
+
+    shape: Literal["auto", "conversations", "prompt_response", "pairs"] = "auto"
+    debias: bool = Field(False, description="critic: judge both orders and average")
+    on_error: Literal["raise", "skip"] = "raise"
+    batch_rows: int = Field(256, ge=1, description="rows per batch reaching a model actor (sorted inside)")
+    rows_per_shard: int = Field(1024, ge=1, description="rows per read task (input chunk)")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1, description="autoscale up to this many model actors")
+    num_gpus: float | None = Field(None, ge=0, description="per model actor; default 1 if the cluster has GPUs")
+    num_cpus: float = Field(1.0, gt=0, description="per model actor (also its torch threads)")
+    tokenizer_actors: int = Field(1, ge=1)
+    tokenizer_num_cpus: float = Field(0.5, gt=0)
+    via_serve: str | None = Field(None, description="Serve app name: score on its replicas")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoringOptions:
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) must be >= min_actors ({self.min_actors})")
+        return self
+
+    @property
+    def actors(self) -> tuple[int, int]:
+        return self.min_actors, self.max_actors or self.min_actors
+
+
+# ---------------------------------------------------------------- the model to score with
+
+
+def resolve_model(model: ModelSpec | Mapping[str, Any] | str, via_serve: str | None = None) -> ModelSpec:
+    """A ModelSpec, its fields, a model directory / hub id (kind read from its config), or with
+    via_serve the name of a model the Serve app serves (its spec then comes from the replica)."""
+    if via_serve is not None:
+        name = model.name if isinstance(model, ModelSpec) else model["name"] if isinstance(model, Mapping) else model
+        return served_model(via_serve, name)[0]
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif isinstance(model, Mapping):
+        spec = ModelSpec.parse(dict(model))
+    elif isinstance(model, str | os.PathLike):
+        spec = ModelSpec(name=_name_from_path(str(model)), path=str(model), kind=_kind_from_config(str(model)))
+    else:
+        raise ConfigError(f"model: expected a ModelSpec, its fields or a model path, got {type(model).__name__}")
+    _check_model(spec)
+    return spec
+
+
+def _name_from_path(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path)) or "model"
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-")
+    return cleaned or "model"
+
+
+def _kind_from_config(path: str) -> str:
+    from cluster.loading import load_config
+
+    config = load_config(ModelSpec(name="probe", path=path, kind="reward"))
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "reward"
+    if any(a.endswith("ForCausalLM") or a.endswith("ForConditionalGeneration") for a in archs):
+        return "critic"
+    raise ModelLoadError(f"{path!r}: cannot tell from its config (architectures={archs}) whether it is a reward "
+                         "model or a critic; pass a ModelSpec with kind='reward' or 'critic'")
+
+
+def _check_model(spec: ModelSpec) -> None:
+    """Fail in the driver, naming the path, before any actor starts: config and tokenizer load."""
+    from cluster.loading import load_config
+    from cluster.tokenization import ChatEncoder
+
+    load_config(spec)
+    ChatEncoder.for_spec(spec)
+
+
+def served_model(app_name: str, model_name: str) -> tuple[ModelSpec, str, int]:
+    """(spec, deployment name, per-call token limit) of a model the running Serve app serves."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception as err:
+        raise ConfigError(f"via_serve={app_name!r}: cannot reach Ray Serve ({err})") from None
+    if app is None:
+        raise ConfigError(f"via_serve={app_name!r}: no such Serve application is running")
+    for kind in ("reward", "critic"):
+        name = deployment_name(kind, model_name)
+        if name in app.deployments:
+            info = serve.get_deployment_handle(name, app_name=app_name).describe.remote().result()
+            return ModelSpec(**info["spec"]), name, int(info["batch_max_tokens"])
+    raise ConfigError(f"via_serve={app_name!r}: the app serves no model named {model_name!r} "
+                      f"(deployments: {sorted(app.deployments)})")
+
+
+# ---------------------------------------------------------------- stages (run in Ray actors)
+
+
+def where_of(row: Mapping[str, Any]) -> str:
+    if row.get("source_file") is not None:
+        return f"{row['source_file']} row {row['source_row']}"
+    if row.get("id") is not None:
+        return f"row id={row['id']!r}"
+    return "row"
+
+
+class TokenizeStage:
+    """Rows -> token ids per row (internal columns), with the shared ChatEncoder."""
+
+    def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, on_error: str):
+        from cluster.tokenization import ChatEncoder
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.layout = Layout(**layout)
+        self.encoder = ChatEncoder.for_spec(ModelSpec(**spec))
+        self.debias = debias
+        self.skip = on_error == "skip"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        cols: dict[str, list] = {name: [] for name in INTERNAL}
+        for row in rows:
+            ids, truncated, flags, n_chosen, error = [], False, [], 0, row.get("_error")
+            if error is None:
+                try:
+                    ids, truncated, flags, n_chosen = self._encode(row, where_of(row))
+                except ScoringError as err:
+                    if not self.skip:
+                        raise
+                    error = f"{type(err).__name__}: {err.message}"
+            for name, value in zip(INTERNAL, (ids, truncated, flags, n_chosen, error)):
+                cols[name].append(value)
+        batch = batch.drop_columns([c for c in INTERNAL if c in batch.column_names])
+        types = (pa.list_(pa.list_(pa.int32())), pa.bool_(), pa.list_(pa.bool_()), pa.int32(), pa.string())
+        for (name, values), typ in zip(cols.items(), types):
+            batch = batch.append_column(name, pa.array(values, type=typ))
+        return batch
+
+    def _encode(self, row: dict, where: str) -> tuple[list[list[int]], bool, list[bool], int]:
+        units = row_units(row, self.layout, where)
+        if self.layout.kind == "critic":
+            prompts, flags = critic_orders(units, self.debias)
+            encoded = self.encoder.encode_judge_items(prompts, f"{where}: judge prompt")
+            return [e.ids for e in encoded], any(e.truncated for e in encoded), flags, 0
+        encoded = self.encoder.encode_inputs(units, f"{where}: conversation")
+        n_chosen = len(units) // 2 if not self.layout.multi else _n_chosen(row)
+        return [e.ids for e in encoded], any(e.truncated for e in encoded), [], n_chosen
+
+
+def _n_chosen(row: Mapping[str, Any]) -> int:
+    return len(row["chosen"])
+
+
+class _ScoreStage:
+    """Tokenized rows -> result columns. Subclasses say how a list of sequences is scored."""
+
+    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool):
+        self.kind = kind
+        self.layout = Layout(**layout)
+        self.debias = debias
+        self.keep_errors = keep_errors  # on_error="skip": an `error` column, null for scored rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column("_ids").to_pylist()
+        errors = batch.column("_error").to_pylist()
+        flat = [seq for row_ids, err in zip(ids, errors) if err is None for seq in row_ids]
+        outputs = self.forward(flat) if flat else []
+        truncated = batch.column("_truncated").to_pylist()
+        flags = batch.column("_chosen_is_b").to_pylist()
+        n_chosen = batch.column("_n_chosen").to_pylist()
+        results, at = [], 0
+        for i, err in enumerate(errors):
+            if err is not None:
+                results.append({})
+                continue
+            n = len(ids[i])
+            results.append(row_result(self.layout, outputs[at:at + n], truncated[i], sum(len(s) for s in ids[i]),
+                                      n_chosen=n_chosen[i], chosen_is_b=flags[i], debias=self.debias))
+            at += n
+        out = batch.drop_columns(list(INTERNAL))
+        for name in self.layout.result_columns:
+            out = out.append_column(name, pa.array([r.get(name) for r in results], type=RESULT_TYPES[name]))
+        if self.keep_errors:
+            out = out.append_column("error", pa.array(errors, type=pa.string()))
+        return out
+
+    def forward(self, seqs: list[list[int]]) -> list[float]:
+        raise NotImplementedError
+
+
+class ModelStage(_ScoreStage):
+    """Loads the model once per actor; the runner plans length-sorted token-budget passes."""
+
+    def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int):
+        import torch
+
+        from cluster.loading import load_model
+
+        super().__init__(spec["kind"], layout, debias, keep_errors)
+        torch.set_num_threads(max(1, threads))
+        self.model = load_model(ModelSpec(**spec))
+
+    def forward(self, seqs: list[list[int]]) -> list[float]:
+        if self.kind == "reward":
+            return self.model.runner.score_ids(seqs)
+        return self.model.runner.verdict_probs(seqs)
+
+
+class ServeStage(_ScoreStage):
+    """Sends each planned token-budget batch to the Serve app's replica: one handle call per batch,
+    all of a Ray batch's calls in flight together (the replicas gather and balance them)."""
+
+    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool, app_name: str,
+                 deployment: str, call_tokens: int):
+        from ray import serve
+
+        super().__init__(kind, layout, debias, keep_errors)
+        handle = serve.get_deployment_handle(deployment, app_name=app_name)
+        self.method = handle.score if kind == "reward" else handle.verdict_probs
+        self.call_tokens = call_tokens
+
+    def forward(self, seqs: list[list[int]]) -> list[float]:
+        from cluster.batching import plan_batches
+
+        plan = plan_batches([len(s) for s in seqs], self.call_tokens)
+        # the replica's call payload: sequences plus when they were sent (its queue-wait metric)
+        responses = [self.method.remote({"seqs": [seqs[i] for i in batch], "sent_at": time.time()})
+                     for batch in plan]
+        outputs: list[float] = [0.0] * len(seqs)
+        for batch, response in zip(plan, responses):
+            for i, value in zip(batch, response.result()):
+                outputs[i] = value
+        return outputs
+
+
+# ---------------------------------------------------------------- score_dataset
+
+
+def score_dataset(ds, model: ModelSpec | Mapping[str, Any] | str, **options: Any):
+    """Lazily score a Ray Dataset: one output row per input row, the input's columns carried
+    through, result columns appended (see cluster/corpus.py). Options: `ScoringOptions`."""
+    opts = ScoringOptions.parse(options)
+    spec = resolve_model(model, opts.via_serve)
+    first = ds.take(1)
+    if not first:
+        raise InvalidInput("the dataset is empty (no rows)")
+    layout = _layout(list(first[0]), first[0], spec, opts, "the dataset")
+    return _scored(ds, spec, layout, opts)
+
+
+def _layout(columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, opts: ScoringOptions,
+            where: str) -> Layout:
+    shape = detect_shape(columns, where) if opts.shape == "auto" else opts.shape
+    conversation_column = check_columns(columns, shape, where) or "conversations"
+    if spec.kind == "critic" and shape != "pairs":
+        raise InvalidInput(f"{where}: a critic judges pairs (prompt + chosen + rejected); this is shape {shape!r}")
+    multi = shape == "pairs" and is_multi(first_row)
+    return Layout(shape, spec.kind, multi, conversation_column)
+
+
+def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions):
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = opts.progress
+    keep_errors = opts.on_error == "skip"
+    ds = ds.map_batches(
+        TokenizeStage, fn_constructor_kwargs={"spec": spec.model_dump(), "layout": asdict(layout),
+                                              "debias": opts.debias, "on_error": opts.on_error},
+        compute=ActorPoolStrategy(min_size=1, max_size=opts.tokenizer_actors), num_cpus=opts.tokenizer_num_cpus,
+        batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
+    )
+    if opts.via_serve is not None:
+        _, deployment, call_tokens = served_model(opts.via_serve, spec.name)
+        stage, kwargs, num_gpus, num_cpus = ServeStage, {
+            "kind": spec.kind, "app_name": opts.via_serve, "deployment": deployment, "call_tokens": call_tokens,
+        }, 0, 0.1
+    else:
+        num_gpus = opts.num_gpus
+        if num_gpus is None:
+            num_gpus = 1 if spec.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
+        stage, kwargs, num_cpus = ModelStage, {"spec": spec.model_dump(), "threads": int(opts.num_cpus)}, opts.num_cpus
+    min_size, max_size = opts.actors
+    return ds.map_batches(
+        stage, fn_constructor_kwargs={**kwargs, "layout": asdict(layout), "debias": opts.debias,
+                                      "keep_errors": keep_errors},
+        compute=ActorPoolStrategy(min_size=min_size, max_size=max_size), num_gpus=num_gpus, num_cpus=num_cpus,
+        batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
+    )
+
+
+# ---------------------------------------------------------------- reading files, with row ids
+
+
+def expand_inputs(input_path: str | os.PathLike) -> tuple[list[str], str]:
+    """(files, base): a file, a folder (its parquet/JSONL/JSON files, recursively) or a glob."""
+    path = str(input_path)
+    if os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in INPUT_SUFFIXES and p.is_file())
+        base = path
+    elif os.path.isfile(path):
+        files, base = [path], os.path.dirname(path)
+    else:
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    if not files:
+        raise InvalidInput(f"{path}: no input files (expected a parquet/JSONL/JSON file, a folder of them, or a glob)")
+    for f in files:
+        if not f.endswith(INPUT_SUFFIXES):
+            raise InvalidInput(f"{f}: unsupported file type (expected {', '.join(INPUT_SUFFIXES)})")
+    return files, base
+
+
+def _rel(file: str, base: str) -> str:
+    return os.path.relpath(file, base) if base else file
+
+
+def plan_chunks(files: list[str], base: str, rows_per_chunk: int) -> tuple[list[dict], list[dict]]:
+    """Read tasks of about `rows_per_chunk` rows each, plus the files that hold no rows at all.
+    Row ids are (file relative to the input, row index), stable across runs."""
+    chunks, empty = [], []
+    for file in files:
+        rel = _rel(file, base)
+        if file.endswith(".parquet"):
+            found = _parquet_chunks(file, rel, rows_per_chunk)
+        elif file.endswith(".jsonl"):
+            found = _jsonl_chunks(file, rel, rows_per_chunk)
+        else:
+            n = len(_load_json_rows(file, rel))
+            found = [_chunk(file, rel, "json", 0, n)] if n else []
+        if found:
+            chunks += found
+        else:
+            empty.append({"source_file": rel, "source_row": None,
+                          "error": f"InvalidInput: {rel}: the file has no rows"})
+    return chunks, empty
+
+
+def _chunk(file: str, rel: str, fmt: str, start: int, stop: int, **extra: Any) -> dict:
+    return {"file": file, "rel": rel, "fmt": fmt, "start": start, "stop": stop, "groups": [], "offset": 0,
+            "line": 0, "done": [], **extra}
+
+
+def _parquet_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
+    try:
+        meta = pq.ParquetFile(file).metadata
+    except Exception as err:
+        raise InvalidInput(f"{rel}: not a readable parquet file ({err})") from None
+    chunks, groups, start, count = [], [], 0, 0
+    for g in range(meta.num_row_groups):
+        groups.append(g)
+        count += meta.row_group(g).num_rows
+        if count >= rows_per_chunk or g == meta.num_row_groups - 1:
+            if count:
+                chunks.append(_chunk(file, rel, "parquet", start, start + count, groups=groups))
+            start, groups, count = start + count, [], 0
+    return chunks
+
+
+def _jsonl_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
+    """Byte offsets of every `rows_per_chunk`-th non-blank line (one pass, no parsing)."""
+    chunks, offset, row, line = [], 0, 0, 0
+    start = None
+    with open(file, "rb") as f:
+        for raw in f:
+            line += 1
+            if raw.strip():
+                if row % rows_per_chunk == 0:
+                    if start is not None:
+                        chunks.append(start | {"stop": row})
+                    start = _chunk(file, rel, "jsonl", row, row, offset=offset, line=line)
+                row += 1
+            offset += len(raw)
+    if start is not None:
+        chunks.append(start | {"stop": row})
+    return chunks
+
+
+def _load_json_rows(file: str, rel: str) -> list:
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InvalidInput(f"{rel}: not valid JSON ({err}); use JSON lines (.jsonl) for one object per line") from None
+    if not isinstance(data, list):
+        raise InvalidInput(f"{rel}: a .json input must hold a list of row objects, got {type(data).__name__}")
+    return data
+
+
+def read_chunk(chunk: dict, on_error: str) -> pa.Table:
+    """One read task: the chunk's rows not already done, with source_file/source_row and `_error`
+    (a row that is not a JSON object, with on_error='skip')."""
+    done = set(chunk["done"])
+    rows: list[dict] = []
+    if chunk["fmt"] == "parquet":
+        table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
+        rows = [{**r, "_error": None} for r in table.to_pylist()]
+    elif chunk["fmt"] == "json":
+        rows = [_object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
+                for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))]
+    else:
+        rows = _read_jsonl(chunk, on_error)
+    out = []
+    for i, row in enumerate(rows):
+        index = chunk["start"] + i
+        if index not in done:
+            out.append({**row, "source_file": chunk["rel"], "source_row": index})
+    return pa.Table.from_pylist(out) if out else _empty_rows()
+
+
+def _read_jsonl(chunk: dict, on_error: str) -> list[dict]:
+    rows, line = [], chunk["line"]
+    with open(chunk["file"], "rb") as f:
+        f.seek(chunk["offset"])
+        while len(rows) < chunk["stop"] - chunk["start"]:
+            raw = f.readline()
+            if not raw:
+                break
+            if raw.strip():
+                index = chunk["start"] + len(rows)
+                try:
+                    value = json.loads(raw)
+                except ValueError as err:
+                    value = InvalidInput(f"{chunk['rel']} row {index} (line {line}): not valid JSON ({err})")
+                rows.append(_object_row(value, chunk["rel"], index, line, on_error))
+            line += 1
+    return rows
+
+
+def _object_row(value: Any, rel: str, index: int, line: int | None, on_error: str) -> dict:
+    if isinstance(value, dict):
+        return {**value, "_error": None}
+    at = f"{rel} row {index}" + (f" (line {line})" if line else "")
+    err = value if isinstance(value, InvalidInput) else InvalidInput(
+        f"{at}: a row must be a JSON object, got {type(value).__name__}")
+    if on_error != "skip":
+        raise err
+    return {"_error": f"InvalidInput: {err.message}"}
+
+
+def _empty_rows() -> pa.Table:
+    return pa.table({"source_file": pa.array([], pa.string()), "source_row": pa.array([], pa.int64()),
+                     "_error": pa.array([], pa.string())})
+
+
+def _read_batch(batch: pa.Table, on_error: str) -> pa.Table:
+    tables = [read_chunk(chunk, on_error) for chunk in batch.to_pylist()]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _first_row_and_columns(chunk: dict) -> tuple[dict, list[str]]:
+    if chunk["fmt"] == "parquet":
+        pf = pq.ParquetFile(chunk["file"])
+        first = pf.read_row_group(chunk["groups"][0]).slice(0, 1).to_pylist()
+        return (first[0] if first else {}), pf.schema_arrow.names
+    row = read_chunk({**chunk, "stop": chunk["start"] + 1}, "skip").to_pylist()
+    first = {k: v for k, v in row[0].items() if k not in ("_error", "source_file", "source_row")} if row else {}
+    return first, list(first)
+
+
+# ---------------------------------------------------------------- score_corpus: shards, resume, summary
+
+
+def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                 model: ModelSpec | Mapping[str, Any] | str, *, overwrite: bool = False,
+                 **options: Any) -> dict[str, Any]:
+    """Score every row of parquet/JSONL/JSON files into `output_path` and return the summary.
+
+    Output folder: `parts/` (parquet shards, one per batch, written atomically), `errors.jsonl`
+    (rows that could not be scored, with the reason, on_error='skip'), `summary.json` and
+    `run.json`. Run it again with the same arguments after a crash and it scores only the rows no
+    shard holds yet: none lost, none twice. Load the results with `read_scores(output_path)`.
+    """
+    import ray
+
+    from cluster.metrics import summarize
+
+    opts = ScoringOptions.parse(options)
+    spec = resolve_model(model, opts.via_serve)
+    files, base = expand_inputs(input_path)
+    chunks, empty = plan_chunks(files, base, opts.rows_per_shard)
+    if empty and opts.on_error == "raise":
+        raise InvalidInput(empty[0]["error"].split(": ", 1)[1])
+    if not chunks:
+        raise InvalidInput(f"{input_path}: the input holds no rows")
+    layout, file_errors = _corpus_layout(chunks, spec, opts)
+    out = Path(output_path)
+    _prepare_output(out, {"model": _model_identity(spec), "shape": layout.shape, "debias": opts.debias,
+                          "inputs": sorted({c["rel"] for c in chunks})}, overwrite)
+    done = _done_rows(out)
+    pending = []
+    for chunk in chunks:
+        if chunk["rel"] in file_errors:
+            continue
+        skip = sorted(i for i in done.get(chunk["rel"], ()) if chunk["start"] <= i < chunk["stop"])
+        if len(skip) < chunk["stop"] - chunk["start"]:
+            pending.append({**chunk, "done": skip})
+
+    started, counts = time.perf_counter(), {"rows": 0, "errors": 0, "tokens": 0}
+    if pending:
+        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error}, batch_size=1,
+                            batch_format="pyarrow")
+        ds = _scored(ds, spec, layout, opts.model_copy(update={"on_error": opts.on_error}))
+        ds = ds.map_batches(write_shard, fn_kwargs={"out_dir": str(out / "parts")}, batch_size=None,
+                            batch_format="pyarrow")
+        try:
+            for stats in ds.iter_rows():
+                for key in counts:
+                    counts[key] += stats[key]
+        except Exception as err:
+            cause = _scoring_cause(err)
+            if cause is not None:
+                raise cause from None
+            raise
+    seconds = time.perf_counter() - started
+
+    error_rows = _merge_errors(out, list(file_errors.values()) + empty)
+    table = read_scores(out)
+    summary = {
+        "output": str(out), "model": spec.name, "kind": spec.kind, "shape": layout.shape,
+        "rows_scored_now": counts["rows"], "rows_done_before": sum(len(v) for v in done.values()),
+        "errors": error_rows, "errors_file": str(out / "errors.jsonl") if error_rows else None,
+        "seconds": round(seconds, 3), "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
+        "tokens_per_s": counts["tokens"] / seconds if seconds and counts["tokens"] else None,
+        **summarize(table),
+    }
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> tuple[Layout, dict[str, dict]]:
+    """The corpus's layout from its first file; every other file must fit it (a file that does
+    not is an error naming it, or with on_error='skip' an errors-file entry and its rows skipped)."""
+    first_of: dict[str, dict] = {}
+    for chunk in chunks:
+        first_of.setdefault(chunk["rel"], chunk)
+    layout, bad = None, {}
+    for rel, chunk in first_of.items():
+        row, columns = _first_row_and_columns(chunk)
+        try:
+            found = _layout(columns, row, spec, opts, rel)
+            if layout is not None and (found.shape, found.multi) != (layout.shape, layout.multi):
+                raise InvalidInput(f"{rel}: rows of shape {found.shape!r}{' (several responses)' * found.multi}, "
+                                   f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}")
+        except InvalidInput as err:
+            if opts.on_error == "raise" or layout is None and rel == next(iter(first_of)):
+                raise
+            bad[rel] = {"source_file": rel, "source_row": None, "error": f"InvalidInput: {err.message}"}
+            continue
+        layout = layout or found
+    return layout, bad
+
+
+def _model_identity(spec: ModelSpec) -> dict[str, Any]:
+    """What decides the scores (not speed settings such as batch sizes)."""
+    keep = ("path", "kind", "revision", "dtype", "max_length", "truncation", "judge_template", "verdicts")
+    return {k: v for k, v in spec.model_dump(mode="json").items() if k in keep}
+
+
+def _prepare_output(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    run_file = out / "run.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        changed = [k for k in MANIFEST_KEYS if previous.get(k) != manifest.get(k)]
+        if changed:
+            raise ConfigError(
+                f"{out}: holds a run with different {', '.join(changed)} (was {[previous.get(k) for k in changed]}); "
+                "resuming would mix results. Use another output folder, or overwrite=True (--overwrite)"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not a scoring output folder; choose an empty or new folder")
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "parts").glob("*.tmp"):  # a shard a killed run was writing: never committed
+        stale.unlink()
+    _write_atomic(run_file, json.dumps(manifest, indent=2))
+
+
+def _done_rows(out: Path) -> dict[str, set[int]]:
+    """Row ids already in a committed shard (scored or errored)."""
+    done: dict[str, set[int]] = {}
+    for part in sorted((out / "parts").glob("part-*.parquet")):
+        ids = pq.read_table(part, columns=["source_file", "source_row"]).to_pydict()
+        for rel, row in zip(ids["source_file"], ids["source_row"]):
+            done.setdefault(rel, set()).add(row)
+    for part in sorted((out / "parts").glob("errors-*.jsonl")):
+        for line in part.read_text().splitlines():
+            rec = json.loads(line)
+            done.setdefault(rec["source_file"], set()).add(rec["source_row"])
+    return done
+
+
+def write_shard(batch: pa.Table, out_dir: str) -> pa.Table:
+    """Commit one batch: scored rows to a parquet shard and errored rows to a JSONL shard, each
+    written to a temporary name and renamed (atomic), named by a hash of its row ids."""
+    if "error" in batch.column_names:
+        failed = batch.filter(pc.is_valid(batch["error"]))
+        scored = batch.filter(pc.is_null(batch["error"])).drop_columns(["error"])
+    else:
+        failed, scored = batch.slice(0, 0), batch
+    if scored.num_rows:
+        _write_atomic(Path(out_dir) / f"part-{_shard_key(scored)}.parquet", scored)
+    if failed.num_rows:
+        lines = [json.dumps({"source_file": r["source_file"], "source_row": r["source_row"], "error": r["error"]})
+                 for r in failed.select(["source_file", "source_row", "error"]).to_pylist()]
+        _write_atomic(Path(out_dir) / f"errors-{_shard_key(failed)}.jsonl", "\n".join(lines) + "\n")
+    tokens = pc.sum(scored["num_tokens"]).as_py() if scored.num_rows else 0
+    return pa.table({"rows": [scored.num_rows], "errors": [failed.num_rows], "tokens": [tokens or 0]})
+
+
+def _shard_key(table: pa.Table) -> str:
+    ids = sorted(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist()))
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:20]
+
+
+def _write_atomic(path: Path, content: pa.Table | str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(content, pa.Table):
+        pq.write_table(content, tmp)
+    else:
+        tmp.write_text(content)
+    os.replace(tmp, path)
+
+
+def _merge_errors(out: Path, file_errors: list[dict]) -> int:
+    """errors.jsonl: file-level problems plus every errored row, in input order."""
+    records = list(file_errors)
+    for part in sorted((out / "parts").glob("errors-*.jsonl")):
+        records += [json.loads(line) for line in part.read_text().splitlines()]
+    records.sort(key=lambda r: (r["source_file"], -1 if r["source_row"] is None else r["source_row"]))
+    target = out / "errors.jsonl"
+    if records:
+        _write_atomic(target, "".join(json.dumps(r) + "\n" for r in records))
+    elif target.exists():
+        target.unlink()
+    return len(records)
+
+
+def _scoring_cause(err: BaseException) -> ScoringError | None:
+    """The ScoringError inside Ray's task-error wrappers, if that is what failed."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ScoringError):
+            return err
+        seen.add(id(err))
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
+def read_scores(path: str | os.PathLike) -> pa.Table:
+    """A scoring output folder (its shards, in input order) or a parquet file, as one table."""
+    path = Path(path)
+    if path.is_file():
+        return pq.read_table(path)
+    parts = sorted((path / "parts").glob("part-*.parquet")) if (path / "parts").is_dir() else []
+    if not parts:
+        if (path / "parts").is_dir():
+            return pa.table({})
+        raise InvalidInput(f"{path}: not a scoring output folder or parquet file")
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+    return table.sort_by([("source_file", "ascending"), ("source_row", "ascending")])
+
+
+# ---------------------------------------------------------------- curation
+
+
+def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                 model: ModelSpec | Mapping[str, Any] | str, *, min_margin: float = 0.0,
+                 **options: Any) -> dict[str, Any]:
+    """Keep the preference pairs the model agrees with: chosen beats rejected by more than 0 and by
+    at least `min_margin` (for rows with several responses per side, every chosen/rejected pair
+    must). Scores go to `output_path` (resumable, as score_corpus); the rows to `kept.parquet` and
+    `dropped.parquet` there, with their scores. Rows that could not be scored are in errors.jsonl."""
+    summary = score_corpus(input_path, output_path, model, **options)
+    if summary["shape"] != "pairs":
+        raise InvalidInput(f"{input_path}: filter_pairs needs preference pairs (prompt + chosen + rejected)")
+    table = read_scores(output_path)
+    margins = table["margins"].to_pylist() if "margins" in table.column_names else [[m] for m in
+                                                                                      table["margin"].to_pylist()]
+    keep = pa.array([all(m > 0 and m >= min_margin for m in row) for row in margins], type=pa.bool_())
+    out = Path(output_path)
+    kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
+    _write_atomic(out / "kept.parquet", kept)
+    _write_atomic(out / "dropped.parquet", dropped)
+    return {**summary, "min_margin": min_margin, "kept": kept.num_rows, "dropped": dropped.num_rows,
+            "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
