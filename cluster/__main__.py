@@ -1,4 +1,4 @@
-"""Command line: `python -m cluster {demo,tiny-model,bench}`."""
+"""Command line: `python -m cluster {demo,tiny-model,bench,bench-serve,score,filter,report}`."""
 
 from __future__ import annotations
 
@@ -115,7 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench = sub.add_parser("bench-serve", help="HTTP load on the CPU app: cross-request batching vs none")
     bench_serve.add_arguments(serve_bench)
     serve_bench.set_defaults(func=cmd_bench_serve)
+    from cluster import score_cli
+
+    score = sub.add_parser("score", help="score a parquet/JSONL corpus with Ray Data (resumable), print the summary")
+    score_cli.add_score_arguments(score)
+    score.set_defaults(func=with_quiet(score_cli.cmd_score))
+    curate = sub.add_parser("filter", help="keep the preference pairs a model agrees with (kept/dropped parquet)")
+    score_cli.add_score_arguments(curate, curate=True)
+    curate.set_defaults(func=with_quiet(score_cli.cmd_filter))
+    from cluster import report
+
+    report_parser = sub.add_parser("report", help="HTML report (plots + summary) of a scoring output")
+    report.add_arguments(report_parser)
+    report_parser.set_defaults(func=with_quiet(report.main))
     return parser
+
+
+def with_quiet(fn):
+    def run(args: argparse.Namespace) -> int:
+        quiet_transformers()
+        return fn(args)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -280,7 +280,8 @@ class ServeStage(_ScoreStage):
     def forward(self, seqs: list[list[int]]) -> list[float]:
         from cluster.batching import plan_batches
 
-        plan = plan_batches([len(s) for s in seqs], self.call_tokens)
+        # cut by tokens only: the replica re-plans what it gathers into padded passes itself
+        plan = plan_batches([len(s) for s in seqs], self.call_tokens, min_efficiency=0.0)
         # the replica's call payload: sequences plus when they were sent (its queue-wait metric)
         responses = [self.method.remote({"seqs": [seqs[i] for i in batch], "sent_at": time.time()})
                      for batch in plan]
@@ -445,11 +446,11 @@ def _load_json_rows(file: str, rel: str) -> list:
     return data
 
 
-def read_chunk(chunk: dict, on_error: str) -> pa.Table:
-    """One read task: the chunk's rows not already done, with source_file/source_row and `_error`
-    (a row that is not a JSON object, with on_error='skip')."""
+def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Table:
+    """One read task: the chunk's rows not already done, with source_file/source_row and `_error`.
+    With a layout, each row is checked against it here, so a malformed row (raise: an error naming
+    file, row and field; skip: an error row) never reaches Arrow, where it could fail a whole block."""
     done = set(chunk["done"])
-    rows: list[dict] = []
     if chunk["fmt"] == "parquet":
         table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
         rows = [{**r, "_error": None} for r in table.to_pylist()]
@@ -458,12 +459,44 @@ def read_chunk(chunk: dict, on_error: str) -> pa.Table:
                 for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))]
     else:
         rows = _read_jsonl(chunk, on_error)
+    checked = Layout(**layout) if layout else None
     out = []
     for i, row in enumerate(rows):
         index = chunk["start"] + i
-        if index not in done:
-            out.append({**row, "source_file": chunk["rel"], "source_row": index})
-    return pa.Table.from_pylist(out) if out else _empty_rows()
+        if index in done:
+            continue
+        row = {**row, "source_file": chunk["rel"], "source_row": index}
+        if checked is not None and row["_error"] is None:
+            try:
+                row_units(row, checked, where_of(row))
+            except ScoringError as err:
+                if on_error != "skip":
+                    raise
+                row = {"source_file": chunk["rel"], "source_row": index, "_error": f"{type(err).__name__}: {err.message}"}
+        out.append(row)
+    return _to_table(out, chunk["rel"], on_error) if out else _empty_rows()
+
+
+def _to_table(rows: list[dict], rel: str, on_error: str) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        columns = sorted({k for r in rows for k in r})
+        bad = next((c for c in columns if not _arrow_ok([r.get(c) for r in rows])), "?")
+        message = (f"{rel}: column {bad!r} holds values of different types in different rows "
+                   "(for example a string in one and a list in another); use one form per file")
+        if on_error != "skip":
+            raise InvalidInput(message) from None
+        return pa.Table.from_pylist([{"source_file": r["source_file"], "source_row": r["source_row"],
+                                      "_error": f"InvalidInput: {message}"} for r in rows])
+
+
+def _arrow_ok(values: list) -> bool:
+    try:
+        pa.array(values)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
 
 
 def _read_jsonl(chunk: dict, on_error: str) -> list[dict]:
@@ -501,8 +534,8 @@ def _empty_rows() -> pa.Table:
                      "_error": pa.array([], pa.string())})
 
 
-def _read_batch(batch: pa.Table, on_error: str) -> pa.Table:
-    tables = [read_chunk(chunk, on_error) for chunk in batch.to_pylist()]
+def _read_batch(batch: pa.Table, on_error: str, layout: dict) -> pa.Table:
+    tables = [read_chunk(chunk, on_error, layout) for chunk in batch.to_pylist()]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -557,7 +590,7 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
     started, counts = time.perf_counter(), {"rows": 0, "errors": 0, "tokens": 0}
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error}, batch_size=1,
+        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)}, batch_size=1,
                             batch_format="pyarrow")
         ds = _scored(ds, spec, layout, opts.model_copy(update={"on_error": opts.on_error}))
         ds = ds.map_batches(write_shard, fn_kwargs={"out_dir": str(out / "parts")}, batch_size=None,
@@ -597,7 +630,9 @@ def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) ->
     for rel, chunk in first_of.items():
         row, columns = _first_row_and_columns(chunk)
         try:
-            found = _layout(columns, row, spec, opts, rel)
+            # later files are held to the first file's shape, so a missing column is named as such
+            shaped = opts if layout is None else opts.model_copy(update={"shape": layout.shape})
+            found = _layout(columns, row, spec, shaped, rel)
             if layout is not None and (found.shape, found.multi) != (layout.shape, layout.multi):
                 raise InvalidInput(f"{rel}: rows of shape {found.shape!r}{' (several responses)' * found.multi}, "
                                    f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}")
@@ -697,13 +732,16 @@ def _merge_errors(out: Path, file_errors: list[dict]) -> int:
 
 
 def _scoring_cause(err: BaseException) -> ScoringError | None:
-    """The ScoringError inside Ray's task-error wrappers, if that is what failed."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, ScoringError):
-            return err
-        seen.add(id(err))
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    """The ScoringError a stage raised, rebuilt from Ray's task-error wrapper. Ray Data keeps only
+    its text (`cluster.errors.InvalidInput: <message>`), not the exception object."""
+    import re
+
+    from cluster import errors
+
+    match = re.search(r"cluster\.errors\.(\w+): (.+)", str(err))
+    cls = getattr(errors, match.group(1), None) if match else None
+    if isinstance(cls, type) and issubclass(cls, ScoringError):
+        return cls(match.group(2).strip())
     return None
 
 

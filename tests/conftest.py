@@ -7,6 +7,8 @@ item at a time, as the model cards do), so a bug in the package cannot hide in i
 from __future__ import annotations
 
 import os
+import socket
+import time
 from functools import cache
 from pathlib import Path
 
@@ -157,3 +159,90 @@ def card_next_token_logits(path, ids: list[int]) -> torch.Tensor:
     _, model = _hf_causal(str(path))
     with torch.inference_mode():
         return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+
+# ----------------------------------------------------------------------------- Ray and Serve
+
+
+API_KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(rm, rm2, critic, **rm_replicas):
+    return {
+        "api_keys": [API_KEY],
+        "max_items_per_request": 64,
+        "max_request_bytes": 200_000,
+        "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
+        "models": [
+            {"name": "rm", "path": str(rm), "kind": "reward", "max_length": 512, "max_batch_tokens": 2048,
+             "replicas": {"min_replicas": 2, "max_replicas": 2, "num_gpus": 1, "num_cpus": 0.1,
+                          "batch_max_tokens": 4096, "batch_wait_timeout_s": 0.05, **rm_replicas}},
+            {"name": "rm-gemma", "path": str(rm2), "kind": "reward",
+             "replicas": {"num_cpus": 0.1}},
+            {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
+             "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole run: 8 CPUs and 2 fake GPUs (so num_gpus=1 replicas and
+    actors schedule on a CPU box, one per "GPU")."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)
+    yield {"metrics_port": metrics_port, "address": ray.get_runtime_context().gcs_address}
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster, reward_dir, critic_dir):
+    """The Serve app ("scoring") with two RMs and a critic, deployed as `serve deploy` does."""
+    import httpx
+    from ray import serve
+
+    from cluster import ModelSpec, load_model
+
+    rm, rm2 = reward_dir("llama"), reward_dir("gemma2")
+    metrics_port = ray_cluster["metrics_port"]
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
+            "args": app_args(rm, rm2, critic_dir)})
+    models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
+              "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
+              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8))}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+    yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir),
+           "metrics_port": metrics_port}
+    client.close()
+    serve.shutdown()
+
+
+def deploy(app: dict, timeout_s: float = 180) -> None:
+    """Deploy as `serve deploy ray_config.yaml` does (the declarative path), and wait until running."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema(applications=[app]))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = serve.status().applications.get(app["name"])
+        if status is not None and status.status == "RUNNING":
+            # a lightweight update is applied by the controller loop; let it reach every replica
+            if all(d.status == "HEALTHY" for d in status.deployments.values()):
+                return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(status.message)
+        time.sleep(0.5)
+    raise TimeoutError(f"app {app['name']} not running after {timeout_s}s")

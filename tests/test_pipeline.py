@@ -1,0 +1,388 @@
+"""The Ray Data pipeline on the session's local cluster: every input shape scores like
+`load_model(...).score` row by row; critics judge pairs like `CriticModel.judge`; the summary's
+metrics on corpora with answers worked out here; resume after a killed run; bad input named by
+file, row and field (or skipped into errors.jsonl); curation; via_serve; the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import CONVERSATIONS
+
+from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
+from cluster.corpus import critic_swap
+from cluster.pipeline import filter_pairs, read_scores, score_corpus, score_dataset
+
+ray = pytest.importorskip("ray")
+
+FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 3, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,
+        "num_gpus": 0}  # the fake GPUs belong to the Serve replicas
+TOL = 1e-4
+PROMPTS = ["What is the capital of France?", "Add 2 and 3.", "How do I print in Python?", "Tell me something.",
+           "Count to five.", "Is water wet?", "Name a colour.", "Say hi."]
+GOOD = ["Paris.", "5", "print('hello')", "Water boils at 100 degrees Celsius at sea level.", "1 2 3 4 5",
+        "Yes, in the everyday sense.", "Blue.", "Hi!"]
+BAD = ["London.", "2 + 3 = 6, because addition.", "You cannot.", "No.", "five four", "Maybe",
+       "I'm sorry, but I can't.", "Goodbye, and here is a long unrelated paragraph about nothing in particular."]
+
+
+def turn(prompt: str, response: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows))
+    return path
+
+
+def pair_rows(n: int = 8, subset=lambda i: "s", **extra) -> list[dict]:
+    return [{"id": f"r{i}", "subset": subset(i), "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8],
+             "rejected": BAD[(i + 3) % 8], **extra} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def rm_path(reward_dir):
+    return str(reward_dir("llama"))
+
+
+@pytest.fixture(scope="module")
+def rm(rm_path):
+    return load_model(ModelSpec(name="rm", path=rm_path, kind="reward"))
+
+
+@pytest.fixture(scope="module")
+def critic(critic_dir):
+    return load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic"))
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- every shape == load_model(...).score
+
+
+SHAPES = {
+    "conversations.jsonl": (
+        lambda: [{"conversations": c, "tag": i} for i, c in enumerate(CONVERSATIONS)],
+        lambda rows: [r["conversations"] for r in rows]),
+    "prompt_response.parquet": (
+        lambda: [{"prompt": p, "response": g, "tag": i} for i, (p, g) in enumerate(zip(PROMPTS, GOOD))],
+        lambda rows: [turn(r["prompt"], r["response"]) for r in rows]),
+    "messages-with-system-prompt.json": (
+        lambda: [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}],
+                  "response": g} for p, g in zip(PROMPTS, GOOD)],
+        lambda rows: [r["prompt"] + [{"role": "assistant", "content": r["response"]}] for r in rows]),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_plain_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, name):
+    make, conversations = SHAPES[name]
+    rows = make()
+    summary = score_corpus(write(tmp_path / name, rows), tmp_path / "out", rm_path, **FAST)
+    table = read_scores(tmp_path / "out")
+    assert summary["shape"] == ("conversations" if name.startswith("conv") else "prompt_response")
+    assert table["source_row"].to_pylist() == list(range(len(rows)))  # input order, nothing lost
+    assert close(table["score"].to_pylist(), rm.score(conversations(rows)))
+    for column in rows[0]:  # the input's own columns are carried through untouched
+        assert table[column].to_pylist() == [r[column] for r in rows]
+
+
+PAIR_SHAPES = {
+    "strings.jsonl": lambda r: r,
+    "response-turns.parquet": lambda r: {**r, "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                                         "rejected": [{"role": "assistant", "content": r["rejected"]}]},
+    "whole-conversations-no-prompt.jsonl": lambda r: {
+        "id": r["id"], "subset": r["subset"], "chosen": turn(r["prompt"], r["chosen"]),
+        "rejected": turn(r["prompt"], r["rejected"])},
+}
+
+
+@pytest.mark.parametrize("name", list(PAIR_SHAPES))
+def test_pair_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, name):
+    base = pair_rows(8)
+    rows = [PAIR_SHAPES[name](r) for r in base]
+    summary = score_corpus(write(tmp_path / name, rows), tmp_path / "out", rm_path, **FAST)
+    table = read_scores(tmp_path / "out")
+    chosen = rm.score([turn(r["prompt"], r["chosen"]) for r in base])
+    rejected = rm.score([turn(r["prompt"], r["rejected"]) for r in base])
+    assert summary["shape"] == "pairs"
+    assert close(table["chosen_score"].to_pylist(), chosen)
+    assert close(table["rejected_score"].to_pylist(), rejected)
+    assert close(table["margin"].to_pylist(), [c - r for c, r in zip(chosen, rejected)])
+    assert table["chosen_wins"].to_pylist() == [c > r for c, r in zip(chosen, rejected)]
+    assert table["id"].to_pylist() == [r["id"] for r in base]
+
+
+def test_several_responses_per_side_rm_bench(ray_cluster, tmp_path, rm_path, rm):
+    """RM-Bench rows (3 chosen x 3 rejected): the 3x3 matrix, and easy/normal/hard computed here."""
+    rows = [{"id": i, "subset": "chat" if i < 3 else "code", "prompt": PROMPTS[i],
+             "chosen": [GOOD[i], GOOD[i] + " Indeed.", f"**{GOOD[i]}**"],
+             "rejected": [BAD[i], BAD[(i + 1) % 8], f"**{BAD[i]}**"]} for i in range(5)]
+    summary = score_corpus(write(tmp_path / "rmb.json", rows), tmp_path / "out", rm_path, **FAST)
+    table = read_scores(tmp_path / "out")
+    easy = normal = hard = 0.0
+    for row, got in zip(rows, table.to_pylist()):
+        c = rm.score([turn(row["prompt"], x) for x in row["chosen"]])
+        r = rm.score([turn(row["prompt"], x) for x in row["rejected"]])
+        assert close(got["chosen_scores"], c) and close(got["rejected_scores"], r)
+        wins = [[c[i] > r[j] for j in range(3)] for i in range(3)]
+        assert got["win_rate"] == pytest.approx(sum(map(sum, wins)) / 9)
+        hard += (wins[0][1] + wins[0][2] + wins[1][2]) / 3 / len(rows)
+        normal += (wins[0][0] + wins[1][1] + wins[2][2]) / 3 / len(rows)
+        easy += (wins[1][0] + wins[2][0] + wins[2][1]) / 3 / len(rows)
+    assert summary["rm_bench"]["hard"] == pytest.approx(hard)
+    assert summary["rm_bench"]["normal"] == pytest.approx(normal)
+    assert summary["rm_bench"]["easy"] == pytest.approx(easy)
+
+
+def test_score_dataset_is_lazy_and_matches(ray_cluster, rm_path, rm):
+    rows = pair_rows(6)
+    ds = score_dataset(ray.data.from_items(rows), rm_path, **FAST)
+    out = sorted(ds.take_all(), key=lambda r: r["id"])
+    chosen = rm.score([turn(r["prompt"], r["chosen"]) for r in rows])
+    assert close([r["chosen_score"] for r in out], chosen)
+    assert "error" not in out[0] and "source_file" not in out[0]
+
+
+# ---------------------------------------------------------------- critic over pairs
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_critic_judges_pairs_like_critic_model(ray_cluster, tmp_path, critic_dir, critic, debias):
+    rows = pair_rows(8)
+    spec = {"name": "judge", "path": str(critic_dir), "kind": "critic"}
+    score_corpus(write(tmp_path / "p.jsonl", rows), tmp_path / "out", spec, debias=debias, **FAST)
+    got = read_scores(tmp_path / "out")["prob_chosen"].to_pylist()
+    items = [{"prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]} for r in rows]
+    if debias:
+        expected = [v.prob_a for v in critic.judge(items, debias=True)]
+    else:  # chosen goes second where the stable hash says so; P(chosen) = 1 - P(A) there
+        swaps = [critic_swap(it) for it in items]
+        assert any(swaps) and not all(swaps)
+        flipped = [{**it, "response_a": it["response_b"], "response_b": it["response_a"]} if s else it
+                   for it, s in zip(items, swaps)]
+        expected = [1 - v.prob_a if s else v.prob_a for v, s in zip(critic.judge(flipped), swaps)]
+    assert close(got, expected)
+
+
+# ---------------------------------------------------------------- metrics with known answers
+
+
+def test_summary_rewardbench_sections_and_ties(ray_cluster, tmp_path, rm_path, rm):
+    subsets = ["alpacaeval-easy"] * 3 + ["mt-bench-easy"] * 2 + ["llmbar-natural"] * 2 + ["donotanswer"] * 2 \
+        + ["math-prm"] * 1
+    rows = [{"subset": s, "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "rejected": BAD[(i * 3) % 8]}
+            for i, s in enumerate(subsets)]
+    rows.append({"subset": "math-prm", "prompt": "Tie?", "chosen": "Same answer.", "rejected": "Same answer."})
+    summary = score_corpus(write(tmp_path / "rb.jsonl", rows), tmp_path / "out", rm_path, **FAST)
+    wins: dict[str, list[bool]] = {}
+    for r in rows:
+        c, j = rm.score([turn(r["prompt"], r["chosen"]), turn(r["prompt"], r["rejected"])])
+        wins.setdefault(r["subset"], []).append(c > j)  # the tie (c == j) counts as a loss
+    assert wins["math-prm"][-1] is False
+    acc = {s: sum(w) / len(w) for s, w in wins.items()}
+    chat = (acc["alpacaeval-easy"] * 3 + acc["mt-bench-easy"] * 2) / 5
+    assert summary["per_subset"]["math-prm"]["accuracy"] == pytest.approx(acc["math-prm"])
+    assert summary["rewardbench"]["Chat"] == pytest.approx(chat)
+    assert summary["rewardbench"]["Chat Hard"] == pytest.approx(acc["llmbar-natural"])
+    assert summary["rewardbench"]["Reasoning"] == pytest.approx(acc["math-prm"])
+    sections = [chat, acc["llmbar-natural"], acc["donotanswer"], acc["math-prm"]]
+    assert summary["rewardbench"]["Score"] == pytest.approx(sum(sections) / 4)
+    assert summary["accuracy"] == pytest.approx(sum(sum(w) for w in wins.values()) / len(rows))
+
+
+# ---------------------------------------------------------------- resume after a killed run
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(ray_cluster, tmp_path, rm_path):
+    n = 400
+    rows = [{"id": i, "prompt": PROMPTS[i % 8] * (1 + i % 3), "response": GOOD[(i * 5) % 8]} for i in range(n)]
+    corpus = write(tmp_path / "big.jsonl", rows)
+    opts = ["--rows-per-shard", "8", "--batch-rows", "4", "--no-progress", "--num-cpus", "0.5", "--num-gpus", "0",
+            "--tokenizer-num-cpus", "0.25"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "score", str(corpus), str(out), "--model", rm_path,
+         "--address", ray_cluster["address"], *opts], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "parts").glob("part-*.parquet"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run: its Ray Data job dies with it
+    proc.wait()
+    partial = read_scores(out).num_rows
+    assert 0 < partial < n, "the kill was meant to land mid-run"
+
+    options = {k: v for k, v in FAST.items()} | {"rows_per_shard": 8}
+    resumed = score_corpus(corpus, out, rm_path, **options)
+    assert resumed["rows_done_before"] == partial and resumed["rows_scored_now"] == n - partial
+    whole = score_corpus(corpus, tmp_path / "uninterrupted", rm_path, **options)
+    a, b = read_scores(out), read_scores(tmp_path / "uninterrupted")
+    assert a["source_row"].to_pylist() == list(range(n)) == b["source_row"].to_pylist()  # none lost, none twice
+    assert close(a["score"].to_pylist(), b["score"].to_pylist())
+    assert whole["rows_done_before"] == 0
+
+    again = score_corpus(corpus, out, rm_path, **options)  # complete: nothing left to do
+    assert again["rows_scored_now"] == 0 and read_scores(out).num_rows == n
+
+
+def test_output_of_another_model_is_not_resumed(ray_cluster, tmp_path, rm_path, reward_dir):
+    corpus = write(tmp_path / "p.jsonl", pair_rows(3))
+    score_corpus(corpus, tmp_path / "out", rm_path, **FAST)
+    with pytest.raises(ConfigError, match="different model"):
+        score_corpus(corpus, tmp_path / "out", str(reward_dir("gemma2")), **FAST)
+    summary = score_corpus(corpus, tmp_path / "out", str(reward_dir("gemma2")), overwrite=True, **FAST)
+    assert summary["rows_scored_now"] == 3
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_column_names_the_file_and_column(ray_cluster, tmp_path, rm_path):
+    write(tmp_path / "in" / "a.jsonl", pair_rows(2))
+    write(tmp_path / "in" / "b.jsonl", [{"prompt": "p", "chosen": "x"}])
+    with pytest.raises(InvalidInput, match=r"b\.jsonl: missing column 'rejected'"):
+        score_corpus(tmp_path / "in", tmp_path / "out", rm_path, **FAST)
+
+
+def test_malformed_rows_name_file_row_and_field(ray_cluster, tmp_path, rm_path):
+    good = json.dumps(pair_rows(1)[0])
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n\n{{not json\n")
+    with pytest.raises(InvalidInput, match=r"bad\.jsonl row 1 \(line 3\): not valid JSON"):
+        score_corpus(path, tmp_path / "out1", rm_path, **FAST)
+    rows = pair_rows(2)
+    rows[1]["chosen"] = [{"role": "bot", "content": "hi"}]
+    with pytest.raises(InvalidInput, match=r"bad2\.jsonl row 1: chosen\[0\]\.role: unknown role 'bot'"):
+        score_corpus(write(tmp_path / "bad2.jsonl", rows), tmp_path / "out2", rm_path, **FAST)
+
+
+def test_empty_file_and_non_model_path(ray_cluster, tmp_path, rm_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InvalidInput, match=r"empty\.jsonl: the file has no rows"):
+        score_corpus(tmp_path / "empty.jsonl", tmp_path / "out", rm_path, **FAST)
+    corpus = write(tmp_path / "p.jsonl", pair_rows(2))
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "nomodel")):
+        (tmp_path / "nomodel").mkdir()
+        score_corpus(corpus, tmp_path / "out", str(tmp_path / "nomodel"), **FAST)
+    with pytest.raises(ConfigError, match="max_actors"):
+        score_corpus(corpus, tmp_path / "out", rm_path, min_actors=2, max_actors=1)
+
+
+def test_skip_mode_keeps_every_row_accounted_for(ray_cluster, tmp_path, rm_path, rm):
+    rows = pair_rows(6)
+    rows[2]["chosen"] = [{"role": "bot", "content": "hi"}]
+    del rows[4]["rejected"]
+    lines = [json.dumps(r) for r in rows] + ["[1, 2]", "{oops"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "in" / "zero.jsonl").write_text("\n")
+    summary = score_corpus(tmp_path / "in", tmp_path / "out", rm_path, on_error="skip", **FAST)
+    table = read_scores(tmp_path / "out")
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    reasons = {(e["source_file"], e["source_row"]): e["error"] for e in errors}
+    assert table["source_row"].to_pylist() == [0, 1, 3, 5]
+    assert set(reasons) == {("mixed.jsonl", 2), ("mixed.jsonl", 4), ("mixed.jsonl", 6), ("mixed.jsonl", 7),
+                            ("zero.jsonl", None)}
+    assert "unknown role 'bot'" in reasons[("mixed.jsonl", 2)]
+    assert "rejected: missing" in reasons[("mixed.jsonl", 4)]
+    assert "must be a JSON object" in reasons[("mixed.jsonl", 6)]
+    assert "not valid JSON" in reasons[("mixed.jsonl", 7)]
+    assert summary["errors"] == 5 and summary["rows"] == 4
+    kept = [rows[i] for i in (0, 1, 3, 5)]
+    assert close(table["chosen_score"].to_pylist(), rm.score([turn(r["prompt"], r["chosen"]) for r in kept]))
+
+
+# ---------------------------------------------------------------- curation
+
+
+def test_filter_pairs_keeps_what_the_model_agrees_with(ray_cluster, tmp_path, rm_path, rm):
+    rows = pair_rows(8)
+    margins = [c - r for c, r in zip(rm.score([turn(r["prompt"], r["chosen"]) for r in rows]),
+                                     rm.score([turn(r["prompt"], r["rejected"]) for r in rows]))]
+    threshold = sorted(m for m in margins if m > 0)[0] + 1e-3 if any(m > 0 for m in margins) else 0.0
+    summary = filter_pairs(write(tmp_path / "p.parquet", rows), tmp_path / "out", rm_path, min_margin=threshold,
+                           **FAST)
+    kept = pq.read_table(tmp_path / "out" / "kept.parquet")
+    dropped = pq.read_table(tmp_path / "out" / "dropped.parquet")
+    expected = [r["id"] for r, m in zip(rows, margins) if m > 0 and m >= threshold]
+    assert kept["id"].to_pylist() == expected
+    assert sorted(kept["id"].to_pylist() + dropped["id"].to_pylist()) == sorted(r["id"] for r in rows)
+    assert summary["kept"] == len(expected) and summary["dropped"] == len(rows) - len(expected)
+
+
+# ---------------------------------------------------------------- via_serve
+
+
+def test_via_serve_gives_the_same_scores_in_few_calls(ray_cluster, served, tmp_path, rm_path):
+    from ray import serve
+
+    rows = pair_rows(16)
+    corpus = write(tmp_path / "p.jsonl", rows)
+    local = score_corpus(corpus, tmp_path / "local", rm_path, **FAST)
+    handle = serve.get_deployment_handle("reward-rm", app_name="scoring")
+    before = sum(s["calls"] for s in _replica_stats(handle))
+    remote = score_corpus(corpus, tmp_path / "remote", "rm", via_serve="scoring", **FAST)
+    calls = sum(s["calls"] for s in _replica_stats(handle)) - before
+    a, b = read_scores(tmp_path / "local"), read_scores(tmp_path / "remote")
+    assert close(a["chosen_score"].to_pylist(), b["chosen_score"].to_pylist())
+    assert close(a["rejected_score"].to_pylist(), b["rejected_score"].to_pylist())
+    assert local["accuracy"] == remote["accuracy"]
+    assert 0 < calls < len(rows) / 2  # about one call per Ray batch (4 rows here), never one per row
+
+
+def _replica_stats(handle) -> list[dict]:
+    seen = {}
+    for _ in range(40):
+        s = handle.get_stats.remote().result()
+        seen[s["replica"]] = s
+        if len(seen) == 2:
+            break
+    return list(seen.values())
+
+
+def test_via_serve_unknown_app_or_model(ray_cluster, served, tmp_path):
+    corpus = write(tmp_path / "p.jsonl", pair_rows(2))
+    with pytest.raises(ConfigError, match="no such Serve application"):
+        score_corpus(corpus, tmp_path / "o1", "rm", via_serve="nope", **FAST)
+    with pytest.raises(ConfigError, match="serves no model named 'ghost'"):
+        score_corpus(corpus, tmp_path / "o2", "ghost", via_serve="scoring", **FAST)
+
+
+# ---------------------------------------------------------------- CLI and report
+
+
+def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
+    from cluster.__main__ import main
+
+    corpus = write(tmp_path / "p.jsonl", pair_rows(6, subset=lambda i: "chat" if i % 2 else "code"))
+    rc = main(["score", str(corpus), str(tmp_path / "out"), "--model", rm_path, "--no-progress",
+               "--batch-rows", "4", "--num-cpus", "0.5", "--tokenizer-num-cpus", "0.25", "--num-gpus", "0"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed.lower() and str(tmp_path / "out") in printed
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows"] == 6
+    assert main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 3
+    assert main(["score", str(tmp_path / "nothing-here"), str(tmp_path / "o2"), "--model", rm_path]) == 2
+    assert "no input files" in capsys.readouterr().err
