@@ -472,7 +472,8 @@ def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Tab
             except ScoringError as err:
                 if on_error != "skip":
                     raise
-                row = {"source_file": chunk["rel"], "source_row": index, "_error": f"{type(err).__name__}: {err.message}"}
+                row = {"source_file": chunk["rel"], "source_row": index,
+                       "_error": f"{type(err).__name__}: {err.message}"}
         out.append(row)
     return _to_table(out, chunk["rel"], on_error) if out else _empty_rows()
 

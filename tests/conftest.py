@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -197,10 +198,14 @@ def ray_cluster():
     actors schedule on a CPU box, one per "GPU")."""
     ray = pytest.importorskip("ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=metrics_port)
-    yield {"metrics_port": metrics_port, "address": ray.get_runtime_context().gcs_address}
+    metrics_port, dashboard_port = free_port(), free_port()
+    # Ray Jobs run `python -m cluster ...`: make `python` this interpreter even in an unactivated venv
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    # the dashboard is the job server: the notebook test submits a Ray Job to this cluster
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=dashboard_port, log_to_driver=False, _metrics_export_port=metrics_port)
+    yield {"metrics_port": metrics_port, "address": ray.get_runtime_context().gcs_address,
+           "dashboard": f"http://127.0.0.1:{dashboard_port}"}
     ray.shutdown()
 
 

@@ -386,3 +386,31 @@ def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
     assert html.count('src="data:image/png;base64,') == 3
     assert main(["score", str(tmp_path / "nothing-here"), str(tmp_path / "o2"), "--model", rm_path]) == 2
     assert "no input files" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- notebook and Ray Jobs
+
+
+def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, monkeypatch):
+    """examples/score_corpus.ipynb in a real Jupyter kernel, joined to this cluster; its last cell
+    submits the same run as a Ray Job through the dashboard and compares the summaries."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
+    monkeypatch.setenv("SCORING_JOB_ADDRESS", ray_cluster["dashboard"])
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    nb = nbformat.read(root / "examples" / "score_corpus.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "kept" in outputs and "report.html" in outputs
+    assert "set SCORING_JOB_ADDRESS" not in outputs  # the job cell really ran
+
+
+def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
+    from cluster.jobs import submit_scoring_job
+
+    with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*nonexistent-model.* does not exist"):
+        submit_scoring_job(ray_cluster["dashboard"], str(tmp_path / "missing.jsonl"), str(tmp_path / "out"),
+                           "/nonexistent-model", wait=True, timeout_s=300, progress=False)
