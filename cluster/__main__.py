@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench = sub.add_parser("bench-serve", help="HTTP load on the CPU app: cross-request batching vs none")
     bench_serve.add_arguments(serve_bench)
     serve_bench.set_defaults(func=cmd_bench_serve)
+    from cluster import bench_pipeline
+
+    pipe_bench = sub.add_parser("bench-pipeline", help="Ray Data pipeline throughput: 1 and 2 actors vs fixed batches")
+    bench_pipeline.add_arguments(pipe_bench)
+    pipe_bench.set_defaults(func=with_quiet(bench_pipeline.run))
     from cluster import score_cli
 
     score = sub.add_parser("score", help="score a parquet/JSONL corpus with Ray Data (resumable), print the summary")

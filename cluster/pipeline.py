@@ -317,7 +317,7 @@ def _layout(columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, o
     return Layout(shape, spec.kind, multi, conversation_column)
 
 
-def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions):
+def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -338,7 +338,8 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions):
         num_gpus = opts.num_gpus
         if num_gpus is None:
             num_gpus = 1 if spec.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
-        stage, kwargs, num_cpus = ModelStage, {"spec": spec.model_dump(), "threads": int(opts.num_cpus)}, opts.num_cpus
+        stage, kwargs = model_stage or ModelStage, {"spec": spec.model_dump(), "threads": int(opts.num_cpus)}
+        num_cpus = opts.num_cpus
     min_size, max_size = opts.actors
     return ds.map_batches(
         stage, fn_constructor_kwargs={**kwargs, "layout": asdict(layout), "debias": opts.debias,
@@ -563,11 +564,15 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
     `run.json`. Run it again with the same arguments after a crash and it scores only the rows no
     shard holds yet: none lost, none twice. Load the results with `read_scores(output_path)`.
     """
+    return _score_corpus(input_path, output_path, model, overwrite, ScoringOptions.parse(options), ModelStage)
+
+
+def _score_corpus(input_path, output_path, model, overwrite: bool, opts: ScoringOptions,
+                  model_stage: type[_ScoreStage]) -> dict[str, Any]:
     import ray
 
     from cluster.metrics import summarize
 
-    opts = ScoringOptions.parse(options)
     spec = resolve_model(model, opts.via_serve)
     files, base = expand_inputs(input_path)
     chunks, empty = plan_chunks(files, base, opts.rows_per_shard)
@@ -593,7 +598,7 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)}, batch_size=1,
                             batch_format="pyarrow")
-        ds = _scored(ds, spec, layout, opts.model_copy(update={"on_error": opts.on_error}))
+        ds = _scored(ds, spec, layout, opts, model_stage)
         ds = ds.map_batches(write_shard, fn_kwargs={"out_dir": str(out / "parts")}, batch_size=None,
                             batch_format="pyarrow")
         try:
