@@ -12,11 +12,13 @@ from cluster.errors import (
     ScoringError,
 )
 from cluster.loading import load_model
+from cluster.pipeline import ScoringOptions, filter_pairs, read_scores, score_corpus, score_dataset
 from cluster.reward import Comparison, RewardModel, RewardResult
 from cluster.tokenization import ChatEncoder, Encoded
 
 __all__ = [
     "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
-    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardModel", "RewardResult", "ScoringError", "Verdict",
-    "load_model", "pad_batch", "plan_batches", "run_batched",
+    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardModel", "RewardResult", "ScoringError", "ScoringOptions",
+    "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores", "run_batched",
+    "score_corpus", "score_dataset",
 ]

@@ -58,19 +58,21 @@ MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
 class ScoringOptions(StrictModel):
     """How a corpus is scored. Only shape/debias change results; the rest is speed and plumbing."""
 
-    shape: Literal["auto", "conversations", "prompt_response", "pairs"] = "auto"
+    shape: Literal["auto", "conversations", "prompt_response", "pairs"] = Field(
+        "auto", description="row shape; auto: from the columns")
     debias: bool = Field(False, description="critic: judge both orders and average")
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="skip: bad rows go to errors.jsonl with the reason and the run goes on")
     batch_rows: int = Field(256, ge=1, description="rows per batch reaching a model actor (sorted inside)")
     rows_per_shard: int = Field(1024, ge=1, description="rows per read task (input chunk)")
-    min_actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1, description="model actors kept up")
     max_actors: int | None = Field(None, ge=1, description="autoscale up to this many model actors")
     num_gpus: float | None = Field(None, ge=0, description="per model actor; default 1 if the cluster has GPUs")
     num_cpus: float = Field(1.0, gt=0, description="per model actor (also its torch threads)")
-    tokenizer_actors: int = Field(1, ge=1)
-    tokenizer_num_cpus: float = Field(0.5, gt=0)
+    tokenizer_actors: int = Field(1, ge=1, description="autoscale the CPU tokenization pool up to this many")
+    tokenizer_num_cpus: float = Field(0.5, gt=0, description="per tokenization actor")
     via_serve: str | None = Field(None, description="Serve app name: score on its replicas")
-    progress: bool = True
+    progress: bool = Field(True, description="Ray Data's progress bars")
 
     @model_validator(mode="after")
     def _check(self) -> ScoringOptions:

@@ -8,8 +8,9 @@ import json
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from cluster.config import ModelSpec
 from cluster.pipeline import ScoringOptions
@@ -43,7 +44,8 @@ def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False) -
                 parser.add_argument(_flag(name), dest=name, action="store_true", help=help_text)
             continue
         kind = NONE_DEFAULT_TYPES.get(name) or {int: int, float: float}.get(type(default), str)
-        parser.add_argument(_flag(name), dest=name, type=kind, default=default,
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
+        parser.add_argument(_flag(name), dest=name, type=kind, default=default, choices=choices,
                             help=f"{help_text} (default: {default})".strip())
 
 

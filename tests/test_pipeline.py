@@ -182,6 +182,30 @@ def test_critic_judges_pairs_like_critic_model(ray_cluster, tmp_path, critic_dir
     assert close(got, expected)
 
 
+def test_critic_judges_every_pair_of_several_responses(ray_cluster, tmp_path, critic_dir, critic):
+    rows = [{"prompt": PROMPTS[i], "chosen": [GOOD[i], GOOD[i] + "!"], "rejected": [BAD[i], BAD[i] + "?"]}
+            for i in range(3)]
+    spec = {"name": "judge", "path": str(critic_dir), "kind": "critic"}
+    score_corpus(write(tmp_path / "m.json", rows), tmp_path / "out", spec, debias=True, **FAST)
+    got = read_scores(tmp_path / "out")
+    for row, probs in zip(rows, got["probs_chosen"].to_pylist()):
+        items = [{"prompt": row["prompt"], "response_a": c, "response_b": r}
+                 for c in row["chosen"] for r in row["rejected"]]  # row-major: chosen i, rejected j
+        assert close(probs, [v.prob_a for v in critic.judge(items, debias=True)])
+    assert got["win_rate"].to_pylist() == [sum(p > 0.5 for p in ps) / 4 for ps in got["probs_chosen"].to_pylist()]
+
+
+def test_glob_input_picks_matching_files_in_order(ray_cluster, tmp_path, rm_path):
+    write(tmp_path / "in" / "b.jsonl", pair_rows(2))
+    write(tmp_path / "in" / "a.jsonl", pair_rows(3))
+    (tmp_path / "in" / "notes.txt").write_text("not data")
+    summary = score_corpus(str(tmp_path / "in" / "*.jsonl"), tmp_path / "out", rm_path, **FAST)
+    table = read_scores(tmp_path / "out")
+    assert summary["rows"] == 5
+    assert list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist())) == [
+        ("a.jsonl", 0), ("a.jsonl", 1), ("a.jsonl", 2), ("b.jsonl", 0), ("b.jsonl", 1)]
+
+
 # ---------------------------------------------------------------- metrics with known answers
 
 
@@ -414,3 +438,12 @@ def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*nonexistent-model.* does not exist"):
         submit_scoring_job(ray_cluster["dashboard"], str(tmp_path / "missing.jsonl"), str(tmp_path / "out"),
                            "/nonexistent-model", wait=True, timeout_s=300, progress=False)
+
+
+def test_readme_pipeline_example_runs(ray_cluster):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Scoring corpora (Ray Data)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    exec(compile(code, "README.md (Scoring corpora)", "exec"), {})
