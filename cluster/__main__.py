@@ -1,4 +1,4 @@
-"""Command line: `python -m cluster {demo,tiny-model,bench,bench-serve,score,filter,report}`."""
+"""Command line: `python -m cluster COMMAND` (demo, tiny-model, score, filter, calibrate, report, bench*)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     curate = sub.add_parser("filter", help="keep the preference pairs a model agrees with (kept/dropped parquet)")
     score_cli.add_score_arguments(curate, curate=True)
     curate.set_defaults(func=with_quiet(score_cli.cmd_filter))
+    calib = sub.add_parser("calibrate", help="a reward model's score mean/std on a corpus, for shaping.normalize")
+    score_cli.add_score_arguments(calib, calibration=True)
+    calib.set_defaults(func=with_quiet(score_cli.cmd_calibrate))
     from cluster import report
 
     report_parser = sub.add_parser("report", help="HTML report (plots + summary) of a scoring output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -157,20 +158,86 @@ class ReplicaSettings(StrictModel):
         return {"batch_max_tokens": self.batch_max_tokens, "batch_wait_timeout_s": self.batch_wait_timeout_s}
 
 
+# ---------------------------------------------------------------- reward shaping (served models)
+# What RL trainers ask for, per served model: normalization with a stored mean/std (`python -m
+# cluster calibrate` measures them on a corpus with the Ray Data pipeline), optional clipping, and
+# ensembles (a weighted mean of several reward models behind one name). Raw logits stay the
+# default: a model without `shaping` is served exactly as its card says.
+
+
+class Normalize(StrictModel):
+    mean: float
+    std: float = Field(gt=0)
+
+
+class Shaping(StrictModel):
+    """r -> (r - mean) / std, then clipped to [low, high]; each step optional."""
+
+    normalize: Normalize | None = None
+    clip: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Shaping:
+        if self.clip is not None and not self.clip[0] < self.clip[1]:
+            raise ValueError(f"clip: the low bound must be below the high bound, got {list(self.clip)}")
+        return self
+
+    def apply(self, scores: Sequence[float]) -> list[float]:
+        out = list(scores)
+        if self.normalize is not None:
+            out = [(s - self.normalize.mean) / self.normalize.std for s in out]
+        if self.clip is not None:
+            low, high = self.clip
+            out = [min(high, max(low, s)) for s in out]
+        return out
+
+
+class EnsembleMember(StrictModel):
+    model: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class Ensemble(StrictModel):
+    """Several served reward models behind one name: each member's (shaped) reward, combined as a
+    weighted mean (weights are relative), then this ensemble's own shaping."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    members: list[EnsembleMember] = Field(min_length=1)
+    shaping: Shaping | None = None
+
+    kind: Literal["reward"] = "reward"  # routes accept an ensemble wherever they accept a reward model
+
+    @model_validator(mode="after")
+    def _check(self) -> Ensemble:
+        names = [m.model for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ensemble '{self.name}': a member is listed twice: {names}")
+        return self
+
+    def combine(self, member_scores: Sequence[Sequence[float]]) -> list[float]:
+        total = sum(m.weight for m in self.members)
+        mixed = [sum(m.weight * scores[i] for m, scores in zip(self.members, member_scores)) / total
+                 for i in range(len(member_scores[0]))]
+        return self.shaping.apply(mixed) if self.shaping else mixed
+
+
 class ServedModel(ModelSpec):
     """A ModelSpec plus how to deploy it."""
 
     replicas: ReplicaSettings = ReplicaSettings()
+    shaping: Shaping | None = Field(None, description="reward models: normalize/clip what the routes return")
 
     @model_validator(mode="after")
     def _fits(self) -> ServedModel:
+        if self.shaping is not None and self.kind != "reward":
+            raise ValueError("shaping applies to reward models only")
         if self.replicas.batch_max_tokens < self.max_length:
             raise ValueError(f"replicas.batch_max_tokens ({self.replicas.batch_max_tokens}) must be >= "
                              f"max_length ({self.max_length})")
         return self
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump(exclude={"replicas"}))
+        return ModelSpec(**self.model_dump(exclude={"replicas", "shaping"}))
 
 
 class TokenizerSettings(StrictModel):
@@ -187,13 +254,21 @@ class AppConfig(StrictModel):
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     tokenizer: TokenizerSettings = TokenizerSettings()
+    ensembles: list[Ensemble] = Field(default_factory=list, description="reward models combined under one name")
 
     @model_validator(mode="after")
     def _check(self) -> AppConfig:
-        names = [m.name for m in self.models]
+        names = [m.name for m in self.models] + [e.name for e in self.ensembles]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
-            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+            raise ValueError(f"model and ensemble names must be unique; repeated: {duplicated}")
+        kinds = {m.name: m.kind for m in self.models}
+        for ensemble in self.ensembles:
+            for member in ensemble.members:
+                if kinds.get(member.model) != "reward":
+                    problem = "is not served here" if member.model not in kinds else "is a critic"
+                    raise ValueError(f"ensemble '{ensemble.name}': member '{member.model}' {problem}; "
+                                     "members must be reward models listed under models")
         return self
 
     def default_model(self, kind: str) -> ServedModel | None:

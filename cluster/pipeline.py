@@ -790,3 +790,21 @@ def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
     _write_atomic(out / "dropped.parquet", dropped)
     return {**summary, "min_margin": min_margin, "kept": kept.num_rows, "dropped": dropped.num_rows,
             "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
+
+
+# ---------------------------------------------------------------- calibration (reward shaping)
+
+
+def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
+              model: ModelSpec | Mapping[str, Any] | str, **options: Any) -> dict[str, Any]:
+    """Score a corpus (resumable, as score_corpus) and return the reward model's score mean and std
+    over it (every scored response: both sides of pairs), as the `shaping` a served model takes:
+    `{"normalize": {"mean": ..., "std": ...}}`."""
+    summary = score_corpus(input_path, output_path, model, **options)
+    if summary["kind"] == "pairs" and summary.get("scorer") == "critic":
+        raise InvalidInput("calibrate measures a reward model's scores; this model is a critic")
+    stats = summary.get("score_stats") or {}
+    if not stats.get("count") or not stats.get("std"):
+        raise InvalidInput(f"{input_path}: too few finite scores to calibrate on ({stats.get('count', 0)})")
+    return {"model": summary["model"], "corpus": str(input_path), "count": stats["count"], "mean": stats["mean"],
+            "std": stats["std"], "shaping": {"normalize": {"mean": stats["mean"], "std": stats["std"]}}}

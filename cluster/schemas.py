@@ -47,9 +47,10 @@ class Usage(BaseModel):
 
 class RewardsResponse(BaseModel):
     model: str
-    scores: list[float]
+    scores: list[float]  # shaped when the model or ensemble has `shaping`; raw logits otherwise
     truncated: list[bool]
     usage: Usage
+    raw_scores: list[float] | None = None  # the model's logits, when shaping changed them
 
 
 # ---------------------------------------------------------------- /v1/compare and /v1/judge
@@ -168,6 +169,8 @@ class ModelCard(BaseModel):
     kind: Literal["reward", "critic"]
     max_length: int
     default: bool
+    members: dict[str, float] | None = None  # an ensemble: member model -> weight
+    shaping: dict[str, Any] | None = None  # normalize / clip applied to what the routes return
 
 
 class ModelsResponse(BaseModel):

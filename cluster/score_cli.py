@@ -22,7 +22,7 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False) -> None:
+def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False) -> None:
     parser.add_argument("input", help="a parquet/JSONL/JSON file, a folder of them, or a glob")
     parser.add_argument("output", help="output folder (parts/, summary.json, errors.jsonl); rerun to resume")
     parser.add_argument("--model", required=True,
@@ -30,6 +30,8 @@ def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False) -
                              "the served model's name; or a JSON object / .json file of ModelSpec fields")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output folder first")
     parser.add_argument("--address", help="Ray cluster to connect to (default: RAY_ADDRESS, else a local one)")
+    if calibration:
+        parser.add_argument("--out", default="calibration.json", help="where to write mean/std (JSON)")
     if curate:
         parser.add_argument("--min-margin", type=float, default=0.0,
                             help="keep a pair only if chosen beats rejected by at least this much")
@@ -134,3 +136,19 @@ def _print_outputs(summary: dict[str, Any]) -> None:
     print(f"scores: {summary['output']} (load with cluster.read_scores)")
     if summary.get("errors"):
         print(f"{summary['errors']} row(s) not scored, reasons in {summary['errors_file']}", file=sys.stderr)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cluster.pipeline import calibrate
+
+    _connect(args.address)
+    result = calibrate(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
+                       **options_from_args(args))
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    norm = result["shaping"]["normalize"]
+    print(f"{result['model']}: mean {norm['mean']:.6g}, std {norm['std']:.6g} over {result['count']} scores "
+          f"-> {args.out}")
+    print("in ray_config.yaml, under this model (add clip: [low, high] to bound the normalized reward):")
+    print(f"  shaping:\n    normalize: {{mean: {norm['mean']!r}, std: {norm['std']!r}}}")
+    return 0

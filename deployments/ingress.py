@@ -19,11 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from cluster import schemas
-from cluster.config import AppConfig
+from cluster.config import AppConfig, Ensemble
 from cluster.critic import Verdict, combine, winner_of
 from cluster.errors import (
     InvalidInput,
@@ -36,6 +36,7 @@ from cluster.errors import (
     http_status,
 )
 from cluster.reward import pair_comparisons, pair_conversations, sigmoid
+from cluster.tokenization import check_list, validate_judge_item
 from deployments.replica import call
 
 logger = logging.getLogger("ray.serve")
@@ -96,6 +97,7 @@ class ScoringService:
         self.tokenizer = tokenizer
         self.replicas = replicas
         self.models = {m.name: m for m in config.models}
+        self.ensembles = {e.name: e for e in config.ensembles}
 
     def resolve(self, name: str | None, kinds: tuple[str, ...]) -> Any:
         if name is None:
@@ -104,9 +106,13 @@ class ScoringService:
                 if default is not None:
                     return default
             raise UnknownModel(f"no {' or '.join(kinds)} model is served here")
+        if name in self.ensembles and "reward" in kinds:
+            return self.ensembles[name]
         model = self.models.get(name)
         if model is None:
-            raise UnknownModel(f"model '{name}' is not served here; see GET /v1/models")
+            kind = "a critic" if name in self.ensembles else None
+            raise UnknownModel(f"model '{name}' is not served here; see GET /v1/models" if kind is None
+                               else f"'{name}' is an ensemble of reward models; this route needs {kind}")
         if model.kind not in kinds:
             raise InvalidInput(f"model '{name}' is a {model.kind}; this route needs a {' or '.join(kinds)}")
         return model
@@ -130,7 +136,11 @@ class ScoringService:
         if not model.replicas.cross_request_batching:
             method += "_alone"
         handle = getattr(self.replicas[model.name], method)
-        outputs = await asyncio.gather(*(handle.remote(call(c)) for c in chunks))
+        try:
+            outputs = await asyncio.gather(*(handle.remote(call(c)) for c in chunks))
+        except (RayActorError, ActorUnavailableError) as err:
+            # a replica died or restarted mid-call: scoring is idempotent, so the caller may retry
+            raise Overloaded(f"a replica of model '{model.name}' became unavailable; retry") from err
         return [x for out in outputs for x in out]
 
     async def rewards(self, model, inputs: list, what: str = "conversations") -> tuple[list[float], list[bool], int]:
@@ -144,6 +154,20 @@ class ScoringService:
             encoded = await self.tokenizer.encode_inputs.remote(model.name, inputs, what)
             scores = await self._fan_out(model, "score", [ids for ids, _ in encoded])
         return scores, [t for _, t in encoded], sum(len(ids) for ids, _ in encoded)
+
+    async def shaped_rewards(self, target, inputs: list, what: str = "conversations"):
+        """Rewards as the routes return them: a model's own shaping (normalize, clip), or an
+        ensemble's members' shaped rewards combined by weight, then the ensemble's shaping.
+        -> (scores, raw scores when shaping changed them, truncated, tokens)."""
+        if isinstance(target, Ensemble):
+            members = [self.models[m.model] for m in target.members]
+            results = await asyncio.gather(*(self.shaped_rewards(m, inputs, what) for m in members))
+            truncated = [any(flags) for flags in zip(*(r[2] for r in results))]
+            return target.combine([r[0] for r in results]), None, truncated, sum(r[3] for r in results)
+        scores, truncated, tokens = await self.rewards(target, inputs, what)
+        if target.shaping is None:
+            return scores, None, truncated, tokens
+        return target.shaping.apply(scores), scores, truncated, tokens
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
     async def _gathered_rewards(self, requests: list[tuple[str, list, str]]) -> list:
@@ -233,6 +257,32 @@ class Ingress:
             return error_response(err, rid)
         return JSONResponse(result.model_dump())
 
+    # -- Python API for deployment handles (cluster.client.RewardClient.handle): the routes' logic
+    # without HTTP. Errors are raised as ScoringErrors; the handle delivers them to the caller.
+
+    async def score_inputs(self, model: str | None, conversations: list) -> list[float]:
+        resolved = self.service.resolve(model, ("reward",))
+        scores, _, _, _ = await self.service.shaped_rewards(resolved, check_list(conversations, "conversations"))
+        return scores
+
+    async def compare_items(self, model: str | None, items: list) -> list[dict[str, Any]]:
+        resolved = self.service.resolve(model, ("reward", "critic"))
+        checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
+        if resolved.kind == "critic":
+            verdicts, _ = await self.service.judge(resolved, checked, "logits", debias=False)
+            return verdicts
+        scores, _, truncated, _ = await self.service.shaped_rewards(resolved, pair_conversations(checked), "items")
+        return [c.__dict__ for c in pair_comparisons(scores, truncated)]
+
+    async def judge_items(self, model: str | None, items: list, mode: str = "logits",
+                          debias: bool = False) -> list[dict[str, Any]]:
+        resolved = self.service.resolve(model, ("critic",))
+        if mode not in ("logits", "generate"):
+            raise InvalidInput(f"mode: must be 'logits' or 'generate', got {mode!r}")
+        checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
+        verdicts, _ = await self.service.judge(resolved, checked, mode, bool(debias))
+        return verdicts
+
     # -- routes
 
     @app.get("/healthz")
@@ -244,9 +294,16 @@ class Ingress:
         async def work():
             defaults = {self.config.default_model(k).name for k in ("reward", "critic")
                         if self.config.default_model(k) is not None}
-            return schemas.ModelsResponse(data=[
-                schemas.ModelCard(name=m.name, kind=m.kind, max_length=m.max_length, default=m.name in defaults)
-                for m in self.config.models])
+            cards = [schemas.ModelCard(name=m.name, kind=m.kind, max_length=m.max_length, default=m.name in defaults,
+                                       shaping=m.shaping.model_dump() if m.shaping else None)
+                     for m in self.config.models]
+            lengths = {m.name: m.max_length for m in self.config.models}
+            cards += [schemas.ModelCard(name=e.name, kind="reward", default=False,
+                                        max_length=min(lengths[m.model] for m in e.members),
+                                        members={m.model: m.weight for m in e.members},
+                                        shaping=e.shaping.model_dump() if e.shaping else None)
+                      for e in self.config.ensembles]
+            return schemas.ModelsResponse(data=cards)
         return await self._run(request, work)
 
     @app.post("/v1/rewards")
@@ -254,8 +311,8 @@ class Ingress:
         async def work(body: schemas.RewardsRequest):
             model = self.service.resolve(body.model, ("reward",))
             inputs = [c if isinstance(c, str) else [m.model_dump() for m in c] for c in body.conversations]
-            scores, truncated, tokens = await self.service.rewards(model, inputs)
-            return schemas.RewardsResponse(model=model.name, scores=scores, truncated=truncated,
+            scores, raw, truncated, tokens = await self.service.shaped_rewards(model, inputs)
+            return schemas.RewardsResponse(model=model.name, scores=scores, truncated=truncated, raw_scores=raw,
                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
         return await self._run(request, work, schemas.RewardsRequest)
 
@@ -268,7 +325,8 @@ class Ingress:
                 verdicts, tokens = await self.service.judge(model, items, "logits", debias=False)
                 results = [schemas.Comparison(**v) for v in verdicts]
             else:
-                scores, truncated, tokens = await self.service.rewards(model, pair_conversations(items), "items")
+                scores, _, truncated, tokens = await self.service.shaped_rewards(model, pair_conversations(items),
+                                                                                 "items")
                 results = [schemas.Comparison(**c.__dict__) for c in pair_comparisons(scores, truncated)]
             return schemas.CompareResponse(model=model.name, kind=model.kind, results=results,
                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
@@ -290,7 +348,7 @@ class Ingress:
         """OpenRLHF's remote reward protocol: `query` holds templated prompt + response text."""
         async def work(body: schemas.GetRewardRequest):
             model = self.service.resolve(body.model, ("reward",))
-            scores, truncated, _ = await self.service.rewards(model, body.query, "query")
+            scores, _, truncated, _ = await self.service.shaped_rewards(model, body.query, "query")
             return schemas.GetRewardResponse(rewards=scores, scores=scores, extra_logs={"truncated": truncated})
         return await self._run(request, work, schemas.GetRewardRequest)
 
@@ -303,7 +361,7 @@ class Ingress:
                 inputs, what = [[m.model_dump() for m in body.messages]], "messages"
             else:
                 inputs, what = ([body.input] if isinstance(body.input, str) else body.input), "input"
-            scores, _, tokens = await self.service.rewards(model, inputs, what)
+            scores, _, _, tokens = await self.service.shaped_rewards(model, inputs, what)
             activate = body.apply_activation()
             data = [schemas.ClassifyData(index=i, label="LABEL_0", probs=[sigmoid(s) if activate else s])
                     for i, s in enumerate(scores)]

@@ -189,6 +189,10 @@ def app_args(rm, rm2, critic, **rm_replicas):
             {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
              "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
         ],
+        "ensembles": [
+            {"name": "rm-mix", "members": [{"model": "rm", "weight": 3}, {"model": "rm-gemma", "weight": 1}],
+             "shaping": {"normalize": {"mean": 0.5, "std": 2.0}, "clip": [-1.0, 1.0]}},
+        ],
     }
 
 

@@ -42,8 +42,25 @@ def test_models_and_health(served):
     c = served["client"]
     assert httpx.get(f"http://127.0.0.1:{served['port']}/healthz").json() == {"status": "ok"}
     cards = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
-    assert cards["rm"] == {"name": "rm", "kind": "reward", "max_length": 512, "default": True}
+    assert cards["rm"] == {"name": "rm", "kind": "reward", "max_length": 512, "default": True, "members": None,
+                           "shaping": None}
+    assert cards["rm-mix"]["members"] == {"rm": 3.0, "rm-gemma": 1.0} and cards["rm-mix"]["kind"] == "reward"
     assert cards["rm-gemma"]["default"] is False and cards["judge"]["kind"] == "critic"
+
+
+def test_ensemble_with_shaping_combines_members_by_weight(served):
+    """rm-mix = clip(((3 rm + 1 rm-gemma) / 4 - 0.5) / 2, -1, 1), on every reward route."""
+    convs = conversations_for("gemma2")
+    rm, gemma = served["models"]["rm"].score(convs), served["models"]["rm-gemma"].score(convs)
+    expected = [min(1.0, max(-1.0, ((3 * a + b) / 4 - 0.5) / 2.0)) for a, b in zip(rm, gemma)]
+    assert any(abs(e) < 1 for e in expected)  # not everything clipped: the mix itself is checked
+    body = served["client"].post("/v1/rewards", json={"model": "rm-mix", "conversations": convs}).json()
+    assert all(abs(x - y) <= 1e-4 for x, y in zip(body["scores"], expected)) and body["raw_scores"] is None
+    texts = [served["models"]["rm"].encoder.render(c, "t", add_generation_prompt=False) for c in convs[:2]]
+    got = served["client"].post("/get_reward", json={"model": "rm-mix", "query": texts}).json()["rewards"]
+    assert all(-1.0 <= x <= 1.0 for x in got)
+    r = served["client"].post("/v1/judge", json={"model": "rm-mix", "items": ITEMS})
+    assert r.status_code == 404 and "ensemble of reward models" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("model", ["rm", "rm-gemma"])

@@ -1,0 +1,233 @@
+"""RewardClient: both transports against the served app give load_model's rewards, in order;
+chunking; retries on 503 (Retry-After honoured) and dropped connections; the deadline; errors
+named; a replica killed mid-stream and an overloaded critic queue lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from conftest import API_KEY, CONVERSATIONS
+
+from cluster.client import RewardClient
+from cluster.errors import InvalidInput, Overloaded, UnknownModel
+
+ITEMS = [
+    {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
+    {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 6, because addition."},
+]
+TOL = 1e-4
+
+
+def close(a, b) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- HTTP transport, scripted server
+
+
+class Script:
+    """An httpx MockTransport that answers from a list of steps, then scores by text length."""
+
+    def __init__(self, *steps):
+        self.steps = list(steps)
+        self.bodies: list[dict] = []
+        self.headers: list[httpx.Headers] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        self.headers.append(request.headers)
+        if self.steps:
+            step = self.steps.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        if [] in body["conversations"]:  # what the real server says about an empty conversation
+            at = body["conversations"].index([])
+            return httpx.Response(422, json={"error": {"code": "invalid_input", "request_id": "x",
+                                                       "message": f"conversations.{at}: the conversation is empty"}})
+        scores = [float(len(json.dumps(c))) for c in body["conversations"]]
+        return httpx.Response(200, json={"model": "rm", "scores": scores, "truncated": [False] * len(scores),
+                                         "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+
+def scripted(script: Script, **options) -> tuple[RewardClient, list[float]]:
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    client = RewardClient.http("http://rm.test", api_key="k", transport=httpx.MockTransport(script),
+                               sleep=record, seed=0, **options)
+    return client, sleeps
+
+
+def expected_lengths(convs) -> list[float]:
+    return [float(len(json.dumps(c))) for c in convs]
+
+
+def test_chunks_keep_input_order_and_send_the_key():
+    script = Script()
+    client, _ = scripted(script, max_items_per_call=2, max_concurrency=3)
+    convs = [[{"role": "user", "content": "q" * i}, {"role": "assistant", "content": "a"}] for i in range(7)]
+    assert client.score(convs) == expected_lengths(convs)
+    assert [len(b["conversations"]) for b in script.bodies] == [2, 2, 2, 1]
+    assert all(h["authorization"] == "Bearer k" for h in script.headers)
+    client.close()
+
+
+def test_chunks_respect_the_character_budget():
+    script = Script()
+    client, _ = scripted(script, max_chars_per_call=25)
+    texts = ["x" * 10, "y" * 10, "z" * 10, "w" * 30]
+    assert client.score_texts(texts) == expected_lengths(texts)
+    assert [b["conversations"] for b in script.bodies] == [texts[:2], texts[2:3], texts[3:]]
+    client.close()
+
+
+def test_retries_503_with_retry_after_and_a_dropped_connection():
+    busy = httpx.Response(503, headers={"Retry-After": "0.75"},
+                          json={"error": {"code": "overloaded", "message": "queue full", "request_id": "x"}})
+    script = Script(busy, httpx.RemoteProtocolError("server disconnected"), httpx.ConnectError("refused"))
+    client, sleeps = scripted(script, backoff_s=0.01)
+    convs = CONVERSATIONS[:2]
+    assert client.score(convs) == expected_lengths(convs)
+    assert len(script.bodies) == 4 and client.stats["retries"] == 3
+    assert sleeps[0] >= 0.75  # Retry-After honoured over the shorter backoff
+    assert all(s < 0.75 for s in sleeps[1:])  # then our own (jittered, exponential) backoff
+    client.close()
+
+
+def test_gives_up_at_the_deadline_with_a_clear_error():
+    busy = httpx.Response(503, headers={"Retry-After": "30"}, json={"error": {"code": "overloaded", "message": "full",
+                                                                              "request_id": "x"}})
+    client, sleeps = scripted(Script(busy), deadline_s=5)
+    with pytest.raises(Overloaded, match=r"conversations\[0:1\]: gave up after 1 attempt.*HTTP 503: full"):
+        client.score(CONVERSATIONS[:1])
+    assert sleeps == []  # a wait past the deadline is not even started
+    client.close()
+
+
+def test_client_errors_are_raised_at_once_and_named():
+    script = Script()
+    client, _ = scripted(script, max_items_per_call=1)
+    with pytest.raises(InvalidInput, match=r"conversations\[1:2\]: conversations\.0: the conversation is empty"):
+        client.score([CONVERSATIONS[0], []])  # the second chunk (item 1) is the bad one
+    assert client.stats["retries"] == 0
+    with pytest.raises(InvalidInput, match="expected a list"):
+        client.score("not a list")
+    client.close()
+
+
+def test_sync_call_inside_an_event_loop_points_to_the_async_api():
+    client, _ = scripted(Script())
+
+    async def inside():
+        with pytest.raises(RuntimeError, match="await the async method"):
+            client.score(CONVERSATIONS[:1])
+        return await client.ascore(CONVERSATIONS[:1])
+
+    assert asyncio.run(inside()) == expected_lengths(CONVERSATIONS[:1])
+
+
+# ---------------------------------------------------------------- against the served app
+
+
+@pytest.fixture(scope="module")
+def clients(served):
+    base = f"http://127.0.0.1:{served['port']}"
+    http = RewardClient.http(base, api_key=API_KEY, model="rm", max_items_per_call=4)
+    handle = RewardClient.handle("scoring", model="rm", max_items_per_call=4)
+    yield {"http": http, "handle": handle}
+    http.close()
+    handle.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "handle"])
+def test_rewards_equal_load_model_over_both_transports(served, clients, transport):
+    client = clients[transport]
+    convs = CONVERSATIONS * 2  # 12 items: 3 chunks
+    expected = served["models"]["rm"].score(convs)
+    assert close(client.score(convs), expected)
+    assert close(asyncio.run(client.ascore(convs)), expected)
+    cmp = client.compare(ITEMS)
+    want = served["models"]["rm"].compare(ITEMS)
+    assert [c["winner"] for c in cmp] == [w.winner for w in want]
+    assert close([c["prob_a"] for c in cmp], [w.prob_a for w in want])
+
+
+@pytest.mark.parametrize("transport", ["http", "handle"])
+def test_judge_and_unknown_model_over_both_transports(served, transport):
+    base = f"http://127.0.0.1:{served['port']}"
+    make = {"http": lambda m: RewardClient.http(base, api_key=API_KEY, model=m),
+            "handle": lambda m: RewardClient.handle("scoring", model=m)}[transport]
+    with make("judge") as judge:
+        got = judge.judge(ITEMS, debias=True)
+        want = served["models"]["judge"].judge(ITEMS, debias=True)
+        assert close([v["prob_a"] for v in got], [w.prob_a for w in want])
+    with make("nope") as ghost, pytest.raises(UnknownModel, match="'nope' is not served"):
+        ghost.score(CONVERSATIONS[:1])
+
+
+# ---------------------------------------------------------------- reliability
+
+
+def make_client(served, transport: str, model: str, **options) -> RewardClient:
+    if transport == "http":
+        return RewardClient.http(f"http://127.0.0.1:{served['port']}", api_key=API_KEY, model=model, **options)
+    return RewardClient.handle("scoring", model=model, **options)
+
+
+@pytest.mark.parametrize("transport", ["handle", "http"])
+def test_a_replica_killed_mid_stream_loses_no_reward(served, transport):
+    """Ten callers stream batches while one of the two RM replicas is killed: every call still gets
+    its rewards (retried onto the surviving replica), in order, each exactly once."""
+    import ray
+    from ray import serve
+
+    convs = CONVERSATIONS * 4
+    expected = served["models"]["rm"].score(convs)
+    client = make_client(served, transport, "rm", max_items_per_call=2, max_concurrency=4, backoff_s=0.05,
+                         deadline_s=120)
+    [victim] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if "reward-rm#" in a["name"] and "SERVE_REPLICA" in a["name"]][:1]
+
+    async def stream():
+        calls = [asyncio.create_task(client.ascore(convs)) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        assert not all(c.done() for c in calls), "the kill must land mid-stream"
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(stream())
+    assert len(results) == 10 and all(close(r, expected) for r in results)
+    assert client.stats["retries"] >= 1  # the calls on the killed replica were retried, not lost
+    client.close()
+    deadline = 120
+    while deadline > 0:  # Serve replaces the replica; leave the app as the other tests expect it
+        app = serve.status().applications["scoring"]
+        rm = app.deployments["reward-rm"]
+        if app.status == "RUNNING" and rm.status == "HEALTHY" and rm.replica_states.get("RUNNING", 0) == 2:
+            break
+        asyncio.run(asyncio.sleep(0.5))
+        deadline -= 0.5
+
+
+@pytest.mark.parametrize("transport", ["handle", "http"])
+def test_overloaded_critic_queue_backs_off_and_finishes(served, transport):
+    """judge: max_ongoing_requests=1, max_queued_requests=1. Eight concurrent generate calls
+    overflow it; the client backs off (503 / BackPressureError) and every call completes."""
+    client = make_client(served, transport, "judge", max_concurrency=8, backoff_s=0.05, deadline_s=180)
+    items = ITEMS * 4
+    expected = served["models"]["judge"].judge(items, mode="generate")
+
+    async def burst():
+        return await asyncio.gather(*(client.ajudge(items, mode="generate") for _ in range(8)))
+
+    results = asyncio.run(burst())
+    assert all([v["winner"] for v in r] == [w.winner for w in expected] for r in results)
+    assert client.stats["retries"] >= 1
+    client.close()
