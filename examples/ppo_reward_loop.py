@@ -49,10 +49,11 @@ class RolloutWorker:
         self.naive = None
 
     async def rollout(self, batch_size: int) -> dict:
-        batch = [self.rng.choice(self.corpus) for _ in range(batch_size)]
+        indices = [self.rng.randrange(len(self.corpus)) for _ in range(batch_size)]
+        batch = [self.corpus[i] for i in indices]
         start = time.perf_counter()
         rewards = await (self._naive(batch) if self.transport == "naive" else self.client.ascore(batch))
-        return {"rewards": rewards, "latency_s": time.perf_counter() - start}
+        return {"rewards": rewards, "indices": indices, "latency_s": time.perf_counter() - start}
 
     async def _naive(self, batch: list) -> list[float]:
         import httpx
