@@ -1,6 +1,7 @@
 """Scoring cluster core: reward models and critics that match their model cards exactly."""
 
 from cluster.batching import pad_batch, plan_batches, run_batched
+from cluster.client import RewardClient
 from cluster.config import ModelSpec
 from cluster.critic import CriticModel, Verdict
 from cluster.errors import (
@@ -18,7 +19,7 @@ from cluster.tokenization import ChatEncoder, Encoded
 
 __all__ = [
     "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
-    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardModel", "RewardResult", "ScoringError", "ScoringOptions",
-    "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores", "run_batched",
-    "score_corpus", "score_dataset",
+    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardClient", "RewardModel", "RewardResult", "ScoringError",
+    "ScoringOptions", "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores",
+    "run_batched", "score_corpus", "score_dataset",
 ]

@@ -20,6 +20,7 @@ import asyncio
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -51,12 +52,12 @@ class HttpTransport:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s = timeout_s
         self.transport = transport  # tests inject httpx.MockTransport
-        self.clients: dict[int, Any] = {}
+        self.clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> AsyncClient
 
     def _client(self):
         import httpx
 
-        loop = id(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         if loop not in self.clients:
             self.clients[loop] = httpx.AsyncClient(base_url=self.base_url, headers=self.headers,
                                                    timeout=self.timeout_s, transport=self.transport)
@@ -80,9 +81,10 @@ class HttpTransport:
         return data["scores"] if op == "rewards" else data["results"]
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
+        """Close this event loop's connections (another loop's client closes with its loop)."""
+        client = self.clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
             await client.aclose()
-        self.clients.clear()
 
 
 def _message(response) -> str:
@@ -171,7 +173,7 @@ class RewardClient:
         self.rng = random.Random(seed)
         self.sleep = sleep or asyncio.sleep
         self.stats = {"calls": 0, "retries": 0}
-        self._limits: dict[int, asyncio.Semaphore] = {}
+        self._limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> Semaphore
         self._loop: asyncio.AbstractEventLoop | None = None  # the sync API's private loop
         self._loop_lock = threading.Lock()
 
@@ -220,10 +222,14 @@ class RewardClient:
         return self._sync(self.ajudge(items, mode, debias))
 
     def close(self) -> None:
+        """Stop the sync API's loop and close its connections (async users: `await aclose()`)."""
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.transport.aclose(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
     def __enter__(self) -> RewardClient:
         return self
@@ -260,8 +266,10 @@ class RewardClient:
         return spans
 
     async def _map(self, op: str, items: list, field: str, extra: dict | None = None) -> list:
-        loop = id(asyncio.get_running_loop())
-        limit = self._limits.setdefault(loop, asyncio.Semaphore(self.max_concurrency))
+        loop = asyncio.get_running_loop()
+        if loop not in self._limits:
+            self._limits[loop] = asyncio.Semaphore(self.max_concurrency)
+        limit = self._limits[loop]
         deadline = time.monotonic() + self.deadline_s
         key = "conversations" if op == "rewards" else "items"  # texts go in `conversations` too
 

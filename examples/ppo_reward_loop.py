@@ -8,8 +8,8 @@ cluster for their rewards concurrently through `RewardClient`; a learner step th
 
 Responses come from a corpus (RM-Bench from ../shared/data when present, else generated text of
 RM-Bench-like lengths). Prints rewards/s and p50/p99 latency of the reward calls. `--transport
-naive` is the baseline: one HTTP request per sample (OpenRLHF's per-sample remote-RM path), no
-batching or retries.
+naive` is the baseline: one HTTP request per sample (OpenRLHF's per-sample remote-RM path), up to
+16 in flight per actor, no batching.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import ray
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+NAIVE_CONCURRENCY = 16  # in-flight per-sample requests per rollout actor (the naive client)
 
 
 @ray.remote(num_cpus=0)
@@ -62,9 +63,16 @@ class RolloutWorker:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self.naive = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120)
 
+        limit = asyncio.Semaphore(NAIVE_CONCURRENCY)
+
         async def one(conv) -> float:
             body = {"conversations": [conv], **({"model": self.model} if self.model else {})}
-            response = await self.naive.post("/v1/rewards", json=body)
+            async with limit:
+                while True:
+                    response = await self.naive.post("/v1/rewards", json=body)
+                    if response.status_code != 503:  # the one courtesy: wait out an overload
+                        break
+                    await asyncio.sleep(0.1)
             response.raise_for_status()
             return response.json()["scores"][0]
 

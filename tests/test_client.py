@@ -209,8 +209,11 @@ def test_a_replica_killed_mid_stream_loses_no_reward(served, transport):
         return [r for batch in await asyncio.gather(*callers) for r in batch]
 
     results = asyncio.run(stream())
+    # every call returned all its rewards, right and in order, although a replica died under load
+    # (a call caught on it is retried: by Serve's router or, once it surfaces as a 503, the client)
     assert len(results) > 8 and all(close(r, expected) for r in results)
-    assert client.stats["retries"] >= 1  # the calls on the killed replica were retried, not lost
+    alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert victim not in alive  # the kill really happened
     client.close()
     deadline = 120
     while deadline > 0:  # Serve replaces the replica; leave the app as the other tests expect it
@@ -328,3 +331,49 @@ def test_ppo_reward_loop_example_small(served, transport):
     for step in stats["steps"]:
         for result in step:  # every reward is the one for the response it was asked for, in order
             assert close(result["rewards"], [expected[i] for i in result["indices"]])
+
+
+# ---------------------------------------------------------------- shaping and ensembles (config + the ingress's logic)
+
+
+def test_shaping_and_ensemble_config_and_arithmetic():
+    from cluster.config import AppConfig, ConfigError, Ensemble, Shaping
+
+    shaping = Shaping(normalize={"mean": 1.0, "std": 2.0}, clip=(-1.0, 1.0))
+    assert shaping.apply([0.0, 2.0, 9.0]) == [-0.5, 0.5, 1.0]
+    assert Ensemble(name="m", members=[{"model": "a", "weight": 3}, {"model": "b"}]).combine(
+        [[1.0, 2.0], [5.0, 6.0]]) == [2.0, 3.0]  # (3*1 + 5)/4, (3*2 + 6)/4
+    with pytest.raises(ConfigError, match="clip: the low bound must be below"):
+        Shaping.parse({"clip": [1, 1]})
+    with pytest.raises(ConfigError, match="std"):
+        Shaping.parse({"normalize": {"mean": 0, "std": 0}})
+    models = [{"name": "a", "path": "x", "kind": "reward"}, {"name": "j", "path": "y", "kind": "critic"}]
+    with pytest.raises(ConfigError, match="member 'j' is a critic"):
+        AppConfig.parse({"models": models, "ensembles": [{"name": "m", "members": [{"model": "j"}]}]})
+    with pytest.raises(ConfigError, match="repeated: \\['a'\\]"):
+        AppConfig.parse({"models": models, "ensembles": [{"name": "a", "members": [{"model": "a"}]}]})
+    with pytest.raises(ConfigError, match="shaping applies to reward models only"):
+        AppConfig.parse({"models": [{**models[1], "shaping": {"clip": [0, 1]}}]})
+
+
+def test_model_shaping_returns_shaped_and_raw_scores():
+    from cluster.config import AppConfig
+    from deployments.ingress import ScoringService
+
+    config = AppConfig.parse({"models": [
+        {"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
+        {"name": "b", "path": "y", "kind": "reward"}],
+        "ensembles": [{"name": "mix", "members": [{"model": "a"}, {"model": "b", "weight": 3}],
+                       "shaping": {"clip": [-1.0, 1.0]}}]})
+    service = ScoringService(config, tokenizer=None, replicas={})
+    raw = {"a": [2.0, 10.0], "b": [0.0, 1.0]}
+
+    async def fake_rewards(model, inputs, what="conversations"):
+        return raw[model.name], [False, model.name == "b"], 5
+
+    service.rewards = fake_rewards
+    scores, raw_scores, truncated, tokens = asyncio.run(service.shaped_rewards(service.resolve("a", ("reward",)), []))
+    assert scores == [0.0, 2.0] and raw_scores == [2.0, 10.0] and tokens == 5
+    mixed, none, truncated, tokens = asyncio.run(service.shaped_rewards(service.resolve("mix", ("reward",)), []))
+    assert mixed == [0.0, min(1.0, (2.0 + 3 * 1.0) / 4)] and none is None  # a shaped first, then weights, clip
+    assert truncated == [False, True] and tokens == 10
