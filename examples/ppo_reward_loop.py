@@ -116,7 +116,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-def load_corpus(items: int, seed: int) -> list:
+def load_corpus(kind: str, items: int, seed: int) -> list:
+    """rm-bench: RM-Bench responses (hundreds of tokens; generated look-alikes without ../shared);
+    short: one-line chat turns, where per-request overhead, not the model, sets the pace."""
+    if kind == "short":
+        from cluster.tiny import DEMO_CONVERSATIONS
+
+        rng = random.Random(seed)
+        return [rng.choice(DEMO_CONVERSATIONS) for _ in range(items)]
     from cluster.bench import load_corpus as bench_corpus
 
     return bench_corpus(None, items, seed).conversations
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actors", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64, help="responses per actor per step")
+    parser.add_argument("--corpus", choices=["rm-bench", "short"], default="rm-bench")
     parser.add_argument("--corpus-items", type=int, default=512)
     parser.add_argument("--address", help="a running Ray cluster (with --url/--model of its app)")
     parser.add_argument("--url", help="the app's HTTP address (default: start the demo app locally)")
@@ -162,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url, model = start_demo_app(args.port)
         model = args.model or model
-    corpus = load_corpus(args.corpus_items, seed=0)
+    corpus = load_corpus(args.corpus, args.corpus_items, seed=0)
     transports = ["handle", "http", "naive"] if args.compare else [args.transport]
     rows = [run_loop(corpus, t, args.actors, args.steps, args.batch_size, url, args.api_key, model, args.app,
                      verbose=not args.compare) for t in transports]
     print(f"\n{args.actors} rollout actors x {args.steps} steps x {args.batch_size} responses "
-          f"({len(corpus)}-conversation corpus), model {model or '(default)'}")
+          f"({args.corpus} corpus, {len(corpus)} conversations), model {model or '(default)'}")
     print(f"{'client':<34}{'rewards/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
     names = {"handle": "RewardClient.handle (Serve handle)", "http": "RewardClient.http (batched HTTP)",
              "naive": "naive: one HTTP request per sample"}
