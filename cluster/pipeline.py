@@ -53,6 +53,8 @@ RESULT_TYPES = {
     "num_tokens": pa.int64(),
 }
 MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
+IO_TASK_CPUS = 0.1
+IO_TASKS = 2  # read/write tasks in flight per stage
 
 
 class ScoringOptions(StrictModel):
@@ -343,12 +345,27 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
         stage, kwargs = model_stage or ModelStage, {"spec": spec.model_dump(), "threads": int(opts.num_cpus)}
         num_cpus = opts.num_cpus
     min_size, max_size = opts.actors
+    _check_fits(opts.tokenizer_num_cpus + min_size * num_cpus + 2 * IO_TASKS * IO_TASK_CPUS, min_size * num_gpus)
     return ds.map_batches(
         stage, fn_constructor_kwargs={**kwargs, "layout": asdict(layout), "debias": opts.debias,
                                       "keep_errors": keep_errors},
         compute=ActorPoolStrategy(min_size=min_size, max_size=max_size), num_gpus=num_gpus, num_cpus=num_cpus,
         batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
     )
+
+
+def _check_fits(cpus: float, gpus: float) -> None:
+    """The smallest pipeline (one tokenizer, min_actors model actors, a read and a write task) must
+    fit the cluster, or Ray Data waits forever for resources that cannot appear."""
+    import ray
+
+    have = ray.cluster_resources()
+    if cpus > have.get("CPU", 0) + 1e-9 or gpus > have.get("GPU", 0) + 1e-9:
+        raise ConfigError(
+            f"the pipeline needs {cpus:g} CPU and {gpus:g} GPU at least (tokenizer_num_cpus + min_actors x "
+            f"(num_cpus, num_gpus) + reading/writing), but the Ray cluster has {have.get('CPU', 0):g} CPU and "
+            f"{have.get('GPU', 0):g} GPU; lower num_cpus / min_actors / num_gpus"
+        )
 
 
 # ---------------------------------------------------------------- reading files, with row ids
@@ -572,6 +589,7 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
 def _score_corpus(input_path, output_path, model, overwrite: bool, opts: ScoringOptions,
                   model_stage: type[_ScoreStage]) -> dict[str, Any]:
     import ray
+    from ray.data import TaskPoolStrategy
 
     from cluster.metrics import summarize
 
@@ -598,11 +616,16 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     started, counts = time.perf_counter(), {"rows": 0, "errors": 0, "tokens": 0}
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)}, batch_size=1,
-                            batch_format="pyarrow")
+        # read and write are light I/O tasks: a small CPU share, so that on a small machine they
+        # still fit beside the actor pools (a default whole CPU each deadlocks a 2-core cluster),
+        # and a few at a time (a small share alone would let Ray start dozens of worker processes)
+        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
+                            batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                            compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
         ds = _scored(ds, spec, layout, opts, model_stage)
         ds = ds.map_batches(write_shard, fn_kwargs={"out_dir": str(out / "parts")}, batch_size=None,
-                            batch_format="pyarrow")
+                            batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                            compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
         try:
             for stats in ds.iter_rows():
                 for key in counts:
