@@ -309,6 +309,8 @@ def test_empty_file_and_non_model_path(ray_cluster, tmp_path, rm_path):
         score_corpus(corpus, tmp_path / "out", str(tmp_path / "nomodel"), **FAST)
     with pytest.raises(ConfigError, match="max_actors"):
         score_corpus(corpus, tmp_path / "out", rm_path, min_actors=2, max_actors=1)
+    with pytest.raises(ConfigError, match=r"needs 100\.\d+ CPU .* but the Ray cluster has 8 CPU"):
+        score_corpus(corpus, tmp_path / "out3", rm_path, **{**FAST, "num_cpus": 100})  # would wait forever
 
 
 def test_skip_mode_keeps_every_row_accounted_for(ray_cluster, tmp_path, rm_path, rm):
