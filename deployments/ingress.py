@@ -194,6 +194,14 @@ class ScoringService:
         await asyncio.gather(*(one_model(name, idx) for name, idx in by_model.items()))
         return results
 
+    async def compare(self, model, items: list[dict]) -> tuple[list[dict], int]:
+        """Pairs judged by a critic (logits mode) or by a reward model / ensemble (sigmoid of the
+        reward difference); one implementation for HTTP and handle callers."""
+        if model.kind == "critic":
+            return await self.judge(model, items, "logits", debias=False)
+        scores, _, truncated, tokens = await self.shaped_rewards(model, pair_conversations(items), "items")
+        return [c.__dict__ for c in pair_comparisons(scores, truncated)], tokens
+
     async def judge(self, model, items: list[dict], mode: str, debias: bool) -> tuple[list[dict], int]:
         """Verdicts; with debias both orders go to the replicas together, as in CriticModel.judge."""
         self.check_count(len(items))
@@ -268,11 +276,8 @@ class Ingress:
     async def compare_items(self, model: str | None, items: list) -> list[dict[str, Any]]:
         resolved = self.service.resolve(model, ("reward", "critic"))
         checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
-        if resolved.kind == "critic":
-            verdicts, _ = await self.service.judge(resolved, checked, "logits", debias=False)
-            return verdicts
-        scores, _, truncated, _ = await self.service.shaped_rewards(resolved, pair_conversations(checked), "items")
-        return [c.__dict__ for c in pair_comparisons(scores, truncated)]
+        results, _ = await self.service.compare(resolved, checked)
+        return results
 
     async def judge_items(self, model: str | None, items: list, mode: str = "logits",
                           debias: bool = False) -> list[dict[str, Any]]:
@@ -320,14 +325,8 @@ class Ingress:
     async def compare(self, request: Request):
         async def work(body: schemas.CompareRequest):
             model = self.service.resolve(body.model, ("reward", "critic"))
-            items = body.judge_items()
-            if model.kind == "critic":
-                verdicts, tokens = await self.service.judge(model, items, "logits", debias=False)
-                results = [schemas.Comparison(**v) for v in verdicts]
-            else:
-                scores, _, truncated, tokens = await self.service.shaped_rewards(model, pair_conversations(items),
-                                                                                 "items")
-                results = [schemas.Comparison(**c.__dict__) for c in pair_comparisons(scores, truncated)]
+            comparisons, tokens = await self.service.compare(model, body.judge_items())
+            results = [schemas.Comparison(**c) for c in comparisons]
             return schemas.CompareResponse(model=model.name, kind=model.kind, results=results,
                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
         return await self._run(request, work, schemas.CompareRequest)
