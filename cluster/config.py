@@ -81,6 +81,14 @@ class ModelSpec(StrictModel):
     truncation: Literal["left", "error"] = "left"
     padding_side: Literal["auto", "left", "right"] = "auto"
     trust_remote_code: bool = False
+    # where the weights live: one device, or `devices` GPUs with the layers balanced over them (a
+    # 70B model in bf16 is ~141 GB); 8-bit / FP8 weights through transformers' quantization configs
+    devices: int = Field(1, ge=1, le=64, description="GPUs one model replica spans")
+    quantization: Literal["int8", "fp8"] | None = None
+    # reward models with several outputs (attribute / multi-objective heads): the scalar reward
+    reward_label: int | str | None = Field(None, description="one output label, by index or id2label name")
+    reward_weights: list[float] | dict[str, float] | None = Field(
+        None, description="the scalar reward as a weighted sum over the output labels")
     # critic only
     judge_template: str | None = None
     verdicts: tuple[str, str] = ("[[A]]", "[[B]]")
@@ -93,10 +101,17 @@ class ModelSpec(StrictModel):
                 f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_length "
                 f"({self.max_length}), or the longest item could never be scored"
             )
+        if self.devices > 1 and self.device not in ("auto", "cuda"):
+            raise ValueError(f"devices={self.devices} spreads the model over several GPUs; device must be "
+                             f"'auto' or 'cuda', got {self.device!r}")
         if self.kind == "reward":
             if self.judge_template is not None:
                 raise ValueError("judge_template is only for kind='critic'")
+            if self.reward_label is not None and self.reward_weights is not None:
+                raise ValueError("set reward_label or reward_weights, not both")
         else:
+            if self.reward_label is not None or self.reward_weights is not None:
+                raise ValueError("reward_label / reward_weights are for kind='reward'")
             if self.padding_side == "right":
                 raise ValueError("a critic reads the last position and generates: padding_side must be left")
             if self.verdicts[0] == self.verdicts[1] or not all(self.verdicts):
@@ -231,6 +246,9 @@ class ServedModel(ModelSpec):
     def _fits(self) -> ServedModel:
         if self.shaping is not None and self.kind != "reward":
             raise ValueError("shaping applies to reward models only")
+        if self.devices > 1 and self.replicas.num_gpus < self.devices:
+            raise ValueError(f"devices={self.devices}: replicas.num_gpus ({self.replicas.num_gpus}) must be >= "
+                             f"{self.devices}, so that Ray gives each replica the GPUs its layers are spread over")
         if self.replicas.batch_max_tokens < self.max_length:
             raise ValueError(f"replicas.batch_max_tokens ({self.replicas.batch_max_tokens}) must be >= "
                              f"max_length ({self.max_length})")

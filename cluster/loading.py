@@ -11,12 +11,14 @@ import torch
 from cluster.config import ModelSpec
 from cluster.critic import CriticModel, CriticRunner
 from cluster.errors import ConfigError, ModelLoadError
-from cluster.reward import RewardModel, RewardRunner
+from cluster.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
 from cluster.tokenization import ChatEncoder, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Soft-capped attention logits: SDPA would silently skip the capping (wrong scores).
 NO_SDPA_MODEL_TYPES = {"gemma2"}
+# Encoders whose transformers classes have no flash-attention-2 path
+NO_FLASH_MODEL_TYPES = {"bert", "deberta-v2", "deberta", "electra", "roberta"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,12 +39,13 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_attn(requested: str, model_type: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_attn(requested: str, model_type: str, device: torch.device, dtype: torch.dtype) -> str | None:
     fa2_ok = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and flash_attn_available()
     if requested == "auto":
-        if fa2_ok:
+        if fa2_ok and model_type not in NO_FLASH_MODEL_TYPES:
             return "flash_attention_2"
-        return "eager" if model_type in NO_SDPA_MODEL_TYPES else "sdpa"
+        # None: transformers' own choice, SDPA where the architecture supports it (DeBERTa-v2 does not)
+        return "eager" if model_type in NO_SDPA_MODEL_TYPES else None
     if requested == "sdpa" and model_type in NO_SDPA_MODEL_TYPES:
         raise ConfigError(
             f"attn_implementation='sdpa' is wrong for {model_type} (attention soft-capping); "
@@ -88,36 +91,141 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
             f"model '{spec.name}': max_length={spec.max_length} exceeds the model's "
             f"max_position_embeddings={max_positions}"
         )
-    if spec.kind == "reward" and getattr(config, "num_labels", 1) != 1:
-        raise ModelLoadError(
-            f"model '{spec.name}': a reward model has one output label; {spec.path!r} has {config.num_labels}"
-        )
+    check_head(spec, config)
+    head = reward_head(spec, config) if spec.kind == "reward" else None
 
     tokenizer = load_tokenizer(spec)
     encoder = ChatEncoder.for_spec(spec, tokenizer)
     auto_cls = AutoModelForSequenceClassification if spec.kind == "reward" else AutoModelForCausalLM
+    placement = weight_placement(spec, config, device, dtype)
     try:
         model = auto_cls.from_pretrained(
             spec.path, revision=spec.revision, dtype=dtype, attn_implementation=attn,
-            trust_remote_code=spec.trust_remote_code,
+            trust_remote_code=spec.trust_remote_code, **placement,
         )
     except Exception as err:
         raise ModelLoadError(
             f"model '{spec.name}': cannot load {spec.path!r} as a {spec.kind} model "
             f"({auto_cls.__name__}): {err}"
         ) from None
-    model.to(device).eval()
+    if not placement:
+        model.to(device)
+    model.eval()
 
     pad_id = _padding_id(tokenizer, text_config)
     runner_args = dict(name=spec.name, pad_id=pad_id, padding_side=spec.resolved_padding_side,
                        max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size)
     if spec.kind == "reward":
-        if not hasattr(model, "score"):
-            raise ModelLoadError(f"model '{spec.name}': {type(model).__name__} has no score head")
-        return RewardModel(spec, encoder, RewardRunner(model, **runner_args))
+        return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
     eos_ids = _eos_ids(model, tokenizer)
     runner = CriticRunner(model, tokenizer, encoder.verdict_tokens, spec.verdicts, eos_ids, **runner_args)
     return CriticModel(spec, encoder, runner)
+
+
+def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained arguments that place the weights: nothing (one device, moved after loading),
+    a balanced layer map over `spec.devices` GPUs, and/or a quantization config."""
+    if spec.devices == 1 and spec.quantization is None:
+        return {}
+    from cluster.placement import plan_placement, quantization_config
+
+    quantization = quantization_config(spec.quantization, device.type)
+    if spec.devices == 1:
+        return {"device_map": {"": device.index or 0}, "quantization_config": quantization}
+    if device.type != "cuda" or torch.cuda.device_count() < spec.devices:
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ConfigError(
+            f"model '{spec.name}': devices={spec.devices} but {visible} CUDA device(s) are visible here; "
+            "serve it with replicas.num_gpus >= devices so Ray gives the replica that many GPUs"
+        )
+    device_map = plan_placement(config, spec.kind, spec.devices, dtype, quantization=spec.quantization)
+    return {"device_map": device_map, "quantization_config": quantization}
+
+
+def check_head(spec: ModelSpec, config) -> None:
+    """A checkpoint of the other kind would load with a freshly initialised head and score noise,
+    silently: refuse it by its declared architecture."""
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = bool(archs) and all(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    classifier = bool(archs) and all(a.endswith("ForSequenceClassification") for a in archs)
+    if spec.kind == "reward" and causal:
+        raise ModelLoadError(
+            f"model '{spec.name}': {spec.path!r} is a causal LM checkpoint ({', '.join(archs)}) with no reward "
+            "head; a reward model has one (a *ForSequenceClassification checkpoint). Use kind='critic' for a judge"
+        )
+    if spec.kind == "critic" and classifier:
+        raise ModelLoadError(
+            f"model '{spec.name}': {spec.path!r} is a sequence classifier ({', '.join(archs)}), not a causal LM; "
+            "use kind='reward'"
+        )
+
+
+def reward_head(spec: ModelSpec, config) -> RewardHead:
+    """The scalar reward a reward model's output vector gives: its one label, or the label /
+    weighted sum the spec names. Several labels and no choice is an error, never a guess."""
+    n = int(getattr(config, "num_labels", 1))
+    id2label = getattr(config, "id2label", None) or {}
+    labels = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(n))
+    where = f"model '{spec.name}'"
+    if spec.reward_weights is not None:
+        weights = spec.reward_weights
+        if isinstance(weights, dict):
+            unknown = sorted(set(weights) - set(labels))
+            if unknown:
+                raise ConfigError(f"{where}: reward_weights names unknown label(s) {unknown}; labels: {list(labels)}")
+            weights = [float(weights.get(label, 0.0)) for label in labels]
+        if len(weights) != n:
+            raise ConfigError(f"{where}: reward_weights has {len(weights)} values for {n} output labels {list(labels)}")
+        return RewardHead(labels, None, tuple(weights))
+    if spec.reward_label is not None:
+        index = labels.index(spec.reward_label) if spec.reward_label in labels else spec.reward_label
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise ConfigError(f"{where}: reward_label={spec.reward_label!r} is not one of its {n} labels "
+                              f"{list(labels)} (or an index below {n})")
+        return RewardHead(labels, index)
+    if n != 1:
+        raise ConfigError(
+            f"{where}: {spec.path!r} has {n} output labels {list(labels)}; choose the scalar reward with "
+            "reward_label (an index or label name) or reward_weights (a weight per label)"
+        )
+    return RewardHead(labels, 0)
+
+
+def reward_runner(spec: ModelSpec, model, tokenizer, head: RewardHead, runner_args: dict[str, Any]) -> RewardRunner:
+    """The last-token fast path for transformers' own decoder classifiers; the model's own forward
+    (right padding) for encoders and custom heads, whose pooling we must not second-guess."""
+    if reads_last_token(model):
+        return LastTokenRunner(model, head=head, **runner_args)
+    if spec.padding_side == "left":
+        raise ConfigError(
+            f"model '{spec.name}': {type(model).__name__} pools through its own forward, which is only "
+            "position-exact with right padding; use padding_side 'auto' or 'right'"
+        )
+    text_config = model.config.get_text_config()
+    config_pad = getattr(text_config, "pad_token_id", None)
+    args = {**runner_args, "padding_side": "right"}
+    if config_pad is not None:
+        args["pad_id"] = int(config_pad)  # HF's own pooling finds the last real token by this id
+    else:
+        args["max_batch_size"] = 1  # with no pad id HF's forward cannot tell padding from tokens
+    token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    return OwnForwardRunner(model, head=head, token_types=token_types, **args)
+
+
+# transformers' decoder classifiers outside GenericForSequenceClassification whose forward pools
+# the last non-pad token through `.score` exactly as the generic one does (read, not assumed)
+LAST_TOKEN_CLASSIFIERS = {"GPTNeoXForSequenceClassification"}
+
+
+def reads_last_token(model) -> bool:
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    cls = type(model)
+    if not cls.__module__.startswith("transformers."):
+        return False  # remote code: its forward may pool or post-process anything
+    if isinstance(model, GenericForSequenceClassification):
+        return cls.forward is GenericForSequenceClassification.forward
+    return cls.__name__ in LAST_TOKEN_CLASSIFIERS
 
 
 def _padding_id(tokenizer, text_config) -> int:

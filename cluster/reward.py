@@ -1,10 +1,20 @@
-"""Reward runner (token ids -> raw logits) and RewardModel (inputs -> scores).
+"""Reward runners (token ids -> the model's outputs) and RewardModel (inputs -> scores).
 
-The score is read where HF's own single-sequence forward reads it: the last token whose id is not
-the config's pad id (so with pad == EOS, the token before a trailing EOS), or the last token when the
-config has no pad id. We compute that position from the unpadded ids ourselves, run the base model
-on the padded batch, and apply the score head only there, so padding side, pad id and batch
-composition cannot move it.
+Two ways to run a sequence classifier, both batch-invariant:
+- `LastTokenRunner`, for transformers' own decoder classifiers (Llama, Gemma-2, Qwen2/3, Mistral,
+  GPT-NeoX, ...: a `.score` head over the last non-pad token). The score is read where HF's own
+  single-sequence forward reads it: the last token whose id is not the config's pad id (so with
+  pad == EOS, the token before a trailing EOS), or the last token when the config has no pad id.
+  We compute that position from the unpadded ids ourselves, run the base model on the padded batch
+  with real-token position ids, and apply the head only there, so padding side, pad id and batch
+  composition cannot move it.
+- `OwnForwardRunner`, for everything else (encoders such as BERT / DeBERTa-v2 that pool [CLS]
+  through their own pooler, custom `trust_remote_code` heads): the model's own forward on a
+  right-padded batch padded with the config's pad id, reading its `logits`. Right padding keeps
+  every real token's position; the attention mask keeps padding out of them.
+
+Each item's output is the model's whole vector (`num_labels` values); the scalar reward is the one
+label or the weighted sum of labels that the spec picks (`RewardHead`), raw logits by default.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from typing import Any
 
 import torch
 
+from cluster.errors import ModelFailure
 from cluster.runner import ForwardRunner, LoadedModel
-from cluster.tokenization import Encoded, check_list, validate_judge_item
+from cluster.tokenization import Encoded, check_list, unpack_segments, validate_judge_item
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,21 @@ class RewardResult:
     score: float
     truncated: bool
     num_tokens: int
+    values: list[float] | None = None  # every output label, for a model with more than one
+
+
+@dataclass(frozen=True)
+class RewardHead:
+    """Which scalar a model's output vector gives: one label (exact) or a weighted sum."""
+
+    labels: tuple[str, ...]  # the model's id2label names, in output order
+    index: int | None = 0
+    weights: tuple[float, ...] | None = None
+
+    def scalar(self, values: Sequence[float]) -> float:
+        if self.weights is None:
+            return values[self.index]
+        return math.fsum(w * v for w, v in zip(self.weights, values))
 
 
 @dataclass(frozen=True)
@@ -49,25 +75,67 @@ def read_position(ids: Sequence[int], pad_token_id: int | None) -> int:
 
 
 class RewardRunner(ForwardRunner):
+    """Token ids -> the model's output vector per item, and the scalar reward the head picks."""
+
+    def __init__(self, model, *, head: RewardHead, **kw):
+        super().__init__(model, **kw)
+        self.reward_head = head
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.reward_head.labels)
+
+    def rewards_ids(self, seqs: Sequence[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
+        """(scalar reward, every label's value when there is more than one) per item, input order."""
+        many = self.num_labels > 1
+        return [(self.reward_head.scalar(v), v if many else None) for v in self._run(list(seqs), self._forward)]
+
+    def score_ids(self, seqs: Sequence[Sequence[int]]) -> list[float]:
+        """Scalar rewards (raw logits by default) for token-id sequences, in input order."""
+        return [score for score, _ in self.rewards_ids(seqs)]
+
+    def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
+        raise NotImplementedError
+
+
+class LastTokenRunner(RewardRunner):
+    """transformers' decoder classifiers: base model on the padded batch, head at the read position."""
+
     def __init__(self, model, **kw):
         super().__init__(model, **kw)
         self.base = getattr(model, model.base_model_prefix)
         self.head = model.score
         self.score_pad_id = model.config.get_text_config().pad_token_id
 
-    def score_ids(self, seqs: Sequence[Sequence[int]]) -> list[float]:
-        """Raw logits for token-id sequences, in input order."""
-        return self._run(list(seqs), self._forward)
-
-    def _forward(self, seqs: list[Sequence[int]]) -> list[float]:
+    def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         batch = self._pad(seqs)
-        rows = torch.arange(len(seqs), device=self.device)
-        cols = torch.tensor([off + read_position(s, self.score_pad_id) for s, off in zip(seqs, batch.offsets)],
-                            device=self.device)
         hidden = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        logits = self.head(hidden[rows, cols])
-        return logits[:, 0].float().tolist()
+        # on the device the hidden states end on (the last one, when layers span several GPUs)
+        rows = torch.arange(len(seqs), device=hidden.device)
+        cols = torch.tensor([off + read_position(s, self.score_pad_id) for s, off in zip(seqs, batch.offsets)],
+                            device=hidden.device)
+        return self.head(hidden[rows, cols]).float().tolist()
+
+
+class OwnForwardRunner(RewardRunner):
+    """Any other classifier: its own forward (own pooling, own head) on a right-padded batch."""
+
+    def __init__(self, model, *, token_types: bool, **kw):
+        super().__init__(model, **kw)
+        self.token_types = token_types  # the tokenizer returns token_type_ids: the card passes them
+
+    def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
+        unpacked = [unpack_segments(s) for s in seqs]
+        batch = self._pad([ids for ids, _ in unpacked])
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if self.token_types:
+            inputs["token_type_ids"] = self._pad([types for _, types in unpacked], pad_id=0).input_ids
+        logits = self.model(**inputs).logits
+        if logits.dim() != 2 or logits.shape[0] != len(seqs):
+            raise ModelFailure(f"model '{self.name}' returned logits of shape {tuple(logits.shape)}; "
+                               f"a sequence classifier returns [batch, num_labels]")
+        return logits.float().tolist()
 
 
 class RewardModel(LoadedModel):
@@ -85,8 +153,12 @@ class RewardModel(LoadedModel):
         return self.score_encoded(self.encoder.encode_inputs(inputs))
 
     def score_encoded(self, encoded: list[Encoded]) -> list[RewardResult]:
-        scores = self.runner.score_ids([e.ids for e in encoded])
-        return [RewardResult(s, e.truncated, len(e.ids)) for s, e in zip(scores, encoded)]
+        outputs = self.runner.rewards_ids([e.ids for e in encoded])
+        return [RewardResult(s, e.truncated, len(e.ids), v) for (s, v), e in zip(outputs, encoded)]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.runner.reward_head.labels
 
     def compare(self, items: Any) -> list[Comparison]:
         """Pairs {prompt, response_a, response_b} -> prob_a = sigmoid(r_a - r_b) and both rewards."""

@@ -37,8 +37,8 @@ class ForwardRunner:
         except RuntimeError as err:
             raise ModelFailure(f"model '{self.name}' failed on a batch: {type(err).__name__}: {err}") from err
 
-    def _pad(self, seqs):
-        return pad_batch(seqs, self.pad_id, self.padding_side).to(self.device)
+    def _pad(self, seqs, pad_id: int | None = None):
+        return pad_batch(seqs, self.pad_id if pad_id is None else pad_id, self.padding_side).to(self.device)
 
 
 class LoadedModel:

@@ -1,10 +1,12 @@
 """Tiny, seeded models in the real families' formats, saved with save_pretrained.
 
 No model hub here, so tests, the demo and the benchmark build their own: a byte-level BPE trained on
-a few sentences, the family's chat template (Llama-3.1 as Skywork ships it, or Gemma-2), and a
-2-layer LlamaConfig/Gemma2Config. Variants cover what the scoring semantics must survive: a
-template that does or does not write BOS, a tokenizer that does or does not add it, and a pad token
-that is separate, equal to EOS, or absent.
+a few sentences, the family's special tokens, post-processor and chat template in its real format,
+and a 2-layer model of the family's own config class (Llama-3.x, Gemma-2, Qwen2, Qwen3, Mistral,
+SmolLM, GPT-NeoX, BERT, DeBERTa-v2). Variants cover what the scoring semantics must survive: a
+template that does or does not write BOS, a tokenizer that does or does not add it (or declares a
+BOS and never adds it, or has none), a pad token that is separate, equal to EOS, or absent, encoders
+that pool [CLS], and several output labels.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-ARCHES = ("llama", "gemma2")
+ARCHES = ("llama", "gemma2", "qwen2", "qwen3", "mistral", "smollm", "gpt_neox", "bert", "deberta_v2")
 
 SAMPLE_TEXT = [
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants.",
@@ -30,20 +32,21 @@ SAMPLE_TEXT = [
 
 
 @dataclass(frozen=True)
-class Special:
-    bos: str
+class Family:
+    """What the scoring semantics must get right about a model family, as its real files have it."""
+
+    bos: str | None  # the declared BOS token (None: the family has none, e.g. Qwen)
     eos: str  # end of a turn; also the generation stop token
-    pad: str
+    pad: str | None  # the family's own pad token (None: it has none, e.g. Mistral)
     extra: tuple[str, ...]
+    template: str | None  # chat template, with "BOS" where the real one writes {{ bos_token }}
+    template_bos: bool  # the real template writes the BOS
+    adds_bos: bool  # the real tokenizer's post-processor prepends the BOS
+    encoder: bool = False  # [CLS] q [SEP] a [SEP], pooled at [CLS]; no chat template
 
 
-SPECIALS = {
-    "llama": Special("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
-                     ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>")),
-    "gemma2": Special("<bos>", "<end_of_turn>", "<pad>", ("<eos>", "<start_of_turn>")),
-}
-
-# Llama-3.1 format as in Skywork-Reward-Llama-3.1-8B (BOS removed from the template) ...
+# Llama-3.1 format. Skywork's reward models ship it without the BOS (adds_bos does it); Meta's and
+# the Skywork critics' templates write it too (template_bos=True: the doubled BOS case).
 LLAMA_TEMPLATE = (
     "{% for message in messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}"
@@ -52,7 +55,7 @@ LLAMA_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
-# ... and Gemma-2's (assistant is 'model'; no system role).
+# Gemma-2 (assistant is 'model'; no system role)
 GEMMA2_TEMPLATE = (
     "BOS"
     "{% for message in messages %}"
@@ -62,71 +65,173 @@ GEMMA2_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+# Qwen2.5: ChatML with a default system prompt; no BOS anywhere
+QWEN2_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+# Qwen3 (the Skywork-Reward-V2-Qwen3 family): ChatML, no default system prompt; earlier assistant
+# turns lose their reasoning, and the last one gets an (empty) <think> block, as the real template does
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content.split('</think>')[-1].lstrip('\n') %}"
+    "{%- if loop.last %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + content + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+# Mistral-7B-Instruct-v0.2 ([INST]; user/assistant alternate; no system role; BOS in the template
+# and from the tokenizer)
+MISTRAL_TEMPLATE = (
+    "BOS{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ ' [INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+# SmolLM2-Instruct: ChatML whose declared BOS is <|im_start|>, never added by the tokenizer
+SMOLLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# OpenAssistant's GPT-NeoX (Pythia) reward format; BOS == EOS == <|endoftext|>, never added
+OASST_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|prompter|>' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'system' %}{{ '<|system|>' + message['content'] + eos_token }}"
+    "{% else %}{{ '<|assistant|>' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+ENCODER_SPECIALS = ("[UNK]", "[MASK]")
+FAMILIES = {
+    "llama": Family("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
+                    ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"), LLAMA_TEMPLATE, False, True),
+    "gemma2": Family("<bos>", "<end_of_turn>", "<pad>", ("<eos>", "<start_of_turn>"), GEMMA2_TEMPLATE, True, True),
+    "qwen2": Family(None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>",), QWEN2_TEMPLATE, False, False),
+    "qwen3": Family(None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>", "<think>", "</think>"), QWEN3_TEMPLATE,
+                    False, False),
+    "mistral": Family("<s>", "</s>", None, ("<unk>",), MISTRAL_TEMPLATE, True, True),
+    "smollm": Family("<|im_start|>", "<|im_end|>", "<|im_end|>", ("<|endoftext|>",), SMOLLM_TEMPLATE, False, False),
+    "gpt_neox": Family("<|endoftext|>", "<|endoftext|>", "<|padding|>", ("<|prompter|>", "<|assistant|>", "<|system|>"),
+                       OASST_TEMPLATE, False, False),
+    "bert": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
+    "deberta_v2": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
+}
+SPECIALS = FAMILIES  # the name earlier code used
 
 
-def chat_template(arch: str, template_bos: bool) -> str:
+def chat_template(arch: str, template_bos: bool) -> str | None:
+    template = FAMILIES[arch].template
+    if template is None:
+        return None
     if arch == "llama":
-        return LLAMA_TEMPLATE.replace("BOS + content", "bos_token + content" if template_bos else "content")
-    return GEMMA2_TEMPLATE.replace("BOS", "{{ bos_token }}" if template_bos else "", 1)
+        return template.replace("BOS + content", "bos_token + content" if template_bos else "content")
+    return template.replace("BOS", "{{ bos_token }}" if template_bos else "", 1)
 
 
-def build_tokenizer(arch: str = "llama", *, template_bos: bool = False, tokenizer_adds_bos: bool = True,
+def build_tokenizer(arch: str = "llama", *, template_bos: bool | None = None, tokenizer_adds_bos: bool | None = None,
                     pad: Literal["separate", "eos", "none"] = "separate", corpus: Iterable[str] = (),
                     vocab_size: int = 512):
-    """A byte-level BPE tokenizer with the family's special tokens and chat template."""
+    """A byte-level BPE tokenizer with the family's special tokens, post-processor and chat template
+    (None for template_bos / tokenizer_adds_bos: as the family's real files have it)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    sp = SPECIALS[arch]
-    specials = [sp.bos, sp.eos, sp.pad, *sp.extra]
+    fam = FAMILIES[arch]
+    template_bos = fam.template_bos if template_bos is None else template_bos
+    adds_bos = fam.adds_bos if tokenizer_adds_bos is None else tokenizer_adds_bos
+    specials = list(dict.fromkeys(t for t in (fam.bos, fam.eos, fam.pad, *fam.extra) if t is not None))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([*SAMPLE_TEXT, *corpus], trainer=trainer)
-    bos_id = tok.token_to_id(sp.bos)
-    if tokenizer_adds_bos:
+    if fam.encoder:  # BERT's pair format: token type 1 for the second segment
+        cls_id, sep_id = tok.token_to_id(fam.bos), tok.token_to_id(fam.eos)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{sp.bos} $A", pair=f"{sp.bos} $A {sp.bos} $B", special_tokens=[(sp.bos, bos_id)]
+            single=f"{fam.bos} $A {fam.eos}", pair=f"{fam.bos} $A {fam.eos} $B:1 {fam.eos}:1",
+            special_tokens=[(fam.bos, cls_id), (fam.eos, sep_id)])
+    elif adds_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, tok.token_to_id(fam.bos))]
         )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=sp.bos, eos_token=sp.eos,
-        pad_token={"separate": sp.pad, "eos": sp.eos, "none": None}[pad],
-        additional_special_tokens=list(sp.extra),
-    )
-    fast.chat_template = chat_template(arch, template_bos)
+    pad_token = {"separate": fam.pad, "eos": fam.eos, "none": None}[pad]
+    if fam.encoder:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, cls_token=fam.bos, sep_token=fam.eos, pad_token=pad_token,
+            unk_token="[UNK]", mask_token="[MASK]",
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    else:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token=fam.bos, eos_token=fam.eos, pad_token=pad_token,
+            additional_special_tokens=[t for t in fam.extra if t not in (fam.bos, fam.eos, pad_token)],
+            model_input_names=["input_ids", "attention_mask"])
+        fast.chat_template = chat_template(arch, template_bos)
     return fast
 
 
+HELPSTEER2_LABELS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+
 def build_config(arch: str, tokenizer, *, kind: str, pad: str, hidden: int = 64, layers: int = 2,
-                 heads: int = 4, kv_heads: int = 2, intermediate: int = 128, max_positions: int = 4096):
-    from transformers import Gemma2Config, LlamaConfig
+                 heads: int = 4, kv_heads: int = 2, intermediate: int = 128, max_positions: int = 4096,
+                 labels: tuple[str, ...] | None = None):
+    import transformers
 
-    sp = SPECIALS[arch]
-    pad_id = {"separate": tokenizer.convert_tokens_to_ids(sp.pad), "eos": tokenizer.eos_token_id, "none": None}[pad]
-    common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
-        tie_word_embeddings=False,
-    )
+    fam = FAMILIES[arch]
+    pad_id = {"separate": tokenizer.convert_tokens_to_ids(fam.pad) if fam.pad else None,
+              "eos": tokenizer.eos_token_id, "none": None}[pad]
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
+                  pad_token_id=pad_id, tie_word_embeddings=False)
     if kind == "reward":
-        common["num_labels"] = 1
-    if arch == "llama":
-        return LlamaConfig(**common)
+        labels = labels or ("LABEL_0",)
+        common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    if fam.encoder:
+        common.pop("tie_word_embeddings")
+        if arch == "bert":
+            return transformers.BertConfig(type_vocab_size=2, **common)
+        # DeBERTa-v3-style: relative attention, no absolute positions, no token types (the
+        # OpenAssistant reward-model-deberta-v3 setup)
+        return transformers.DebertaV2Config(type_vocab_size=0, relative_attention=True, position_biased_input=False,
+                                            pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+                                            position_buckets=32, pooler_hidden_size=hidden, **common)
+    common.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arch == "gpt_neox":
+        return transformers.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common)
+    common["num_key_value_heads"] = kv_heads
+    if arch in ("llama", "smollm"):
+        return transformers.LlamaConfig(**common)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(head_dim=hidden // heads, **common)
+    if arch == "mistral":
+        return transformers.MistralConfig(sliding_window=None, **common)
     # Gemma-2 keeps its soft-capping and sliding window (smaller than our test lengths, so exercised)
-    return Gemma2Config(head_dim=hidden // heads, sliding_window=32, attn_logit_softcapping=50.0,
-                        final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // heads, **common)
+    return transformers.Gemma2Config(head_dim=hidden // heads, sliding_window=32, attn_logit_softcapping=50.0,
+                                     final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // heads, **common)
 
 
-def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llama", template_bos: bool = False,
-                     tokenizer_adds_bos: bool = True, pad: str = "separate", seed: int = 0,
+def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llama", template_bos: bool | None = None,
+                     tokenizer_adds_bos: bool | None = None, pad: str = "separate", seed: int = 0,
                      corpus: Iterable[str] = (), vocab_size: int = 512, teach_steps: int = 20,
                      **config_overrides) -> Path:
-    """Write a seeded tiny reward model or critic to `out` (config, weights, tokenizer, template)."""
+    """Write a seeded tiny reward model or critic to `out` (config, weights, tokenizer, template).
+    template_bos / tokenizer_adds_bos default to the family's real setup (a llama critic writes
+    the BOS in its template, as Meta's and Skywork-Critic's do; a llama reward model does not, as
+    Skywork-Reward's does not)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig
 
@@ -134,6 +239,10 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
         raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
     if kind not in ("reward", "critic"):
         raise ValueError(f"kind must be 'reward' or 'critic', got {kind!r}")
+    if kind == "critic" and FAMILIES[arch].encoder:
+        raise ValueError(f"{arch} is an encoder; a critic is a causal LM")
+    if template_bos is None and kind == "critic" and arch == "llama":
+        template_bos = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(arch, template_bos=template_bos, tokenizer_adds_bos=tokenizer_adds_bos,
@@ -144,13 +253,14 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
     model = auto_cls.from_config(config)
     if kind == "reward":
         # a larger head than the default init spreads scores out, so ordering checks mean something
-        torch.nn.init.normal_(model.score.weight, std=1.0)
+        head = model.score if hasattr(model, "score") else model.classifier
+        head = getattr(head, "out_proj", head)  # DeBERTa-v2's classifier is a plain Linear; keep general
+        torch.nn.init.normal_(head.weight, std=1.0)
     else:
-        sp = SPECIALS[arch]
+        fam = FAMILIES[arch]
+        stops = [tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in fam.extra[:1] if arch == "llama")]
         model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, pad_token_id=config.pad_token_id,
-            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(sp.extra[0])],
-            do_sample=False,
+            bos_token_id=tokenizer.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=stops, do_sample=False,
         )
         if teach_steps:
             teach_verdict_format(model, tokenizer, steps=teach_steps, seed=seed)
@@ -183,9 +293,7 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
         prompt = template.format(input=rng.choice(TEACH_QUESTIONS), response_a=a, response_b=b)
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id:
-            prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the critic card's ids
         answer = "[[A]]" if len(a) >= len(b) else "[[B]]"
         answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         examples.append((prompt_ids, answer_ids))

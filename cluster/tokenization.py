@@ -4,10 +4,19 @@ This is the one tokenization component: in-process scoring, the Serve tokenizer 
 Ray Data tokenization stage all call `ChatEncoder`, so an item gets the same ids, and therefore the
 same score, whichever way it arrives.
 
-Semantics (model card): `apply_chat_template(conv, tokenize=False)`, then `tokenizer(text)`, then
-exactly one BOS at the start whatever the template and the tokenizer each add; too long -> cut from
-the left (keeping the BOS and the end of the response) and flag it, or reject with
-truncation="error".
+Semantics: the ids the model card's own computation produces, with one correction.
+- Reward models: `apply_chat_template(conv, tokenize=False)`, then `tokenizer(text)` (the tokenizer
+  adds whatever special tokens its post-processor adds: a BOS for Llama-3, nothing for Qwen or
+  GPT-NeoX, [CLS]/[SEP] for BERT-style encoders).
+- Critics (Skywork-Critic card): `apply_chat_template(..., tokenize=True, add_generation_prompt=True)`,
+  which tokenizes the rendered text with `add_special_tokens=False`: the template alone decides.
+- The one correction: a doubled leading BOS (template and tokenizer both add one) collapses to one,
+  the Skywork note. A BOS is never added where the card's computation has none: many tokenizers
+  declare a BOS token and never add it (GPT-NeoX, SmolLM/ChatML), and some have none (Qwen).
+- Encoders with no chat template (the OpenAssistant DeBERTa/ELECTRA reward models) score a
+  (question, answer) text pair the way their cards do: `tokenizer(question, answer)`.
+Too long -> cut from the left (keeping a leading BOS/[CLS] and the end of the response) and flag it,
+or reject with truncation="error".
 """
 
 from __future__ import annotations
@@ -99,12 +108,17 @@ class ChatEncoder:
     """Turns validated inputs into token ids for one model. Tokenizes in batches (fast tokenizer)."""
 
     def __init__(self, tokenizer, *, max_length: int, truncation: str, verdicts: tuple[str, str] | None = None,
-                 judge_template: str | None = None):
+                 judge_template: str | None = None, add_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = truncation
         self.bos_id: int | None = tokenizer.bos_token_id
+        # a leading token that left truncation keeps: the BOS, or an encoder's [CLS] (its pooled token)
+        self.head_ids = {i for i in (tokenizer.bos_token_id, tokenizer.cls_token_id) if i is not None}
+        self.add_special_tokens = add_special_tokens
         self.judge_template = judge_template
+        # no chat template, but a [SEP]-style pair format: the encoder cards' tokenizer(question, answer)
+        self.text_pairs = not tokenizer.chat_template and tokenizer.sep_token_id is not None
         self.verdict_tokens = self._verdict_tokens(verdicts) if verdicts else None
 
     @classmethod
@@ -115,8 +129,9 @@ class ChatEncoder:
         if spec.kind == "critic":
             if not tokenizer.chat_template:
                 raise ModelLoadError(f"model '{spec.name}': a critic needs a chat template and {spec.path} has none")
+            # the critic card tokenizes with apply_chat_template(tokenize=True): no special tokens added
             return cls(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
-                       verdicts=spec.verdicts, judge_template=spec.template)
+                       verdicts=spec.verdicts, judge_template=spec.template, add_special_tokens=False)
         return cls(tokenizer, max_length=spec.max_length, truncation=spec.truncation)
 
     # -- public entry points ------------------------------------------------------------------
@@ -128,7 +143,7 @@ class ChatEncoder:
             raise InvalidInput(
                 f"{what}: got a single conversation; pass a list of conversations, e.g. [conversation]"
             )
-        texts = []
+        texts: list[str | tuple[str, str]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
                 if not item:
@@ -136,7 +151,10 @@ class ChatEncoder:
                 texts.append(item)
             else:
                 messages = validate_conversation(item, _where(what, i), require_assistant_last=True)
-                texts.append(self.render(messages, _where(what, i), add_generation_prompt=False))
+                if self.text_pairs:
+                    texts.append(self._text_pair(messages, _where(what, i)))
+                else:
+                    texts.append(self.render(messages, _where(what, i), add_generation_prompt=False))
         return self._encode_texts(texts, what, self.max_length)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
@@ -170,22 +188,38 @@ class ChatEncoder:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def one_bos(self, ids: list[int]) -> list[int]:
-        """Exactly one BOS at the start, whether the template, the tokenizer, both or neither added it."""
-        if self.bos_id is None:
-            return ids
+    def collapse_bos(self, ids: list[int]) -> list[int]:
+        """A doubled leading BOS (template and tokenizer both wrote one) becomes one. Nothing is
+        ever added: where the card's computation has no BOS, neither do we."""
         start = 0
-        while start < len(ids) and ids[start] == self.bos_id:
+        while self.bos_id is not None and start + 1 < len(ids) and ids[start + 1] == ids[start] == self.bos_id:
             start += 1
-        return [self.bos_id, *ids[start:]]
+        return ids[start:] if start else ids
 
-    def _encode_texts(self, texts: list[str], what: str, limit: int, allow_truncation: bool = True):
+    def _tokenize(self, texts: list[str | tuple[str, str]]) -> list[list[int]]:
+        """The card's tokenizer call, batched. Text pairs go through the tokenizer's own pair format
+        ([CLS] q [SEP] a [SEP]); where it marks the answer with token type 1, the type rides in the
+        id (see pack_segments), since every transport carries one list of ints per item."""
+        singles = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        pairs = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        out: list[list[int]] = [[] for _ in texts]
+        if singles:
+            batch = self.tokenizer([texts[i] for i in singles], add_special_tokens=self.add_special_tokens)
+            for i, ids in zip(singles, batch["input_ids"]):
+                out[i] = self.collapse_bos(list(ids))
+        if pairs:
+            batch = self.tokenizer([texts[i][0] for i in pairs], [texts[i][1] for i in pairs],
+                                   add_special_tokens=True, return_token_type_ids=True)
+            for row, i in enumerate(pairs):
+                out[i] = pack_segments(batch["input_ids"][row], batch["token_type_ids"][row])
+        return out
+
+    def _encode_texts(self, texts: list[str | tuple[str, str]], what: str, limit: int,
+                      allow_truncation: bool = True):
         if not texts:
             return []
-        batch = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         out: list[Encoded | None] = []
-        for i, raw in enumerate(batch):
-            ids = self.one_bos(list(raw))
+        for i, ids in enumerate(self._tokenize(texts)):
             if len(ids) <= limit:
                 out.append(Encoded(ids, False, len(ids)))
             elif self.truncation == "error":
@@ -200,9 +234,20 @@ class ChatEncoder:
         return out
 
     def _cut_left(self, ids: list[int], limit: int) -> list[int]:
-        """Keep the BOS and the last tokens (the end of the response)."""
-        head = ids[:1] if self.bos_id is not None and ids and ids[0] == self.bos_id else []
+        """Keep a leading BOS / [CLS] (the encoder's pooled position) and the last tokens (the end
+        of the response)."""
+        head = ids[:1] if ids and ids[0] in self.head_ids else []
         return head + ids[len(ids) - (limit - len(head)):]
+
+    def _text_pair(self, messages: list[dict], where: str) -> tuple[str, str]:
+        roles = [m["role"] for m in messages]
+        if roles != ["user", "assistant"]:
+            raise InvalidInput(
+                f"{where}: this model has no chat template and scores a (question, answer) pair as its "
+                f"card does; send one user turn then one assistant turn (got roles {roles}), or "
+                "pre-templated text"
+            )
+        return messages[0]["content"], messages[1]["content"]
 
     def _judge_text(self, item: dict[str, str], where: str) -> str:
         prompt = self.judge_template.format(
@@ -214,8 +259,7 @@ class ChatEncoder:
         """A judge prompt that is too long loses the start of the question, never the instructions
         or either response (the verdict depends on all of both). Binary search on characters."""
         def encode(question: str) -> list[int]:
-            text = self._judge_text({**item, "prompt": question}, where)
-            return self.one_bos(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            return self._tokenize([self._judge_text({**item, "prompt": question}, where)])[0]
 
         question = item["prompt"]
         full = len(encode(question))
@@ -242,6 +286,21 @@ class ChatEncoder:
         if n == len(a) or n == len(b):
             raise ConfigError(f"verdicts {verdicts}: one tokenizes as a prefix of the other; they cannot be told apart")
         return VerdictTokens(prefix=list(a[:n]), token_a=a[n], token_b=b[n])
+
+
+# Segment B of a text pair (token type 1, for encoders that embed token types, e.g. BERT/ELECTRA)
+# travels inside the id: id + SEGMENT_B. Only a runner built for such a model unpacks it; any other
+# consumer fails loudly on the out-of-range id rather than scoring the pair as one segment.
+SEGMENT_B = 1 << 32
+
+
+def pack_segments(ids: Sequence[int], type_ids: Sequence[int]) -> list[int]:
+    return [i + SEGMENT_B if t else i for i, t in zip(ids, type_ids)]
+
+
+def unpack_segments(seq: Sequence[int]) -> tuple[list[int], list[int]]:
+    """-> (token ids, token type ids)."""
+    return [i % SEGMENT_B for i in seq], [int(i >= SEGMENT_B) for i in seq]
 
 
 def load_tokenizer(spec: ModelSpec):

@@ -110,20 +110,20 @@ def _hf_causal(path: str):
     return tok, model
 
 
-def exactly_one_bos(ids: list[int], bos: int | None) -> list[int]:
-    """The one deliberate deviation from a literal model card: a doubled (or missing) BOS becomes one."""
-    if bos is None:
-        return ids
-    while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+def collapse_doubled_bos(ids: list[int], bos: int | None) -> list[int]:
+    """The one deliberate deviation from a literal model card (the Skywork note): a doubled leading
+    BOS, written by the template and added again by the tokenizer, becomes one. Nothing is added."""
+    ids = list(ids)
+    while bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
         ids = ids[1:]
-    return ids if ids and ids[0] == bos else [bos, *ids]
+    return ids
 
 
 def card_ids(path, item) -> list[int]:
     """Model card: apply_chat_template(conv, tokenize=False), then tokenizer(text)."""
     tok, _ = _hf_reward(str(path))
     text = item if isinstance(item, str) else tok.apply_chat_template(item, tokenize=False)
-    return exactly_one_bos(tok(text)["input_ids"], tok.bos_token_id)
+    return collapse_doubled_bos(tok(text)["input_ids"], tok.bos_token_id)
 
 
 def card_score_ids(path, ids: list[int]) -> float:
@@ -144,7 +144,7 @@ def card_judge_ids(path, item, template: str) -> list[int]:
     user = template.format(input=item["prompt"], response_a=item["response_a"], response_b=item["response_b"])
     out = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=True, add_generation_prompt=True)
     ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
-    return exactly_one_bos(list(ids), tok.bos_token_id)
+    return collapse_doubled_bos(list(ids), tok.bos_token_id)
 
 
 def card_generate(path, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:

@@ -92,8 +92,13 @@ def test_path_that_is_not_a_model(tmp_path):
 
 
 def test_a_critic_checkpoint_is_not_a_reward_model(untaught_critic_dir):
-    with pytest.raises(ModelLoadError, match="a reward model has one output label"):
+    with pytest.raises(ModelLoadError, match=r"is a causal LM checkpoint \(LlamaForCausalLM\) with no reward head"):
         load_model(ModelSpec(name="m", path=str(untaught_critic_dir), kind="reward"))
+
+
+def test_a_reward_checkpoint_is_not_a_critic(reward_dir):
+    with pytest.raises(ModelLoadError, match=r"is a sequence classifier .*not a causal LM; use kind='reward'"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="critic"))
 
 
 def test_unsupported_device_settings_are_config_errors(reward_dir):
