@@ -33,6 +33,7 @@ CONVERSATION_COLUMNS = ("conversations", "messages")
 OUTPUT_COLUMNS = (
     "score", "chosen_score", "rejected_score", "chosen_scores", "rejected_scores", "prob_chosen", "probs_chosen",
     "margin", "margins", "win_rate", "chosen_wins", "truncated", "num_tokens", "source_file", "source_row", "error",
+    "values", "chosen_values", "rejected_values",
 )
 
 
@@ -44,18 +45,20 @@ class Layout:
     kind: str  # "reward" | "critic"
     multi: bool = False  # pairs with lists of several responses per side
     conversation_column: str = "conversations"
+    values: bool = False  # a multi-output reward model: every label's value per scored response too
 
     @property
     def result_columns(self) -> tuple[str, ...]:
         if self.shape != "pairs":
-            return ("score", "truncated", "num_tokens")
+            return ("score", "truncated", "num_tokens", *(("values",) if self.values else ()))
         if self.kind == "reward":
             sides = (("chosen_scores", "rejected_scores", "margins") if self.multi
                      else ("chosen_score", "rejected_score"))
         else:
             sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
         extra = ("win_rate",) if self.multi else ()
-        return (*sides, "margin", *extra, "chosen_wins", "truncated", "num_tokens")
+        vectors = ("chosen_values", "rejected_values") if self.values else ()
+        return (*sides, "margin", *extra, "chosen_wins", "truncated", "num_tokens", *vectors)
 
 
 def detect_shape(columns: Sequence[str], where: str) -> str:
@@ -228,11 +231,14 @@ def prob_chosen(prob_a: list[float], chosen_is_b: list[bool], n_items: int) -> l
 
 
 def row_result(layout: Layout, outputs: list[float], truncated: bool, num_tokens: int, *, n_chosen: int = 1,
-               chosen_is_b: list[bool] | None = None, debias: bool = False) -> dict[str, Any]:
+               chosen_is_b: list[bool] | None = None, debias: bool = False,
+               values: list[list[float]] | None = None) -> dict[str, Any]:
     """A row's result columns from its units' outputs: reward scores (chosen first, then
-    rejected), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them."""
+    rejected), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them.
+    `values`: a multi-output reward model's vectors, one per unit, in the order of `outputs`."""
     if layout.shape != "pairs":
-        return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens}
+        return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens,
+                **({"values": values[0]} if layout.values else {})}
     if layout.kind == "reward":
         chosen, rejected = outputs[:n_chosen], outputs[n_chosen:]
         margins = [c - r for c in chosen for r in rejected]
@@ -248,4 +254,8 @@ def row_result(layout: Layout, outputs: list[float], truncated: bool, num_tokens
     if layout.multi:
         out["win_rate"] = sum(wins) / len(wins)
     out.update(chosen_wins=all(wins), truncated=truncated, num_tokens=num_tokens)
+    if layout.values:
+        chosen_v, rejected_v = values[:n_chosen], values[n_chosen:]
+        out.update(chosen_values=chosen_v if layout.multi else chosen_v[0],
+                   rejected_values=rejected_v if layout.multi else rejected_v[0])
     return out

@@ -50,8 +50,14 @@ RESULT_TYPES = {
     "chosen_scores": pa.list_(pa.float64()), "rejected_scores": pa.list_(pa.float64()),
     "prob_chosen": pa.float64(), "probs_chosen": pa.list_(pa.float64()), "margins": pa.list_(pa.float64()),
     "margin": pa.float64(), "win_rate": pa.float64(), "chosen_wins": pa.bool_(), "truncated": pa.bool_(),
-    "num_tokens": pa.int64(),
+    "num_tokens": pa.int64(), "values": pa.list_(pa.float64()),
 }
+
+
+def result_type(layout: Layout, name: str) -> pa.DataType:
+    if name in ("chosen_values", "rejected_values"):  # one vector per response on that side
+        return pa.list_(pa.list_(pa.float64())) if layout.multi else pa.list_(pa.float64())
+    return RESULT_TYPES[name]
 MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
 IO_TASK_CPUS = 0.1
 IO_TASKS = 2  # read/write tasks in flight per stage
@@ -129,10 +135,13 @@ def _kind_from_config(path: str) -> str:
 
 def _check_model(spec: ModelSpec) -> None:
     """Fail in the driver, naming the path, before any actor starts: config and tokenizer load."""
-    from cluster.loading import load_config
+    from cluster.loading import check_head, load_config, reward_head
     from cluster.tokenization import ChatEncoder
 
-    load_config(spec)
+    config = load_config(spec)
+    check_head(spec, config)
+    if spec.kind == "reward":
+        reward_head(spec, config)  # several output labels and no scalar chosen: say so now
     ChatEncoder.for_spec(spec)
 
 
@@ -193,7 +202,8 @@ class TokenizeStage:
             for name, value in zip(INTERNAL, (ids, truncated, flags, n_chosen, error)):
                 cols[name].append(value)
         batch = batch.drop_columns([c for c in INTERNAL if c in batch.column_names])
-        types = (pa.list_(pa.list_(pa.int32())), pa.bool_(), pa.list_(pa.bool_()), pa.int32(), pa.string())
+        # int64 ids: an encoder's text pair carries its segment inside the id (tokenization.SEGMENT_B)
+        types = (pa.list_(pa.list_(pa.int64())), pa.bool_(), pa.list_(pa.bool_()), pa.int32(), pa.string())
         for (name, values), typ in zip(cols.items(), types):
             batch = batch.append_column(name, pa.array(values, type=typ))
         return batch
@@ -227,6 +237,9 @@ class _ScoreStage:
         errors = batch.column("_error").to_pylist()
         flat = [seq for row_ids, err in zip(ids, errors) if err is None for seq in row_ids]
         outputs = self.forward(flat) if flat else []
+        vectors: list = [None] * len(outputs)
+        if self.kind == "reward":  # (scalar, every label's value or None) per sequence
+            outputs, vectors = [s for s, _ in outputs], [v for _, v in outputs]
         truncated = batch.column("_truncated").to_pylist()
         flags = batch.column("_chosen_is_b").to_pylist()
         n_chosen = batch.column("_n_chosen").to_pylist()
@@ -237,11 +250,12 @@ class _ScoreStage:
                 continue
             n = len(ids[i])
             results.append(row_result(self.layout, outputs[at:at + n], truncated[i], sum(len(s) for s in ids[i]),
-                                      n_chosen=n_chosen[i], chosen_is_b=flags[i], debias=self.debias))
+                                      n_chosen=n_chosen[i], chosen_is_b=flags[i], debias=self.debias,
+                                      values=vectors[at:at + n]))
             at += n
         out = batch.drop_columns(list(INTERNAL))
         for name in self.layout.result_columns:
-            out = out.append_column(name, pa.array([r.get(name) for r in results], type=RESULT_TYPES[name]))
+            out = out.append_column(name, pa.array([r.get(name) for r in results], type=result_type(self.layout, name)))
         if self.keep_errors:
             out = out.append_column("error", pa.array(errors, type=pa.string()))
         return out
@@ -262,9 +276,9 @@ class ModelStage(_ScoreStage):
         torch.set_num_threads(max(1, threads))
         self.model = load_model(ModelSpec(**spec))
 
-    def forward(self, seqs: list[list[int]]) -> list[float]:
+    def forward(self, seqs: list[list[int]]) -> list:
         if self.kind == "reward":
-            return self.model.runner.score_ids(seqs)
+            return self.model.runner.rewards_ids(seqs)
         return self.model.runner.verdict_probs(seqs)
 
 
@@ -289,7 +303,7 @@ class ServeStage(_ScoreStage):
         # the replica's call payload: sequences plus when they were sent (its queue-wait metric)
         responses = [self.method.remote({"seqs": [seqs[i] for i in batch], "sent_at": time.time()})
                      for batch in plan]
-        outputs: list[float] = [0.0] * len(seqs)
+        outputs: list = [None] * len(seqs)
         for batch, response in zip(plan, responses):
             for i, value in zip(batch, response.result()):
                 outputs[i] = value
@@ -318,7 +332,21 @@ def _layout(columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, o
     if spec.kind == "critic" and shape != "pairs":
         raise InvalidInput(f"{where}: a critic judges pairs (prompt + chosen + rejected); this is shape {shape!r}")
     multi = shape == "pairs" and is_multi(first_row)
-    return Layout(shape, spec.kind, multi, conversation_column)
+    return Layout(shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1)
+
+
+def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
+    """A reward model's output labels (one for a plain reward model); [] for a critic."""
+    if spec.kind != "reward":
+        return []
+    if via_serve is not None:
+        from ray import serve
+
+        handle = serve.get_deployment_handle(deployment_name("reward", spec.name), app_name=via_serve)
+        return list(handle.describe.remote().result()["labels"])
+    from cluster.loading import load_config, reward_head
+
+    return list(reward_head(spec, load_config(spec)).labels)
 
 
 def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None):

@@ -51,6 +51,8 @@ class RewardsResponse(BaseModel):
     truncated: list[bool]
     usage: Usage
     raw_scores: list[float] | None = None  # the model's logits, when shaping changed them
+    values: list[list[float]] | None = None  # every output label per item, for a multi-output model
+    labels: list[str] | None = None  # the names of those outputs (the model's id2label)
 
 
 # ---------------------------------------------------------------- /v1/compare and /v1/judge

@@ -17,14 +17,15 @@ from deployments.replica import ModelReplica
 from deployments.tokenizer import Tokenizer
 
 
-def replica_deployment(model: ServedModel):
+def replica_options(model: ServedModel) -> dict[str, Any]:
+    """The Serve deployment options of one model's replicas. `num_gpus` is what Ray gives each
+    replica: 1 pins one replica per GPU; a model spread over `devices` GPUs asks for that many."""
     r = model.replicas
     autoscaling = None
     if r.max_replicas > r.min_replicas:
         autoscaling = {"min_replicas": r.min_replicas, "max_replicas": r.max_replicas,
                        "target_ongoing_requests": r.target_ongoing_requests}
-    return serve.deployment(
-        ModelReplica,
+    return dict(
         name=deployment_name(model.kind, model.name),
         num_replicas=None if autoscaling else r.min_replicas or 1,
         autoscaling_config=autoscaling,
@@ -35,7 +36,11 @@ def replica_deployment(model: ServedModel):
         health_check_period_s=10,
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=30,
-    ).bind(model.spec().model_dump())
+    )
+
+
+def replica_deployment(model: ServedModel):
+    return serve.deployment(ModelReplica, **replica_options(model)).bind(model.spec().model_dump())
 
 
 def build_app(args: dict[str, Any]):

@@ -10,9 +10,11 @@ are gathered into one forward pass) -> results in input order.
 import asyncio
 import hmac
 import logging
+import math
 import os
 import time
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -89,6 +91,30 @@ def request_id(request: Request) -> str:
     return request.state.request_id
 
 
+@dataclass(frozen=True)
+class Rewards:
+    """A reward request's results, in input order."""
+
+    scores: list[float]  # the scalar reward (shaped when the model or ensemble has shaping)
+    truncated: list[bool]
+    tokens: int
+    values: list[list[float]] | None = None  # every output label, for a model with several
+    raw: list[float] | None = None  # the model's scalar before shaping, when shaping changed it
+
+
+def classify_activation(values: list[float], problem_type: str | None) -> list[float]:
+    """vLLM's classify activation (vllm/model_executor/layers/pooler/activations.py,
+    get_classification_act_fn / PoolerClassify): identity for regression heads, sigmoid per label
+    for multi-label ones, else sigmoid for one label and softmax over several."""
+    if problem_type == "regression":
+        return list(values)
+    if problem_type == "multi_label_classification" or len(values) == 1:
+        return [sigmoid(v) for v in values]
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
 class ScoringService:
     """The routes' logic over deployment handles (no HTTP here)."""
 
@@ -98,6 +124,14 @@ class ScoringService:
         self.replicas = replicas
         self.models = {m.name: m for m in config.models}
         self.ensembles = {e.name: e for e in config.ensembles}
+        self._heads: dict[str, dict[str, Any]] = {}
+
+    async def head(self, name: str) -> dict[str, Any]:
+        """A served reward model's output labels and problem type (read from a replica, once)."""
+        if name not in self._heads:
+            info = await self.replicas[name].describe.remote()
+            self._heads[name] = {"labels": info["labels"], "problem_type": info["problem_type"]}
+        return self._heads[name]
 
     def resolve(self, name: str | None, kinds: tuple[str, ...]) -> Any:
         if name is None:
@@ -143,31 +177,32 @@ class ScoringService:
             raise Overloaded(f"a replica of model '{model.name}' became unavailable; retry") from err
         return [x for out in outputs for x in out]
 
-    async def rewards(self, model, inputs: list, what: str = "conversations") -> tuple[list[float], list[bool], int]:
+    async def rewards(self, model, inputs: list, what: str = "conversations") -> Rewards:
         self.check_count(len(inputs))
         if model.replicas.cross_request_batching:
             result = await self._gathered_rewards((model.name, inputs, what))
             if isinstance(result, BaseException):
                 raise result
-            encoded, scores = result
+            encoded, outputs = result
         else:  # the baseline: this request's own tokenizer call and replica call
             encoded = await self.tokenizer.encode_inputs.remote(model.name, inputs, what)
-            scores = await self._fan_out(model, "score", [ids for ids, _ in encoded])
-        return scores, [t for _, t in encoded], sum(len(ids) for ids, _ in encoded)
+            outputs = await self._fan_out(model, "score", [ids for ids, _ in encoded])
+        # each output is (scalar, every label's value or None for a one-label model)
+        values = [v for _, v in outputs] if outputs and outputs[0][1] is not None else None
+        return Rewards([s for s, _ in outputs], [t for _, t in encoded], sum(len(ids) for ids, _ in encoded), values)
 
-    async def shaped_rewards(self, target, inputs: list, what: str = "conversations"):
+    async def shaped_rewards(self, target, inputs: list, what: str = "conversations") -> Rewards:
         """Rewards as the routes return them: a model's own shaping (normalize, clip), or an
-        ensemble's members' shaped rewards combined by weight, then the ensemble's shaping.
-        -> (scores, raw scores when shaping changed them, truncated, tokens)."""
+        ensemble's members' shaped rewards combined by weight, then the ensemble's shaping."""
         if isinstance(target, Ensemble):
             members = [self.models[m.model] for m in target.members]
             results = await asyncio.gather(*(self.shaped_rewards(m, inputs, what) for m in members))
-            truncated = [any(flags) for flags in zip(*(r[2] for r in results))]
-            return target.combine([r[0] for r in results]), None, truncated, sum(r[3] for r in results)
-        scores, truncated, tokens = await self.rewards(target, inputs, what)
+            truncated = [any(flags) for flags in zip(*(r.truncated for r in results))]
+            return Rewards(target.combine([r.scores for r in results]), truncated, sum(r.tokens for r in results))
+        result = await self.rewards(target, inputs, what)
         if target.shaping is None:
-            return scores, None, truncated, tokens
-        return target.shaping.apply(scores), scores, truncated, tokens
+            return result
+        return replace(result, scores=target.shaping.apply(result.scores), raw=result.scores)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
     async def _gathered_rewards(self, requests: list[tuple[str, list, str]]) -> list:
@@ -185,10 +220,10 @@ class ScoringService:
             for i, enc in zip(indices, encoded):
                 if isinstance(enc, BaseException):
                     results[i] = enc
-            scores = await self._fan_out(self.models[name], "score", [ids for _, enc in good for ids, _ in enc])
+            outputs = await self._fan_out(self.models[name], "score", [ids for _, enc in good for ids, _ in enc])
             at = 0
             for i, enc in good:
-                results[i] = (enc, scores[at:at + len(enc)])
+                results[i] = (enc, outputs[at:at + len(enc)])
                 at += len(enc)
 
         await asyncio.gather(*(one_model(name, idx) for name, idx in by_model.items()))
@@ -199,8 +234,8 @@ class ScoringService:
         reward difference); one implementation for HTTP and handle callers."""
         if model.kind == "critic":
             return await self.judge(model, items, "logits", debias=False)
-        scores, _, truncated, tokens = await self.shaped_rewards(model, pair_conversations(items), "items")
-        return [c.__dict__ for c in pair_comparisons(scores, truncated)], tokens
+        result = await self.shaped_rewards(model, pair_conversations(items), "items")
+        return [c.__dict__ for c in pair_comparisons(result.scores, result.truncated)], result.tokens
 
     async def judge(self, model, items: list[dict], mode: str, debias: bool) -> tuple[list[dict], int]:
         """Verdicts; with debias both orders go to the replicas together, as in CriticModel.judge."""
@@ -270,8 +305,8 @@ class Ingress:
 
     async def score_inputs(self, model: str | None, conversations: list) -> list[float]:
         resolved = self.service.resolve(model, ("reward",))
-        scores, _, _, _ = await self.service.shaped_rewards(resolved, check_list(conversations, "conversations"))
-        return scores
+        result = await self.service.shaped_rewards(resolved, check_list(conversations, "conversations"))
+        return result.scores
 
     async def compare_items(self, model: str | None, items: list) -> list[dict[str, Any]]:
         resolved = self.service.resolve(model, ("reward", "critic"))
@@ -316,9 +351,12 @@ class Ingress:
         async def work(body: schemas.RewardsRequest):
             model = self.service.resolve(body.model, ("reward",))
             inputs = [c if isinstance(c, str) else [m.model_dump() for m in c] for c in body.conversations]
-            scores, raw, truncated, tokens = await self.service.shaped_rewards(model, inputs)
-            return schemas.RewardsResponse(model=model.name, scores=scores, truncated=truncated, raw_scores=raw,
-                                           usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+            result = await self.service.shaped_rewards(model, inputs)
+            labels = (await self.service.head(model.name))["labels"] if result.values is not None else None
+            return schemas.RewardsResponse(model=model.name, scores=result.scores, truncated=result.truncated,
+                                           raw_scores=result.raw, values=result.values, labels=labels,
+                                           usage=schemas.Usage(prompt_tokens=result.tokens,
+                                                               total_tokens=result.tokens))
         return await self._run(request, work, schemas.RewardsRequest)
 
     @app.post("/v1/compare")
@@ -347,26 +385,35 @@ class Ingress:
         """OpenRLHF's remote reward protocol: `query` holds templated prompt + response text."""
         async def work(body: schemas.GetRewardRequest):
             model = self.service.resolve(body.model, ("reward",))
-            scores, _, truncated, _ = await self.service.shaped_rewards(model, body.query, "query")
-            return schemas.GetRewardResponse(rewards=scores, scores=scores, extra_logs={"truncated": truncated})
+            result = await self.service.shaped_rewards(model, body.query, "query")
+            return schemas.GetRewardResponse(rewards=result.scores, scores=result.scores,
+                                             extra_logs={"truncated": result.truncated})
         return await self._run(request, work, schemas.GetRewardRequest)
 
     @app.post("/classify")
     async def classify(self, request: Request):
-        """vLLM's classify API (what verl's reward loop calls) for a one-label reward model."""
+        """vLLM's classify API (what verl's reward loop calls): every label's value per item, as
+        vLLM returns them; a one-label model's probs is [reward]. Shaping applies to one-label
+        models (whose one value is the reward); an ensemble answers with its combined reward."""
         async def work(body: schemas.ClassifyRequest):
             model = self.service.resolve(body.model, ("reward",))
             if body.messages is not None:
                 inputs, what = [[m.model_dump() for m in body.messages]], "messages"
             else:
                 inputs, what = ([body.input] if isinstance(body.input, str) else body.input), "input"
-            scores, _, _, tokens = await self.service.shaped_rewards(model, inputs, what)
-            activate = body.apply_activation()
-            data = [schemas.ClassifyData(index=i, label="LABEL_0", probs=[sigmoid(s) if activate else s])
-                    for i, s in enumerate(scores)]
+            result = await self.service.shaped_rewards(model, inputs, what)
+            head = {"labels": ["LABEL_0"], "problem_type": None}
+            if not isinstance(model, Ensemble):
+                head = await self.service.head(model.name)
+            rows = result.values if result.values is not None else [[s] for s in result.scores]
+            if body.apply_activation():
+                rows = [classify_activation(r, head["problem_type"]) for r in rows]
+            data = [schemas.ClassifyData(index=i, label=head["labels"][max(range(len(r)), key=r.__getitem__)],
+                                         probs=r, num_classes=len(r)) for i, r in enumerate(rows)]
             return schemas.ClassifyResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
                                             model=model.name, data=data,
-                                            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+                                            usage=schemas.Usage(prompt_tokens=result.tokens,
+                                                                total_tokens=result.tokens))
         return await self._run(request, work, schemas.ClassifyRequest)
 
 

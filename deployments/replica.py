@@ -66,18 +66,19 @@ class ModelReplica:
     # -- scoring, batched across concurrent requests
 
     @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
-    async def score(self, calls: list[dict[str, Any]]) -> list[list[float]]:
-        """Reward model: raw logits for each call's sequences."""
-        return await self._gathered(calls, self.model.runner.score_ids)
+    async def score(self, calls: list[dict[str, Any]]) -> list[list[tuple[float, list[float] | None]]]:
+        """Reward model: for each call's sequences, (scalar reward, every label's value for a
+        multi-output model, else None)."""
+        return await self._gathered(calls, self.model.runner.rewards_ids)
 
     @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
     async def verdict_probs(self, calls: list[dict[str, Any]]) -> list[list[float]]:
         """Critic fast path: P(A) for each call's judge prompts."""
         return await self._gathered(calls, self.model.runner.verdict_probs)
 
-    async def score_alone(self, c: dict[str, Any]) -> list[float]:
+    async def score_alone(self, c: dict[str, Any]) -> list[tuple[float, list[float] | None]]:
         """One forward per request, no gathering (cross_request_batching: false, the baseline)."""
-        return (await self._gathered([c], self.model.runner.score_ids))[0]
+        return (await self._gathered([c], self.model.runner.rewards_ids))[0]
 
     async def verdict_probs_alone(self, c: dict[str, Any]) -> list[float]:
         return (await self._gathered([c], self.model.runner.verdict_probs))[0]
@@ -123,7 +124,10 @@ class ModelReplica:
     def describe(self) -> dict[str, Any]:
         """What a caller that tokenizes for itself (the Ray Data pipeline's via_serve) needs: the
         spec, and the most tokens one call may carry (@serve.batch rejects a bigger call)."""
-        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching.get("batch_max_tokens", 32768))}
+        head = getattr(self.model.runner, "reward_head", None)
+        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching.get("batch_max_tokens", 32768)),
+                "labels": list(head.labels) if head else None,
+                "problem_type": getattr(self.model.runner.model.config, "problem_type", None)}
 
     def get_stats(self) -> dict[str, Any]:
         import ray

@@ -174,7 +174,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_args(rm, rm2, critic, **rm_replicas):
+def app_args(rm, rm2, critic, attrs=None, bert=None, **rm_replicas):
     return {
         "api_keys": [API_KEY],
         "max_items_per_request": 64,
@@ -188,6 +188,11 @@ def app_args(rm, rm2, critic, **rm_replicas):
              "replicas": {"num_cpus": 0.1}},
             {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
              "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+            # a multi-output (HelpSteer2-style) reward model and an encoder reward model
+            *([{"name": "rm-attrs", "path": str(attrs), "kind": "reward", "reward_label": "correctness",
+                "replicas": {"num_cpus": 0.1}}] if attrs else []),
+            *([{"name": "rm-bert", "path": str(bert), "kind": "reward", "max_length": 64,
+                "replicas": {"num_cpus": 0.1}}] if bert else []),
         ],
         "ensembles": [
             {"name": "rm-mix", "members": [{"model": "rm", "weight": 3}, {"model": "rm-gemma", "weight": 1}],
@@ -214,25 +219,31 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def served(ray_cluster, reward_dir, critic_dir):
+def served(ray_cluster, model_dirs, reward_dir, critic_dir):
     """The Serve app ("scoring") with two RMs and a critic, deployed as `serve deploy` does."""
     import httpx
     from ray import serve
 
     from cluster import ModelSpec, load_model
+    from cluster.tiny import HELPSTEER2_LABELS
 
     rm, rm2 = reward_dir("llama"), reward_dir("gemma2")
+    attrs = model_dirs("multi-helpsteer2", arch="llama", labels=HELPSTEER2_LABELS)
+    bert = model_dirs("family-bert", arch="bert")
     metrics_port = ray_cluster["metrics_port"]
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
-            "args": app_args(rm, rm2, critic_dir)})
+            "args": app_args(rm, rm2, critic_dir, attrs, bert)})
     models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
               "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
-              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8))}
+              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8)),
+              "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
+                                               reward_label="correctness")),
+              "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {API_KEY}"})
-    yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir),
+    yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir, attrs, bert),
            "metrics_port": metrics_port}
     client.close()
     serve.shutdown()

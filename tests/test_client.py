@@ -358,7 +358,7 @@ def test_shaping_and_ensemble_config_and_arithmetic():
 
 def test_model_shaping_returns_shaped_and_raw_scores():
     from cluster.config import AppConfig
-    from deployments.ingress import ScoringService
+    from deployments.ingress import Rewards, ScoringService
 
     config = AppConfig.parse({"models": [
         {"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
@@ -369,11 +369,12 @@ def test_model_shaping_returns_shaped_and_raw_scores():
     raw = {"a": [2.0, 10.0], "b": [0.0, 1.0]}
 
     async def fake_rewards(model, inputs, what="conversations"):
-        return raw[model.name], [False, model.name == "b"], 5
+        return Rewards(raw[model.name], [False, model.name == "b"], 5)
 
     service.rewards = fake_rewards
-    scores, raw_scores, truncated, tokens = asyncio.run(service.shaped_rewards(service.resolve("a", ("reward",)), []))
-    assert scores == [0.0, 2.0] and raw_scores == [2.0, 10.0] and tokens == 5
-    mixed, none, truncated, tokens = asyncio.run(service.shaped_rewards(service.resolve("mix", ("reward",)), []))
-    assert mixed == [0.0, min(1.0, (2.0 + 3 * 1.0) / 4)] and none is None  # a shaped first, then weights, clip
+    shaped = asyncio.run(service.shaped_rewards(service.resolve("a", ("reward",)), []))
+    assert shaped.scores == [0.0, 2.0] and shaped.raw == [2.0, 10.0] and shaped.tokens == 5
+    mixed = asyncio.run(service.shaped_rewards(service.resolve("mix", ("reward",)), []))
+    assert mixed.scores == [0.0, min(1.0, (2.0 + 3 * 1.0) / 4)] and mixed.raw is None  # a shaped, weights, clip
+    truncated, tokens = mixed.truncated, mixed.tokens
     assert truncated == [False, True] and tokens == 10

@@ -196,8 +196,8 @@ def test_encoder_without_a_template_names_the_pair_it_needs(family_dir):
     # pre-templated text is one segment, as tokenizer(text) makes it
     text = "What is the capital of France? Paris."
     tok, _ = _hf_reward(str(family_dir("bert")))
-    assert rm.score([text])[0] == pytest.approx(card_forward(family_dir("bert"), dict(tok(text, return_tensors="pt")))[0],
-                                                abs=TOL)
+    reference = card_forward(family_dir("bert"), dict(tok(text, return_tensors="pt")))[0]
+    assert rm.score([text])[0] == pytest.approx(reference, abs=TOL)
 
 
 def test_deberta_v2_loads_without_sdpa(family_dir):

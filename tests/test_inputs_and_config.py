@@ -151,6 +151,51 @@ def test_ray_config_yaml_is_a_valid_serve_config_for_build_app():
     assert reward.replicas.max_replicas > reward.replicas.min_replicas  # autoscaling
 
 
+def test_the_all_seed_models_config_places_every_seed_model():
+    """Five seed models, each planned onto the GPUs its replica asks for (80 GB cards, the file's
+    stated target), from the real architectures' shapes (empty weights: nothing is allocated)."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+    from transformers import Gemma2Config, LlamaConfig, Qwen3Config
+
+    from cluster.config import AppConfig
+    from cluster.placement import layers_per_device, plan_placement
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.all-seed-models.yaml").read_text())
+    [app] = ServeDeploySchema(**raw).applications
+    models = {m.path: m for m in AppConfig.parse(app.args).models}
+    llama8b = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256)
+    shapes = {
+        "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2": LlamaConfig(**llama8b),
+        "Skywork/Skywork-Reward-V2-Qwen3-8B": Qwen3Config(hidden_size=4096, intermediate_size=12288,
+                                                          num_hidden_layers=36, num_attention_heads=32,
+                                                          num_key_value_heads=8, head_dim=128, vocab_size=151936),
+        "Skywork/Skywork-Reward-Gemma-2-27B-v0.2": Gemma2Config(hidden_size=4608, intermediate_size=36864,
+                                                                num_hidden_layers=46, num_attention_heads=32,
+                                                                num_key_value_heads=16, head_dim=128,
+                                                                vocab_size=256000),
+        "Skywork/Skywork-Critic-Llama-3.1-8B": LlamaConfig(**llama8b, tie_word_embeddings=False),
+        "Skywork/Skywork-Critic-Llama-3.1-70B": LlamaConfig(hidden_size=8192, intermediate_size=28672,
+                                                            num_hidden_layers=80, num_attention_heads=64,
+                                                            num_key_value_heads=8, vocab_size=128256,
+                                                            tie_word_embeddings=False),
+    }
+    assert set(models) == set(shapes)
+    gpu = 80 * 10**9
+    for path, config in shapes.items():
+        served = models[path]
+        assert served.replicas.num_gpus >= served.devices
+        plan = plan_placement(config, served.kind, served.devices, torch.bfloat16,
+                              max_memory={i: gpu for i in range(served.devices)})
+        layers = layers_per_device(plan)
+        assert sorted(i for ids in layers.values() for i in ids) == list(range(config.num_hidden_layers)), path
+        assert len(layers) == served.devices, path
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -169,3 +214,24 @@ def test_bad_app_configs_are_named(args, message):
 
     with pytest.raises(ConfigError, match=message):
         AppConfig.parse(args)
+
+
+def test_a_model_spread_over_n_gpus_asks_ray_for_n(tmp_path):
+    """devices: N -> the replica must be given N GPUs (num_gpus >= N), and asks Ray for them."""
+    from cluster.config import ServedModel
+    from deployments.app import replica_options
+
+    fields = {"name": "critic-70b", "path": "Skywork/Skywork-Critic-Llama-3.1-70B", "kind": "critic", "devices": 4}
+    options = replica_options(ServedModel(**fields, replicas={"num_gpus": 4}))
+    assert options["ray_actor_options"]["num_gpus"] == 4 and options["name"] == "critic-critic-70b"
+    with pytest.raises(ConfigError, match=r"devices=4: replicas.num_gpus \(1.0\) must be >= 4"):
+        ServedModel(**fields, replicas={"num_gpus": 1})
+    with pytest.raises(ConfigError, match="device must be 'auto' or 'cuda'"):
+        ModelSpec(name="m", path="x", kind="reward", devices=2, device="cpu")
+
+
+def test_spreading_or_quantizing_without_gpus_is_a_clear_error(reward_dir):
+    with pytest.raises(ConfigError, match=r"devices=2 but 0 CUDA device\(s\) are visible"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", devices=2))
+    with pytest.raises(ConfigError, match="int8.*CUDA"):
+        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", quantization="int8"))

@@ -448,3 +448,43 @@ def test_readme_pipeline_example_runs(ray_cluster):
     section = readme.split("## Scoring corpora (Ray Data)", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     exec(compile(code, "README.md (Scoring corpora)", "exec"), {})
+
+
+# ---------------------------------------------------------------- other model families
+
+
+def test_multi_output_model_gets_list_columns(ray_cluster, tmp_path, model_dirs):
+    """A HelpSteer2-style model: the chosen scalar in score columns, every label in list columns."""
+    from cluster.tiny import HELPSTEER2_LABELS
+
+    path = str(model_dirs("multi-helpsteer2", arch="llama", labels=HELPSTEER2_LABELS))
+    spec = {"name": "attrs", "path": path, "kind": "reward", "reward_label": "coherence"}
+    attrs = load_model(ModelSpec(**spec))
+    rows = [{"conversations": c} for c in CONVERSATIONS]
+    score_corpus(write(tmp_path / "c.jsonl", rows), tmp_path / "out", spec, **FAST)
+    table = read_scores(tmp_path / "out")
+    expected = attrs.score_detailed(CONVERSATIONS)
+    assert table.schema.field("values").type == pa.list_(pa.float64())
+    assert close(table["score"].to_pylist(), [r.score for r in expected])
+    for got, want in zip(table["values"].to_pylist(), expected):
+        assert close(got, want.values) and len(got) == 5 and got[2] == pytest.approx(want.score, abs=TOL)
+    # pairs: one vector per side
+    base = pair_rows(4)
+    score_corpus(write(tmp_path / "p.jsonl", base), tmp_path / "out2", spec, **FAST)
+    pairs = read_scores(tmp_path / "out2")
+    chosen = attrs.score_detailed([turn(r["prompt"], r["chosen"]) for r in base])
+    assert all(close(g, w.values) for g, w in zip(pairs["chosen_values"].to_pylist(), chosen))
+    # several labels and no scalar chosen: refused in the driver, before any actor starts
+    with pytest.raises(ConfigError, match="has 5 output labels"):
+        score_corpus(write(tmp_path / "c2.jsonl", rows), tmp_path / "out3", path, **FAST)
+
+
+def test_encoder_text_pairs_through_the_pipeline(ray_cluster, tmp_path, model_dirs):
+    """BERT: (question, answer) pairs with token types survive the tokenize -> score stages."""
+    path = str(model_dirs("family-bert", arch="bert"))
+    bert = load_model(ModelSpec(name="bert", path=path, kind="reward"))
+    rows = [{"prompt": p, "response": g} for p, g in zip(PROMPTS, GOOD)]
+    score_corpus(write(tmp_path / "pr.parquet", rows), tmp_path / "out", path, **FAST)
+    table = read_scores(tmp_path / "out")
+    assert close(table["score"].to_pylist(), bert.score([turn(r["prompt"], r["response"]) for r in rows]))
+    assert "values" not in table.column_names  # one output label: no vector column

@@ -5,6 +5,7 @@ and the OpenRLHF / vLLM(verl) protocol routes driven with the bodies those clien
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 
@@ -159,6 +160,41 @@ def test_classify_as_vllm_clients_send_it(served):
                                                     "use_activation": False}).json()
     assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
     assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_multi_output_model_over_http(served):
+    """/v1/rewards: the chosen scalar plus every label; /classify: every label, as vLLM returns them
+    (raw with use_activation false; softmax over several labels by default, vLLM's PoolerClassify)."""
+    from cluster.tiny import HELPSTEER2_LABELS
+
+    expected = served["models"]["rm-attrs"].score_detailed(CONVERSATIONS[:3])
+    body = served["client"].post("/v1/rewards", json={"model": "rm-attrs", "conversations": CONVERSATIONS[:3]}).json()
+    assert body["labels"] == list(HELPSTEER2_LABELS)
+    assert body["scores"] == pytest.approx([r.score for r in expected], abs=1e-4)
+    for got, want in zip(body["values"], expected):
+        assert got == pytest.approx(want.values, abs=1e-4) and got[1] == pytest.approx(want.score, abs=1e-4)
+    raw = served["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0],
+                                                   "use_activation": False}).json()
+    [row] = raw["data"]
+    assert row["num_classes"] == 5 and row["probs"] == pytest.approx(expected[0].values, abs=1e-4)
+    assert row["label"] == HELPSTEER2_LABELS[max(range(5), key=expected[0].values.__getitem__)]
+    [soft] = served["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0]}).json()["data"]
+    exps = [math.exp(v) for v in expected[0].values]
+    assert soft["probs"] == pytest.approx([e / sum(exps) for e in exps], abs=1e-5)
+    # a one-label model keeps its old answer shape
+    plain = served["client"].post("/v1/rewards", json={"model": "rm", "conversations": CONVERSATIONS[:1]}).json()
+    assert plain["values"] is None and plain["labels"] is None
+
+
+def test_encoder_reward_model_over_http(served):
+    """BERT-style: the (question, answer) pair and its token types cross the tokenizer deployment and
+    the replica as they do in-process."""
+    convs = [c for c in CONVERSATIONS if len(c) == 2]
+    body = served["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": convs}).json()
+    assert body["scores"] == pytest.approx(served["models"]["rm-bert"].score(convs), abs=1e-4)
+    assert any(body["truncated"])  # max_length 64: the long answer is cut from the left
+    bad = served["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": [CONVERSATIONS[2]]})
+    assert bad.status_code == 422 and "no chat template" in bad.json()["error"]["message"]
 
 
 # ---------------------------------------------------------------- errors, limits, auth
