@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from cluster.errors import ScoringError
+from cluster.tiny import ARCHES
 
 
 def quiet_transformers() -> None:
@@ -62,7 +63,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     quiet_transformers()
     out = build_tiny_model(
         args.out, kind=args.kind, arch=args.arch, template_bos=args.template_bos,
-        tokenizer_adds_bos=not args.no_tokenizer_bos, pad=args.pad, seed=args.seed,
+        tokenizer_adds_bos=args.tokenizer_bos, pad=args.pad, seed=args.seed,
     )
     print(out)
     return 0
@@ -96,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("tiny-model", help="write a tiny seeded reward model or critic to a directory")
     tiny.add_argument("--kind", choices=["reward", "critic"], default="reward")
-    tiny.add_argument("--arch", choices=["llama", "gemma2"], default="llama")
+    tiny.add_argument("--arch", choices=list(ARCHES), default="llama", help="model family")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--pad", choices=["separate", "eos", "none"], default="separate",
                       help="pad token: its own, equal to EOS, or absent")
-    tiny.add_argument("--template-bos", action="store_true", help="the chat template writes BOS")
-    tiny.add_argument("--no-tokenizer-bos", action="store_true", help="the tokenizer does not add BOS")
+    tiny.add_argument("--template-bos", action=argparse.BooleanOptionalAction, default=None,
+                      help="the chat template writes BOS (default: as the family's real template)")
+    tiny.add_argument("--tokenizer-bos", action=argparse.BooleanOptionalAction, default=None,
+                      help="the tokenizer adds BOS (default: as the family's real tokenizer)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
 

@@ -132,9 +132,12 @@ class OwnForwardRunner(RewardRunner):
         if self.token_types:
             inputs["token_type_ids"] = self._pad([types for _, types in unpacked], pad_id=0).input_ids
         logits = self.model(**inputs).logits
-        if logits.dim() != 2 or logits.shape[0] != len(seqs):
-            raise ModelFailure(f"model '{self.name}' returned logits of shape {tuple(logits.shape)}; "
-                               f"a sequence classifier returns [batch, num_labels]")
+        if logits.dim() == 1:  # custom heads such as ArmoRM's return the score alone, shape (batch,)
+            logits = logits.unsqueeze(-1)
+        if logits.dim() != 2 or logits.shape[0] != len(seqs) or logits.shape[1] != self.num_labels:
+            raise ModelFailure(f"model '{self.name}' returned logits of shape {tuple(logits.shape)} for {len(seqs)} "
+                               f"items; its config declares {self.num_labels} output label(s) "
+                               f"(a sequence classifier returns [batch, num_labels])")
         return logits.float().tolist()
 
 

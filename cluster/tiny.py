@@ -269,6 +269,89 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
     return out
 
 
+# An ArmoRM-style custom head (RLHFlow/ArmoRM-Llama3-8B-v0.1's shape, loaded with trust_remote_code):
+# multi-objective rewards read at the token before the first pad, a gate, score = sum(gate * rewards),
+# and `logits` is that score with shape (batch,). Its pooling is its own: only its forward knows it.
+CUSTOM_HEAD_SOURCE = """
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
+from transformers.utils import ModelOutput
+
+
+class TinyGatedRewardConfig(LlamaConfig):
+    model_type = "tiny_gated_reward"
+
+    def __init__(self, num_objectives=4, **kwargs):
+        super().__init__(**kwargs)
+        self.num_objectives = num_objectives
+
+
+@dataclass
+class GatedRewardOutput(ModelOutput):
+    logits: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor | None = None
+    gating_output: torch.FloatTensor | None = None
+    score: torch.FloatTensor | None = None
+
+
+class TinyGatedRewardModel(LlamaPreTrainedModel):
+    config_class = TinyGatedRewardConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.regression_layer = nn.Linear(config.hidden_size, config.num_objectives, bias=False)
+        self.gating = nn.Linear(config.hidden_size, config.num_objectives)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows = torch.arange(input_ids.shape[0], device=hidden.device)
+        # ArmoRM's rule: the token before the first pad, modulo the length (no pad: the last token)
+        last = (torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1) % input_ids.shape[-1]
+        rewards = self.regression_layer(hidden[rows, last])
+        gate = torch.softmax(self.gating(hidden[:, 0]), dim=-1)
+        score = (gate * rewards).sum(-1)
+        return GatedRewardOutput(logits=score, rewards=rewards, gating_output=gate, score=score)
+"""
+
+
+def build_custom_head_model(out: str | Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """A tiny trust_remote_code reward model (ArmoRM-style gated head) with its modeling file, as the
+    hub ships such models: config.json's auto_map points at tiny_gated_reward.py in the directory."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = out / "tiny_gated_reward.py"
+    source.write_text(CUSTOM_HEAD_SOURCE.lstrip())
+    module_name = f"tiny_gated_reward_{abs(hash(str(out)))}"
+    spec = importlib.util.spec_from_file_location(module_name, source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    tokenizer = build_tokenizer("llama", template_bos=True, vocab_size=vocab_size)  # Meta's template, as ArmoRM's
+    config = module.TinyGatedRewardConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_labels=1,
+        architectures=["TinyGatedRewardModel"],
+        auto_map={"AutoConfig": "tiny_gated_reward.TinyGatedRewardConfig",
+                  "AutoModelForSequenceClassification": "tiny_gated_reward.TinyGatedRewardModel"})
+    torch.manual_seed(seed)
+    model = module.TinyGatedRewardModel(config)
+    torch.nn.init.normal_(model.regression_layer.weight, std=1.0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 TEACH_QUESTIONS = ["What is the capital of France?", "Add 2 and 3.", "Name a prime number.",
                    "How do I print in Python?", "Say something kind.", "What boils at 100 degrees?"]
 TEACH_ANSWERS = ["Paris.", "The capital of France is Paris.", "5", "2 + 3 = 5, because addition.",

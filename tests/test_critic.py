@@ -165,10 +165,19 @@ def test_unknown_mode_is_rejected(critic_dir):
         load_critic(critic_dir).judge(ITEMS, mode="sample")
 
 
-def test_gemma2_critic_fast_path_matches_the_card(model_dirs):
-    """Gemma-2's final logit soft-capping is applied (the model's own head runs)."""
-    path = model_dirs("gemma2-critic", kind="critic", arch="gemma2", teach_steps=0)
+@pytest.mark.parametrize("arch", ["gemma2", "qwen2", "mistral", "smollm"])
+def test_other_family_critics_match_the_card(model_dirs, arch):
+    """The critic card's ids (apply_chat_template(tokenize=True): the template alone decides the
+    special tokens) for families with no BOS (Qwen2), a declared-never-added one (SmolLM), and a
+    template BOS (Gemma-2, Mistral); Gemma-2's final logit soft-capping applied (its own head runs)."""
+    path = model_dirs(f"{arch}-critic", kind="critic", arch=arch, teach_steps=0)
     critic = load_critic(path)
-    assert critic.runner.model.config._attn_implementation == "eager"
+    if arch == "gemma2":
+        assert critic.runner.model.config._attn_implementation == "eager"
+    for item, enc in zip(ITEMS, critic.encoder.encode_judge_items(ITEMS)):
+        assert enc.ids == card_judge_ids(path, item, skywork_critic_template())
+    bos = critic.encoder.tokenizer.bos_token_id
+    first = critic.encoder.encode_judge_items(ITEMS[:1])[0].ids
+    assert (first[0] == bos) == (arch in ("gemma2", "mistral", "smollm"))  # SmolLM's is the template's
     for item, v in zip(ITEMS, critic.judge(ITEMS)):
         assert v.prob_a == pytest.approx(card_prob_a(path, critic, item), abs=1e-5)

@@ -251,3 +251,39 @@ def test_multi_output_without_a_clear_scalar_is_refused(multi_dir, fields, messa
 def test_single_label_models_have_no_vector(family_dir):
     [res] = load(family_dir("qwen3")).score_detailed(conversations("qwen3")[:1])
     assert res.values is None
+
+
+# ----------------------------------------------------------------------------- custom heads
+
+
+@pytest.fixture(scope="module")
+def custom_dir(tmp_path_factory):
+    from cluster.tiny import build_custom_head_model
+
+    return build_custom_head_model(tmp_path_factory.mktemp("custom") / "armorm-style", seed=5)
+
+
+def test_custom_head_runs_its_own_forward_batch_invariantly(custom_dir):
+    """An ArmoRM-style trust_remote_code head (gated objectives, its own pooling, logits of shape
+    (batch,)): our batched scores equal its card, `model(input_ids).score`, one at a time."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(custom_dir, trust_remote_code=True)
+    model = AutoModelForSequenceClassification.from_pretrained(custom_dir, trust_remote_code=True,
+                                                               dtype=torch.float32).eval()
+    convs = conversations("llama3-skywork")
+    with torch.inference_mode():
+        reference = [model(input_ids=tok.apply_chat_template(c, return_tensors="pt", return_dict=True)["input_ids"]
+                           ).score[0].item() for c in convs]
+    rm = load(custom_dir, trust_remote_code=True)
+    assert type(rm.runner) is OwnForwardRunner
+    assert rm.score(convs) == pytest.approx(reference, abs=TOL)
+    assert load(custom_dir, trust_remote_code=True, max_batch_size=1).score(convs) == pytest.approx(reference, abs=TOL)
+    assert max(reference) - min(reference) > 1e-3
+
+
+def test_custom_head_needs_trust_remote_code(custom_dir):
+    from cluster import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load(custom_dir)
