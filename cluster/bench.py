@@ -235,8 +235,7 @@ def score_one_at_a_time(model, seqs: Sequence[Sequence[int]]) -> list[float]:
 
 def score_fixed_batches(runner, seqs: Sequence[Sequence[int]], batches: list[list[int]]) -> list[float]:
     """Our forward pass (same padding and read position) on batches taken as they arrive."""
-    with torch.inference_mode():
-        return [score for batch in batches for score in runner._forward([seqs[i] for i in batch])]
+    return [score for batch in batches for score in runner.score_batch([seqs[i] for i in batch])]
 
 
 def warm_up(rm, seqs: list[list[int]]) -> None:

@@ -25,12 +25,10 @@ FIXED_BATCH = 16
 class FixedBatchStage(ModelStage):
     """The baseline: 16 sequences per forward pass in arrival order, no sorting, no token budget."""
 
-    def forward(self, seqs: list[list[int]]) -> list[float]:
-        import torch
-
-        runner = self.model.runner
-        with torch.inference_mode():
-            return [s for i in range(0, len(seqs), FIXED_BATCH) for s in runner._forward(seqs[i:i + FIXED_BATCH])]
+    def forward(self, seqs: list[list[int]]) -> list[tuple[float, None]]:
+        runner = self.model.runner  # (scalar, no label vector) per sequence, as ModelStage gives
+        batches = (seqs[i:i + FIXED_BATCH] for i in range(0, len(seqs), FIXED_BATCH))
+        return [(s, None) for batch in batches for s in runner.score_batch(batch)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,6 +94,12 @@ class RewardRunner(ForwardRunner):
         """Scalar rewards (raw logits by default) for token-id sequences, in input order."""
         return [score for score, _ in self.rewards_ids(seqs)]
 
+    def score_batch(self, seqs: Sequence[Sequence[int]]) -> list[float]:
+        """Scalar rewards from one forward pass over exactly these sequences, in this order, with
+        no planning (the benchmarks' fixed-batch baselines)."""
+        with torch.inference_mode():
+            return [self.reward_head.scalar(v) for v in self._forward(list(seqs))]
+
     def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         raise NotImplementedError
 
