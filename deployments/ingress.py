@@ -103,9 +103,10 @@ class Rewards:
 
 
 def classify_activation(values: list[float], problem_type: str | None) -> list[float]:
-    """vLLM's classify activation (vllm/model_executor/layers/pooler/activations.py,
-    get_classification_act_fn / PoolerClassify): identity for regression heads, sigmoid per label
-    for multi-label ones, else sigmoid for one label and softmax over several."""
+    """vLLM's classify activation (vllm-project/vllm@1c713679,
+    vllm/model_executor/layers/pooler/activations.py: get_classification_activation_function and
+    PoolerClassify): identity for regression heads, sigmoid per label for multi-label ones, else
+    sigmoid for one label and softmax over several."""
     if problem_type == "regression":
         return list(values)
     if problem_type == "multi_label_classification" or len(values) == 1:

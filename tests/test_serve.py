@@ -164,7 +164,8 @@ def test_classify_as_vllm_clients_send_it(served):
 
 def test_multi_output_model_over_http(served):
     """/v1/rewards: the chosen scalar plus every label; /classify: every label, as vLLM returns them
-    (raw with use_activation false; softmax over several labels by default, vLLM's PoolerClassify)."""
+    (raw with use_activation false; softmax over several labels by default: vLLM's PoolerClassify in
+    vllm/model_executor/layers/pooler/activations.py at vllm-project/vllm@1c713679497631bd9bf8b251c9ac93b6f6680326)."""
     from cluster.tiny import HELPSTEER2_LABELS
 
     expected = served["models"]["rm-attrs"].score_detailed(CONVERSATIONS[:3])
@@ -424,3 +425,17 @@ def test_failures_map_to_500_and_503_without_internals(err, status, code, messag
     assert "secret internal detail" not in response.body.decode() and "Traceback" not in response.body.decode()
     if status == 503:
         assert response.headers["retry-after"] == "1"
+
+
+def test_classify_activation_follows_vllm():
+    """vllm-project/vllm@1c713679 activations.py: regression -> identity, multi-label -> sigmoid,
+    one label -> sigmoid, several -> softmax."""
+    from deployments.ingress import classify_activation
+
+    values = [2.0, -1.0, 0.5]
+    assert classify_activation(values, "regression") == values
+    assert classify_activation(values, "multi_label_classification") == pytest.approx([sigmoid(v) for v in values])
+    assert classify_activation([2.0], None) == pytest.approx([sigmoid(2.0)])
+    exps = [math.exp(v) for v in values]
+    assert classify_activation(values, "single_label_classification") == pytest.approx([e / sum(exps) for e in exps])
+    assert classify_activation(values, None) == pytest.approx([e / sum(exps) for e in exps])
