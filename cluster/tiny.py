@@ -124,7 +124,6 @@ FAMILIES = {
     "bert": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
     "deberta_v2": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
 }
-SPECIALS = FAMILIES  # the name earlier code used
 
 
 def chat_template(arch: str, template_bos: bool) -> str | None:
@@ -253,8 +252,7 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
     model = auto_cls.from_config(config)
     if kind == "reward":
         # a larger head than the default init spreads scores out, so ordering checks mean something
-        head = model.score if hasattr(model, "score") else model.classifier
-        head = getattr(head, "out_proj", head)  # DeBERTa-v2's classifier is a plain Linear; keep general
+        head = model.score if hasattr(model, "score") else model.classifier  # decoders / encoders
         torch.nn.init.normal_(head.weight, std=1.0)
     else:
         fam = FAMILIES[arch]

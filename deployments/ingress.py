@@ -113,7 +113,8 @@ def classify_activation(values: list[float], problem_type: str | None) -> list[f
         return [sigmoid(v) for v in values]
     top = max(values)
     exps = [math.exp(v - top) for v in values]
-    return [e / sum(exps) for e in exps]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
 class ScoringService:
