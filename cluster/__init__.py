@@ -1,25 +1,65 @@
-"""Scoring cluster core: reward models and critics that match their model cards exactly."""
+"""Scoring cluster: reward models and critics that match their model cards exactly.
 
-from cluster.batching import pad_batch, plan_batches, run_batched
-from cluster.client import RewardClient
-from cluster.config import ModelSpec
-from cluster.critic import CriticModel, Verdict
-from cluster.errors import (
-    ConfigError,
-    InputTooLong,
-    InvalidInput,
-    ModelFailure,
-    ModelLoadError,
-    ScoringError,
-)
-from cluster.loading import load_model
-from cluster.pipeline import ScoringOptions, filter_pairs, read_scores, score_corpus, score_dataset
-from cluster.reward import Comparison, RewardModel, RewardResult
-from cluster.tokenization import ChatEncoder, Encoded
+The package's layers (see the README's Layout):
+    cluster.core    the request core: specs, errors, tokenization, batching, runners, the scoring service
+    cluster.http    the HTTP routes over the core (FastAPI, no Ray)
+    cluster.data    Ray Data pipeline, corpus shapes, metrics, reports, Ray Jobs
+    cluster.client  RewardClient and the RL frameworks' reward functions
+    cluster.cli     `python -m cluster ...`;   cluster.bench: the benchmarks
+    deployments     the Ray Serve layer (ingress, tokenizer, replicas, build_app)
 
-__all__ = [
-    "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
-    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardClient", "RewardModel", "RewardResult", "ScoringError",
-    "ScoringOptions", "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores",
-    "run_batched", "score_corpus", "score_dataset",
-]
+Exports are lazy: `from cluster import RewardClient` or `ScoringError` imports neither torch nor
+pyarrow; `load_model` and the pipeline import them when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ScoringError": "cluster.core.errors", "ConfigError": "cluster.core.errors",
+    "InputTooLong": "cluster.core.errors", "InvalidInput": "cluster.core.errors",
+    "ModelFailure": "cluster.core.errors", "ModelLoadError": "cluster.core.errors",
+    "ModelSpec": "cluster.core.config",
+    "ChatEncoder": "cluster.core.tokenization", "Encoded": "cluster.core.tokenization",
+    "plan_batches": "cluster.core.batching", "run_batched": "cluster.core.batching",
+    "pad_batch": "cluster.core.runner",
+    "Verdict": "cluster.core.results", "Comparison": "cluster.core.results", "RewardResult": "cluster.core.results",
+    "CriticModel": "cluster.core.critic", "RewardModel": "cluster.core.reward",
+    "load_model": "cluster.core.loading",
+    "RewardClient": "cluster.client.reward_client",
+    "ScoringOptions": "cluster.data.pipeline", "filter_pairs": "cluster.data.pipeline",
+    "read_scores": "cluster.data.pipeline", "score_corpus": "cluster.data.pipeline",
+    "score_dataset": "cluster.data.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from cluster.client.reward_client import RewardClient
+    from cluster.core.batching import plan_batches, run_batched
+    from cluster.core.config import ModelSpec
+    from cluster.core.critic import CriticModel
+    from cluster.core.errors import ConfigError, InputTooLong, InvalidInput, ModelFailure, ModelLoadError, ScoringError
+    from cluster.core.loading import load_model
+    from cluster.core.results import Comparison, RewardResult, Verdict
+    from cluster.core.reward import RewardModel
+    from cluster.core.runner import pad_batch
+    from cluster.core.tokenization import ChatEncoder, Encoded
+    from cluster.data.pipeline import ScoringOptions, filter_pairs, read_scores, score_corpus, score_dataset

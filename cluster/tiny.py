@@ -364,7 +364,7 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
 
     import torch
 
-    from cluster.config import skywork_critic_template
+    from cluster.core.config import skywork_critic_template
 
     rng = random.Random(seed)
     template = skywork_critic_template()

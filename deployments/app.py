@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.config import AppConfig, ServedModel, deployment_name
+from cluster.core.config import AppConfig, ServedModel, deployment_name
 from deployments.ingress import Ingress
 from deployments.replica import ModelReplica
 from deployments.tokenizer import Tokenizer

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from cluster import bench
+    from cluster.bench import inprocess as bench
     from cluster.tiny import build_tiny_model
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -24,10 +24,10 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from cluster import schemas
-from cluster.config import AppConfig, Ensemble
-from cluster.critic import Verdict, combine, winner_of
-from cluster.errors import (
+from cluster.http import schemas
+from cluster.core.config import AppConfig, Ensemble
+from cluster.core.critic import Verdict, combine, winner_of
+from cluster.core.errors import (
     InvalidInput,
     ModelFailure,
     Overloaded,
@@ -37,8 +37,8 @@ from cluster.errors import (
     UnknownModel,
     http_status,
 )
-from cluster.reward import pair_comparisons, pair_conversations, sigmoid
-from cluster.tokenization import check_list, validate_judge_item
+from cluster.core.reward import pair_comparisons, pair_conversations, sigmoid
+from cluster.core.tokenization import check_list, validate_judge_item
 from deployments.replica import call
 
 logger = logging.getLogger("ray.serve")
@@ -302,7 +302,7 @@ class Ingress:
             return error_response(err, rid)
         return JSONResponse(result.model_dump())
 
-    # -- Python API for deployment handles (cluster.client.RewardClient.handle): the routes' logic
+    # -- Python API for deployment handles (cluster.client.reward_client.RewardClient.handle): the routes' logic
     # without HTTP. Errors are raised as ScoringErrors; the handle delivers them to the caller.
 
     async def score_inputs(self, model: str | None, conversations: list) -> list[float]:

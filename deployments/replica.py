@@ -17,9 +17,9 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
-from cluster.batching import padding_efficiency, plan_batches
-from cluster.config import ModelSpec
-from cluster.loading import load_model
+from cluster.core.batching import padding_efficiency, plan_batches
+from cluster.core.config import ModelSpec
+from cluster.core.loading import load_model
 
 
 def count_tokens(calls: list[dict[str, Any]]) -> int:

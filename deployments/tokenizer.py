@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import ModelSpec
-from cluster.errors import ScoringError, UnknownModel
-from cluster.tokenization import ChatEncoder
+from cluster.core.config import ModelSpec
+from cluster.core.errors import ScoringError, UnknownModel
+from cluster.core.tokenization import ChatEncoder
 
 
 class Tokenizer:

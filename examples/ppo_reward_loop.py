@@ -37,7 +37,7 @@ class RolloutWorker:
 
     def __init__(self, worker_id: int, corpus: list, transport: str, url: str | None, api_key: str | None,
                  model: str | None, app: str):
-        from cluster.client import RewardClient
+        from cluster.client.reward_client import RewardClient
 
         self.rng = random.Random(worker_id)
         self.corpus = corpus
@@ -124,7 +124,7 @@ def load_corpus(kind: str, items: int, seed: int) -> list:
 
         rng = random.Random(seed)
         return [rng.choice(DEMO_CONVERSATIONS) for _ in range(items)]
-    from cluster.bench import load_corpus as bench_corpus
+    from cluster.bench.inprocess import load_corpus as bench_corpus
 
     return bench_corpus(None, items, seed).conversations
 

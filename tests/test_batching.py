@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from cluster.batching import pad_batch, padding_efficiency, plan_batches, run_batched
+from cluster.core.batching import padding_efficiency, plan_batches, run_batched
+from cluster.core.runner import pad_batch
 
 
 def random_lengths(n, seed=0):

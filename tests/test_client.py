@@ -12,8 +12,8 @@ import httpx
 import pytest
 from conftest import API_KEY, CONVERSATIONS
 
-from cluster.client import RewardClient
-from cluster.errors import InvalidInput, Overloaded, UnknownModel
+from cluster.client.reward_client import RewardClient
+from cluster.core.errors import InvalidInput, Overloaded, UnknownModel
 
 ITEMS = [
     {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
@@ -263,7 +263,7 @@ def scoring_env(served, monkeypatch):
 
 
 def test_verl_compute_score_single_and_batched(served, scoring_env):
-    import cluster.integrations.verl_reward as verl_module
+    import cluster.client.verl_reward as verl_module
 
     rm = served["models"]["rm"]
     single = load_file(verl_module.__file__, "compute_score")
@@ -284,7 +284,7 @@ def test_verl_compute_score_single_and_batched(served, scoring_env):
 def test_openrlhf_reward_func_file(served, scoring_env):
     import torch
 
-    import cluster.integrations.openrlhf_reward_func as openrlhf_module
+    import cluster.client.openrlhf_reward_func as openrlhf_module
 
     rm = served["models"]["rm"]
     queries = [rm.encoder.render(c, "q", add_generation_prompt=False) for c in CONVERSATIONS[:4]]
@@ -299,7 +299,7 @@ def test_openrlhf_reward_func_file(served, scoring_env):
 def test_calibrate_measures_mean_and_std(served, tmp_path, capsys):
     import statistics
 
-    from cluster.__main__ import main
+    from cluster.cli.main import main
 
     rm = served["models"]["rm"]
     rows = [{"conversations": c} for c in CONVERSATIONS]
@@ -337,7 +337,7 @@ def test_ppo_reward_loop_example_small(served, transport):
 
 
 def test_shaping_and_ensemble_config_and_arithmetic():
-    from cluster.config import AppConfig, ConfigError, Ensemble, Shaping
+    from cluster.core.config import AppConfig, ConfigError, Ensemble, Shaping
 
     shaping = Shaping(normalize={"mean": 1.0, "std": 2.0}, clip=(-1.0, 1.0))
     assert shaping.apply([0.0, 2.0, 9.0]) == [-0.5, 0.5, 1.0]
@@ -357,7 +357,7 @@ def test_shaping_and_ensemble_config_and_arithmetic():
 
 
 def test_model_shaping_returns_shaped_and_raw_scores():
-    from cluster.config import AppConfig
+    from cluster.core.config import AppConfig
     from deployments.ingress import Rewards, ScoringService
 
     config = AppConfig.parse({"models": [

@@ -19,8 +19,8 @@ import torch
 from conftest import _hf_reward
 
 from cluster import ConfigError, InvalidInput, ModelSpec, load_model
-from cluster.reward import LastTokenRunner, OwnForwardRunner
-from cluster.tokenization import unpack_segments
+from cluster.core.reward import LastTokenRunner, OwnForwardRunner
+from cluster.core.tokenization import unpack_segments
 
 TOL = 1e-4  # fp32, DESIGN.md
 

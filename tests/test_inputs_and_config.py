@@ -6,7 +6,7 @@ import pytest
 from conftest import CONVERSATIONS
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
-from cluster.errors import HTTP_STATUS, ScoringError, http_status
+from cluster.core.errors import HTTP_STATUS, ScoringError, http_status
 
 GOOD = CONVERSATIONS[0]
 
@@ -120,7 +120,7 @@ def test_max_length_beyond_the_model_is_rejected(reward_dir):
 
 
 def test_every_error_class_has_one_status():
-    import cluster.errors as errors
+    import cluster.core.errors as errors
 
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, ScoringError) and c is not ScoringError]
@@ -137,7 +137,7 @@ def test_ray_config_yaml_is_a_valid_serve_config_for_build_app():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from cluster.config import AppConfig
+    from cluster.core.config import AppConfig
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.yaml").read_text())
     schema = ServeDeploySchema(**raw)
@@ -161,8 +161,8 @@ def test_the_all_seed_models_config_places_every_seed_model():
     from ray.serve.schema import ServeDeploySchema
     from transformers import Gemma2Config, LlamaConfig, Qwen3Config
 
-    from cluster.config import AppConfig
-    from cluster.placement import layers_per_device, plan_placement
+    from cluster.core.config import AppConfig
+    from cluster.core.placement import layers_per_device, plan_placement
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.all-seed-models.yaml").read_text())
     [app] = ServeDeploySchema(**raw).applications
@@ -210,7 +210,7 @@ def test_the_all_seed_models_config_places_every_seed_model():
     ],
 )
 def test_bad_app_configs_are_named(args, message):
-    from cluster.config import AppConfig
+    from cluster.core.config import AppConfig
 
     with pytest.raises(ConfigError, match=message):
         AppConfig.parse(args)
@@ -218,7 +218,7 @@ def test_bad_app_configs_are_named(args, message):
 
 def test_a_model_spread_over_n_gpus_asks_ray_for_n(tmp_path):
     """devices: N -> the replica must be given N GPUs (num_gpus >= N), and asks Ray for them."""
-    from cluster.config import ServedModel
+    from cluster.core.config import ServedModel
     from deployments.app import replica_options
 
     fields = {"name": "critic-70b", "path": "Skywork/Skywork-Critic-Llama-3.1-70B", "kind": "critic", "devices": 4}

@@ -13,8 +13,8 @@ import types
 import pyarrow as pa
 import pytest
 
-from cluster.metrics import format_summary, summarize
-from cluster.report import add_arguments, main, write_report
+from cluster.data.metrics import format_summary, summarize
+from cluster.data.report import add_arguments, main, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INLINE_PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -242,9 +242,9 @@ def test_report_for_plain_scores(tmp_path):
 
 
 def test_report_cli_main_with_a_stand_in_reader(tmp_path, monkeypatch, capsys):
-    stand_in = types.ModuleType("cluster.pipeline")
+    stand_in = types.ModuleType("cluster.data.pipeline")
     stand_in.read_scores = lambda path: rewardbench_table()
-    monkeypatch.setitem(sys.modules, "cluster.pipeline", stand_in)
+    monkeypatch.setitem(sys.modules, "cluster.data.pipeline", stand_in)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "cli.html"

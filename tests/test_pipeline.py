@@ -19,8 +19,8 @@ import pytest
 from conftest import CONVERSATIONS
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
-from cluster.corpus import critic_swap
-from cluster.pipeline import filter_pairs, read_scores, score_corpus, score_dataset
+from cluster.data.corpus import critic_swap
+from cluster.data.pipeline import filter_pairs, read_scores, score_corpus, score_dataset
 
 ray = pytest.importorskip("ray")
 
@@ -397,7 +397,7 @@ def test_via_serve_unknown_app_or_model(ray_cluster, served, tmp_path):
 
 
 def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
-    from cluster.__main__ import main
+    from cluster.cli.main import main
 
     corpus = write(tmp_path / "p.jsonl", pair_rows(6, subset=lambda i: "chat" if i % 2 else "code"))
     rc = main(["score", str(corpus), str(tmp_path / "out"), "--model", rm_path, "--no-progress",
@@ -434,7 +434,7 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
 
 
 def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
-    from cluster.jobs import submit_scoring_job
+    from cluster.data.jobs import submit_scoring_job
 
     with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*nonexistent-model.* does not exist"):
         submit_scoring_job(ray_cluster["dashboard"], str(tmp_path / "missing.jsonl"), str(tmp_path / "out"),

@@ -15,7 +15,8 @@ from conftest import (
 )
 
 from cluster import InputTooLong, ModelSpec, load_model
-from cluster.reward import read_position, sigmoid
+from cluster.core.results import sigmoid
+from cluster.core.reward import read_position
 
 TOL = 1e-4  # fp32, DESIGN.md
 

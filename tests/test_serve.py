@@ -14,7 +14,7 @@ import pytest
 from conftest import API_KEY, CONVERSATIONS, app_args, conversations_for, deploy
 
 from cluster import ModelSpec, load_model
-from cluster.reward import sigmoid
+from cluster.core.reward import sigmoid
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -277,7 +277,7 @@ def test_one_replica_per_gpu(served):
 
 
 def test_a_third_gpu_replica_waits(served):
-    from cluster.config import ServedModel
+    from cluster.core.config import ServedModel
     from deployments.app import replica_deployment
 
     extra = ServedModel(name="rm-extra", path=str(served["paths"][0]), kind="reward",
@@ -411,7 +411,7 @@ def test_failures_map_to_500_and_503_without_internals(err, status, code, messag
 
     from ray.serve.exceptions import BackPressureError
 
-    from cluster.errors import ModelFailure
+    from cluster.core.errors import ModelFailure
     from deployments.ingress import error_response
 
     exc = {"model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),

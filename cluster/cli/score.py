@@ -12,8 +12,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from cluster.config import ModelSpec
-from cluster.pipeline import ScoringOptions
+from cluster.core.config import ModelSpec
+from cluster.data.pipeline import ScoringOptions
 
 NONE_DEFAULT_TYPES = {"max_actors": int, "num_gpus": float}  # optional fields: their type when given
 
@@ -107,8 +107,8 @@ def _connect(address: str | None) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from cluster.metrics import format_summary
-    from cluster.pipeline import score_corpus
+    from cluster.data.metrics import format_summary
+    from cluster.data.pipeline import score_corpus
 
     _connect(args.address)
     summary = score_corpus(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
@@ -119,8 +119,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from cluster.metrics import format_summary
-    from cluster.pipeline import filter_pairs
+    from cluster.data.metrics import format_summary
+    from cluster.data.pipeline import filter_pairs
 
     _connect(args.address)
     summary = filter_pairs(args.input, args.output, model_from_arg(args.model), min_margin=args.min_margin,
@@ -139,7 +139,7 @@ def _print_outputs(summary: dict[str, Any]) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from cluster.pipeline import calibrate
+    from cluster.data.pipeline import calibrate
 
     _connect(args.address)
     result = calibrate(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,

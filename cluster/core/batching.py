@@ -3,16 +3,14 @@
 The budget counts what the model really computes for a padded batch: longest item x batch size.
 Sorting by length (longest first, so an out-of-memory shows up on the first batch rather than the
 last) keeps items of similar length together, so padding stays small. This is the one batching
-component the in-process, Serve and Ray Data paths share.
+component the in-process, Serve and Ray Data paths share (no torch here: padding is the
+runner's, cluster/core/runner.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
-
-import torch
 
 T = TypeVar("T")
 
@@ -57,49 +55,20 @@ def run_batched(
     max_batch_tokens: int,
     max_batch_size: int = 1 << 30,
     cost: Callable[[Sequence[int]], int] = len,
+    plan: list[list[int]] | None = None,
 ) -> list[T]:
-    """Run `fn` on token-budget batches of `seqs` and return its per-item results in input order."""
+    """Run `fn` on token-budget batches of `seqs` and return its per-item results in input order.
+    `plan`: the batches to run (item indices), when the caller planned them already."""
     results: list = [None] * len(seqs)
-    for batch in plan_batches([cost(s) for s in seqs], max_batch_tokens, max_batch_size):
+    if plan is None:
+        plan = plan_batches([cost(s) for s in seqs], max_batch_tokens, max_batch_size)
+    for batch in plan:
         outputs = fn([seqs[i] for i in batch])
         if len(outputs) != len(batch):
             raise RuntimeError(f"batch function returned {len(outputs)} results for {len(batch)} items")
         for i, out in zip(batch, outputs):
             results[i] = out
     return results
-
-
-@dataclass
-class PaddedBatch:
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T], 1 for real tokens
-    position_ids: torch.Tensor  # [B, T], 0.. for real tokens whatever the padding side
-    offsets: list[int]  # where each row's first real token sits (0 with right padding)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.input_ids.shape)
-
-    def to(self, device) -> PaddedBatch:
-        return PaddedBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                           self.position_ids.to(device), self.offsets)
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> PaddedBatch:
-    """Pad to the longest sequence. Position ids count real tokens only, so a row's positions are
-    the same as when it runs alone, on either padding side."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    pos = torch.zeros((len(seqs), width), dtype=torch.long)
-    offsets = []
-    for row, s in enumerate(seqs):
-        start = width - len(s) if side == "left" else 0
-        ids[row, start:start + len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[row, start:start + len(s)] = 1
-        pos[row, start:start + len(s)] = torch.arange(len(s))
-        offsets.append(start)
-    return PaddedBatch(ids, mask, pos, offsets)
 
 
 def padding_efficiency(batches_lengths: Sequence[Sequence[int]]) -> float:

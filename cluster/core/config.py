@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cluster.errors import ConfigError
+from cluster.core.errors import ConfigError
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
 

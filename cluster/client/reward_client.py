@@ -24,8 +24,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cluster import errors
-from cluster.errors import Overloaded, ScoringError
+from cluster.core import errors
+from cluster.core.errors import Overloaded, ScoringError
 
 RETRYABLE_STATUS = (502, 503, 504)
 ERROR_BY_CODE = {cls.code: cls for cls in vars(errors).values()

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cluster.errors import ConfigError, ModelLoadError
+from cluster.core.errors import ConfigError, ModelLoadError
 
 KINDS = ("reward", "critic")
 QUANTIZATIONS = ("int8", "fp8")

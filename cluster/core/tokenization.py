@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.config import ModelSpec
-from cluster.errors import ConfigError, InputTooLong, InvalidInput, ModelLoadError
+from cluster.core.config import ModelSpec
+from cluster.core.errors import ConfigError, InputTooLong, InvalidInput, ModelLoadError
+from cluster.core.results import swap_ab
 
 ROLES = ("system", "user", "assistant")
 
@@ -136,6 +137,12 @@ class ChatEncoder:
 
     # -- public entry points ------------------------------------------------------------------
 
+    def encode(self, op: str, inputs: Any, what: str = "conversations", swap: bool = False) -> list[Encoded]:
+        """What the request core asks for: reward inputs for op "score", judge items otherwise."""
+        if op == "score":
+            return self.encode_inputs(inputs, what)
+        return self.encode_judge_items(inputs, what, swap=swap)
+
     def encode_inputs(self, inputs: Any, what: str = "conversations") -> list[Encoded]:
         """Reward inputs: each item is a conversation (list of messages) or a pre-templated string."""
         items = check_list(inputs, what)
@@ -163,7 +170,7 @@ class ChatEncoder:
             raise ConfigError("this encoder belongs to a reward model; judge items need a critic")
         checked = [validate_judge_item(item, _where(what, i)) for i, item in enumerate(check_list(items, what))]
         if swap:
-            checked = [{**it, "response_a": it["response_b"], "response_b": it["response_a"]} for it in checked]
+            checked = [swap_ab(it) for it in checked]
         limit = self.max_length - len(self.verdict_tokens.prefix)  # the fast path appends the prefix
         texts = [self._judge_text(it, _where(what, i)) for i, it in enumerate(checked)]
         encoded = self._encode_texts(texts, what, limit, allow_truncation=False)

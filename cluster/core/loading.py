@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from cluster.config import ModelSpec
-from cluster.critic import CriticModel, CriticRunner
-from cluster.errors import ConfigError, ModelLoadError
-from cluster.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
-from cluster.tokenization import ChatEncoder, load_tokenizer
+from cluster.core.config import ModelSpec
+from cluster.core.critic import CriticModel, CriticRunner
+from cluster.core.errors import ConfigError, ModelLoadError
+from cluster.core.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
+from cluster.core.tokenization import ChatEncoder, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Soft-capped attention logits: SDPA would silently skip the capping (wrong scores).
@@ -118,7 +118,8 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
     if spec.kind == "reward":
         return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
     eos_ids = _eos_ids(model, tokenizer)
-    runner = CriticRunner(model, tokenizer, encoder.verdict_tokens, spec.verdicts, eos_ids, **runner_args)
+    runner = CriticRunner(model, tokenizer, encoder.verdict_tokens, spec.verdicts, eos_ids, spec.max_new_tokens,
+                          **runner_args)
     return CriticModel(spec, encoder, runner)
 
 
@@ -127,7 +128,7 @@ def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch
     a balanced layer map over `spec.devices` GPUs, and/or a quantization config."""
     if spec.devices == 1 and spec.quantization is None:
         return {}
-    from cluster.placement import plan_placement, quantization_config
+    from cluster.core.placement import plan_placement, quantization_config
 
     quantization = quantization_config(spec.quantization, device.type)
     if spec.devices == 1:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cluster.metrics import (
+from cluster.data.metrics import (
     column_values,
     format_summary,
     list_values,
@@ -57,7 +57,7 @@ def write_report(
 ) -> Path:
     """Write the report for `table` to `out_html` and return its path.
 
-    `summary` is `cluster.metrics.summarize(table)`; pass it when you already have it.
+    `summary` is `cluster.data.metrics.summarize(table)`; pass it when you already have it.
     """
     summary = summary if summary is not None else summarize(table)
     scored = table.filter(pa.array(valid_mask(table, "chosen_wins" if summary["kind"] == "pairs" else "score")))
@@ -306,7 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here: the pipeline module pulls in Ray, which the report itself does not need.
-    from cluster.pipeline import read_scores
+    from cluster.data.pipeline import read_scores
 
     table = read_scores(args.scores)
     summary = summarize(table)

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from cluster.config import ModelSpec, StrictModel, deployment_name
-from cluster.corpus import (
+from cluster.core.config import ModelSpec, StrictModel, deployment_name
+from cluster.data.corpus import (
     Layout,
     check_columns,
     critic_orders,
@@ -41,7 +41,7 @@ from cluster.corpus import (
     row_result,
     row_units,
 )
-from cluster.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError
+from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError
 
 INPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 INTERNAL = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
@@ -121,7 +121,7 @@ def _name_from_path(path: str) -> str:
 
 
 def _kind_from_config(path: str) -> str:
-    from cluster.loading import load_config
+    from cluster.core.loading import load_config
 
     config = load_config(ModelSpec(name="probe", path=path, kind="reward"))
     archs = getattr(config, "architectures", None) or []
@@ -135,8 +135,8 @@ def _kind_from_config(path: str) -> str:
 
 def _check_model(spec: ModelSpec) -> None:
     """Fail in the driver, naming the path, before any actor starts: config and tokenizer load."""
-    from cluster.loading import check_head, load_config, reward_head
-    from cluster.tokenization import ChatEncoder
+    from cluster.core.loading import check_head, load_config, reward_head
+    from cluster.core.tokenization import ChatEncoder
 
     config = load_config(spec)
     check_head(spec, config)
@@ -179,7 +179,7 @@ class TokenizeStage:
     """Rows -> token ids per row (internal columns), with the shared ChatEncoder."""
 
     def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, on_error: str):
-        from cluster.tokenization import ChatEncoder
+        from cluster.core.tokenization import ChatEncoder
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.layout = Layout(**layout)
@@ -270,7 +270,7 @@ class ModelStage(_ScoreStage):
     def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int):
         import torch
 
-        from cluster.loading import load_model
+        from cluster.core.loading import load_model
 
         super().__init__(spec["kind"], layout, debias, keep_errors)
         torch.set_num_threads(max(1, threads))
@@ -296,7 +296,7 @@ class ServeStage(_ScoreStage):
         self.call_tokens = call_tokens
 
     def forward(self, seqs: list[list[int]]) -> list[float]:
-        from cluster.batching import plan_batches
+        from cluster.core.batching import plan_batches
 
         # cut by tokens only: the replica re-plans what it gathers into padded passes itself
         plan = plan_batches([len(s) for s in seqs], self.call_tokens, min_efficiency=0.0)
@@ -344,7 +344,7 @@ def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
 
         handle = serve.get_deployment_handle(deployment_name("reward", spec.name), app_name=via_serve)
         return list(handle.describe.remote().result()["labels"])
-    from cluster.loading import load_config, reward_head
+    from cluster.core.loading import load_config, reward_head
 
     return list(reward_head(spec, load_config(spec)).labels)
 
@@ -619,7 +619,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     import ray
     from ray.data import TaskPoolStrategy
 
-    from cluster.metrics import summarize
+    from cluster.data.metrics import summarize
 
     spec = resolve_model(model, opts.via_serve)
     files, base = expand_inputs(input_path)
@@ -792,10 +792,10 @@ def _merge_errors(out: Path, file_errors: list[dict]) -> int:
 
 def _scoring_cause(err: BaseException) -> ScoringError | None:
     """The ScoringError a stage raised, rebuilt from Ray's task-error wrapper. Ray Data keeps only
-    its text (`cluster.errors.InvalidInput: <message>`), not the exception object."""
+    its text (`cluster.core.errors.InvalidInput: <message>`), not the exception object."""
     import re
 
-    from cluster import errors
+    from cluster.core import errors
 
     match = re.search(r"cluster\.errors\.(\w+): (.+)", str(err))
     cls = getattr(errors, match.group(1), None) if match else None

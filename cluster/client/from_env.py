@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Any
 
-from cluster.client import RewardClient
+from cluster.client.reward_client import RewardClient
 
 _clients: dict[tuple, RewardClient] = {}
 _lock = threading.Lock()

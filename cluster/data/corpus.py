@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.errors import InvalidInput
-from cluster.tokenization import validate_conversation
+from cluster.core.errors import InvalidInput
+from cluster.core.tokenization import validate_conversation
 
 SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.integrations import client_from_env
+from cluster.client.from_env import client_from_env
 
 
 def reward_func(queries: list[str], prompts: list[str], labels: list[Any], **kwargs: Any) -> dict[str, Any]:

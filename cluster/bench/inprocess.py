@@ -180,8 +180,8 @@ def conversation(prompt: str, response: str) -> Conversation:
 
 
 def build_model(tmp: Path, texts: list[str], max_batch_tokens: int, seed: int):
-    from cluster.config import ModelSpec
-    from cluster.loading import load_model
+    from cluster.core.config import ModelSpec
+    from cluster.core.loading import load_model
     from cluster.tiny import build_tiny_model
 
     path = build_tiny_model(tmp, kind="reward", arch="llama", corpus=texts, seed=seed, **MODEL_SHAPE)
@@ -217,7 +217,7 @@ def make_methods(rm, seqs: list[list[int]]) -> list[Method]:
 
 
 def plan_ours(rm, seqs: list[list[int]]) -> list[list[int]]:
-    from cluster.batching import plan_batches
+    from cluster.core.batching import plan_batches
 
     return plan_batches([len(s) for s in seqs], rm.spec.max_batch_tokens, rm.spec.max_batch_size)
 
@@ -259,7 +259,7 @@ def time_methods(methods: list[Method], repeats: int) -> tuple[dict[str, float],
 
 
 def padding_efficiency_of(batches: list[list[int]], lengths: list[int]) -> float:
-    from cluster.batching import padding_efficiency
+    from cluster.core.batching import padding_efficiency
 
     return padding_efficiency([[lengths[i] for i in batch] for batch in batches])
 

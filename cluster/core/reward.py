@@ -26,17 +26,10 @@ from typing import Any
 
 import torch
 
-from cluster.errors import ModelFailure
-from cluster.runner import ForwardRunner, LoadedModel
-from cluster.tokenization import Encoded, check_list, unpack_segments, validate_judge_item
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    score: float
-    truncated: bool
-    num_tokens: int
-    values: list[float] | None = None  # every output label, for a model with more than one
+from cluster.core.errors import ModelFailure
+from cluster.core.results import Comparison, RewardResult
+from cluster.core.runner import ForwardRunner, LoadedModel
+from cluster.core.tokenization import unpack_segments
 
 
 @dataclass(frozen=True)
@@ -51,17 +44,6 @@ class RewardHead:
         if self.weights is None:
             return values[self.index]
         return math.fsum(w * v for w, v in zip(self.weights, values))
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """An RM's pairwise judgement: prob_a = sigmoid(reward_a - reward_b)."""
-
-    winner: str  # "A" | "B" (ties go to A)
-    prob_a: float
-    reward_a: float
-    reward_b: float
-    truncated: bool
 
 
 def read_position(ids: Sequence[int], pad_token_id: int | None) -> int:
@@ -85,10 +67,17 @@ class RewardRunner(ForwardRunner):
     def num_labels(self) -> int:
         return len(self.reward_head.labels)
 
+    def ops(self):
+        return {"score": (self._rewards, len)}
+
+    def describe_head(self) -> dict[str, Any]:
+        """The output labels and the config's problem type (vLLM's classify activation reads it)."""
+        return {"labels": list(self.reward_head.labels),
+                "problem_type": getattr(self.model.config, "problem_type", None)}
+
     def rewards_ids(self, seqs: Sequence[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
         """(scalar reward, every label's value when there is more than one) per item, input order."""
-        many = self.num_labels > 1
-        return [(self.reward_head.scalar(v), v if many else None) for v in self._run(list(seqs), self._forward)]
+        return self.run("score", seqs).outputs
 
     def score_ids(self, seqs: Sequence[Sequence[int]]) -> list[float]:
         """Scalar rewards (raw logits by default) for token-id sequences, in input order."""
@@ -99,6 +88,10 @@ class RewardRunner(ForwardRunner):
         no planning (the benchmarks' fixed-batch baselines)."""
         with torch.inference_mode():
             return [self.reward_head.scalar(v) for v in self._forward(list(seqs))]
+
+    def _rewards(self, seqs: list[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
+        many = self.num_labels > 1
+        return [(self.reward_head.scalar(v), v if many else None) for v in self._forward(seqs)]
 
     def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         raise NotImplementedError
@@ -148,7 +141,8 @@ class OwnForwardRunner(RewardRunner):
 
 
 class RewardModel(LoadedModel):
-    """A loaded reward model: `score(conversations)` -> raw logits in input order."""
+    """A loaded reward model: `score(conversations)` -> raw logits in input order. Calls go
+    through the request core (cluster/core/service.py), as a route's do."""
 
     kind = "reward"
     runner: RewardRunner
@@ -159,11 +153,9 @@ class RewardModel(LoadedModel):
         return [r.score for r in self.score_detailed(inputs)]
 
     def score_detailed(self, inputs: Any) -> list[RewardResult]:
-        return self.score_encoded(self.encoder.encode_inputs(inputs))
-
-    def score_encoded(self, encoded: list[Encoded]) -> list[RewardResult]:
-        outputs = self.runner.rewards_ids([e.ids for e in encoded])
-        return [RewardResult(s, e.truncated, len(e.ids), v) for (s, v), e in zip(outputs, encoded)]
+        rewards = self.service.one(self.service.rewards_job(self.spec, inputs))
+        values = rewards.values or [None] * len(rewards.scores)
+        return [RewardResult(*r) for r in zip(rewards.scores, rewards.truncated, rewards.num_tokens, values)]
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -171,29 +163,4 @@ class RewardModel(LoadedModel):
 
     def compare(self, items: Any) -> list[Comparison]:
         """Pairs {prompt, response_a, response_b} -> prob_a = sigmoid(r_a - r_b) and both rewards."""
-        checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
-        results = self.score_detailed(pair_conversations(checked))
-        return pair_comparisons([r.score for r in results], [r.truncated for r in results])
-
-
-def pair_conversations(items: list[dict[str, str]]) -> list[list[dict[str, str]]]:
-    """Each pair as two conversations (prompt + response_a, prompt + response_b), interleaved."""
-    return [[{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[key]}]
-            for it in items for key in ("response_a", "response_b")]
-
-
-def pair_comparisons(scores: list[float], truncated: list[bool]) -> list[Comparison]:
-    """Interleaved (a, b) rewards -> prob_a = sigmoid(r_a - r_b); ties go to A."""
-    out = []
-    for i in range(0, len(scores), 2):
-        r_a, r_b = scores[i], scores[i + 1]
-        prob_a = sigmoid(r_a - r_b)
-        out.append(Comparison("A" if prob_a >= 0.5 else "B", prob_a, r_a, r_b, truncated[i] or truncated[i + 1]))
-    return out
-
-
-def sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
+        return self.service.one(self.service.compare_job(self.spec, items)).results

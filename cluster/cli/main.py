@@ -1,0 +1,68 @@
+"""Command line: `python -m cluster COMMAND` (demo, tiny-model, score, filter, calibrate, report, bench*).
+
+Each command lives in its own module, imported only when that command runs: `--help` and a light
+command never pay for torch, Ray or the Serve layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from cluster.core.errors import ScoringError
+
+# name -> (help, module, function adding its arguments, function running it, extra arguments for the former)
+COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
+    "demo": ("tiny models behind the Serve app on a local CPU cluster, over HTTP",
+             "cluster.cli.commands", "add_demo_arguments", "run_demo", {}),
+    "tiny-model": ("write a tiny seeded reward model or critic to a directory",
+                   "cluster.cli.commands", "add_tiny_model_arguments", "run_tiny_model", {}),
+    "score": ("score a parquet/JSONL corpus with Ray Data (resumable), print the summary",
+              "cluster.cli.score", "add_score_arguments", "cmd_score", {}),
+    "filter": ("keep the preference pairs a model agrees with (kept/dropped parquet)",
+               "cluster.cli.score", "add_score_arguments", "cmd_filter", {"curate": True}),
+    "calibrate": ("a reward model's score mean/std on a corpus, for shaping.normalize",
+                  "cluster.cli.score", "add_score_arguments", "cmd_calibrate", {"calibration": True}),
+    "report": ("HTML report (plots + summary) of a scoring output", "cluster.data.report", "add_arguments", "main", {}),
+    "bench": ("in-process throughput: model card loop vs fixed batches vs ours",
+              "cluster.bench.inprocess", "add_arguments", "run", {}),
+    "bench-serve": ("HTTP load on the CPU app: cross-request batching vs none",
+                    "deployments.bench_serve", "add_arguments", "run", {}),
+    "bench-pipeline": ("Ray Data pipeline throughput: 1 and 2 actors vs fixed batches",
+                       "cluster.bench.pipeline", "add_arguments", "run", {}),
+}
+
+
+def quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command listed; only `command`'s module imported, for its arguments."""
+    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, module, add, run, extra) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            mod = importlib.import_module(module)
+            getattr(mod, add)(sub_parser, **extra)
+            sub_parser.set_defaults(func=getattr(mod, run))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    quiet_transformers()
+    try:
+        return args.func(args)
+    except ScoringError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

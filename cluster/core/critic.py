@@ -1,0 +1,126 @@
+"""Critic runner and CriticModel: pairwise verdicts from an LLM judge (Skywork-Critic format).
+
+Fast path (mode="logits", op "verdicts"): one forward pass over judge prompt + the verdict
+strings' shared prefix (`[[`), reading the next-token logits of the two tokens where the verdicts
+differ (`A`, `B`): prob_a = softmax over {A, B} = sigmoid(logit_A - logit_B). That is exactly the
+comparison greedy generation makes at that step, without generating.
+Slow path (mode="generate", op "generate"): greedy generation, parse `[[A]]`/`[[B]]`; an output
+with no verdict is reported as such (winner None), never guessed.
+debias=True runs both orders and averages prob_a (cluster/core/results.py: `combine`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cluster.core.results import Generated, Verdict
+from cluster.core.runner import ForwardRunner, LoadedModel
+from cluster.core.tokenization import VerdictTokens
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prob_a: float | None  # read at the step after the verdict prefix, if the output has one
+
+
+class CriticRunner(ForwardRunner):
+    def __init__(self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids,
+                 max_new_tokens: int, **kw):
+        super().__init__(model, **kw)
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = tokenizer
+        self.verdict = verdict
+        self.verdict_pattern = re.compile("|".join(re.escape(v) for v in verdicts))
+        self.verdicts = verdicts
+        self.eos_ids = eos_ids
+
+    def ops(self):
+        prefix, new = len(self.verdict.prefix), self.max_new_tokens
+        return {"verdicts": (self._verdict_forward, lambda s: len(s) + prefix),
+                "generate": (self._generate_verdicts, lambda s: len(s) + new)}
+
+    # -- fast path
+
+    def verdict_probs(self, seqs: Sequence[Sequence[int]]) -> list[float]:
+        """P(A) vs P(B) at the step after the verdict prefix, for each judge prompt."""
+        return self.run("verdicts", seqs).outputs
+
+    def _verdict_forward(self, seqs: list[Sequence[int]]) -> list[float]:
+        batch = self._pad([list(s) + self.verdict.prefix for s in seqs])
+        last = self._last_logits(batch)
+        # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
+        return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
+
+    def _last_logits(self, batch) -> torch.Tensor:
+        # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
+        # the model's own head (Gemma-2's final soft-capping included) on one position per row
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    # -- slow path
+
+    def generate(self, seqs: Sequence[Sequence[int]]) -> list[Generated]:
+        """Greedy answers, the verdict each states and P(A) read at its verdict token."""
+        return self.run("generate", seqs).outputs
+
+    def _generate_verdicts(self, seqs: list[Sequence[int]]) -> list[Generated]:
+        out = []
+        for gen in self._generate(seqs, self.max_new_tokens):
+            winner = self.parse(gen.text)  # the model's own verdict strings, never guessed
+            out.append(Generated(gen.text, winner, gen.prob_a if winner is not None else None))
+        return out
+
+    def _generate(self, seqs: list[Sequence[int]], max_new_tokens: int) -> list[Generation]:
+        batch = self._pad(seqs)
+        out = self.model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
+            max_new_tokens=max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
+        )
+        width = batch.input_ids.shape[1]
+        results = []
+        for row in range(len(seqs)):
+            new = out.sequences[row, width:].tolist()
+            steps = [logits[row] for logits in out.logits]
+            results.append(Generation(self._decode(new), self._prob_at_verdict(new, steps)))
+        return results
+
+    def _decode(self, new_ids: list[int]) -> str:
+        # cut at the first end token; later positions are padding for rows that finished early
+        for j, tok in enumerate(new_ids):
+            if tok in self.eos_ids:
+                new_ids = new_ids[:j]
+                break
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True)
+
+    def _prob_at_verdict(self, new_ids: list[int], step_logits: list[torch.Tensor]) -> float | None:
+        prefix, n = self.verdict.prefix, len(self.verdict.prefix)
+        for t in range(len(new_ids) - n):
+            if new_ids[t:t + n] == prefix and new_ids[t + n] in (self.verdict.token_a, self.verdict.token_b):
+                step = step_logits[t + n].float()
+                return torch.sigmoid(step[self.verdict.token_a] - step[self.verdict.token_b]).item()
+        return None
+
+    def parse(self, text: str) -> str | None:
+        match = self.verdict_pattern.search(text)
+        if match is None:
+            return None
+        return "A" if match.group(0) == self.verdicts[0] else "B"
+
+
+class CriticModel(LoadedModel):
+    """A loaded critic: `judge(items, mode, debias)` -> one Verdict per item, in input order. Calls
+    go through the request core (cluster/core/service.py), as a route's do."""
+
+    kind = "critic"
+    runner: CriticRunner
+
+    def judge(self, items: Any, mode: str = "logits", debias: bool = False) -> list[Verdict]:
+        return self.service.one(self.service.judge_job(self.spec, items, mode, debias)).results

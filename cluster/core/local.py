@@ -1,0 +1,48 @@
+"""The in-process encoder and backend of the request core: `ChatEncoder`s and runners in this
+process (a notebook's `load_model`, a Ray Data model actor). The Serve layer's twins, over
+deployment handles, are in deployments/handles.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.core.errors import ScoringError
+from cluster.core.service import Call, Part
+from cluster.core.tokenization import ChatEncoder, Encoded
+
+
+class LocalEncoder:
+    def __init__(self, encoders: dict[str, ChatEncoder]):
+        self.encoders = encoders
+
+    def encode(self, parts: list[Part]) -> list[list[Encoded] | ScoringError]:
+        out: list = []
+        for part in parts:
+            try:
+                out.append(self.encoders[part.model].encode(part.op, part.inputs, part.what, part.swap))
+            except ScoringError as err:
+                out.append(err)
+        return out
+
+
+class LocalBackend:
+    """Runners in this process. A call is one runner pass: the runner plans its own forward passes
+    (length-sorted, under the model's max_batch_tokens), so calls need no token limit."""
+
+    def __init__(self, runners: dict[str, Any]):
+        self.runners = runners
+
+    def call_tokens(self, model: str) -> int | None:
+        return None
+
+    def run(self, calls: list[Call]) -> list:
+        out: list = []
+        for call in calls:
+            try:
+                out.append(self.runners[call.model].run(call.op, call.seqs).outputs)
+            except ScoringError as err:
+                out.append(err)
+        return out
+
+    def head(self, model: str) -> dict[str, Any]:
+        return self.runners[model].describe_head()

@@ -1,0 +1,429 @@
+"""The request core: the one scoring flow behind every front door.
+
+    encode -> plan -> run on a backend -> reassemble in input order -> shape / combine orders
+
+A request is a *job* (`RewardsJob`, `JudgeJob`, `CompareJob`, `SequencesJob`) made of *parts*
+(one model's share: an ensemble has one part per member, a debiased judgement one per order). The
+flow is written once, as a generator over any number of concurrent jobs, that yields two effects:
+
+- `Encode(parts)`: text -> token ids, one encoder call for all the parts. The encoder is the
+  in-process `ChatEncoder`s (`LocalEncoder`) or the Serve tokenizer deployment's handle.
+- `Run(calls)`: token ids -> outputs. The sequences of every part are planned by the one planner
+  (`plan_batches`: length-sorted, under the backend's per-call token budget) into calls, run all at
+  once. The backend is the in-process runners (`LocalBackend`) or the Serve replicas' handles.
+
+`run_sync` drives it for in-process models and Ray Data stages, `run_async` for the Serve ingress
+(HTTP routes and the handle API), so the same code answers a notebook, a route and a corpus row.
+Nothing here imports Ray, FastAPI, pyarrow or torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cluster.core.batching import plan_batches
+from cluster.core.config import Ensemble, ModelSpec
+from cluster.core.errors import InvalidInput, ModelFailure, RequestTooLarge, ScoringError, UnknownModel
+from cluster.core.results import (
+    Comparison,
+    Generated,
+    Verdict,
+    check_mode,
+    combine,
+    pair_comparisons,
+    pair_conversations,
+    winner_of,
+)
+from cluster.core.tokenization import Encoded, check_list, validate_judge_item
+
+OPS = ("score", "verdicts", "generate")  # reward model; critic fast path (P(A)); critic slow path
+UNLIMITED = 1 << 62
+
+
+# ---------------------------------------------------------------- what flows
+
+
+@dataclass(frozen=True)
+class Part:
+    """One model's share of a job: its inputs and what to run on them."""
+
+    model: str
+    op: str  # one of OPS
+    inputs: list  # conversations / texts (score), judge items (verdicts, generate); token ids if encoded
+    what: str = "conversations"  # how error messages name the inputs
+    swap: bool = False  # judge items with A and B exchanged
+    encoded: bool = False  # inputs are token id lists already (Ray Data's tokenize stage made them)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One backend call: sequences of one model for one op."""
+
+    model: str
+    op: str
+    seqs: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Encode:
+    parts: list[Part]
+
+
+@dataclass(frozen=True)
+class Run:
+    calls: list[Call]
+
+
+@dataclass(frozen=True)
+class PartResult:
+    encoded: list[Encoded]
+    outputs: list  # per item, in input order: (scalar, values | None) | P(A) | Generated
+
+    @property
+    def num_tokens(self) -> list[int]:
+        return [len(e.ids) for e in self.encoded]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.num_tokens)
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [e.truncated for e in self.encoded]
+
+
+class Encoder(Protocol):
+    """Parts -> per part, its items' token ids (or the ScoringError its input caused)."""
+
+    def encode(self, parts: list[Part]) -> list[list[Encoded] | ScoringError] | Awaitable[list]: ...
+
+
+class Backend(Protocol):
+    """Calls -> per call, one output per sequence (or the exception the call met)."""
+
+    def run(self, calls: list[Call]) -> list[list | BaseException] | Awaitable[list]: ...
+
+    def call_tokens(self, model: str) -> int | None:
+        """The most tokens one call may carry (None: no limit)."""
+
+    def head(self, model: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """A reward model's output `labels` and `problem_type`."""
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class Rewards:
+    """A reward request's results, in input order."""
+
+    scores: list[float]  # the scalar reward (shaped when the model or ensemble has shaping)
+    truncated: list[bool]
+    num_tokens: list[int]  # per item (an ensemble: summed over its members)
+    values: list[list[float]] | None = None  # every output label, for a model with several
+    raw: list[float] | None = None  # the model's scalar before shaping, when shaping changed it
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.num_tokens)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Pairwise results in input order: a critic's Verdicts or a reward model's Comparisons."""
+
+    results: list[Verdict] | list[Comparison]
+    tokens: int
+
+
+def shaped_rewards(spec: ModelSpec, result: PartResult) -> Rewards:
+    """A model's rewards, with its own shaping (normalize, clip) when it has one."""
+    scores = [s for s, _ in result.outputs]
+    values = [v for _, v in result.outputs] if result.outputs and result.outputs[0][1] is not None else None
+    shaping = getattr(spec, "shaping", None)
+    if shaping is None:
+        return Rewards(scores, result.truncated, result.num_tokens, values)
+    return Rewards(shaping.apply(scores), result.truncated, result.num_tokens, values, raw=scores)
+
+
+@dataclass(frozen=True)
+class RewardsJob:
+    """Rewards from a model, or from an ensemble's members combined by weight."""
+
+    target: ModelSpec | Ensemble
+    inputs: list
+    what: str = "conversations"
+    members: tuple[ModelSpec, ...] = ()  # an ensemble's member models
+
+    def parts(self) -> list[Part]:
+        return [Part(m.name, "score", self.inputs, self.what) for m in (self.members or (self.target,))]
+
+    def finish(self, results: list[PartResult]) -> Rewards:
+        if not isinstance(self.target, Ensemble):
+            return shaped_rewards(self.target, results[0])
+        member = [shaped_rewards(m, r) for m, r in zip(self.members, results)]
+        truncated = [any(flags) for flags in zip(*(r.truncated for r in member))]
+        num_tokens = [sum(counts) for counts in zip(*(r.num_tokens for r in member))]
+        return Rewards(self.target.combine([r.scores for r in member]), truncated, num_tokens)
+
+
+@dataclass(frozen=True)
+class JudgeJob:
+    """A critic's verdicts: logits (P(A) at the verdict token) or generate; debias runs both orders
+    in the same flow and combines them."""
+
+    model: str
+    items: list[dict[str, str]]
+    mode: str = "logits"
+    debias: bool = False
+
+    def parts(self) -> list[Part]:
+        op = "verdicts" if self.mode == "logits" else "generate"
+        orders = (False, True) if self.debias else (False,)
+        return [Part(self.model, op, self.items, "items", swap=s) for s in orders]
+
+    def finish(self, results: list[PartResult]) -> Judged:
+        orders = [[self._verdict(out, enc) for out, enc in zip(r.outputs, r.encoded)] for r in results]
+        verdicts = orders[0] if not self.debias else [combine(a, b) for a, b in zip(*orders)]
+        return Judged(verdicts, sum(r.tokens for r in results))
+
+    @staticmethod
+    def _verdict(output: float | Generated, enc: Encoded) -> Verdict:
+        if isinstance(output, Generated):
+            return Verdict(output.winner, output.prob_a, enc.truncated, output.text)
+        return Verdict(winner_of(output), output, enc.truncated)
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """Pairs judged by a reward model or ensemble: prob_a = sigmoid(r_a - r_b)."""
+
+    rewards: RewardsJob
+
+    def parts(self) -> list[Part]:
+        return self.rewards.parts()
+
+    def finish(self, results: list[PartResult]) -> Judged:
+        rewards = self.rewards.finish(results)
+        return Judged(pair_comparisons(rewards.scores, rewards.truncated), rewards.tokens)
+
+
+@dataclass(frozen=True)
+class SequencesJob:
+    """Token ids already made (Ray Data's tokenize stage): the outputs alone, in input order."""
+
+    model: str
+    op: str
+    seqs: list[list[int]]
+
+    def parts(self) -> list[Part]:
+        return [Part(self.model, self.op, self.seqs, encoded=True)]
+
+    def finish(self, results: list[PartResult]) -> list:
+        return results[0].outputs
+
+
+# ---------------------------------------------------------------- the flow, written once
+
+Flow = Generator[Encode | Run, Any, list]
+
+
+def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
+    """Every job's result (or the exception it met), in order. One job's bad input or failed call
+    fails that job alone."""
+    parts = [(j, part) for j, job in enumerate(jobs) for part in job.parts()]
+
+    # 1. encode: one encoder call for every part that is not token ids yet
+    fresh = [part for _, part in parts if not part.encoded]
+    made = iter((yield Encode(fresh)) if fresh else [])
+    encoded = [[Encoded(list(s), False, len(s)) for s in part.inputs] if part.encoded else next(made)
+               for _, part in parts]
+    failed: dict[int, BaseException] = {}
+    for (j, _), enc in zip(parts, encoded):
+        if isinstance(enc, BaseException):
+            failed.setdefault(j, enc)
+
+    # 2. plan: per model and op, every live sequence, length-sorted under the per-call budget
+    groups: dict[tuple[str, str], list[tuple[int, int]]] = {}  # -> (part, item)
+    for k, ((j, part), enc) in enumerate(zip(parts, encoded)):
+        if j not in failed:
+            groups.setdefault((part.model, part.op), []).extend((k, i) for i in range(len(enc)))
+    calls, owners = [], []
+    for (model, op), members in groups.items():
+        budget = call_tokens(model) if op != "generate" else None  # generation: one call, as one batch
+        lengths = [len(encoded[k][i].ids) for k, i in members]
+        for batch in plan_batches(lengths, budget or UNLIMITED, min_efficiency=0.0):
+            owners.append([members[b] for b in batch])
+            calls.append(Call(model, op, [encoded[k][i].ids for k, i in owners[-1]]))
+
+    # 3. run every call at once; 4. reassemble each part's outputs in input order
+    outputs = [[None] * len(enc) if not isinstance(enc, BaseException) else [] for enc in encoded]
+    for call, owned, out in zip(calls, owners, (yield Run(calls)) if calls else []):
+        if not isinstance(out, BaseException) and len(out) != len(owned):
+            out = ModelFailure(f"model '{call.model}' returned {len(out)} results for {len(owned)} sequences")
+        if isinstance(out, BaseException):
+            for k, _ in owned:
+                failed.setdefault(parts[k][0], out)
+            continue
+        for (k, i), value in zip(owned, out):
+            outputs[k][i] = value
+
+    # 5. shape / combine, per job
+    per_job: list[list[PartResult]] = [[] for _ in jobs]
+    for k, (j, _) in enumerate(parts):
+        if j not in failed:
+            per_job[j].append(PartResult(encoded[k], outputs[k]))
+    results: list = []
+    for j, job in enumerate(jobs):
+        if j in failed:
+            results.append(failed[j])
+            continue
+        try:
+            results.append(job.finish(per_job[j]))
+        except ScoringError as err:
+            results.append(err)
+    return results
+
+
+def run_sync(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> list:
+    """Drive the flow with a synchronous encoder and backend (in-process, Ray Data stages)."""
+    steps = flow(jobs, backend.call_tokens)
+    try:
+        effect = next(steps)
+        while True:
+            value = encoder.encode(effect.parts) if isinstance(effect, Encode) else backend.run(effect.calls)
+            if inspect.isawaitable(value):
+                raise TypeError("run_sync was given an asynchronous encoder or backend; use run_async")
+            effect = steps.send(value)
+    except StopIteration as done:
+        return done.value
+
+
+async def run_async(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> list:
+    """Drive the flow with an encoder and backend whose calls may be awaitable (Serve handles)."""
+    steps = flow(jobs, backend.call_tokens)
+    try:
+        effect = next(steps)
+        while True:
+            value = encoder.encode(effect.parts) if isinstance(effect, Encode) else backend.run(effect.calls)
+            if inspect.isawaitable(value):
+                value = await value
+            effect = steps.send(value)
+    except StopIteration as done:
+        return done.value
+
+
+def raise_or_return(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+# ---------------------------------------------------------------- the service
+
+
+@dataclass
+class ScoringService:
+    """The served models (and ensembles) over an encoder and a backend: resolves names, checks
+    limits, builds jobs and runs them through the flow. Every front door is a few lines over this."""
+
+    models: Sequence[ModelSpec]
+    encoder: Encoder
+    backend: Backend
+    ensembles: Sequence[Ensemble] = ()
+    max_items: int | None = None
+    # set by the Serve ingress: concurrent jobs gathered into one flow (`@serve.batch`), for the
+    # models whose `replicas.cross_request_batching` is on
+    gather: Callable[[Any], Awaitable[Any]] | None = None
+    _models: dict[str, ModelSpec] = field(init=False, repr=False)
+    _ensembles: dict[str, Ensemble] = field(init=False, repr=False)
+    _heads: dict[str, dict[str, Any]] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._models = {m.name: m for m in self.models}
+        self._ensembles = {e.name: e for e in self.ensembles}
+
+    # -- names and limits
+
+    def default_model(self, kind: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.kind == kind), None)
+
+    def resolve(self, name: str | None, kinds: tuple[str, ...]) -> ModelSpec | Ensemble:
+        """The model (or, where a reward model is accepted, the ensemble) a request names; the
+        first model of the first kind when it names none."""
+        if name is None:
+            for kind in kinds:
+                default = self.default_model(kind)
+                if default is not None:
+                    return default
+            raise UnknownModel(f"no {' or '.join(kinds)} model is served here")
+        if name in self._ensembles:
+            if "reward" in kinds:
+                return self._ensembles[name]
+            raise UnknownModel(f"'{name}' is an ensemble of reward models; this route needs a critic")
+        model = self._models.get(name)
+        if model is None:
+            raise UnknownModel(f"model '{name}' is not served here; see GET /v1/models")
+        if model.kind not in kinds:
+            raise InvalidInput(f"model '{name}' is a {model.kind}; this route needs a {' or '.join(kinds)}")
+        return model
+
+    def check_count(self, n: int) -> None:
+        if self.max_items is not None and n > self.max_items:
+            raise RequestTooLarge(f"{n} items in one request; the limit is {self.max_items}")
+
+    async def head(self, name: str) -> dict[str, Any]:
+        """A reward model's output labels and problem type (asked of the backend once)."""
+        if name not in self._heads:
+            info = self.backend.head(name)
+            self._heads[name] = await info if inspect.isawaitable(info) else info
+        return self._heads[name]
+
+    # -- jobs (validation happens here, once, whichever door the request came through)
+
+    def rewards_job(self, target: ModelSpec | Ensemble, inputs: Any, what: str = "conversations") -> RewardsJob:
+        items = check_list(inputs, what)
+        self.check_count(len(items))
+        members = tuple(self._models[m.model] for m in target.members) if isinstance(target, Ensemble) else ()
+        return RewardsJob(target, items, what, members)
+
+    def judge_job(self, model: ModelSpec, items: Any, mode: str = "logits", debias: bool = False) -> JudgeJob:
+        return JudgeJob(model.name, self._judge_items(items), check_mode(mode), bool(debias))
+
+    def compare_job(self, target: ModelSpec | Ensemble, items: Any) -> JudgeJob | CompareJob:
+        """A critic judges the pairs (logits); a reward model or ensemble compares their rewards."""
+        checked = self._judge_items(items)
+        if target.kind == "critic":
+            return JudgeJob(target.name, checked)
+        return CompareJob(self.rewards_job(target, pair_conversations(checked), "items"))
+
+    def _judge_items(self, items: Any) -> list[dict[str, str]]:
+        checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]
+        self.check_count(len(checked))
+        return checked
+
+    # -- running jobs
+
+    def run(self, jobs: Sequence[Any]) -> list:
+        """Results (or exceptions) of several jobs, run together, synchronously."""
+        return run_sync(jobs, self.encoder, self.backend)
+
+    async def arun(self, jobs: Sequence[Any]) -> list:
+        return await run_async(jobs, self.encoder, self.backend)
+
+    def one(self, job: Any) -> Any:
+        """One job's result, synchronously; its error raised."""
+        return raise_or_return(self.run([job])[0])
+
+    async def submit(self, job: Any) -> Any:
+        """One job's result; with a gatherer, run in one flow with the jobs that arrive meanwhile."""
+        if self.gather is not None and all(self._gathers(p.model) for p in job.parts()):
+            return raise_or_return(await self.gather(job))
+        return raise_or_return((await self.arun([job]))[0])
+
+    def _gathers(self, model: str) -> bool:
+        replicas = getattr(self._models.get(model), "replicas", None)
+        return replicas is None or replicas.cross_request_batching
