@@ -35,7 +35,12 @@ _EXPORTS = {
     "score_dataset": "cluster.data.pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
+    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardClient", "RewardModel", "RewardResult", "ScoringError",
+    "ScoringOptions", "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores",
+    "run_batched", "score_corpus", "score_dataset",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,28 +17,25 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
-from cluster.core.batching import padding_efficiency, plan_batches
-from cluster.core.config import ModelSpec
+from cluster.core.config import BATCH_MAX_TOKENS, BATCH_WAIT_TIMEOUT_S, ModelSpec
 from cluster.core.loading import load_model
+from cluster.core.runner import Ran
 
 
 def count_tokens(calls: list[dict[str, Any]]) -> int:
     return sum(len(seq) for call in calls for seq in call["seqs"])
 
 
-def call(seqs: list[list[int]]) -> dict[str, Any]:
-    """What a caller sends to score/verdict_probs: sequences plus when they were sent (queue wait)."""
-    return {"seqs": seqs, "sent_at": time.time()}
-
-
 class ModelReplica:
-    """Deployed once per model (see deployments/app.py), with that model's resources."""
+    """Deployed once per model (see deployments/app.py), with that model's resources. Its calls
+    come from `deployments/handles.py: ReplicaBackend` (payload: `replica_call`)."""
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = ModelSpec(**spec)
         self.model = load_model(self.spec)
         self.lock = threading.Lock()  # one forward at a time per replica (one GPU)
-        self.batching: dict[str, Any] = {}
+        self.batching: dict[str, Any] = {"batch_max_tokens": BATCH_MAX_TOKENS,
+                                         "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
         self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "max_calls_in_batch": 0}
         self.tags = {"model": self.spec.name}
         self.m_tokens = metrics.Counter("scoring_tokens_total", "tokens scored", tag_keys=("model",))
@@ -54,7 +51,7 @@ class ModelReplica:
     # -- live configuration
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        for method in (self.score, self.verdict_probs):
+        for method in (self.score, self.verdicts):
             if "batch_max_tokens" in user_config:
                 method.set_max_batch_size(int(user_config["batch_max_tokens"]))
             if "batch_wait_timeout_s" in user_config:
@@ -65,40 +62,40 @@ class ModelReplica:
 
     # -- scoring, batched across concurrent requests
 
-    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
+    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
+                 batch_size_fn=count_tokens)
     async def score(self, calls: list[dict[str, Any]]) -> list[list[tuple[float, list[float] | None]]]:
         """Reward model: for each call's sequences, (scalar reward, every label's value for a
         multi-output model, else None)."""
-        return await self._gathered(calls, self.model.runner.rewards_ids)
+        return await self._gathered(calls, "score")
 
-    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=count_tokens)
-    async def verdict_probs(self, calls: list[dict[str, Any]]) -> list[list[float]]:
+    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
+                 batch_size_fn=count_tokens)
+    async def verdicts(self, calls: list[dict[str, Any]]) -> list[list[float]]:
         """Critic fast path: P(A) for each call's judge prompts."""
-        return await self._gathered(calls, self.model.runner.verdict_probs)
+        return await self._gathered(calls, "verdicts")
 
-    async def score_alone(self, c: dict[str, Any]) -> list[tuple[float, list[float] | None]]:
+    async def score_alone(self, call: dict[str, Any]) -> list[tuple[float, list[float] | None]]:
         """One forward per request, no gathering (cross_request_batching: false, the baseline)."""
-        return (await self._gathered([c], self.model.runner.rewards_ids))[0]
+        return (await self._gathered([call], "score"))[0]
 
-    async def verdict_probs_alone(self, c: dict[str, Any]) -> list[float]:
-        return (await self._gathered([c], self.model.runner.verdict_probs))[0]
+    async def verdicts_alone(self, call: dict[str, Any]) -> list[float]:
+        return (await self._gathered([call], "verdicts"))[0]
 
-    async def generate(self, seqs: list[list[int]]) -> list[dict[str, Any]]:
+    async def generate(self, call: dict[str, Any]) -> list:
         """Critic slow path: greedy generation (not gathered: each call is already a batch)."""
-        gens = await asyncio.to_thread(self._locked, self.model.runner.generate, seqs, self.spec.max_new_tokens)
-        verdicts = [self.model.runner.parse(g.text) for g in gens]  # the model's own verdict strings
-        return [{"text": g.text, "winner": w, "prob_a": g.prob_a if w else None} for g, w in zip(gens, verdicts)]
+        return (await self._gathered([call], "generate"))[0]
 
-    async def _gathered(self, calls, fn) -> list[list[float]]:
+    async def _gathered(self, calls: list[dict[str, Any]], op: str) -> list[list]:
         started = time.time()
         for c in calls:
             self.m_queue_wait.observe(max(0.0, started - c["sent_at"]), tags=self.tags)
         flat = [seq for c in calls for seq in c["seqs"]]
-        outputs = await asyncio.to_thread(self._locked, fn, flat)
-        self._record(len(calls), flat)
+        ran = await asyncio.to_thread(self._locked, self.model.runner.run, op, flat)
+        self._record(len(calls), sum(len(s) for s in flat), ran)
         results, at = [], 0
         for c in calls:
-            results.append(outputs[at:at + len(c["seqs"])])
+            results.append(ran.outputs[at:at + len(c["seqs"])])
             at += len(c["seqs"])
         return results
 
@@ -106,28 +103,26 @@ class ModelReplica:
         with self.lock:
             return fn(*args)
 
-    def _record(self, n_calls: int, flat: list[list[int]]) -> None:
-        lengths = [len(s) for s in flat]
-        plan = plan_batches(lengths, self.model.runner.max_batch_tokens, self.model.runner.max_batch_size)
+    def _record(self, n_calls: int, tokens: int, ran: Ran) -> None:
+        """Counters and metrics; padding efficiency from the plan the runner ran (not planned again)."""
         self.stats["batches"] += 1
         self.stats["calls"] += n_calls
-        self.stats["sequences"] += len(flat)
-        self.stats["tokens"] += sum(lengths)
+        self.stats["sequences"] += len(ran.outputs)
+        self.stats["tokens"] += tokens
         self.stats["max_calls_in_batch"] = max(self.stats["max_calls_in_batch"], n_calls)
-        self.m_tokens.inc(sum(lengths), tags=self.tags)
+        self.m_tokens.inc(tokens, tags=self.tags)
         self.m_batch_calls.observe(n_calls, tags=self.tags)
-        self.m_batch_tokens.observe(sum(lengths), tags=self.tags)
-        self.m_padding.set(padding_efficiency([[lengths[i] for i in b] for b in plan]), tags=self.tags)
+        self.m_batch_tokens.observe(tokens, tags=self.tags)
+        self.m_padding.set(ran.padding_efficiency, tags=self.tags)
 
     # -- introspection and health
 
     def describe(self) -> dict[str, Any]:
         """What a caller that tokenizes for itself (the Ray Data pipeline's via_serve) needs: the
         spec, and the most tokens one call may carry (@serve.batch rejects a bigger call)."""
-        head = getattr(self.model.runner, "reward_head", None)
-        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching.get("batch_max_tokens", 32768)),
-                "labels": list(head.labels) if head else None,
-                "problem_type": getattr(self.model.runner.model.config, "problem_type", None)}
+        head = self.model.runner.describe_head() if self.spec.kind == "reward" else {"labels": None}
+        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching["batch_max_tokens"]),
+                "labels": head["labels"], "problem_type": head.get("problem_type")}
 
     def get_stats(self) -> dict[str, Any]:
         import ray
@@ -143,9 +138,6 @@ class ModelReplica:
         bos = self.model.encoder.bos_id if self.model.encoder.bos_id is not None else 0
         if self.lock.acquire(blocking=False):  # busy scoring is alive; don't queue behind it
             try:
-                if self.spec.kind == "reward":
-                    self.model.runner.score_ids([[bos]])
-                else:
-                    self.model.runner.verdict_probs([[bos]])
+                self.model.runner.run("score" if self.spec.kind == "reward" else "verdicts", [[bos]])
             finally:
                 self.lock.release()

@@ -14,7 +14,7 @@ import pytest
 from conftest import API_KEY, CONVERSATIONS, app_args, conversations_for, deploy
 
 from cluster import ModelSpec, load_model
-from cluster.core.reward import sigmoid
+from cluster.core.results import sigmoid
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -412,7 +412,7 @@ def test_failures_map_to_500_and_503_without_internals(err, status, code, messag
     from ray.serve.exceptions import BackPressureError
 
     from cluster.core.errors import ModelFailure
-    from deployments.ingress import error_response
+    from cluster.http.app import error_response
 
     exc = {"model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),
            "unexpected": KeyError("secret internal detail"),
@@ -430,7 +430,7 @@ def test_failures_map_to_500_and_503_without_internals(err, status, code, messag
 def test_classify_activation_follows_vllm():
     """vllm-project/vllm@1c713679 activations.py: regression -> identity, multi-label -> sigmoid,
     one label -> sigmoid, several -> softmax."""
-    from deployments.ingress import classify_activation
+    from cluster.http.vllm import classify_activation
 
     values = [2.0, -1.0, 0.5]
     assert classify_activation(values, "regression") == values

@@ -16,7 +16,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from cluster.bench.inprocess import DEFAULT_DATA, MAX_LENGTH, MODEL_SHAPE, SCORE_TOLERANCE, generate_corpus, positive_int
+from cluster.bench.inprocess import (
+    DEFAULT_DATA,
+    MAX_LENGTH,
+    MODEL_SHAPE,
+    SCORE_TOLERANCE,
+    generate_corpus,
+    positive_int,
+)
 from cluster.data.pipeline import ModelStage
 
 FIXED_BATCH = 16
@@ -62,8 +69,8 @@ def load_pairs(data: Path | None, rows: int, seed: int) -> tuple[str, list[dict]
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.data import pipeline
     from cluster.core.config import ModelSpec
+    from cluster.data import pipeline
     from cluster.tiny import build_tiny_model
 
     source, pairs = load_pairs(args.data, args.rows, args.seed)

@@ -135,20 +135,11 @@ class HandleTransport:
 
 def _from_ray(err: BaseException) -> BaseException:
     """The handle's failure as a ScoringError (the server's verdict) or Retryable (transient)."""
-    from ray import exceptions as ray_errors
-    from ray.serve import exceptions as serve_errors
-
-    cause = err
-    while isinstance(cause, ray_errors.RayTaskError) and getattr(cause, "cause", None) is not None:
-        cause = cause.cause
+    cause = errors.from_ray(err)
     if isinstance(cause, Overloaded):
         return Retryable(cause.message)
     if isinstance(cause, ScoringError):
         return type(cause)(cause.message)
-    transient = (serve_errors.BackPressureError, serve_errors.DeploymentUnavailableError,
-                 ray_errors.RayActorError, ray_errors.ActorUnavailableError)
-    if isinstance(cause, transient) or isinstance(err, transient):
-        return Retryable(f"{type(cause).__name__}: {str(cause)[:200]}")
     return ScoringError(f"the scoring app failed: {type(cause).__name__}: {str(cause)[:300]}")
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cluster.core.errors import InvalidInput
 from cluster.client.from_env import client_from_env
+from cluster.core.errors import InvalidInput
 
 PROMPT_KEYS = ("messages", "raw_prompt", "question", "prompt")
 

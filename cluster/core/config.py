@@ -148,6 +148,11 @@ def check_judge_template(template: str) -> None:
 # ---------------------------------------------------------------- the Serve app (deployments/)
 
 
+# a replica's cross-request batching, live-tunable (user_config); the replica's decorators start here
+BATCH_MAX_TOKENS = 32768
+BATCH_WAIT_TIMEOUT_S = 0.005
+
+
 class ReplicaSettings(StrictModel):
     """How one model is deployed: Ray resources, autoscaling, backpressure, batching."""
 
@@ -159,8 +164,8 @@ class ReplicaSettings(StrictModel):
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica holds at once (caps a batch)")
     max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503; -1: unbounded")
     # live-tunable (user_config -> reconfigure): cross-request batching
-    batch_max_tokens: int = Field(32768, ge=1, description="tokens gathered across requests per batch")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_max_tokens: int = Field(BATCH_MAX_TOKENS, ge=1, description="tokens gathered across requests per batch")
+    batch_wait_timeout_s: float = Field(BATCH_WAIT_TIMEOUT_S, ge=0, le=10)
     cross_request_batching: bool = Field(True, description="false: one forward per request (baseline)")
 
     @model_validator(mode="after")

@@ -91,3 +91,37 @@ def http_status(err: BaseException) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
     return 500
+
+
+def from_ray(err: BaseException) -> BaseException:
+    """A failure that crossed Ray, as the error the caller should meet (the one place that reads
+    Ray's wrappers; Serve's ingress, RewardClient's handle transport and the pipeline use it):
+
+    - the ScoringError a replica, stage or actor raised, unwrapped from RayTaskError (or rebuilt
+      from its text, where Ray Data kept only that: `cluster.core.errors.InvalidInput: <message>`);
+    - Overloaded for what waiting cures: Serve's back-pressure, a replica or actor that died or
+      restarted mid-call (scoring is idempotent, so a retry is safe);
+    - anything else unchanged.
+    """
+    import re
+    import sys
+
+    cause = err
+    while getattr(cause, "cause", None) is not None and cause is not cause.cause:  # RayTaskError chain
+        cause = cause.cause
+    if isinstance(cause, ScoringError):
+        return cause
+    if "ray" in sys.modules:  # only a process that imported Ray can hold Ray's exceptions
+        from ray import exceptions as ray_errors
+        from ray.serve import exceptions as serve_errors
+
+        transient = (serve_errors.BackPressureError, serve_errors.DeploymentUnavailableError,
+                     ray_errors.RayActorError, ray_errors.ActorUnavailableError)
+        if isinstance(cause, transient) or isinstance(err, transient):
+            name = type(cause if isinstance(cause, transient) else err).__name__
+            return Overloaded(f"the model's queue is full or a replica became unavailable ({name}); retry")
+    match = re.search(r"cluster\.core\.errors\.(\w+): (.+)", str(err))
+    cls = globals().get(match.group(1)) if match else None
+    if isinstance(cls, type) and issubclass(cls, ScoringError):
+        return cls(match.group(2).strip())
+    return err

@@ -46,3 +46,16 @@ class LocalBackend:
 
     def head(self, model: str) -> dict[str, Any]:
         return self.runners[model].describe_head()
+
+
+def local_service(config) -> Any:
+    """Every model of an AppConfig loaded in this process, behind the request core: the Serve
+    app's logic with no Ray (tests run the HTTP routes over it; `create_app(local_service(...))`
+    is a single-process server)."""
+    from cluster.core.loading import load_model
+    from cluster.core.service import ScoringService
+
+    loaded = {m.name: load_model(m.spec()) for m in config.models}
+    return ScoringService(config.models, LocalEncoder({n: m.encoder for n, m in loaded.items()}),
+                          LocalBackend({n: m.runner for n, m in loaded.items()}), ensembles=config.ensembles,
+                          max_items=config.max_items_per_request)

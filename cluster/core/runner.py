@@ -15,6 +15,7 @@ from cluster.core.config import ModelSpec
 from cluster.core.errors import ModelFailure
 from cluster.core.tokenization import ChatEncoder
 
+
 @dataclass
 class PaddedBatch:
     input_ids: torch.Tensor  # [B, T]

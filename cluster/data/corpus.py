@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.core.errors import InvalidInput
+from cluster.core.results import debiased_prob_a, swap_ab
 from cluster.core.tokenization import validate_conversation
 
 SHAPES = ("conversations", "prompt_response", "pairs")
@@ -197,17 +198,13 @@ def critic_swap(item: Mapping[str, str]) -> bool:
     return zlib.crc32(key) & 1 == 1
 
 
-def swapped(item: Mapping[str, str]) -> dict[str, str]:
-    return {**item, "response_a": item["response_b"], "response_b": item["response_a"]}
-
-
 def critic_orders(items: list[dict], debias: bool) -> tuple[list[dict], list[bool]]:
     """The judge prompts to run for a row's items, and for each whether chosen sits in position B.
     debias runs both orders of every item (forward first, then swapped)."""
     if debias:
-        return items + [swapped(it) for it in items], [False] * len(items) + [True] * len(items)
+        return items + [swap_ab(it) for it in items], [False] * len(items) + [True] * len(items)
     flags = [critic_swap(it) for it in items]
-    return [swapped(it) if f else it for it, f in zip(items, flags)], flags
+    return [swap_ab(it) if f else it for it, f in zip(items, flags)], flags
 
 
 # ---------------------------------------------------------------- outputs -> result columns
@@ -222,12 +219,12 @@ def logit(p: float) -> float:
 
 
 def prob_chosen(prob_a: list[float], chosen_is_b: list[bool], n_items: int) -> list[float]:
-    """P(chosen better) per item from the judge's P(A) per prompt; with debias (twice as many
-    prompts as items) the two orders are averaged, as `CriticModel.judge` does."""
-    per_prompt = [1.0 - p if b else p for p, b in zip(prob_a, chosen_is_b)]
-    if len(per_prompt) == n_items:
-        return per_prompt
-    return [(per_prompt[i] + per_prompt[n_items + i]) / 2.0 for i in range(n_items)]
+    """P(chosen better) per item from the judge's P(A) per prompt. With debias (twice as many
+    prompts as items: chosen first, then swapped so chosen is B) the orders are combined as
+    everywhere else (`debiased_prob_a`)."""
+    if len(prob_a) == n_items:
+        return [1.0 - p if b else p for p, b in zip(prob_a, chosen_is_b)]
+    return [debiased_prob_a(prob_a[i], prob_a[n_items + i]) for i in range(n_items)]
 
 
 def row_result(layout: Layout, outputs: list[float], truncated: bool, num_tokens: int, *, n_chosen: int = 1,

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cluster.core.config import ModelSpec
 from cluster.cli.score import entrypoint, score_command
+from cluster.core.config import ModelSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from cluster.core.config import ModelSpec, StrictModel, deployment_name
+from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError, from_ray
 from cluster.data.corpus import (
     Layout,
     check_columns,
@@ -41,10 +42,17 @@ from cluster.data.corpus import (
     row_result,
     row_units,
 )
-from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError
 
 INPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
-INTERNAL = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
+# The columns the tokenize stage hands the score stage (dropped before writing), by name and type.
+# int64 ids: an encoder's text pair carries its segment inside the id (tokenization.SEGMENT_B).
+INTERNAL: dict[str, pa.DataType] = {
+    "_ids": pa.list_(pa.list_(pa.int64())),  # the row's sequences, in the order row_result reads them
+    "_truncated": pa.bool_(),  # any of them cut to max_length
+    "_chosen_is_b": pa.list_(pa.bool_()),  # critic: per judge prompt, whether chosen sits in position B
+    "_n_chosen": pa.int32(),  # reward model on pairs: how many sequences belong to the chosen side
+    "_error": pa.string(),  # why the row cannot be scored (on_error='skip'); null otherwise
+}
 RESULT_TYPES = {
     "score": pa.float64(), "chosen_score": pa.float64(), "rejected_score": pa.float64(),
     "chosen_scores": pa.list_(pa.float64()), "rejected_scores": pa.list_(pa.float64()),
@@ -188,35 +196,33 @@ class TokenizeStage:
         self.skip = on_error == "skip"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
         cols: dict[str, list] = {name: [] for name in INTERNAL}
-        for row in rows:
-            ids, truncated, flags, n_chosen, error = [], False, [], 0, row.get("_error")
-            if error is None:
+        for row in batch.to_pylist():
+            encoded = {"_ids": [], "_truncated": False, "_chosen_is_b": [], "_n_chosen": 0, "_error": row.get("_error")}
+            if encoded["_error"] is None:
                 try:
-                    ids, truncated, flags, n_chosen = self._encode(row, where_of(row))
+                    encoded.update(self._encode(row, where_of(row)))
                 except ScoringError as err:
                     if not self.skip:
                         raise
-                    error = f"{type(err).__name__}: {err.message}"
-            for name, value in zip(INTERNAL, (ids, truncated, flags, n_chosen, error)):
-                cols[name].append(value)
+                    encoded["_error"] = f"{type(err).__name__}: {err.message}"
+            for name in INTERNAL:
+                cols[name].append(encoded[name])
         batch = batch.drop_columns([c for c in INTERNAL if c in batch.column_names])
-        # int64 ids: an encoder's text pair carries its segment inside the id (tokenization.SEGMENT_B)
-        types = (pa.list_(pa.list_(pa.int64())), pa.bool_(), pa.list_(pa.bool_()), pa.int32(), pa.string())
-        for (name, values), typ in zip(cols.items(), types):
-            batch = batch.append_column(name, pa.array(values, type=typ))
+        for name, typ in INTERNAL.items():
+            batch = batch.append_column(name, pa.array(cols[name], type=typ))
         return batch
 
-    def _encode(self, row: dict, where: str) -> tuple[list[list[int]], bool, list[bool], int]:
+    def _encode(self, row: dict, where: str) -> dict[str, Any]:
         units = row_units(row, self.layout, where)
         if self.layout.kind == "critic":
             prompts, flags = critic_orders(units, self.debias)
             encoded = self.encoder.encode_judge_items(prompts, f"{where}: judge prompt")
-            return [e.ids for e in encoded], any(e.truncated for e in encoded), flags, 0
+            return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
+                    "_chosen_is_b": flags}
         encoded = self.encoder.encode_inputs(units, f"{where}: conversation")
-        n_chosen = len(units) // 2 if not self.layout.multi else _n_chosen(row)
-        return [e.ids for e in encoded], any(e.truncated for e in encoded), [], n_chosen
+        return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
+                "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row)}
 
 
 def _n_chosen(row: Mapping[str, Any]) -> int:
@@ -224,48 +230,50 @@ def _n_chosen(row: Mapping[str, Any]) -> int:
 
 
 class _ScoreStage:
-    """Tokenized rows -> result columns. Subclasses say how a list of sequences is scored."""
+    """Tokenized rows -> result columns, through the request core: the rows' sequences as one job
+    of token ids, planned and run on the stage's backend, outputs back in row order."""
 
     def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool):
         self.kind = kind
+        self.op = "score" if kind == "reward" else "verdicts"
         self.layout = Layout(**layout)
         self.debias = debias
         self.keep_errors = keep_errors  # on_error="skip": an `error` column, null for scored rows
+        self.service = None  # subclasses: a ScoringService over their backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column("_ids").to_pylist()
-        errors = batch.column("_error").to_pylist()
-        flat = [seq for row_ids, err in zip(ids, errors) if err is None for seq in row_ids]
+        col = {name: batch.column(name).to_pylist() for name in INTERNAL}
+        flat = [seq for row_ids, err in zip(col["_ids"], col["_error"]) if err is None for seq in row_ids]
         outputs = self.forward(flat) if flat else []
         vectors: list = [None] * len(outputs)
         if self.kind == "reward":  # (scalar, every label's value or None) per sequence
             outputs, vectors = [s for s, _ in outputs], [v for _, v in outputs]
-        truncated = batch.column("_truncated").to_pylist()
-        flags = batch.column("_chosen_is_b").to_pylist()
-        n_chosen = batch.column("_n_chosen").to_pylist()
         results, at = [], 0
-        for i, err in enumerate(errors):
+        for i, err in enumerate(col["_error"]):
             if err is not None:
                 results.append({})
                 continue
-            n = len(ids[i])
-            results.append(row_result(self.layout, outputs[at:at + n], truncated[i], sum(len(s) for s in ids[i]),
-                                      n_chosen=n_chosen[i], chosen_is_b=flags[i], debias=self.debias,
+            n = len(col["_ids"][i])
+            results.append(row_result(self.layout, outputs[at:at + n], col["_truncated"][i],
+                                      sum(len(s) for s in col["_ids"][i]), n_chosen=col["_n_chosen"][i],
+                                      chosen_is_b=col["_chosen_is_b"][i], debias=self.debias,
                                       values=vectors[at:at + n]))
             at += n
         out = batch.drop_columns(list(INTERNAL))
         for name in self.layout.result_columns:
             out = out.append_column(name, pa.array([r.get(name) for r in results], type=result_type(self.layout, name)))
         if self.keep_errors:
-            out = out.append_column("error", pa.array(errors, type=pa.string()))
+            out = out.append_column("error", pa.array(col["_error"], type=pa.string()))
         return out
 
-    def forward(self, seqs: list[list[int]]) -> list[float]:
-        raise NotImplementedError
+    def forward(self, seqs: list[list[int]]) -> list:
+        from cluster.core.service import SequencesJob
+
+        return self.service.one(SequencesJob(self.model_name, self.op, seqs))
 
 
 class ModelStage(_ScoreStage):
-    """Loads the model once per actor; the runner plans length-sorted token-budget passes."""
+    """Loads the model once per actor; its runner plans length-sorted token-budget passes."""
 
     def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int):
         import torch
@@ -275,39 +283,26 @@ class ModelStage(_ScoreStage):
         super().__init__(spec["kind"], layout, debias, keep_errors)
         torch.set_num_threads(max(1, threads))
         self.model = load_model(ModelSpec(**spec))
-
-    def forward(self, seqs: list[list[int]]) -> list:
-        if self.kind == "reward":
-            return self.model.runner.rewards_ids(seqs)
-        return self.model.runner.verdict_probs(seqs)
+        self.model_name, self.service = self.model.name, self.model.service
 
 
 class ServeStage(_ScoreStage):
-    """Sends each planned token-budget batch to the Serve app's replica: one handle call per batch,
-    all of a Ray batch's calls in flight together (the replicas gather and balance them)."""
+    """Scores on the Serve app's replicas: the rows' sequences planned into calls under the
+    replica's per-call token budget, all in flight together (the replicas gather and balance them)."""
 
     def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool, app_name: str,
-                 deployment: str, call_tokens: int):
+                 deployment: str, call_tokens: int, model_name: str):
         from ray import serve
 
+        from cluster.core.local import LocalEncoder
+        from cluster.core.service import ScoringService
+        from deployments.handles import ReplicaBackend
+
         super().__init__(kind, layout, debias, keep_errors)
+        spec = ModelSpec(name=model_name, path="-", kind=kind)  # names the model to the core; never loaded here
         handle = serve.get_deployment_handle(deployment, app_name=app_name)
-        self.method = handle.score if kind == "reward" else handle.verdict_probs
-        self.call_tokens = call_tokens
-
-    def forward(self, seqs: list[list[int]]) -> list[float]:
-        from cluster.core.batching import plan_batches
-
-        # cut by tokens only: the replica re-plans what it gathers into padded passes itself
-        plan = plan_batches([len(s) for s in seqs], self.call_tokens, min_efficiency=0.0)
-        # the replica's call payload: sequences plus when they were sent (its queue-wait metric)
-        responses = [self.method.remote({"seqs": [seqs[i] for i in batch], "sent_at": time.time()})
-                     for batch in plan]
-        outputs: list = [None] * len(seqs)
-        for batch, response in zip(plan, responses):
-            for i, value in zip(batch, response.result()):
-                outputs[i] = value
-        return outputs
+        backend = ReplicaBackend({model_name: handle}, {model_name: call_tokens}, blocking=True)
+        self.model_name, self.service = model_name, ScoringService([spec], LocalEncoder({}), backend)
 
 
 # ---------------------------------------------------------------- score_dataset
@@ -365,6 +360,7 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
         _, deployment, call_tokens = served_model(opts.via_serve, spec.name)
         stage, kwargs, num_gpus, num_cpus = ServeStage, {
             "kind": spec.kind, "app_name": opts.via_serve, "deployment": deployment, "call_tokens": call_tokens,
+            "model_name": spec.name,
         }, 0, 0.1
     else:
         num_gpus = opts.num_gpus
@@ -659,8 +655,8 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
                 for key in counts:
                     counts[key] += stats[key]
         except Exception as err:
-            cause = _scoring_cause(err)
-            if cause is not None:
+            cause = from_ray(err)  # the ScoringError a stage raised, out of Ray Data's wrapper
+            if isinstance(cause, ScoringError):
                 raise cause from None
             raise
     seconds = time.perf_counter() - started
@@ -668,7 +664,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     error_rows = _merge_errors(out, list(file_errors.values()) + empty)
     table = read_scores(out)
     summary = {
-        "output": str(out), "model": spec.name, "kind": spec.kind, "shape": layout.shape,
+        "output": str(out), "model": spec.name, "model_kind": spec.kind, "shape": layout.shape,
         "rows_scored_now": counts["rows"], "rows_done_before": sum(len(v) for v in done.values()),
         "errors": error_rows, "errors_file": str(out / "errors.jsonl") if error_rows else None,
         "seconds": round(seconds, 3), "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
@@ -790,20 +786,6 @@ def _merge_errors(out: Path, file_errors: list[dict]) -> int:
     return len(records)
 
 
-def _scoring_cause(err: BaseException) -> ScoringError | None:
-    """The ScoringError a stage raised, rebuilt from Ray's task-error wrapper. Ray Data keeps only
-    its text (`cluster.core.errors.InvalidInput: <message>`), not the exception object."""
-    import re
-
-    from cluster.core import errors
-
-    match = re.search(r"cluster\.errors\.(\w+): (.+)", str(err))
-    cls = getattr(errors, match.group(1), None) if match else None
-    if isinstance(cls, type) and issubclass(cls, ScoringError):
-        return cls(match.group(2).strip())
-    return None
-
-
 def read_scores(path: str | os.PathLike) -> pa.Table:
     """A scoring output folder (its shards, in input order) or a parquet file, as one table."""
     path = Path(path)
@@ -852,7 +834,7 @@ def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
     over it (every scored response: both sides of pairs), as the `shaping` a served model takes:
     `{"normalize": {"mean": ..., "std": ...}}`."""
     summary = score_corpus(input_path, output_path, model, **options)
-    if summary["kind"] == "pairs" and summary.get("scorer") == "critic":
+    if summary["model_kind"] != "reward":
         raise InvalidInput("calibrate measures a reward model's scores; this model is a critic")
     stats = summary.get("score_stats") or {}
     if not stats.get("count") or not stats.get("std"):

@@ -1,4 +1,4 @@
-"""Request and response bodies for every HTTP route (pydantic, at the edge only).
+"""Request and response bodies for every HTTP route (pydantic, at the edge only; no Ray).
 
 Our own /v1 routes reject unknown keys. The two protocol routes (/get_reward for OpenRLHF,
 /classify for vLLM-style clients such as verl's reward loop) accept what those clients send,
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cluster.core.results import Mode
 
 
 class Strict(BaseModel):
@@ -43,6 +46,15 @@ class Usage(BaseModel):
     prompt_tokens: int
     total_tokens: int
     completion_tokens: int = 0
+
+
+def usage(tokens: int) -> Usage:
+    return Usage(prompt_tokens=tokens, total_tokens=tokens)
+
+
+def ok(body: BaseModel) -> JSONResponse:
+    """A route's answer, serialized once (the route's response_model documents it)."""
+    return JSONResponse(body.model_dump())
 
 
 class RewardsResponse(BaseModel):
@@ -85,7 +97,7 @@ class CompareRequest(Strict):
 class JudgeRequest(Strict):
     model: str | None = None
     items: list[JudgeItem] = Field(min_length=1)
-    mode: Literal["logits", "generate"] = "logits"
+    mode: Mode = "logits"
     debias: bool = False
 
 

@@ -1,0 +1,60 @@
+"""Our own routes: /healthz, /v1/models, /v1/rewards, /v1/compare, /v1/judge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from cluster.core.service import ScoringService
+from cluster.http import schemas
+from cluster.http.schemas import ok, usage
+
+
+def router(service: ScoringService) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @r.get("/v1/models", response_model=schemas.ModelsResponse)
+    async def models() -> JSONResponse:
+        defaults = {m.name for m in (service.default_model(k) for k in ("reward", "critic")) if m is not None}
+        shaping = {m.name: getattr(m, "shaping", None) for m in service.models}
+        cards = [schemas.ModelCard(name=m.name, kind=m.kind, max_length=m.max_length, default=m.name in defaults,
+                                   shaping=shaping[m.name].model_dump() if shaping[m.name] else None)
+                 for m in service.models]
+        lengths = {m.name: m.max_length for m in service.models}
+        cards += [schemas.ModelCard(name=e.name, kind="reward", default=False,
+                                    max_length=min(lengths[m.model] for m in e.members),
+                                    members={m.model: m.weight for m in e.members},
+                                    shaping=e.shaping.model_dump() if e.shaping else None)
+                  for e in service.ensembles]
+        return ok(schemas.ModelsResponse(data=cards))
+
+    @r.post("/v1/rewards", response_model=schemas.RewardsResponse)
+    async def rewards(body: schemas.RewardsRequest) -> JSONResponse:
+        model = service.resolve(body.model, ("reward",))
+        inputs = [c if isinstance(c, str) else [m.model_dump() for m in c] for c in body.conversations]
+        result = await service.submit(service.rewards_job(model, inputs))
+        labels = (await service.head(model.name))["labels"] if result.values is not None else None
+        return ok(schemas.RewardsResponse(model=model.name, scores=result.scores, truncated=result.truncated,
+                                          raw_scores=result.raw, values=result.values, labels=labels,
+                                          usage=usage(result.tokens)))
+
+    @r.post("/v1/compare", response_model=schemas.CompareResponse)
+    async def compare(body: schemas.CompareRequest) -> JSONResponse:
+        model = service.resolve(body.model, ("reward", "critic"))
+        judged = await service.submit(service.compare_job(model, body.judge_items()))
+        return ok(schemas.CompareResponse(model=model.name, kind=model.kind, usage=usage(judged.tokens),
+                                          results=[schemas.Comparison(**c.__dict__) for c in judged.results]))
+
+    @r.post("/v1/judge", response_model=schemas.CompareResponse)
+    async def judge(body: schemas.JudgeRequest) -> JSONResponse:
+        model = service.resolve(body.model, ("critic",))
+        items = [i.model_dump() for i in body.items]
+        judged = await service.submit(service.judge_job(model, items, body.mode, body.debias))
+        return ok(schemas.CompareResponse(model=model.name, kind="critic", usage=usage(judged.tokens),
+                                          results=[schemas.Comparison(**v.__dict__) for v in judged.results]))
+
+    return r
