@@ -266,3 +266,62 @@ def deploy(app: dict, timeout_s: float = 180) -> None:
             raise RuntimeError(status.message)
         time.sleep(0.5)
     raise TimeoutError(f"app {app['name']} not running after {timeout_s}s")
+
+
+# ----------------------------------------------------------------------------- the HTTP app in-process
+
+
+class InProcessClient:
+    """httpx's sync call shapes (`get`, `post`, `request`) over the app through `httpx.ASGITransport`:
+    the routes, auth, limits and errors with no Ray and no socket."""
+
+    def __init__(self, app, headers: dict[str, str] | None = None):
+        self.app = app
+        self.headers = headers or {}
+        self.base_url = "http://in-process"
+
+    def request(self, method: str, path: str, **kw):
+        import asyncio
+
+        import httpx
+
+        async def send():
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url=self.base_url, headers=self.headers) as c:
+                return await c.request(method, path, **kw)
+
+        return asyncio.run(send())
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw):
+        return self.request("POST", path, **kw)
+
+
+@pytest.fixture(scope="session")
+def inproc(model_dirs, reward_dir, critic_dir):
+    """The Serve app's HTTP layer and request core over the same models and config as `served`,
+    loaded in this process (`local_service`): routes tested in-process, no Ray."""
+    from cluster.core.config import AppConfig
+    from cluster.core.local import local_service
+    from cluster.http.app import create_app
+    from cluster.tiny import HELPSTEER2_LABELS
+
+    rm, rm2 = reward_dir("llama"), reward_dir("gemma2")
+    attrs = model_dirs("multi-helpsteer2", arch="llama", labels=HELPSTEER2_LABELS)
+    bert = model_dirs("family-bert", arch="bert")
+    config = AppConfig.parse(app_args(rm, rm2, critic_dir, attrs, bert))
+    service = local_service(config)
+    app = create_app(service, api_keys=config.api_keys, max_request_bytes=config.max_request_bytes)
+    from cluster import ModelSpec, load_model
+
+    # the references: load_model as a notebook would (its own specs, not the served config's)
+    models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
+              "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
+              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8)),
+              "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
+                                               reward_label="correctness")),
+              "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
+    return {"client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}), "app": app, "service": service,
+            "models": models, "paths": (rm, rm2, critic_dir, attrs, bert)}

@@ -354,27 +354,3 @@ def test_shaping_and_ensemble_config_and_arithmetic():
         AppConfig.parse({"models": models, "ensembles": [{"name": "a", "members": [{"model": "a"}]}]})
     with pytest.raises(ConfigError, match="shaping applies to reward models only"):
         AppConfig.parse({"models": [{**models[1], "shaping": {"clip": [0, 1]}}]})
-
-
-def test_model_shaping_returns_shaped_and_raw_scores():
-    from cluster.core.config import AppConfig
-    from deployments.ingress import Rewards, ScoringService
-
-    config = AppConfig.parse({"models": [
-        {"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
-        {"name": "b", "path": "y", "kind": "reward"}],
-        "ensembles": [{"name": "mix", "members": [{"model": "a"}, {"model": "b", "weight": 3}],
-                       "shaping": {"clip": [-1.0, 1.0]}}]})
-    service = ScoringService(config, tokenizer=None, replicas={})
-    raw = {"a": [2.0, 10.0], "b": [0.0, 1.0]}
-
-    async def fake_rewards(model, inputs, what="conversations"):
-        return Rewards(raw[model.name], [False, model.name == "b"], 5)
-
-    service.rewards = fake_rewards
-    shaped = asyncio.run(service.shaped_rewards(service.resolve("a", ("reward",)), []))
-    assert shaped.scores == [0.0, 2.0] and shaped.raw == [2.0, 10.0] and shaped.tokens == 5
-    mixed = asyncio.run(service.shaped_rewards(service.resolve("mix", ("reward",)), []))
-    assert mixed.scores == [0.0, min(1.0, (2.0 + 3 * 1.0) / 4)] and mixed.raw is None  # a shaped, weights, clip
-    truncated, tokens = mixed.truncated, mixed.tokens
-    assert truncated == [False, True] and tokens == 10

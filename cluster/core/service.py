@@ -420,10 +420,12 @@ class ScoringService:
 
     async def submit(self, job: Any) -> Any:
         """One job's result; with a gatherer, run in one flow with the jobs that arrive meanwhile."""
-        if self.gather is not None and all(self._gathers(p.model) for p in job.parts()):
+        if self.gather is not None and all(self._gathers(p) for p in job.parts()):
             return raise_or_return(await self.gather(job))
         return raise_or_return((await self.arun([job]))[0])
 
-    def _gathers(self, model: str) -> bool:
-        replicas = getattr(self._models.get(model), "replicas", None)
-        return replicas is None or replicas.cross_request_batching
+    def _gathers(self, part: Part) -> bool:
+        """Generation is not gathered: one request's generations are a batch already, and a
+        gathered one would hold every caller until the longest answer ends."""
+        replicas = getattr(self._models.get(part.model), "replicas", None)
+        return part.op != "generate" and (replicas is None or replicas.cross_request_batching)

@@ -1,0 +1,431 @@
+"""The HTTP front door in-process (no Ray): every route, auth, limits and errors through
+`httpx.ASGITransport` over the request core, with the tiny models loaded in this process
+(`local_service`, the `inproc` fixture) or with fake backends. The same app runs behind Serve
+(tests/test_serve.py checks the two answer alike)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import CONVERSATIONS, InProcessClient, conversations_for
+
+from cluster import ModelSpec, load_model
+from cluster.core.results import sigmoid
+
+ITEMS = [
+    {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
+    {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 6, because addition."},
+]
+
+
+def test_models_and_health(inproc):
+    c = inproc["client"]
+    assert InProcessClient(inproc["app"]).get("/healthz").json() == {"status": "ok"}
+    cards = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
+    assert cards["rm"] == {"name": "rm", "kind": "reward", "max_length": 512, "default": True, "members": None,
+                           "shaping": None}
+    assert cards["rm-mix"]["members"] == {"rm": 3.0, "rm-gemma": 1.0} and cards["rm-mix"]["kind"] == "reward"
+    assert cards["rm-gemma"]["default"] is False and cards["judge"]["kind"] == "critic"
+
+
+def test_ensemble_with_shaping_combines_members_by_weight(inproc):
+    """rm-mix = clip(((3 rm + 1 rm-gemma) / 4 - 0.5) / 2, -1, 1), on every reward route."""
+    convs = conversations_for("gemma2")
+    rm, gemma = inproc["models"]["rm"].score(convs), inproc["models"]["rm-gemma"].score(convs)
+    expected = [min(1.0, max(-1.0, ((3 * a + b) / 4 - 0.5) / 2.0)) for a, b in zip(rm, gemma)]
+    assert any(abs(e) < 1 for e in expected)  # not everything clipped: the mix itself is checked
+    body = inproc["client"].post("/v1/rewards", json={"model": "rm-mix", "conversations": convs}).json()
+    assert all(abs(x - y) <= 1e-4 for x, y in zip(body["scores"], expected)) and body["raw_scores"] is None
+    texts = [inproc["models"]["rm"].encoder.render(c, "t", add_generation_prompt=False) for c in convs[:2]]
+    got = inproc["client"].post("/get_reward", json={"model": "rm-mix", "query": texts}).json()["rewards"]
+    assert all(-1.0 <= x <= 1.0 for x in got)
+    r = inproc["client"].post("/v1/judge", json={"model": "rm-mix", "items": ITEMS})
+    assert r.status_code == 404 and "ensemble of reward models" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["rm", "rm-gemma"])
+def test_rewards_over_http_equal_load_model_score(inproc, model):
+    convs = conversations_for("gemma2" if model == "rm-gemma" else "llama")
+    r = inproc["client"].post("/v1/rewards", json={"model": model, "conversations": convs})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = inproc["models"][model].score_detailed(convs)
+    assert body["model"] == model
+    assert body["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+    assert body["truncated"] == [e.truncated for e in expected]
+    assert body["usage"]["prompt_tokens"] == sum(e.num_tokens for e in expected)
+
+
+def test_default_model_and_pretemplated_text(inproc):
+    rm = inproc["models"]["rm"]
+    text = rm.encoder.tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False)
+    r = inproc["client"].post("/v1/rewards", json={"conversations": [text, CONVERSATIONS[1]]})
+    assert r.json()["model"] == "rm"
+    assert r.json()["scores"] == pytest.approx(rm.score([CONVERSATIONS[0], CONVERSATIONS[1]]), abs=1e-4)
+
+
+def test_truncation_is_reported(inproc):
+    long_conv = [{"role": "user", "content": "Tell me. " * 200}, {"role": "assistant", "content": "Sure. " * 10}]
+    r = inproc["client"].post("/v1/rewards", json={"conversations": [long_conv, CONVERSATIONS[1]]})
+    spec = ModelSpec(name="rm", path=str(inproc["paths"][0]), kind="reward", max_length=512)
+    expected = load_model(spec).score_detailed([long_conv, CONVERSATIONS[1]])
+    assert r.json()["truncated"] == [True, False]
+    assert r.json()["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+
+
+def test_compare_with_a_reward_model(inproc):
+    r = inproc["client"].post("/v1/compare", json={"items": ITEMS})
+    assert r.status_code == 200, r.text
+    expected = inproc["models"]["rm"].compare(ITEMS)
+    for got, exp in zip(r.json()["results"], expected):
+        assert got["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+        assert got["reward_a"] == pytest.approx(exp.reward_a, abs=1e-4)
+        assert got["winner"] == exp.winner
+    single = inproc["client"].post("/v1/compare", json=ITEMS[0]).json()["results"][0]
+    assert single["prob_a"] == pytest.approx(expected[0].prob_a, abs=1e-5)
+    assert single["prob_a"] == pytest.approx(sigmoid(single["reward_a"] - single["reward_b"]), abs=1e-9)
+
+
+@pytest.mark.parametrize(("mode", "debias"), [("logits", False), ("logits", True), ("generate", False)])
+def test_judge_over_http_equals_critic_judge(inproc, mode, debias):
+    r = inproc["client"].post("/v1/judge", json={"items": ITEMS, "mode": mode, "debias": debias})
+    assert r.status_code == 200, r.text
+    expected = inproc["models"]["judge"].judge(ITEMS, mode=mode, debias=debias)
+    for got, exp in zip(r.json()["results"], expected):
+        assert got["winner"] == exp.winner
+        assert got["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+        assert got["text"] == exp.text
+
+
+def test_compare_with_a_critic(inproc):
+    r = inproc["client"].post("/v1/compare", json={"model": "judge", **ITEMS[1]})
+    [exp] = inproc["models"]["judge"].judge([ITEMS[1]])
+    assert r.json()["kind"] == "critic"
+    assert r.json()["results"][0]["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
+
+
+# ---------------------------------------------------------------- protocol routes
+
+
+def test_get_reward_as_openrlhf_sends_it(inproc):
+    """openrlhf.utils.remote_rm_utils posts {"query", "prompts", "labels"} and reads "rewards"."""
+    rm = inproc["models"]["rm"]
+    queries = [rm.encoder.tokenizer.apply_chat_template(c, tokenize=False) for c in CONVERSATIONS[:3]]
+    prompts = [rm.encoder.tokenizer.apply_chat_template(c[:-1], tokenize=False) for c in CONVERSATIONS[:3]]
+    r = inproc["client"].post("/get_reward", json={"query": queries, "prompts": prompts, "labels": ["", "", ""]})
+    assert r.status_code == 200, r.text
+    assert r.json()["rewards"] == pytest.approx(rm.score(CONVERSATIONS[:3]), abs=1e-4)
+    assert r.json()["scores"] == r.json()["rewards"]
+    assert set(r.json()["extra_logs"]) == {"truncated"}
+
+
+def test_classify_as_vllm_clients_send_it(inproc):
+    """verl-style: {"model", "input": [...], "use_activation": false, "add_special_tokens": false}."""
+    rm = inproc["models"]["rm"]
+    texts = [rm.encoder.tokenizer.apply_chat_template(c, tokenize=False) for c in CONVERSATIONS[:2]]
+    raw = inproc["client"].post("/classify", json={"model": "rm", "input": texts, "use_activation": False,
+                                                   "add_special_tokens": False})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    assert [d["num_classes"] for d in body["data"]] == [1, 1]
+    expected = rm.score(CONVERSATIONS[:2])
+    assert [d["probs"][0] for d in body["data"]] == pytest.approx(expected, abs=1e-4)
+    activated = inproc["client"].post("/classify", json={"model": "rm", "input": texts[0]}).json()
+    assert activated["data"][0]["probs"][0] == pytest.approx(sigmoid(expected[0]), abs=1e-5)
+    legacy = inproc["client"].post("/classify", json={"model": "rm", "input": texts[0], "activation": False}).json()
+    assert legacy["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    chat = inproc["client"].post("/classify", json={"model": "rm", "messages": CONVERSATIONS[0],
+                                                    "use_activation": False}).json()
+    assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_multi_output_model_over_http(inproc):
+    """/v1/rewards: the chosen scalar plus every label; /classify: every label, as vLLM returns them
+    (raw with use_activation false; softmax over several labels by default: vLLM's PoolerClassify in
+    vllm/model_executor/layers/pooler/activations.py at vllm-project/vllm@1c713679497631bd9bf8b251c9ac93b6f6680326)."""
+    from cluster.tiny import HELPSTEER2_LABELS
+
+    expected = inproc["models"]["rm-attrs"].score_detailed(CONVERSATIONS[:3])
+    body = inproc["client"].post("/v1/rewards", json={"model": "rm-attrs", "conversations": CONVERSATIONS[:3]}).json()
+    assert body["labels"] == list(HELPSTEER2_LABELS)
+    assert body["scores"] == pytest.approx([r.score for r in expected], abs=1e-4)
+    for got, want in zip(body["values"], expected):
+        assert got == pytest.approx(want.values, abs=1e-4) and got[1] == pytest.approx(want.score, abs=1e-4)
+    raw = inproc["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0],
+                                                   "use_activation": False}).json()
+    [row] = raw["data"]
+    assert row["num_classes"] == 5 and row["probs"] == pytest.approx(expected[0].values, abs=1e-4)
+    assert row["label"] == HELPSTEER2_LABELS[max(range(5), key=expected[0].values.__getitem__)]
+    [soft] = inproc["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0]}).json()["data"]
+    exps = [math.exp(v) for v in expected[0].values]
+    assert soft["probs"] == pytest.approx([e / sum(exps) for e in exps], abs=1e-5)
+    # a one-label model keeps its old answer shape
+    plain = inproc["client"].post("/v1/rewards", json={"model": "rm", "conversations": CONVERSATIONS[:1]}).json()
+    assert plain["values"] is None and plain["labels"] is None
+
+
+def test_encoder_reward_model_over_http(inproc):
+    """BERT-style: the (question, answer) pair and its token types cross the tokenizer deployment and
+    the replica as they do in-process."""
+    convs = [c for c in CONVERSATIONS if len(c) == 2]
+    body = inproc["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": convs}).json()
+    assert body["scores"] == pytest.approx(inproc["models"]["rm-bert"].score(convs), abs=1e-4)
+    assert any(body["truncated"])  # max_length 64: the long answer is cut from the left
+    bad = inproc["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": [CONVERSATIONS[2]]})
+    assert bad.status_code == 422 and "no chat template" in bad.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- errors, limits, auth
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code", "fragment"),
+    [
+        ("/v1/rewards", {"conversations": [[{"role": "bot", "content": "x"}]]}, 422, "invalid_input", "role"),
+        ("/v1/rewards", {"conversations": [[{"role": "user", "content": "x"}]]}, 422, "invalid_input",
+         "last message must be the assistant"),
+        ("/v1/rewards", {"conversations": []}, 422, "invalid_input", "conversations"),
+        ("/v1/rewards", {"conversation": [CONVERSATIONS[0]]}, 422, "invalid_input", "conversation"),
+        ("/v1/rewards", {"model": "nope", "conversations": [CONVERSATIONS[0]]}, 404, "unknown_model", "nope"),
+        ("/v1/rewards", {"model": "judge", "conversations": [CONVERSATIONS[0]]}, 422, "invalid_input",
+         "is a critic"),
+        ("/v1/rewards", {"conversations": [CONVERSATIONS[1]] * 65}, 413, "request_too_large", "limit is 64"),
+        ("/v1/judge", {"items": ITEMS, "mode": "sample"}, 422, "invalid_input", "mode"),
+        ("/v1/compare", {"prompt": "q"}, 422, "invalid_input", "response_a"),
+        ("/classify", {"model": "rm"}, 422, "invalid_input", "exactly one of input or messages"),
+    ],
+)
+def test_errors_are_mapped_with_a_request_id_and_no_traceback(inproc, path, body, status, code, fragment):
+    r = inproc["client"].post(path, json=body, headers={"x-request-id": "req-42"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and fragment in err["message"]
+    assert err["request_id"] == "req-42"  # the proxy's id (Serve sends it as x-request-id)
+    assert "Traceback" not in r.text and "File \"" not in r.text
+
+
+def test_body_over_the_byte_limit_is_413(inproc):
+    big = {"conversations": [[{"role": "user", "content": "x" * 250_000}, {"role": "assistant", "content": "y"}]]}
+    r = inproc["client"].post("/v1/rewards", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_malformed_json_is_422(inproc):
+    r = inproc["client"].post("/v1/rewards", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+
+
+def test_api_keys(inproc):
+    anonymous, wrong = InProcessClient(inproc["app"]), InProcessClient(inproc["app"], {"Authorization": "Bearer nope"})
+    body = {"conversations": [CONVERSATIONS[0]]}
+    assert anonymous.post("/v1/rewards", json=body).status_code == 401
+    refused = wrong.post("/v1/rewards", json=body)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert anonymous.get("/v1/models").status_code == 401
+    assert anonymous.get("/healthz").status_code == 200
+    # auth comes before parsing: an unauthenticated caller learns nothing about the body
+    assert anonymous.post("/v1/rewards", content=b"{bad").status_code == 401
+
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "code", "message"),
+    [
+        ("model_failure", 500, "model_failure", "model 'rm' failed on a batch"),
+        ("unexpected", 500, "internal_error", "internal error; quote the request id"),
+        ("backpressure", 503, "overloaded", "queue is full"),
+    ],
+)
+def test_failures_map_to_500_and_503_without_internals(err, status, code, message):
+    import json
+
+    from ray.serve.exceptions import BackPressureError
+
+    from cluster.core.errors import ModelFailure
+    from cluster.http.app import error_response
+
+    exc = {"model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),
+           "unexpected": KeyError("secret internal detail"),
+           "backpressure": BackPressureError(num_queued_requests=5, max_queued_requests=4)}[err]
+    response = error_response(exc, "req-123")
+    body = json.loads(response.body)
+    assert response.status_code == status
+    assert body == {"error": {"code": code, "message": body["error"]["message"], "request_id": "req-123"}}
+    assert message in body["error"]["message"]
+    assert "secret internal detail" not in response.body.decode() and "Traceback" not in response.body.decode()
+    if status == 503:
+        assert response.headers["retry-after"] == "1"
+
+
+def test_classify_activation_follows_vllm():
+    """vllm-project/vllm@1c713679 activations.py: regression -> identity, multi-label -> sigmoid,
+    one label -> sigmoid, several -> softmax."""
+    from cluster.http.vllm import classify_activation
+
+    values = [2.0, -1.0, 0.5]
+    assert classify_activation(values, "regression") == values
+    assert classify_activation(values, "multi_label_classification") == pytest.approx([sigmoid(v) for v in values])
+    assert classify_activation([2.0], None) == pytest.approx([sigmoid(2.0)])
+    exps = [math.exp(v) for v in values]
+    assert classify_activation(values, "single_label_classification") == pytest.approx([e / sum(exps) for e in exps])
+    assert classify_activation(values, None) == pytest.approx([e / sum(exps) for e in exps])
+
+
+# ---------------------------------------------------------------- limits and body handling
+
+
+def test_a_body_without_content_length_is_cut_off_at_the_limit(inproc):
+    """A chunked body is read only up to max_request_bytes (200,000 here), then refused."""
+    sent = []
+
+    async def chunks():
+        for _ in range(100):  # 100 x 10 kB = 1 MB offered
+            sent.append(1)
+            yield b"x" * 10_000
+
+    r = inproc["client"].post("/v1/rewards", content=chunks())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert len(sent) <= 21  # at most limit + one chunk was read
+
+
+def test_a_json_body_is_read_as_json_whatever_its_content_type(inproc):
+    """curl -d sends application/x-www-form-urlencoded; the body is still our JSON."""
+    body = b'{"conversations": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]}'
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = inproc["client"].post("/v1/rewards", content=body, headers=form)
+    assert r.status_code == 200, r.text
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert r.json()["scores"] == pytest.approx(inproc["models"]["rm"].score([conv]), abs=1e-4)
+
+
+def test_openapi_documents_every_routes_body(inproc):
+    spec = inproc["client"].get("/openapi.json").json()
+    posts = {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
+    assert set(posts) == {"/v1/rewards", "/v1/compare", "/v1/judge", "/get_reward", "/classify"}
+    for path, op in posts.items():
+        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[-1] in spec["components"]["schemas"], path
+        assert "200" in op["responses"] and "$ref" in str(op["responses"]["200"]), path
+    judge = spec["components"]["schemas"]["JudgeRequest"]["properties"]["mode"]
+    assert set(judge.get("enum", [])) == {"logits", "generate"}
+
+
+# ---------------------------------------------------------------- the request core with fakes
+
+
+class FakeEncoder:
+    """Item i of a part -> i + 1 repeated `length` times; "bad" inputs are refused as a real
+    encoder refuses them. Records every call."""
+
+    def __init__(self, length: int = 5, truncated=lambda model, i: False):
+        self.length, self.truncated, self.calls = length, truncated, []
+
+    def encode(self, parts):
+        from cluster.core.errors import InvalidInput
+        from cluster.core.tokenization import Encoded
+
+        self.calls.append(parts)
+        out = []
+        for part in parts:
+            if "bad" in part.inputs:
+                out.append(InvalidInput(f"{part.what}[{part.inputs.index('bad')}]: bad input"))
+                continue
+            out.append([Encoded([i + 1] * self.length, self.truncated(part.model, i), self.length)
+                        for i in range(len(part.inputs))])
+        return out
+
+
+class FakeBackend:
+    """Outputs from `raw[model][item]`; `fail` is what every call meets instead. Records calls."""
+
+    def __init__(self, raw=None, fail=None, call_tokens=None):
+        self.raw, self.fail, self.budget, self.calls = raw or {}, fail, call_tokens, []
+
+    def call_tokens(self, model):
+        return self.budget
+
+    def run(self, calls):
+        self.calls.append(calls)
+        if self.fail is not None:
+            return [self.fail for _ in calls]
+        return [[(self.raw[c.model][s[0] - 1], None) for s in c.seqs] for c in calls]
+
+    def head(self, model):
+        return {"labels": ["LABEL_0"], "problem_type": None}
+
+
+def fake_service(backend, encoder=None, **config):
+    from cluster.core.config import AppConfig
+    from cluster.core.service import ScoringService
+
+    config = AppConfig.parse({"models": [{"name": "a", "path": "x", "kind": "reward"},
+                                         {"name": "b", "path": "y", "kind": "reward"}], **config})
+    return ScoringService(config.models, encoder or FakeEncoder(), backend, ensembles=config.ensembles,
+                          max_items=config.max_items_per_request)
+
+
+def test_model_shaping_returns_shaped_and_raw_scores():
+    service = fake_service(
+        FakeBackend({"a": [2.0, 10.0], "b": [0.0, 1.0]}),
+        FakeEncoder(truncated=lambda model, i: model == "b" and i == 1),
+        models=[{"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
+                {"name": "b", "path": "y", "kind": "reward"}],
+        ensembles=[{"name": "mix", "members": [{"model": "a"}, {"model": "b", "weight": 3}],
+                    "shaping": {"clip": [-1.0, 1.0]}}])
+    shaped = service.one(service.rewards_job(service.resolve("a", ("reward",)), ["x", "y"]))
+    assert shaped.scores == [0.0, 2.0] and shaped.raw == [2.0, 10.0] and shaped.tokens == 10
+    mixed = service.one(service.rewards_job(service.resolve("mix", ("reward",)), ["x", "y"]))
+    assert mixed.scores == [0.0, min(1.0, (2.0 + 3 * 1.0) / 4)] and mixed.raw is None  # a shaped, weights, clip
+    assert mixed.truncated == [False, True] and mixed.tokens == 20 and mixed.num_tokens == [10, 10]
+
+
+def test_concurrent_jobs_share_one_encoder_call_and_budgeted_calls_in_input_order():
+    """The flow the Serve ingress runs for gathered requests: one encoder call for every job, the
+    sequences of each model planned into calls under the backend's per-call budget (12 tokens:
+    two 5-token items per call), each job's results back in its own input order."""
+    import asyncio
+
+    encoder, backend = FakeEncoder(), FakeBackend({"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0]}, call_tokens=12)
+    service = fake_service(backend, encoder)
+    jobs = [service.rewards_job(service.resolve(m, ("reward",)), ["x"] * n)
+            for m, n in (("a", 3), ("b", 2), ("a", 1))]
+    results = asyncio.run(service.arun(jobs))
+    assert [r.scores for r in results] == [[1.0, 2.0, 3.0], [10.0, 20.0], [1.0]]
+    assert len(encoder.calls) == 1 and len(encoder.calls[0]) == 3  # one call, every part
+    [calls] = backend.calls  # one Run: every call at once
+    assert sorted((c.model, len(c.seqs)) for c in calls) == [("a", 2), ("a", 2), ("b", 2)]
+
+
+def test_one_jobs_bad_input_or_failed_call_fails_that_job_alone():
+    from cluster.core.errors import InvalidInput, ModelFailure
+
+    service = fake_service(FakeBackend({"a": [1.0, 2.0], "b": [5.0]}))
+    jobs = [service.rewards_job(service.resolve("a", ("reward",)), ["x", "bad"]),
+            service.rewards_job(service.resolve("b", ("reward",)), ["x"])]
+    bad, good = service.run(jobs)
+    assert isinstance(bad, InvalidInput) and "conversations[1]: bad input" in bad.message
+    assert good.scores == [5.0]
+    failing = fake_service(FakeBackend(fail=ModelFailure("model 'a' failed on a batch: boom")))
+    with pytest.raises(ModelFailure, match="boom"):
+        failing.one(failing.rewards_job(failing.resolve("a", ("reward",)), ["x"]))
+
+
+@pytest.mark.parametrize(
+    ("fail", "status", "code"),
+    [("model_failure", 500, "model_failure"), ("overloaded", 503, "overloaded"), ("unexpected", 500, "internal_error")],
+)
+def test_backend_failures_reach_clients_as_mapped_errors(fail, status, code):
+    """Through the routes: a failing backend's error is the documented body, never a traceback."""
+    from cluster.core.errors import ModelFailure, Overloaded
+    from cluster.http.app import create_app
+
+    err = {"model_failure": ModelFailure("model 'a' ran out of memory"), "overloaded": Overloaded("queue is full"),
+           "unexpected": KeyError("secret internal detail")}[fail]
+    app = create_app(fake_service(FakeBackend(fail=err)))
+    r = InProcessClient(app).post("/v1/rewards", json={"conversations": ["x"]})
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert "secret internal detail" not in r.text and "Traceback" not in r.text
+    assert (r.headers.get("retry-after") == "1") == (status == 503)
