@@ -22,7 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from cluster.core.results import SCORE_TOLERANCE  # noqa: E402
 from cluster.tiny import build_tiny_model  # noqa: E402
+
+TOL = SCORE_TOLERANCE  # every parity check: ours vs the card's computation, fp32, absolute
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
@@ -218,13 +221,25 @@ def ray_cluster():
     ray.shutdown()
 
 
+def reference_models(rm, rm2, critic, attrs, bert) -> dict:
+    """The served models loaded as a notebook would (`load_model` with their own specs, not the
+    served config's): what every route's answer is compared with."""
+    from cluster import ModelSpec, load_model
+
+    return {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
+            "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
+            "judge": load_model(ModelSpec(name="judge", path=str(critic), kind="critic", max_new_tokens=8)),
+            "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
+                                             reward_label="correctness")),
+            "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
+
+
 @pytest.fixture(scope="session")
 def served(ray_cluster, model_dirs, reward_dir, critic_dir):
     """The Serve app ("scoring") with two RMs and a critic, deployed as `serve deploy` does."""
     import httpx
     from ray import serve
 
-    from cluster import ModelSpec, load_model
     from cluster.tiny import HELPSTEER2_LABELS
 
     rm, rm2 = reward_dir("llama"), reward_dir("gemma2")
@@ -235,12 +250,7 @@ def served(ray_cluster, model_dirs, reward_dir, critic_dir):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
             "args": app_args(rm, rm2, critic_dir, attrs, bert)})
-    models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
-              "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
-              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8)),
-              "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
-                                               reward_label="correctness")),
-              "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
+    models = reference_models(rm, rm2, critic_dir, attrs, bert)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {API_KEY}"})
     yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir, attrs, bert),
@@ -314,14 +324,6 @@ def inproc(model_dirs, reward_dir, critic_dir):
     config = AppConfig.parse(app_args(rm, rm2, critic_dir, attrs, bert))
     service = local_service(config)
     app = create_app(service, api_keys=config.api_keys, max_request_bytes=config.max_request_bytes)
-    from cluster import ModelSpec, load_model
-
-    # the references: load_model as a notebook would (its own specs, not the served config's)
-    models = {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
-              "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
-              "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8)),
-              "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
-                                               reward_label="correctness")),
-              "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
+    models = reference_models(rm, rm2, critic_dir, attrs, bert)
     return {"client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}), "app": app, "service": service,
             "models": models, "paths": (rm, rm2, critic_dir, attrs, bert)}

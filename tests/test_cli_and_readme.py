@@ -83,3 +83,20 @@ def test_readme_test_command_is_what_ci_runs():
 @pytest.mark.parametrize("field", ["max_length", "max_batch_tokens", "truncation", "judge_template"])
 def test_readme_documents_model_spec_fields(field):
     assert field in ModelSpec.model_fields and f"`{field}`" in README
+
+
+def test_light_entry_points_import_neither_torch_nor_pyarrow():
+    """The client, the RL reward-function files, the HTTP layer and the CLI's parser load without
+    torch, pyarrow or the Serve layer (package exports are lazy; each CLI command is imported only
+    when it runs)."""
+    code = ("import sys; from cluster import RewardClient, ScoringError, InvalidInput; "
+            "import cluster.client.verl_reward, cluster.client.openrlhf_reward_func, cluster.http.app; "
+            "from cluster.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'pyarrow', 'transformers', 'deployments', 'ray.serve') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    help_text = run_cli("--help")
+    assert help_text.returncode == 0 and "bench-pipeline" in help_text.stdout and "tiny-model" in help_text.stdout

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS
+from conftest import API_KEY, CONVERSATIONS, TOL
 
 from cluster.client.reward_client import RewardClient
 from cluster.core.errors import InvalidInput, Overloaded, UnknownModel
@@ -19,7 +19,6 @@ ITEMS = [
     {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
     {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 6, because addition."},
 ]
-TOL = 1e-4
 
 
 def close(a, b) -> bool:

@@ -16,13 +16,11 @@ import random
 
 import pytest
 import torch
-from conftest import _hf_reward
+from conftest import TOL, _hf_reward
 
 from cluster import ConfigError, InvalidInput, ModelSpec, load_model
 from cluster.core.reward import LastTokenRunner, OwnForwardRunner
 from cluster.core.tokenization import unpack_segments
-
-TOL = 1e-4  # fp32, DESIGN.md
 
 # family -> (build_tiny_model kwargs, what is different about it)
 FAMILIES = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import CONVERSATIONS, InProcessClient, conversations_for
+from conftest import CONVERSATIONS, TOL, InProcessClient, conversations_for
 
 from cluster import ModelSpec, load_model
 from cluster.core.results import sigmoid
@@ -36,7 +36,7 @@ def test_ensemble_with_shaping_combines_members_by_weight(inproc):
     expected = [min(1.0, max(-1.0, ((3 * a + b) / 4 - 0.5) / 2.0)) for a, b in zip(rm, gemma)]
     assert any(abs(e) < 1 for e in expected)  # not everything clipped: the mix itself is checked
     body = inproc["client"].post("/v1/rewards", json={"model": "rm-mix", "conversations": convs}).json()
-    assert all(abs(x - y) <= 1e-4 for x, y in zip(body["scores"], expected)) and body["raw_scores"] is None
+    assert all(abs(x - y) <= TOL for x, y in zip(body["scores"], expected)) and body["raw_scores"] is None
     texts = [inproc["models"]["rm"].encoder.render(c, "t", add_generation_prompt=False) for c in convs[:2]]
     got = inproc["client"].post("/get_reward", json={"model": "rm-mix", "query": texts}).json()["rewards"]
     assert all(-1.0 <= x <= 1.0 for x in got)
@@ -52,7 +52,7 @@ def test_rewards_over_http_equal_load_model_score(inproc, model):
     body = r.json()
     expected = inproc["models"][model].score_detailed(convs)
     assert body["model"] == model
-    assert body["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+    assert body["scores"] == pytest.approx([e.score for e in expected], abs=TOL)
     assert body["truncated"] == [e.truncated for e in expected]
     assert body["usage"]["prompt_tokens"] == sum(e.num_tokens for e in expected)
 
@@ -62,7 +62,7 @@ def test_default_model_and_pretemplated_text(inproc):
     text = rm.encoder.tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False)
     r = inproc["client"].post("/v1/rewards", json={"conversations": [text, CONVERSATIONS[1]]})
     assert r.json()["model"] == "rm"
-    assert r.json()["scores"] == pytest.approx(rm.score([CONVERSATIONS[0], CONVERSATIONS[1]]), abs=1e-4)
+    assert r.json()["scores"] == pytest.approx(rm.score([CONVERSATIONS[0], CONVERSATIONS[1]]), abs=TOL)
 
 
 def test_truncation_is_reported(inproc):
@@ -71,7 +71,7 @@ def test_truncation_is_reported(inproc):
     spec = ModelSpec(name="rm", path=str(inproc["paths"][0]), kind="reward", max_length=512)
     expected = load_model(spec).score_detailed([long_conv, CONVERSATIONS[1]])
     assert r.json()["truncated"] == [True, False]
-    assert r.json()["scores"] == pytest.approx([e.score for e in expected], abs=1e-4)
+    assert r.json()["scores"] == pytest.approx([e.score for e in expected], abs=TOL)
 
 
 def test_compare_with_a_reward_model(inproc):
@@ -80,7 +80,7 @@ def test_compare_with_a_reward_model(inproc):
     expected = inproc["models"]["rm"].compare(ITEMS)
     for got, exp in zip(r.json()["results"], expected):
         assert got["prob_a"] == pytest.approx(exp.prob_a, abs=1e-5)
-        assert got["reward_a"] == pytest.approx(exp.reward_a, abs=1e-4)
+        assert got["reward_a"] == pytest.approx(exp.reward_a, abs=TOL)
         assert got["winner"] == exp.winner
     single = inproc["client"].post("/v1/compare", json=ITEMS[0]).json()["results"][0]
     assert single["prob_a"] == pytest.approx(expected[0].prob_a, abs=1e-5)
@@ -115,7 +115,7 @@ def test_get_reward_as_openrlhf_sends_it(inproc):
     prompts = [rm.encoder.tokenizer.apply_chat_template(c[:-1], tokenize=False) for c in CONVERSATIONS[:3]]
     r = inproc["client"].post("/get_reward", json={"query": queries, "prompts": prompts, "labels": ["", "", ""]})
     assert r.status_code == 200, r.text
-    assert r.json()["rewards"] == pytest.approx(rm.score(CONVERSATIONS[:3]), abs=1e-4)
+    assert r.json()["rewards"] == pytest.approx(rm.score(CONVERSATIONS[:3]), abs=TOL)
     assert r.json()["scores"] == r.json()["rewards"]
     assert set(r.json()["extra_logs"]) == {"truncated"}
 
@@ -131,14 +131,14 @@ def test_classify_as_vllm_clients_send_it(inproc):
     assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
     assert [d["num_classes"] for d in body["data"]] == [1, 1]
     expected = rm.score(CONVERSATIONS[:2])
-    assert [d["probs"][0] for d in body["data"]] == pytest.approx(expected, abs=1e-4)
+    assert [d["probs"][0] for d in body["data"]] == pytest.approx(expected, abs=TOL)
     activated = inproc["client"].post("/classify", json={"model": "rm", "input": texts[0]}).json()
     assert activated["data"][0]["probs"][0] == pytest.approx(sigmoid(expected[0]), abs=1e-5)
     legacy = inproc["client"].post("/classify", json={"model": "rm", "input": texts[0], "activation": False}).json()
-    assert legacy["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert legacy["data"][0]["probs"][0] == pytest.approx(expected[0], abs=TOL)
     chat = inproc["client"].post("/classify", json={"model": "rm", "messages": CONVERSATIONS[0],
                                                     "use_activation": False}).json()
-    assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=TOL)
     assert body["usage"]["prompt_tokens"] > 0
 
 
@@ -151,13 +151,13 @@ def test_multi_output_model_over_http(inproc):
     expected = inproc["models"]["rm-attrs"].score_detailed(CONVERSATIONS[:3])
     body = inproc["client"].post("/v1/rewards", json={"model": "rm-attrs", "conversations": CONVERSATIONS[:3]}).json()
     assert body["labels"] == list(HELPSTEER2_LABELS)
-    assert body["scores"] == pytest.approx([r.score for r in expected], abs=1e-4)
+    assert body["scores"] == pytest.approx([r.score for r in expected], abs=TOL)
     for got, want in zip(body["values"], expected):
-        assert got == pytest.approx(want.values, abs=1e-4) and got[1] == pytest.approx(want.score, abs=1e-4)
+        assert got == pytest.approx(want.values, abs=TOL) and got[1] == pytest.approx(want.score, abs=TOL)
     raw = inproc["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0],
                                                    "use_activation": False}).json()
     [row] = raw["data"]
-    assert row["num_classes"] == 5 and row["probs"] == pytest.approx(expected[0].values, abs=1e-4)
+    assert row["num_classes"] == 5 and row["probs"] == pytest.approx(expected[0].values, abs=TOL)
     assert row["label"] == HELPSTEER2_LABELS[max(range(5), key=expected[0].values.__getitem__)]
     [soft] = inproc["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0]}).json()["data"]
     exps = [math.exp(v) for v in expected[0].values]
@@ -172,7 +172,7 @@ def test_encoder_reward_model_over_http(inproc):
     the replica as they do in-process."""
     convs = [c for c in CONVERSATIONS if len(c) == 2]
     body = inproc["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": convs}).json()
-    assert body["scores"] == pytest.approx(inproc["models"]["rm-bert"].score(convs), abs=1e-4)
+    assert body["scores"] == pytest.approx(inproc["models"]["rm-bert"].score(convs), abs=TOL)
     assert any(body["truncated"])  # max_length 64: the long answer is cut from the left
     bad = inproc["client"].post("/v1/rewards", json={"model": "rm-bert", "conversations": [CONVERSATIONS[2]]})
     assert bad.status_code == 422 and "no chat template" in bad.json()["error"]["message"]
@@ -298,7 +298,7 @@ def test_a_json_body_is_read_as_json_whatever_its_content_type(inproc):
     r = inproc["client"].post("/v1/rewards", content=body, headers=form)
     assert r.status_code == 200, r.text
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    assert r.json()["scores"] == pytest.approx(inproc["models"]["rm"].score([conv]), abs=1e-4)
+    assert r.json()["scores"] == pytest.approx(inproc["models"]["rm"].score([conv]), abs=TOL)
 
 
 def test_openapi_documents_every_routes_body(inproc):

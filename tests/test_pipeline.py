@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CONVERSATIONS
+from conftest import CONVERSATIONS, TOL
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
 from cluster.data.corpus import critic_swap
@@ -26,7 +26,6 @@ ray = pytest.importorskip("ray")
 
 FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 3, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,
         "num_gpus": 0}  # the fake GPUs belong to the Serve replicas
-TOL = 1e-4
 PROMPTS = ["What is the capital of France?", "Add 2 and 3.", "How do I print in Python?", "Tell me something.",
            "Count to five.", "Is water wet?", "Name a colour.", "Say hi."]
 GOOD = ["Paris.", "5", "print('hello')", "Water boils at 100 degrees Celsius at sea level.", "1 2 3 4 5",

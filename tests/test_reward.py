@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import (
     REWARD_VARIANTS,
+    TOL,
     card_ids,
     card_score,
     card_score_ids,
@@ -17,8 +18,6 @@ from conftest import (
 from cluster import InputTooLong, ModelSpec, load_model
 from cluster.core.results import sigmoid
 from cluster.core.reward import read_position
-
-TOL = 1e-4  # fp32, DESIGN.md
 
 
 def load_rm(path, **kw):

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS, app_args, deploy
+from conftest import API_KEY, CONVERSATIONS, TOL, app_args, deploy
 
 from cluster import ModelSpec, load_model
 
@@ -58,7 +58,7 @@ ROUTES = [
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
 def test_every_route_through_serve_answers_as_in_process(served, inproc, method, path, body):
     """The same app over deployment handles (tokenizer deployment, replicas) and over in-process
-    models: the same status and body, numbers to 1e-4 (errors: the same code and message)."""
+    models: the same status and body, numbers to TOL (errors: the same code and message)."""
     live = served["client"].request(method, path, json=body)
     local = inproc["client"].request(method, path, json=body)
     assert live.status_code == local.status_code, (live.text, local.text)
@@ -74,7 +74,7 @@ def same(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-4
+        return abs(a - b) <= TOL
     return a == b
 
 
@@ -145,7 +145,7 @@ def test_concurrent_requests_are_batched_together(served):
 
     responses = asyncio.run(many())
     expected = served["models"]["rm"].score(CONVERSATIONS * 4)
-    assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=1e-4)
+    assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=TOL)
     after = totals()
     assert after["sequences"] - before["sequences"] == 24
     assert after["batches"] - before["batches"] < 24  # forward passes shared between requests
@@ -167,7 +167,7 @@ def test_a_bad_request_does_not_fail_the_requests_gathered_with_it(served):
             assert r.status_code == 422 and "last message must be the assistant" in r.json()["error"]["message"]
         else:
             assert r.status_code == 200
-            assert r.json()["scores"] == pytest.approx(rm.score(body["conversations"]), abs=1e-4)
+            assert r.json()["scores"] == pytest.approx(rm.score(body["conversations"]), abs=TOL)
 
 
 def test_live_reconfigure_keeps_replicas(served):
@@ -188,7 +188,7 @@ def test_live_reconfigure_keeps_replicas(served):
     for s in after.values():
         assert (s["batch_max_tokens"], s["batch_wait_timeout_s"], s["max_batch_tokens"]) == (8192, 0.02, 1024)
     r = served["client"].post("/v1/rewards", json={"conversations": CONVERSATIONS})
-    assert r.json()["scores"] == pytest.approx(served["models"]["rm"].score(CONVERSATIONS), abs=1e-4)
+    assert r.json()["scores"] == pytest.approx(served["models"]["rm"].score(CONVERSATIONS), abs=TOL)
 
 
 def test_custom_metrics_are_exported(served):
@@ -230,6 +230,6 @@ def test_two_node_cluster_places_one_replica_per_node(reward_dir):
     assert all(r["calls"] > 0 for r in replicas)  # requests were served from both
     expected = load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward")).score(
         [CONVERSATIONS[0]])[0]
-    assert result["scores"] == pytest.approx([expected] * 24, abs=1e-4)
+    assert result["scores"] == pytest.approx([expected] * 24, abs=TOL)
 
 

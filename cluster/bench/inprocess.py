@@ -4,7 +4,8 @@ The three methods score the same token ids in the same run, so tokenization (tim
 left out and the ratios measure batching alone:
   1. the model card's loop: one conversation per forward pass of the HF model, no padding;
   2. fixed batches of 16 in arrival order, right-padded to each batch's longest item;
-  3. ours: `RewardRunner.score_ids`, length-sorted batches under a padded-token budget.
+  3. ours: `RewardRunner.run` (the runners' public entry point), length-sorted batches under a
+     padded-token budget; its padding efficiency is read from the plan the runner reports it ran.
 The same run checks that ours equals the model card's scores (fp32, abs diff <= 1e-4).
 """
 
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from cluster.core.results import SCORE_TOLERANCE
+
 DEFAULT_DATA = Path("../shared/data/rm-bench")
 FIXED_BATCH_SIZE = 16
 MAX_LENGTH = 2048
-SCORE_TOLERANCE = 1e-4  # DESIGN.md, scoring semantics: fp32 abs diff
 WARMUP_ITEMS = 8
 # A small Llama-family reward model: big enough that matmuls, not Python, dominate a forward pass.
 MODEL_SHAPE = dict(vocab_size=8000, hidden=256, layers=4, heads=8, kv_heads=4, intermediate=688)
@@ -206,20 +208,20 @@ def time_tokenization(rm, conversations: list[Conversation], repeats: int) -> tu
 def make_methods(rm, seqs: list[list[int]]) -> list[Method]:
     runner = rm.runner
     fixed = fixed_batches(len(seqs), FIXED_BATCH_SIZE)
-    ours = plan_ours(rm, seqs)
+    ours_plan: list[list[int]] = []  # the plan the runner reports it ran (filled by each run)
+
+    def ours() -> list[float]:
+        ran = runner.run("score", seqs)
+        ours_plan[:] = ran.batches
+        return [score for score, _ in ran.outputs]
+
     return [
         Method("one-at-a-time (model card)", lambda: score_one_at_a_time(runner.model, seqs),
                [[i] for i in range(len(seqs))]),
         Method(f"fixed batch {FIXED_BATCH_SIZE}, arrival order", lambda: score_fixed_batches(runner, seqs, fixed),
                fixed),
-        Method("ours (token budget, sorted)", lambda: runner.score_ids(seqs), ours),
+        Method("ours (token budget, sorted)", ours, ours_plan),
     ]
-
-
-def plan_ours(rm, seqs: list[list[int]]) -> list[list[int]]:
-    from cluster.core.batching import plan_batches
-
-    return plan_batches([len(s) for s in seqs], rm.spec.max_batch_tokens, rm.spec.max_batch_size)
 
 
 def fixed_batches(count: int, size: int) -> list[list[int]]:

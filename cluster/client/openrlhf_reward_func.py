@@ -6,7 +6,7 @@ OpenRLHF passes `queries`: the prompt and response already in the policy's chat 
 are scored as pre-templated text, so the policy's template should be the reward model's (as with
 OpenRLHF's own remote RM server). Alternatively point `--remote_rm_url` straight at the app's
 `http://head:8000/get_reward`, which speaks OpenRLHF's HTTP protocol. Server settings: SCORING_*
-environment variables (see cluster/integrations/__init__.py).
+environment variables (see cluster/client/from_env.py).
 """
 
 from __future__ import annotations

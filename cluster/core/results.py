@@ -16,6 +16,10 @@ from typing import Literal, get_args
 
 from cluster.core.errors import InvalidInput
 
+# Ours against the model card's own computation, fp32, absolute (DESIGN.md, scoring semantics): the
+# one tolerance every parity test and benchmark check uses.
+SCORE_TOLERANCE = 1e-4
+
 Mode = Literal["logits", "generate"]  # the critic's fast path (verdict logits) and slow path (generation)
 MODES: tuple[str, ...] = get_args(Mode)
 

@@ -288,32 +288,42 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     return results
 
 
+def _drive(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> Generator[Awaitable, Any, list]:
+    """The flow with each effect performed; an effect whose result must be awaited is yielded to
+    the driver, which sends the awaited result back."""
+    steps = flow(jobs, backend.call_tokens)
+    value = None
+    while True:
+        try:
+            effect = steps.send(value)
+        except StopIteration as done:
+            return done.value
+        value = encoder.encode(effect.parts) if isinstance(effect, Encode) else backend.run(effect.calls)
+        if inspect.isawaitable(value):
+            value = yield value
+
+
 def run_sync(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> list:
     """Drive the flow with a synchronous encoder and backend (in-process, Ray Data stages)."""
-    steps = flow(jobs, backend.call_tokens)
+    driver = _drive(jobs, encoder, backend)
     try:
-        effect = next(steps)
-        while True:
-            value = encoder.encode(effect.parts) if isinstance(effect, Encode) else backend.run(effect.calls)
-            if inspect.isawaitable(value):
-                raise TypeError("run_sync was given an asynchronous encoder or backend; use run_async")
-            effect = steps.send(value)
+        pending = next(driver)
     except StopIteration as done:
         return done.value
+    getattr(pending, "close", lambda: None)()
+    raise TypeError("run_sync was given an asynchronous encoder or backend; use run_async")
 
 
 async def run_async(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> list:
     """Drive the flow with an encoder and backend whose calls may be awaitable (Serve handles)."""
-    steps = flow(jobs, backend.call_tokens)
-    try:
-        effect = next(steps)
-        while True:
-            value = encoder.encode(effect.parts) if isinstance(effect, Encode) else backend.run(effect.calls)
-            if inspect.isawaitable(value):
-                value = await value
-            effect = steps.send(value)
-    except StopIteration as done:
-        return done.value
+    driver = _drive(jobs, encoder, backend)
+    value = None
+    while True:
+        try:
+            pending = driver.send(value)
+        except StopIteration as done:
+            return done.value
+        value = await pending
 
 
 def raise_or_return(result: Any) -> Any:

@@ -1,6 +1,6 @@
 """Corpus rows -> what a model scores, and model outputs -> the row's result columns.
 
-No Ray here: the Ray Data pipeline (cluster/pipeline.py) calls these per batch, and tests call them
+No Ray here: the Ray Data pipeline (cluster/data/pipeline.py) calls these per batch, and tests call them
 directly. A row is a plain dict; its own columns are carried through untouched.
 
 Row shapes (detected from the columns, or named):

@@ -3,9 +3,10 @@
     read (parquet / JSONL / JSON, one task per chunk of rows; each row keeps its file and index)
       -> tokenize   CPU actor pool, the shared ChatEncoder (the same ids as in-process and Serve)
       -> score      model actor pool, ActorPoolStrategy(min, max), one GPU per actor on GPU clusters;
-                    each Ray batch is cut into length-sorted token-budget forward passes by the
-                    shared planner (cluster/batching.py). With via_serve, the actor sends each
-                    planned batch to the running Serve app's replica as one handle call instead.
+                    each Ray batch's sequences go through the request core (cluster/core/service.py)
+                    as one job of token ids: on the actor's own model (its runner cuts them into
+                    length-sorted token-budget forward passes), or with via_serve on the running
+                    Serve app's replicas (planned into calls under the replica's per-call budget).
       -> write      (score_corpus) one parquet shard per batch, written atomically and named by its
                     rows; a rerun with the same arguments skips every row already in a shard.
 
@@ -310,7 +311,7 @@ class ServeStage(_ScoreStage):
 
 def score_dataset(ds, model: ModelSpec | Mapping[str, Any] | str, **options: Any):
     """Lazily score a Ray Dataset: one output row per input row, the input's columns carried
-    through, result columns appended (see cluster/corpus.py). Options: `ScoringOptions`."""
+    through, result columns appended (see cluster/data/corpus.py). Options: `ScoringOptions`."""
     opts = ScoringOptions.parse(options)
     spec = resolve_model(model, opts.via_serve)
     first = ds.take(1)
