@@ -12,6 +12,7 @@ from cluster.core.config import Ensemble
 from cluster.core.results import sigmoid
 from cluster.core.service import ScoringService
 from cluster.http import schemas
+from cluster.http.app import request_id
 from cluster.http.schemas import ok, usage
 
 
@@ -51,8 +52,7 @@ def router(service: ScoringService) -> APIRouter:
             rows = [classify_activation(row, head["problem_type"]) for row in rows]
         data = [schemas.ClassifyData(index=i, label=head["labels"][max(range(len(row)), key=row.__getitem__)],
                                      probs=row, num_classes=len(row)) for i, row in enumerate(rows)]
-        rid = request.scope.get("state", {}).get("request_id", "-")
-        return ok(schemas.ClassifyResponse(id=f"classify-{rid}", created=int(time.time()), model=model.name,
-                                           data=data, usage=usage(result.tokens)))
+        return ok(schemas.ClassifyResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
+                                           model=model.name, data=data, usage=usage(result.tokens)))
 
     return r
