@@ -112,12 +112,10 @@ def test_results_land_in_input_order_when_batches_are_reordered(reward_dir):
     rm = load_rm(path, max_batch_tokens=4096)
     lengths = [len(e.ids) for e in rm.encoder.encode_inputs(convs)]
     assert lengths != sorted(lengths, reverse=True)  # the fixture really is out of length order
-    seen_batches = []
-    original = rm.runner._forward
-    rm.runner._forward = lambda seqs: seen_batches.append([len(s) for s in seqs]) or original(seqs)
-    scores = rm.score(convs)
-    assert seen_batches[0][0] == max(lengths)
-    assert scores == pytest.approx([card_score(path, c) for c in convs], abs=TOL)
+    ran = rm.runner.run("score", [e.ids for e in rm.encoder.encode_inputs(convs)])  # the plan it reports
+    assert lengths[ran.batches[0][0]] == max(lengths)
+    assert [score for score, _ in ran.outputs] == pytest.approx([card_score(path, c) for c in convs], abs=TOL)
+    assert rm.score(convs) == pytest.approx([card_score(path, c) for c in convs], abs=TOL)
 
 
 def test_pad_equal_to_eos_reads_the_token_before_the_trailing_eos(reward_dir):
