@@ -42,7 +42,7 @@ class HandleEncoder:
             except Exception as err:  # noqa: BLE001 - the tokenizer's failure is each part's
                 encoded = [from_ray(err)] * len(indices)
             for k, enc in zip(indices, encoded):
-                out[k] = enc if isinstance(enc, BaseException) else [Encoded(ids, t, len(ids)) for ids, t in enc]
+                out[k] = enc if isinstance(enc, BaseException) else [Encoded(*item) for item in enc]
 
         await asyncio.gather(*(one_model(m, idx) for m, idx in by_model.items()))
         return out
@@ -51,8 +51,6 @@ class HandleEncoder:
 class ReplicaBackend:
     """The models' replica deployments. A call is one handle call; a replica gathers the calls of
     concurrent callers up to its token budget (`call_tokens`) and runs them as one runner pass."""
-
-    METHODS = {"score": "score", "verdicts": "verdicts", "generate": "generate"}
 
     def __init__(self, handles: dict[str, Any], call_tokens: dict[str, int], *, alone: frozenset[str] = frozenset(),
                  blocking: bool = False):
@@ -65,7 +63,7 @@ class ReplicaBackend:
         return self.budgets.get(model)
 
     def _send(self, call: Call):
-        method = self.METHODS[call.op]
+        method = call.op  # the replica's methods are named after the ops: score, verdicts, generate
         if call.model in self.alone and call.op != "generate":
             method += "_alone"
         return getattr(self.handles[call.model], method).remote(replica_call(call.seqs))
@@ -73,24 +71,24 @@ class ReplicaBackend:
     def run(self, calls: list[Call]):
         responses = [self._send(c) for c in calls]  # all in flight before the first wait
         if not self.blocking:
-            return self._gather(responses)
+            return self._gather(calls, responses)
         out = []
-        for response in responses:
+        for call, response in zip(calls, responses):
             try:
                 out.append(response.result())
             except Exception as err:  # noqa: BLE001 - a call's failure is its items' jobs'
-                out.append(from_ray(err))
+                out.append(from_ray(err, call.model))
         return out
 
     @staticmethod
-    async def _gather(responses) -> list:
-        async def one(response):
+    async def _gather(calls: list[Call], responses) -> list:
+        async def one(call: Call, response):
             try:
                 return await response
             except Exception as err:  # noqa: BLE001
-                return from_ray(err)
+                return from_ray(err, call.model)
 
-        return list(await asyncio.gather(*(one(r) for r in responses)))
+        return list(await asyncio.gather(*(one(c, r) for c, r in zip(calls, responses))))
 
     async def head(self, model: str) -> dict[str, Any]:
         info = await self.handles[model].describe.remote()

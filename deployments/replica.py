@@ -83,8 +83,9 @@ class ModelReplica:
         return (await self._gathered([call], "verdicts"))[0]
 
     async def generate(self, call: dict[str, Any]) -> list:
-        """Critic slow path: greedy generation (not gathered: each call is already a batch)."""
-        return (await self._gathered([call], "generate"))[0]
+        """Critic slow path: greedy generation (not gathered: each call is already a batch; not in
+        the scoring metrics, which count forward passes)."""
+        return (await asyncio.to_thread(self._locked, self.model.runner.run, "generate", call["seqs"])).outputs
 
     async def _gathered(self, calls: list[dict[str, Any]], op: str) -> list[list]:
         started = time.time()

@@ -22,15 +22,16 @@ class Tokenizer:
             self.encoders[spec.name] = ChatEncoder.for_spec(spec)
 
     def encode(self, model: str, parts: list[tuple[str, list, str, bool]]) -> list:
-        """Several parts' inputs for one model, each (op, inputs, what, swap) -> (ids, truncated)
-        per item. A part with bad input gets its error back in its place, so one caller's mistake
-        does not fail the others gathered with it."""
+        """Several parts' inputs for one model, each (op, inputs, what, swap) -> (ids, truncated,
+        tokens before truncation) per item. A part with bad input gets its error back in its place,
+        so one caller's mistake does not fail the others gathered with it."""
         if model not in self.encoders:
             raise UnknownModel(f"model '{model}' is not served here")
         encoder, out = self.encoders[model], []
         for op, inputs, what, swap in parts:
             try:
-                out.append([(e.ids, e.truncated) for e in encoder.encode(op, inputs, what, swap)])
+                encoded = encoder.encode(op, inputs, what, swap)
+                out.append([(e.ids, e.truncated, e.original_length) for e in encoded])
             except ScoringError as err:
                 out.append(err)
         return out

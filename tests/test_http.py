@@ -429,3 +429,33 @@ def test_backend_failures_reach_clients_as_mapped_errors(fail, status, code):
     assert r.status_code == status and r.json()["error"]["code"] == code
     assert "secret internal detail" not in r.text and "Traceback" not in r.text
     assert (r.headers.get("retry-after") == "1") == (status == 503)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"", "body: Invalid JSON: EOF while parsing"),
+     (b'{"conversations": 5}', "conversations: Input should be a valid array"),
+     (b"[1]", "body: Input should be an object")],
+)
+def test_body_errors_read_as_the_schema_states_them_for_json(inproc, raw, message):
+    r = inproc["client"].post("/v1/rewards", content=raw)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(message), r.text
+
+
+def test_from_ray_is_the_one_reading_of_rays_wrappers():
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    from cluster.core.errors import InvalidInput, Overloaded, from_ray
+
+    bad = from_ray(RayTaskError("score", "Traceback (most recent call last): ...", InvalidInput("items[0]: bad")))
+    assert isinstance(bad, InvalidInput) and bad.message == "items[0]: bad"
+    other = from_ray(RayTaskError("score", "Traceback (most recent call last): ...", KeyError("k")))
+    assert isinstance(other, KeyError)  # the cause, not Ray's wrapper with its traceback text
+    lost = from_ray(RayActorError(), "rm")
+    assert isinstance(lost, Overloaded) and lost.message == "a replica of model 'rm' became unavailable; retry"
+    full = from_ray(BackPressureError(num_queued_requests=5, max_queued_requests=4))
+    assert isinstance(full, Overloaded) and "queue is full" in full.message
+    assert not isinstance(from_ray(RayActorError(), transient=False), Overloaded)  # the pipeline's reading
+    text = RuntimeError("Failed on a task: cluster.core.errors.InvalidInput: rows.jsonl row 3: prompt: missing")
+    assert from_ray(text).message == "rows.jsonl row 3: prompt: missing"  # Ray Data keeps only the text

@@ -45,11 +45,7 @@ class CriticRunner(ForwardRunner):
         return {"verdicts": (self._verdict_forward, lambda s: len(s) + prefix),
                 "generate": (self._generate_verdicts, lambda s: len(s) + new)}
 
-    # -- fast path
-
-    def verdict_probs(self, seqs: Sequence[Sequence[int]]) -> list[float]:
-        """P(A) vs P(B) at the step after the verdict prefix, for each judge prompt."""
-        return self.run("verdicts", seqs).outputs
+    # -- fast path: P(A) vs P(B) at the step after the verdict prefix, for each judge prompt
 
     def _verdict_forward(self, seqs: list[Sequence[int]]) -> list[float]:
         batch = self._pad([list(s) + self.verdict.prefix for s in seqs])
@@ -66,11 +62,8 @@ class CriticRunner(ForwardRunner):
 
     # -- slow path
 
-    def generate(self, seqs: Sequence[Sequence[int]]) -> list[Generated]:
-        """Greedy answers, the verdict each states and P(A) read at its verdict token."""
-        return self.run("generate", seqs).outputs
-
     def _generate_verdicts(self, seqs: list[Sequence[int]]) -> list[Generated]:
+        """Greedy answers, the verdict each states and P(A) read at its verdict token."""
         out = []
         for gen in self._generate(seqs, self.max_new_tokens):
             winner = self.parse(gen.text)  # the model's own verdict strings, never guessed

@@ -93,15 +93,16 @@ def http_status(err: BaseException) -> int:
     return 500
 
 
-def from_ray(err: BaseException) -> BaseException:
+def from_ray(err: BaseException, model: str | None = None, *, transient: bool = True) -> BaseException:
     """A failure that crossed Ray, as the error the caller should meet (the one place that reads
-    Ray's wrappers; Serve's ingress, RewardClient's handle transport and the pipeline use it):
+    Ray's wrappers; Serve's ingress and handles, RewardClient's handle transport and the pipeline
+    use it):
 
     - the ScoringError a replica, stage or actor raised, unwrapped from RayTaskError (or rebuilt
       from its text, where Ray Data kept only that: `cluster.core.errors.InvalidInput: <message>`);
-    - Overloaded for what waiting cures: Serve's back-pressure, a replica or actor that died or
-      restarted mid-call (scoring is idempotent, so a retry is safe);
-    - anything else unchanged.
+    - with `transient`, Overloaded for what waiting cures: Serve's back-pressure, a replica or
+      actor that died or restarted mid-call (scoring is idempotent, so a retry is safe);
+    - else the underlying cause, unwrapped.
     """
     import re
     import sys
@@ -111,17 +112,18 @@ def from_ray(err: BaseException) -> BaseException:
         cause = cause.cause
     if isinstance(cause, ScoringError):
         return cause
-    if "ray" in sys.modules:  # only a process that imported Ray can hold Ray's exceptions
+    if transient and "ray" in sys.modules:  # only a process that imported Ray can hold Ray's exceptions
         from ray import exceptions as ray_errors
         from ray.serve import exceptions as serve_errors
 
-        transient = (serve_errors.BackPressureError, serve_errors.DeploymentUnavailableError,
-                     ray_errors.RayActorError, ray_errors.ActorUnavailableError)
-        if isinstance(cause, transient) or isinstance(err, transient):
-            name = type(cause if isinstance(cause, transient) else err).__name__
-            return Overloaded(f"the model's queue is full or a replica became unavailable ({name}); retry")
+        if isinstance(cause, serve_errors.BackPressureError) or isinstance(err, serve_errors.BackPressureError):
+            return Overloaded("the model's queue is full; retry after a moment")
+        lost = (serve_errors.DeploymentUnavailableError, ray_errors.RayActorError, ray_errors.ActorUnavailableError)
+        if isinstance(cause, lost) or isinstance(err, lost):
+            who = f"a replica of model '{model}'" if model else "a replica"
+            return Overloaded(f"{who} became unavailable; retry")
     match = re.search(r"cluster\.core\.errors\.(\w+): (.+)", str(err))
     cls = globals().get(match.group(1)) if match else None
     if isinstance(cls, type) and issubclass(cls, ScoringError):
         return cls(match.group(2).strip())
-    return err
+    return cause

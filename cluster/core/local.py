@@ -50,8 +50,9 @@ class LocalBackend:
 
 def local_service(config) -> Any:
     """Every model of an AppConfig loaded in this process, behind the request core: the Serve
-    app's logic with no Ray (tests run the HTTP routes over it; `create_app(local_service(...))`
-    is a single-process server)."""
+    app's logic with no Ray. The tests run the HTTP routes over it (`create_app(local_service(...))`);
+    its forward passes run on the event loop's thread, so it is for tests and light local use,
+    not a server under load."""
     from cluster.core.loading import load_model
     from cluster.core.service import ScoringService
 

@@ -163,4 +163,4 @@ class RewardModel(LoadedModel):
 
     def compare(self, items: Any) -> list[Comparison]:
         """Pairs {prompt, response_a, response_b} -> prob_a = sigmoid(r_a - r_b) and both rewards."""
-        return self.service.one(self.service.compare_job(self.spec, items)).results
+        return self.service.one(self.service.compare_job(self.spec, items, "conversations")).results

@@ -401,14 +401,16 @@ class ScoringService:
         return RewardsJob(target, items, what, members)
 
     def judge_job(self, model: ModelSpec, items: Any, mode: str = "logits", debias: bool = False) -> JudgeJob:
-        return JudgeJob(model.name, self._judge_items(items), check_mode(mode), bool(debias))
+        mode = check_mode(mode)
+        return JudgeJob(model.name, self._judge_items(items), mode, bool(debias))
 
-    def compare_job(self, target: ModelSpec | Ensemble, items: Any) -> JudgeJob | CompareJob:
-        """A critic judges the pairs (logits); a reward model or ensemble compares their rewards."""
+    def compare_job(self, target: ModelSpec | Ensemble, items: Any, what: str = "items") -> JudgeJob | CompareJob:
+        """A critic judges the pairs (logits); a reward model or ensemble compares their rewards
+        (`what` names the pair conversations in errors)."""
         checked = self._judge_items(items)
         if target.kind == "critic":
             return JudgeJob(target.name, checked)
-        return CompareJob(self.rewards_job(target, pair_conversations(checked), "items"))
+        return CompareJob(self.rewards_job(target, pair_conversations(checked), what))
 
     def _judge_items(self, items: Any) -> list[dict[str, str]]:
         checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]

@@ -656,7 +656,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
                 for key in counts:
                     counts[key] += stats[key]
         except Exception as err:
-            cause = from_ray(err)  # the ScoringError a stage raised, out of Ray Data's wrapper
+            cause = from_ray(err, transient=False)  # the ScoringError a stage raised, out of Ray Data's wrapper
             if isinstance(cause, ScoringError):
                 raise cause from None
             raise

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers, MutableHeaders
 
 from cluster.core.errors import (
@@ -62,14 +63,30 @@ def describe(errors: Sequence[dict]) -> str:
     """`conversations.0.1.role: Input should be 'system', 'user' or 'assistant'; ...`"""
     problems = []
     for e in errors[:10]:
-        if e.get("type") == "json_invalid":
-            problems.append(f"body: invalid JSON ({e.get('ctx', {}).get('error', e['msg'])})")
+        if e.get("type") == "json_invalid" and e["loc"][:1] == ("body",):  # FastAPI's own JSON error
+            problems.append(f"body: Invalid JSON: {e.get('ctx', {}).get('error', e['msg'])}")
             continue
         loc = list(e["loc"])[1:] if e["loc"] and e["loc"][0] == "body" else list(e["loc"])
         # drop union-member labels such as "list[Message]" / "str" from the location
         loc = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p == "str")))
         problems.append(f"{loc or 'body'}: {e['msg']}")
     return "; ".join(problems)
+
+
+def json_errors(request: Request) -> list[dict] | None:
+    """The body's problems as its schema states them validating the raw JSON (strict JSON types:
+    "a valid array", "an object"; the messages this API has always given), where the route takes
+    one body model; None otherwise (FastAPI's own errors are used)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    schema = getattr(getattr(field, "field_info", None), "annotation", None)
+    body = request.scope.get("state", {}).get("body")
+    if body is None or not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        return None
+    try:
+        schema.model_validate_json(body)
+    except ValidationError as err:
+        return err.errors()
+    return None
 
 
 def request_id(request: Request) -> str:
@@ -134,6 +151,7 @@ class Guard:
                                       f"{self.max_bytes}")
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        scope["state"]["body"] = body  # the validation handler re-reads it (see json_errors)
         if body and scope["method"] != "GET":
             MutableHeaders(scope=scope)["content-type"] = "application/json"  # JSON, as every client means
         replayed = False
@@ -162,7 +180,7 @@ def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_req
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidInput(describe(err.errors())), request_id(request))
+        return error_response(InvalidInput(describe(json_errors(request) or err.errors())), request_id(request))
 
     for module in (ours, openrlhf, vllm):
         app.include_router(module.router(service))
