@@ -15,7 +15,13 @@ pyarrow; `load_model` and the pipeline import them when first used.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("scoring-cluster")
+except PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0.0.0+unknown"
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -36,7 +36,7 @@ class HandleEncoder:
         out: list = [None] * len(parts)
 
         async def one_model(model: str, indices: list[int]) -> None:
-            requests = [(parts[k].op, parts[k].inputs, parts[k].what, parts[k].swap) for k in indices]
+            requests = [(parts[k].op, parts[k].inputs, parts[k].what, parts[k].swap, parts[k].options) for k in indices]
             try:
                 encoded = await self.tokenizer.encode.remote(model, requests)
             except Exception as err:  # noqa: BLE001 - the tokenizer's failure is each part's

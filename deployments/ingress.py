@@ -35,7 +35,8 @@ class Ingress:
         self.api_keys = keys
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes)
+        return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,
+                          trusted_networks=self.config.trusted_networks)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
     async def _gathered(self, jobs: list) -> list:

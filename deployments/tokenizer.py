@@ -11,7 +11,7 @@ from typing import Any
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ScoringError, UnknownModel
-from cluster.core.tokenization import ChatEncoder
+from cluster.core.tokenization import ChatEncoder, EncodeOptions
 
 
 class Tokenizer:
@@ -21,16 +21,16 @@ class Tokenizer:
             spec = ModelSpec(**fields)
             self.encoders[spec.name] = ChatEncoder.for_spec(spec)
 
-    def encode(self, model: str, parts: list[tuple[str, list, str, bool]]) -> list:
-        """Several parts' inputs for one model, each (op, inputs, what, swap) -> (ids, truncated,
+    def encode(self, model: str, parts: list[tuple[str, list, str, bool, EncodeOptions | None]]) -> list:
+        """Several parts' inputs for one model, each (op, inputs, what, swap, options) -> (ids, truncated,
         tokens before truncation) per item. A part with bad input gets its error back in its place,
         so one caller's mistake does not fail the others gathered with it."""
         if model not in self.encoders:
             raise UnknownModel(f"model '{model}' is not served here")
         encoder, out = self.encoders[model], []
-        for op, inputs, what, swap in parts:
+        for op, inputs, what, swap, options in parts:
             try:
-                encoded = encoder.encode(op, inputs, what, swap)
+                encoded = encoder.encode(op, inputs, what, swap, options)
                 out.append([(e.ids, e.truncated, e.original_length) for e in encoded])
             except ScoringError as err:
                 out.append(err)

@@ -327,3 +327,48 @@ def inproc(model_dirs, reward_dir, critic_dir):
     models = reference_models(rm, rm2, critic_dir, attrs, bert)
     return {"client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}), "app": app, "service": service,
             "models": models, "paths": (rm, rm2, critic_dir, attrs, bert)}
+
+
+# ----------------------------------------------------------------------------- the app on a real socket
+
+
+class LiveServer:
+    """An app served by uvicorn on 127.0.0.1 in a background thread (no Ray): what the RL frameworks'
+    own client code (aiohttp, requests, huggingface_hub) is run against, unchanged."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live(inproc):
+    """The in-process app's service served twice on real sockets: `keyed` with the API key on (as
+    the README configures it), `trusted` with the key on and 127.0.0.0/8 trusted (for clients that
+    can send no key at all)."""
+    from cluster.http.app import create_app
+
+    service = inproc["service"]
+    keyed = LiveServer(create_app(service, api_keys=[API_KEY], max_request_bytes=200_000))
+    trusted = LiveServer(create_app(service, api_keys=[API_KEY], max_request_bytes=200_000,
+                                    trusted_networks=["127.0.0.0/8"]))
+    yield {"keyed": keyed.url, "trusted": trusted.url, "models": inproc["models"], "service": service}
+    keyed.stop()
+    trusted.stop()

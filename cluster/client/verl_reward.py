@@ -9,6 +9,10 @@ verl hands over in `extra_info`: put the question there in your dataset preproce
 (`extra_info["question"]` or `["prompt"]`) or as chat messages (`extra_info["messages"]` or
 `["raw_prompt"]`). The server, URL and model come from SCORING_* environment variables or from
 `custom_reward_function.reward_kwargs` (url, api_key, model, transport).
+
+verl adds keyword arguments of its own when its reward loop runs a reward model
+(`reward_router_address`, `reward_model_tokenizer`: its own servers', not this app's); they are
+accepted and ignored (verl-project/verl@b0705987, verl/experimental/reward_loop/reward_manager/naive.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from cluster.client.from_env import client_from_env
 from cluster.core.errors import InvalidInput
 
 PROMPT_KEYS = ("messages", "raw_prompt", "question", "prompt")
+# what verl's reward managers pass besides the sample (naive.py / batch.py `extra_reward_kwargs`)
+VERL_OWN_KWARGS = ("reward_router_address", "reward_model_tokenizer")
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
@@ -33,7 +39,8 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
     """verl's batch reward manager signature: one reward per response, in order, in one client call."""
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     conversations = [conversation(s, info, i) for i, (s, info) in enumerate(zip(solution_strs, infos))]
-    return client_from_env(**kwargs).score(conversations)
+    settings = {k: v for k, v in kwargs.items() if k not in VERL_OWN_KWARGS}
+    return client_from_env(**settings).score(conversations)
 
 
 def conversation(response: str, extra_info: dict | None, index: int = 0) -> list[dict[str, str]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.core.errors import ConfigError
 
@@ -246,6 +247,9 @@ class ServedModel(ModelSpec):
 
     replicas: ReplicaSettings = ReplicaSettings()
     shaping: Shaping | None = Field(None, description="reward models: normalize/clip what the routes return")
+    aliases: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list, description="other names requests may use (e.g. the path or hub id a client's "
+        "config names); the model also answers to its `path`")
 
     @model_validator(mode="after")
     def _fits(self) -> ServedModel:
@@ -260,7 +264,7 @@ class ServedModel(ModelSpec):
         return self
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump(exclude={"replicas", "shaping"}))
+        return ModelSpec(**self.model_dump(exclude={"replicas", "shaping", "aliases"}))
 
 
 class TokenizerSettings(StrictModel):
@@ -273,18 +277,33 @@ class AppConfig(StrictModel):
     """`build_app(args)`: what `ray_config.yaml` passes as `args`."""
 
     models: list[ServedModel] = Field(min_length=1)
-    api_keys: list[str] = Field(default_factory=list, description="also from SCORING_API_KEYS (comma-separated)")
+    api_keys: list[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
+        default_factory=list, description="also from SCORING_API_KEYS (comma-separated)")
+    trusted_networks: list[str] = Field(
+        default_factory=list, description="client networks (CIDRs, e.g. 10.0.0.0/8) whose requests need no API key")
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     tokenizer: TokenizerSettings = TokenizerSettings()
     ensembles: list[Ensemble] = Field(default_factory=list, description="reward models combined under one name")
 
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_networks: {net!r} is not a network (CIDR such as 10.0.0.0/8 or "
+                                 "an address)") from None
+        return networks
+
     @model_validator(mode="after")
     def _check(self) -> AppConfig:
         names = [m.name for m in self.models] + [e.name for e in self.ensembles]
+        names += [a for m in self.models for a in m.aliases]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
-            raise ValueError(f"model and ensemble names must be unique; repeated: {duplicated}")
+            raise ValueError(f"model and ensemble names and aliases must be unique; repeated: {duplicated}")
         kinds = {m.name: m.kind for m in self.models}
         for ensemble in self.ensembles:
             for member in ensemble.members:

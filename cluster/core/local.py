@@ -19,7 +19,7 @@ class LocalEncoder:
         out: list = []
         for part in parts:
             try:
-                out.append(self.encoders[part.model].encode(part.op, part.inputs, part.what, part.swap))
+                out.append(self.encoders[part.model].encode(part.op, part.inputs, part.what, part.swap, part.options))
             except ScoringError as err:
                 out.append(err)
         return out

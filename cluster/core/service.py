@@ -20,6 +20,7 @@ Nothing here imports Ray, FastAPI, pyarrow or torch.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,9 +38,10 @@ from cluster.core.results import (
     pair_conversations,
     winner_of,
 )
-from cluster.core.tokenization import Encoded, check_list, validate_judge_item
+from cluster.core.tokenization import Encoded, EncodeOptions, check_list, is_token_ids, validate_judge_item
 
 OPS = ("score", "verdicts", "generate")  # reward model; critic fast path (P(A)); critic slow path
+ENCODE_ONLY = "tokenize"  # a part that is encoded as reward inputs, never run (vLLM's /tokenize)
 UNLIMITED = 1 << 62
 
 
@@ -56,6 +58,7 @@ class Part:
     what: str = "conversations"  # how error messages name the inputs
     swap: bool = False  # judge items with A and B exchanged
     encoded: bool = False  # inputs are token id lists already (Ray Data's tokenize stage made them)
+    options: EncodeOptions | None = None  # the request's own tokenization settings (reward inputs)
 
 
 @dataclass(frozen=True)
@@ -157,9 +160,11 @@ class RewardsJob:
     inputs: list
     what: str = "conversations"
     members: tuple[ModelSpec, ...] = ()  # an ensemble's member models
+    options: EncodeOptions | None = None
 
     def parts(self) -> list[Part]:
-        return [Part(m.name, "score", self.inputs, self.what) for m in (self.members or (self.target,))]
+        return [Part(m.name, "score", self.inputs, self.what, options=self.options)
+                for m in (self.members or (self.target,))]
 
     def finish(self, results: list[PartResult]) -> Rewards:
         if not isinstance(self.target, Ensemble):
@@ -212,6 +217,22 @@ class CompareJob:
 
 
 @dataclass(frozen=True)
+class TokenizeJob:
+    """Reward inputs -> the token ids the model would score (nothing runs)."""
+
+    model: str
+    inputs: list
+    what: str = "input"
+    options: EncodeOptions | None = None
+
+    def parts(self) -> list[Part]:
+        return [Part(self.model, ENCODE_ONLY, self.inputs, self.what, options=self.options)]
+
+    def finish(self, results: list[PartResult]) -> list[Encoded]:
+        return results[0].encoded
+
+
+@dataclass(frozen=True)
 class SequencesJob:
     """Token ids already made (Ray Data's tokenize stage): the outputs alone, in input order."""
 
@@ -249,7 +270,7 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     # 2. plan: per model and op, every live sequence, length-sorted under the per-call budget
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}  # -> (part, item)
     for k, ((j, part), enc) in enumerate(zip(parts, encoded)):
-        if j not in failed:
+        if j not in failed and part.op != ENCODE_ONLY:
             groups.setdefault((part.model, part.op), []).extend((k, i) for i in range(len(enc)))
     calls, owners = [], []
     for (model, op), members in groups.items():
@@ -326,6 +347,13 @@ async def run_async(jobs: Sequence[Any], encoder: Encoder, backend: Backend) -> 
         value = await pending
 
 
+def _path_form(path: str) -> str:
+    """A path as the same file on this machine would be named: `~` expanded, no trailing slash."""
+    if not path or len(path) > 4096 or "\0" in path:
+        return path
+    return os.path.normpath(os.path.expanduser(path)) if path[0] in "/~." else path.rstrip("/")
+
+
 def raise_or_return(result: Any) -> Any:
     if isinstance(result, BaseException):
         raise result
@@ -355,6 +383,15 @@ class ScoringService:
     def __post_init__(self) -> None:
         self._models = {m.name: m for m in self.models}
         self._ensembles = {e.name: e for e in self.ensembles}
+        # other names a model answers to: its configured aliases, then the path it was loaded from
+        # (as written, and expanded: clients such as verl send their config's model path as `model`)
+        self._aliases: dict[str, list[str]] = {}
+        for m in self.models:
+            for alias in getattr(m, "aliases", ()):
+                self._aliases.setdefault(alias, []).append(m.name)
+        for m in self.models:
+            for form in {m.path, _path_form(m.path)} - set(self._models) - set(self._aliases):
+                self._aliases.setdefault(form, []).append(m.name)
 
     # -- names and limits
 
@@ -374,12 +411,23 @@ class ScoringService:
             if "reward" in kinds:
                 return self._ensembles[name]
             raise UnknownModel(f"'{name}' is an ensemble of reward models; this route needs a critic")
-        model = self._models.get(name)
+        model = self._models.get(name) or self._by_alias(name, kinds)
         if model is None:
-            raise UnknownModel(f"model '{name}' is not served here; see GET /v1/models")
+            shown = name if len(name) <= 200 else name[:200] + "..."
+            raise UnknownModel(f"model '{shown}' is not served here; see GET /v1/models")
         if model.kind not in kinds:
             raise InvalidInput(f"model '{name}' is a {model.kind}; this route needs a {' or '.join(kinds)}")
         return model
+
+    def _by_alias(self, name: str, kinds: tuple[str, ...]) -> ModelSpec | None:
+        """The model an alias or a path names (one path may serve a reward model and a critic:
+        the route's kind decides; two of the same kind are ambiguous)."""
+        names = self._aliases.get(name) or self._aliases.get(_path_form(name)) or []
+        fitting = [n for n in names if self._models[n].kind in kinds] or names
+        if len(fitting) > 1:
+            raise UnknownModel(f"'{name}' names several served models ({', '.join(fitting)}); "
+                               "request one by name")
+        return self._models[fitting[0]] if fitting else None
 
     def check_count(self, n: int) -> None:
         if self.max_items is not None and n > self.max_items:
@@ -394,11 +442,15 @@ class ScoringService:
 
     # -- jobs (validation happens here, once, whichever door the request came through)
 
-    def rewards_job(self, target: ModelSpec | Ensemble, inputs: Any, what: str = "conversations") -> RewardsJob:
+    def rewards_job(self, target: ModelSpec | Ensemble, inputs: Any, what: str = "conversations",
+                    options: EncodeOptions | None = None) -> RewardsJob:
         items = check_list(inputs, what)
         self.check_count(len(items))
         members = tuple(self._models[m.model] for m in target.members) if isinstance(target, Ensemble) else ()
-        return RewardsJob(target, items, what, members)
+        if members and any(is_token_ids(item) for item in items):
+            raise InvalidInput(f"{what}: token ids belong to one tokenizer; '{target.name}' is an ensemble of "
+                               "several models: send text or conversations")
+        return RewardsJob(target, items, what, members, options)
 
     def judge_job(self, model: ModelSpec, items: Any, mode: str = "logits", debias: bool = False) -> JudgeJob:
         mode = check_mode(mode)

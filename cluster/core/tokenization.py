@@ -21,6 +21,7 @@ or reject with truncation="error".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,29 @@ class Encoded:
 
 
 @dataclass(frozen=True)
+class EncodeOptions:
+    """A request's own tokenization settings, where a protocol lets its client choose them (vLLM's
+    `truncate_prompt_tokens` and `add_special_tokens`, TEI's `truncate`); the model's spec decides
+    whatever is left as None. Only reward inputs take options; judge items always follow the card."""
+
+    truncate: str | int | None = None  # "error" | "left" (keep the end) | "right" (keep the start) | k: keep k
+    add_special_tokens: bool | None = None  # None: as the card's computation (see the module docstring)
+    any_role: bool = False  # messages with any role, the last one not necessarily the assistant's
+    strip_padding: bool = False  # texts: drop padding decoded into the text (OpenRLHF <= 0.8 clients)
+
+    def limit(self, max_length: int, what: str) -> int:
+        if isinstance(self.truncate, int) and not isinstance(self.truncate, bool):
+            if self.truncate > max_length:
+                raise InvalidInput(f"{what}: truncate_prompt_tokens ({self.truncate}) is larger than this model's "
+                                   f"max_length ({max_length})")
+            return self.truncate
+        return max_length
+
+
+DEFAULT_OPTIONS = EncodeOptions()
+
+
+@dataclass(frozen=True)
 class VerdictTokens:
     """The verdict strings' shared prefix (e.g. `[[`) and the first token where they differ."""
 
@@ -55,7 +79,7 @@ def _where(field: str, index: int | None) -> str:
     return field if index is None else f"{field}[{index}]"
 
 
-def validate_conversation(conv: Any, where: str, require_assistant_last: bool) -> list[dict]:
+def validate_conversation(conv: Any, where: str, require_assistant_last: bool, any_role: bool = False) -> list[dict]:
     """Check one conversation and return it as plain `{"role", "content"}` dicts."""
     if isinstance(conv, str | bytes) or not isinstance(conv, Sequence):
         raise InvalidInput(f"{where}: a conversation must be a list of messages, got {type(conv).__name__}")
@@ -67,12 +91,14 @@ def validate_conversation(conv: Any, where: str, require_assistant_last: bool) -
         if not isinstance(msg, Mapping):
             raise InvalidInput(f"{at}: a message must be an object with 'role' and 'content', got {type(msg).__name__}")
         role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
+        if any_role and isinstance(role, str) and role:
+            pass
+        elif role not in ROLES:
             raise InvalidInput(f"{at}.role: unknown role {role!r} (expected one of {', '.join(ROLES)})")
         if not isinstance(content, str):
             raise InvalidInput(f"{at}.content: must be a string, got {type(content).__name__}")
         messages.append({"role": role, "content": content})
-    if require_assistant_last and messages[-1]["role"] != "assistant":
+    if require_assistant_last and not any_role and messages[-1]["role"] != "assistant":
         raise InvalidInput(
             f"{where}: the last message must be the assistant's response to score, "
             f"got role {messages[-1]['role']!r}"
@@ -94,6 +120,12 @@ def validate_judge_item(item: Any, where: str) -> dict[str, str]:
     if unknown:
         raise InvalidInput(f"{where}: unknown field(s) {unknown} (expected prompt, response_a, response_b)")
     return out
+
+
+def is_token_ids(item: Any) -> bool:
+    """A list of ints (not bools): an item the client tokenized itself."""
+    return (isinstance(item, list | tuple) and len(item) > 0
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in item))
 
 
 def check_list(items: Any, what: str) -> list:
@@ -137,32 +169,64 @@ class ChatEncoder:
 
     # -- public entry points ------------------------------------------------------------------
 
-    def encode(self, op: str, inputs: Any, what: str = "conversations", swap: bool = False) -> list[Encoded]:
+    def encode(self, op: str, inputs: Any, what: str = "conversations", swap: bool = False,
+               options: EncodeOptions | None = None) -> list[Encoded]:
         """What the request core asks for: reward inputs for op "score", judge items otherwise."""
-        if op == "score":
-            return self.encode_inputs(inputs, what)
+        if op in ("score", "tokenize"):
+            return self.encode_inputs(inputs, what, options or DEFAULT_OPTIONS)
         return self.encode_judge_items(inputs, what, swap=swap)
 
-    def encode_inputs(self, inputs: Any, what: str = "conversations") -> list[Encoded]:
-        """Reward inputs: each item is a conversation (list of messages) or a pre-templated string."""
+    def encode_inputs(self, inputs: Any, what: str = "conversations",
+                      options: EncodeOptions = DEFAULT_OPTIONS) -> list[Encoded]:
+        """Reward inputs: each item is a conversation (list of messages), a pre-templated string, or
+        token ids (a list of ints, used as given: the client tokenized it)."""
         items = check_list(inputs, what)
         if items and isinstance(items[0], Mapping) and "role" in items[0]:
             raise InvalidInput(
                 f"{what}: got a single conversation; pass a list of conversations, e.g. [conversation]"
             )
-        texts: list[str | tuple[str, str]] = []
+        texts: list[str | tuple[str, str] | list[int]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
-                if not item:
+                text = self.strip_padding(item) if options.strip_padding else item
+                if not text:
                     raise InvalidInput(f"{_where(what, i)}: the text is empty")
-                texts.append(item)
+                texts.append(text)
+            elif is_token_ids(item):
+                texts.append(self._check_ids(item, _where(what, i)))
             else:
-                messages = validate_conversation(item, _where(what, i), require_assistant_last=True)
+                messages = validate_conversation(item, _where(what, i), require_assistant_last=True,
+                                                 any_role=options.any_role)
                 if self.text_pairs:
                     texts.append(self._text_pair(messages, _where(what, i)))
                 else:
                     texts.append(self.render(messages, _where(what, i), add_generation_prompt=False))
-        return self._encode_texts(texts, what, self.max_length)
+        return self._encode_texts(texts, what, options.limit(self.max_length, what), options=options)
+
+    def strip_padding(self, text: str) -> str:
+        """Padding that a client decoded into its text, removed as OpenRLHF's own reward server did
+        (openrlhf 0.5.4, openrlhf/cli/serve_rm.py `strip_sequence`): its clients sent left-padded
+        prompts and right-padded responses decoded with the special tokens. Leading runs of pad/EOS
+        tokens go; a trailing run goes too, but one EOS is kept where the run held one (the server
+        appended one; its clients always wrote one after the response). Text without padding is
+        returned unchanged."""
+        marks = [t for t in {self.tokenizer.pad_token, self.tokenizer.eos_token} if t]
+        if not marks:
+            return text
+        either = "|".join(re.escape(t) for t in sorted(marks, key=len, reverse=True))
+        text = re.sub(f"^(?:{either})+", "", text)
+        tail = re.search(f"(?:{either})+$", text)
+        if tail is None:
+            return text
+        eos = self.tokenizer.eos_token
+        return text[:tail.start()] + (eos if eos and eos in tail.group(0) else "")
+
+    def _check_ids(self, ids: list[int], where: str) -> list[int]:
+        vocab = len(self.tokenizer)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidInput(f"{where}: token id {bad} is outside this model's vocabulary (0..{vocab - 1})")
+        return list(ids)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
         """Critic inputs: the judge prompt as one user turn, with the generation prompt."""
@@ -203,41 +267,48 @@ class ChatEncoder:
             start += 1
         return ids[start:] if start else ids
 
-    def _tokenize(self, texts: list[str | tuple[str, str]]) -> list[list[int]]:
+    def _tokenize(self, texts: list[str | tuple[str, str] | list[int]],
+                  add_special_tokens: bool | None = None) -> list[list[int]]:
         """The card's tokenizer call, batched. Text pairs go through the tokenizer's own pair format
         ([CLS] q [SEP] a [SEP]); where it marks the answer with token type 1, the type rides in the
-        id (see pack_segments), since every transport carries one list of ints per item."""
+        id (see pack_segments), since every transport carries one list of ints per item. Token ids
+        pass as they are."""
+        special = self.add_special_tokens if add_special_tokens is None else add_special_tokens
         singles = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        pairs = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        out: list[list[int]] = [[] for _ in texts]
+        pairs = [i for i, t in enumerate(texts) if isinstance(t, tuple)]
+        out: list[list[int]] = [t if isinstance(t, list) else [] for t in texts]
         if singles:
-            batch = self.tokenizer([texts[i] for i in singles], add_special_tokens=self.add_special_tokens)
+            batch = self.tokenizer([texts[i] for i in singles], add_special_tokens=special)
             for i, ids in zip(singles, batch["input_ids"]):
                 out[i] = self.collapse_bos(list(ids))
         if pairs:
             batch = self.tokenizer([texts[i][0] for i in pairs], [texts[i][1] for i in pairs],
-                                   add_special_tokens=True, return_token_type_ids=True)
+                                   add_special_tokens=special, return_token_type_ids=True)
             for row, i in enumerate(pairs):
                 out[i] = pack_segments(batch["input_ids"][row], batch["token_type_ids"][row])
         return out
 
-    def _encode_texts(self, texts: list[str | tuple[str, str]], what: str, limit: int,
-                      allow_truncation: bool = True):
+    def _encode_texts(self, texts: list[str | tuple[str, str] | list[int]], what: str, limit: int,
+                      allow_truncation: bool = True, options: EncodeOptions = DEFAULT_OPTIONS):
         if not texts:
             return []
         out: list[Encoded | None] = []
-        for i, ids in enumerate(self._tokenize(texts)):
+        truncation = options.truncate if isinstance(options.truncate, str) else self.truncation
+        for i, ids in enumerate(self._tokenize(texts, options.add_special_tokens)):
             if len(ids) <= limit:
                 out.append(Encoded(ids, False, len(ids)))
-            elif self.truncation == "error":
+            elif truncation == "error":
                 raise InputTooLong(
-                    f"{_where(what, i)}: {len(ids)} tokens, over this model's limit of {limit} "
-                    f"(truncation='error'; use truncation='left' to keep the end instead)"
+                    f"{_where(what, i)}: {len(ids)} tokens, over this model's limit of {limit}"
+                    + (" (truncation='error'; use truncation='left' to keep the end instead)"
+                       if options.truncate is None else "")
                 )
-            elif allow_truncation:
-                out.append(Encoded(self._cut_left(ids, limit), True, len(ids)))
-            else:
+            elif not allow_truncation:
                 out.append(None)
+            elif truncation == "right":
+                out.append(Encoded(ids[:limit], True, len(ids)))
+            else:
+                out.append(Encoded(self._cut_left(ids, limit), True, len(ids)))
         return out
 
     def _cut_left(self, ids: list[int], limit: int) -> list[int]:

@@ -14,17 +14,25 @@ vllm.py).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import importlib
+import ipaddress
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster import __version__
 from cluster.core.errors import (
     InvalidInput,
     RequestTooLarge,
@@ -41,22 +49,50 @@ RETRY_AFTER_S = 1
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-def error_response(err: BaseException, request_id: str) -> JSONResponse:
-    """The one error body: {"error": {code, message, request_id}}; 503 says when to retry."""
+@dataclass(frozen=True)
+class Failure:
+    """An error as a client is told it: HTTP status, stable code, message, request id."""
+
+    status: int
+    code: str
+    message: str
+    request_id: str
+
+
+# how one protocol's clients read an error: Failure -> (status, body). Ours is the default; the
+# vLLM-, SGLang- and TEI-compatible routes answer in their servers' own shapes (see those modules).
+ErrorStyle = Callable[[Failure], tuple[int, dict]]
+
+
+def ours_error(f: Failure) -> tuple[int, dict]:
+    """The one error body of our routes: {"error": {code, message, request_id}}."""
+    body = schemas.ErrorResponse(error=schemas.ErrorBody(code=f.code, message=f.message, request_id=f.request_id))
+    return f.status, body.model_dump()
+
+
+def failure(err: BaseException, request_id: str) -> Failure:
     err = from_ray(err)
+    if isinstance(err, StarletteHTTPException):  # no such route, or not with this method
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return Failure(err.status_code, code, str(err.detail), request_id)
     if isinstance(err, ScoringError):
-        status, code, message = http_status(err), err.code, err.message
-    else:
-        status, code, message = 500, "internal_error", "internal error; quote the request id to the operator"
-    if status >= 500:
-        logger.error("request %s failed: %s: %s", request_id, type(err).__name__, err)
-    body = schemas.ErrorResponse(error=schemas.ErrorBody(code=code, message=message, request_id=request_id))
+        return Failure(http_status(err), err.code, err.message, request_id)
+    return Failure(500, "internal_error", "internal error; quote the request id to the operator", request_id)
+
+
+def error_response(err: BaseException, request_id: str, style: ErrorStyle = ours_error) -> JSONResponse:
+    """`err` answered in `style`; a 5xx is logged with the request id; 503 says when to retry."""
+    f = failure(err, request_id)
+    if f.status >= 500:
+        cause = from_ray(err)
+        logger.error("request %s failed: %s: %s", request_id, type(cause).__name__, cause)
+    status, body = style(f)
     headers = {}  # the Serve proxy sets X-Request-Id itself
-    if status == 503:
+    if f.status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
-    if status == 401:
+    if f.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def describe(errors: Sequence[dict]) -> str:
@@ -89,8 +125,46 @@ def json_errors(request: Request) -> list[dict] | None:
     return None
 
 
+QUERY_KEY = b"api_key"
+
+
+def bearer_or_basic(header: str) -> bytes | None:
+    """The key in `Bearer <key>`, or the password in `Basic base64(user:<key>)`."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+def take_query_key(scope) -> bytes | None:
+    """The `api_key` query parameter's value, removed from the request's query string, so no route,
+    log line or error message ever sees it."""
+    query: bytes = scope.get("query_string", b"")
+    if QUERY_KEY not in query:
+        return None
+    kept, value = [], None
+    for pair in query.split(b"&"):
+        name, _, raw = pair.partition(b"=")
+        if unquote_to_bytes(name.replace(b"+", b" ")) == QUERY_KEY:
+            value = unquote_to_bytes(raw.replace(b"+", b" "))
+        else:
+            kept.append(pair)
+    scope["query_string"] = b"&".join(kept)
+    return value
+
+
 def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or request.headers.get("x-request-id") or "-"
+
+
+def style_of(request: Request) -> ErrorStyle:
+    route = request.scope.get("route")
+    return request.app.state.error_styles.get(getattr(route, "path", request.url.path), ours_error)
 
 
 class Guard:
@@ -99,10 +173,13 @@ class Guard:
     whatever Content-Length says), a body read as JSON whatever its content type, and any
     unexpected exception answered as a 500 with the request id."""
 
-    def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int):
+    def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int,
+                 trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None):
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
         self.max_bytes = max_request_bytes
+        self.styles = styles or {}  # path -> how that protocol's clients read an error
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -110,6 +187,7 @@ class Guard:
         headers = Headers(scope=scope)
         rid = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        query_key = take_query_key(scope)  # out of the URL before anything can log it
         started = False
 
         async def tracked(message):
@@ -118,22 +196,36 @@ class Guard:
             await send(message)
 
         try:
-            self._authorize(scope["path"], headers)
+            self._authorize(scope, headers, query_key)
             receive = await self._bounded(scope, headers, receive)
             await self.app(scope, receive, tracked)
         except Exception as err:  # noqa: BLE001 - every failure becomes a mapped response
             if started:
                 raise
-            await error_response(err, rid)(scope, receive, send)
+            style = self.styles.get(scope["path"], ours_error)
+            await error_response(err, rid, style)(scope, receive, send)
 
-    def _authorize(self, path: str, headers: Headers) -> None:
-        if path in OPEN_PATHS or not self.keys:
+    def _authorize(self, scope, headers: Headers, query_key: bytes | None) -> None:
+        """A key in `Authorization: Bearer <key>`; or, for clients that can set only a URL (OpenRLHF,
+        verl), in its query string (`?api_key=<key>`) or as its password (`http://any:<key>@host`,
+        which HTTP libraries send as Basic auth); or a client address in `trusted_networks`."""
+        if scope["path"] in OPEN_PATHS or not self.keys:
             return
-        header = headers.get("authorization", "")
-        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        if self.networks and self._trusted(scope.get("client")):
+            return
+        token = bearer_or_basic(headers.get("authorization", "")) or query_key or b""
         # compare against every key, always, so timing says nothing about which matched
         if not any([hmac.compare_digest(token, key) for key in self.keys]):
-            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>, or api_key=<key> "
+                               "in the URL's query string)")
+
+    def _trusted(self, client) -> bool:
+        try:
+            address = ipaddress.ip_address(client[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        address = getattr(address, "ipv4_mapped", None) or address
+        return any(address in net for net in self.networks)
 
     async def _bounded(self, scope, headers: Headers, receive):
         length = headers.get("content-length", "")
@@ -167,21 +259,37 @@ class Guard:
 
 
 def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_request_bytes: int = 32 << 20,
-               title: str = "scoring-cluster") -> FastAPI:
+               trusted_networks: Sequence[str] = (), title: str = "scoring-cluster") -> FastAPI:
     """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers."""
-    from cluster.http import openrlhf, ours, vllm
+    from cluster.http import PROTOCOLS
 
-    app = FastAPI(title=title, version="0.1.0")
-    app.add_middleware(Guard, api_keys=list(api_keys), max_request_bytes=max_request_bytes)
+    app = FastAPI(title=title, version=__version__)
+    styles: dict[str, ErrorStyle] = {}
+    app.state.error_styles = styles
+    app.add_middleware(Guard, api_keys=list(api_keys), max_request_bytes=max_request_bytes,
+                       trusted_networks=list(trusted_networks), styles=styles)
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, err: ScoringError) -> JSONResponse:
-        return error_response(err, request_id(request))
+        return error_response(err, request_id(request), style_of(request))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidInput(describe(json_errors(request) or err.errors())), request_id(request))
+        problems = InvalidInput(describe(json_errors(request) or err.errors()))
+        return error_response(problems, request_id(request), style_of(request))
 
-    for module in (ours, openrlhf, vllm):
-        app.include_router(module.router(service))
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 404 and request.scope.get("route") is None:
+            err = StarletteHTTPException(404, f"no route {request.method} {request.url.path}; "
+                                              "see /openapi.json for the routes")
+        elif err.status_code == 405:
+            err = StarletteHTTPException(405, f"{request.url.path} does not take {request.method}")
+        return error_response(err, request_id(request), style_of(request))
+
+    for module in (importlib.import_module(f"cluster.http.{name}") for name in PROTOCOLS):
+        router = module.router(service)
+        for route in router.routes:
+            styles[route.path] = getattr(module, "ERROR_STYLE", ours_error)
+        app.include_router(router)
     return app

@@ -122,7 +122,7 @@ class CompareResponse(BaseModel):
 
 
 class GetRewardRequest(Lenient):
-    query: list[str] = Field(min_length=1)  # already templated prompt + response
+    query: list[str]  # already templated prompt + response; may be empty (a shard of nothing)
     prompts: list[str] | None = None
     labels: list[Any] | None = None
     model: str | None = None
@@ -131,7 +131,7 @@ class GetRewardRequest(Lenient):
 class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
-    extra_logs: dict[str, list[Any]]
+    extra_logs: dict[str, list[float]]  # merged into OpenRLHF's metrics: names that cannot clash
 
 
 # ---------------------------------------------------------------- /classify (vLLM)

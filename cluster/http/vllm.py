@@ -1,58 +1,366 @@
-"""vLLM's classify API (what verl's reward loop calls): POST /classify, every label's value per item."""
+"""vLLM's pooling API, for what a reward model answers: /classify, /pooling, /score (+ /v1/score),
+/rerank (+ /v1, /v2), /tokenize, /health, /version (and /v1/models, in ours.py, in the OpenAI shape).
+
+Request fields, answers, statuses and the error body follow vLLM's server (vllm-project/vllm:
+vllm/entrypoints/pooling/{classify,pooling,score}/protocol.py @dff4cad3 / @343bacaf / @1fff4ef8,
+vllm/entrypoints/openai/protocol.py @ec3b890c `ErrorResponse`, api_server.py @048027fb); the
+conformance tests replay vLLM's example clients (tests/clients/test_vllm.py). What differs, on
+purpose:
+- token ids: the reward model card's (a doubled BOS collapsed, never one added), unless the client
+  sets `add_special_tokens` itself;
+- `/pooling` answers the sequence's values (`task: classify`, or no task: raw values, as vLLM's
+  reward runner gave them); per-token output (`token_classify`) is not served here;
+- a one-label model's value is its shaped reward where the model has `shaping`.
+"""
 
 from __future__ import annotations
 
-import math
 import time
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
 
-from cluster.core.config import Ensemble
-from cluster.core.results import sigmoid
-from cluster.core.service import ScoringService
-from cluster.http import schemas
+from cluster import __version__
+from cluster.core.errors import InvalidInput
+from cluster.core.service import ScoringService, TokenizeJob
+from cluster.core.tokenization import EncodeOptions
+from cluster.http import sglang
 from cluster.http.app import request_id
-from cluster.http.schemas import ok, usage
+from cluster.http.common import classify_activation, label_values, status_style, top_label
+from cluster.http.schemas import Lenient, Usage, usage
+
+ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 405: "MethodNotAllowed",
+               413: "RequestTooLarge", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 
 
-def classify_activation(values: list[float], problem_type: str | None) -> list[float]:
-    """vLLM's classify activation (vllm-project/vllm@1c713679,
-    vllm/model_executor/layers/pooler/activations.py: get_classification_activation_function and
-    PoolerClassify): identity for regression heads, sigmoid per label for multi-label ones, else
-    sigmoid for one label and softmax over several."""
-    if problem_type == "regression":
-        return list(values)
-    if problem_type == "multi_label_classification" or len(values) == 1:
-        return [sigmoid(v) for v in values]
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
+def _vllm_body(f, status: int) -> dict:
+    """vLLM's ErrorResponse since v0.10.1: {"error": {message, type, param, code}} (code = the status)."""
+    param = "model" if f.code == "unknown_model" else ("input" if f.code == "input_too_long" else None)
+    return {"error": {"message": f.message, "type": ERROR_TYPES.get(status, "BadRequestError"), "param": param,
+                      "code": status, "request_id": f.request_id}}
+
+
+# vLLM answers invalid input (and over-length input) with 400, never 422
+ERROR_STYLE = status_style({422: 400}, _vllm_body)
+
+
+# ---------------------------------------------------------------- requests
+
+
+class ChatMessage(Lenient):
+    """An OpenAI chat message as vLLM takes it: any role, content a string or text parts, `name`."""
+
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def as_message(self, where: str) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):  # vLLM's "string" content format: text parts joined by newlines
+            texts = []
+            for k, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise InvalidInput(f"{where}.content[{k}]: only text parts can be scored, got type "
+                                       f"{part.get('type')!r}")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        return {"role": self.role, "content": content or ""}
+
+
+class PoolingParams(Lenient):
+    """What vLLM's pooling requests share (PoolingBasicRequestMixin, ClassifyRequestMixin)."""
+
+    model: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    use_activation: bool | None = None
+    activation: bool | None = None  # older spellings of use_activation (vLLM <= 0.14)
+    softmax: bool | None = None
+    normalize: bool | None = None
+    add_special_tokens: bool | None = None  # None: the card's ids
+
+    def activation_on(self, default: bool = True) -> bool:
+        for flag in (self.normalize, self.softmax, self.activation, self.use_activation):  # vLLM's precedence
+            if flag is not None:
+                return flag
+        return default
+
+    def options(self, any_role: bool = False) -> EncodeOptions:
+        """Over-length input is refused (vLLM's 400) unless truncate_prompt_tokens asks for a cut,
+        which keeps the last tokens (and a leading BOS); -1 means the model's max_length."""
+        if self.truncate_prompt_tokens is None:
+            return EncodeOptions(truncate="error", add_special_tokens=self.add_special_tokens, any_role=any_role)
+        limit = None if self.truncate_prompt_tokens == -1 else self.truncate_prompt_tokens
+        return EncodeOptions(truncate=limit if limit is not None else "left",
+                             add_special_tokens=self.add_special_tokens, any_role=any_role)
+
+
+class InputRequest(PoolingParams):
+    """The completion form (`input`) or the chat form (`messages`, one conversation); on /classify
+    also SGLang's native form (`text` or `input_ids`, see sglang.py)."""
+
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[ChatMessage] | None = None
+    text: str | list[str] | list[list[str]] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    rid: str | list[str] | None = None
+
+    @property
+    def sglang(self) -> bool:
+        return self.text is not None or self.input_ids is not None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> InputRequest:
+        if self.sglang:
+            return self
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give exactly one of input or messages")
+        if self.input == "" or self.input == []:
+            raise ValueError("input is empty")
+        return self
+
+    def items(self) -> tuple[list, str]:
+        if self.messages is not None:
+            return [[m.as_message(f"messages[{i}]") for i, m in enumerate(self.messages)]], "messages"
+        if isinstance(self.input, str) or (self.input and isinstance(self.input[0], int)):
+            return [self.input], "input"
+        return list(self.input), "input"
+
+    def options(self, any_role: bool = True) -> EncodeOptions:
+        return super().options(any_role=self.messages is not None)
+
+
+class PoolingRequest(InputRequest):
+    task: str | None = None
+    encoding_format: Literal["float"] = "float"
+
+
+ScoreInputs = str | list[str]
+
+
+class ScoreRequest(PoolingParams):
+    """/score: pairs (text_1[i], text_2[i]) in any of vLLM's spellings; 1:1, 1:N or N:N. A reward
+    model scores each pair as the conversation (user: text_1, assistant: text_2)."""
+
+    text_1: ScoreInputs | None = None
+    text_2: ScoreInputs | None = None
+    data_1: ScoreInputs | None = None
+    data_2: ScoreInputs | None = None
+    queries: ScoreInputs | None = None
+    documents: ScoreInputs | None = None
+    items: ScoreInputs | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        forms = [(self.text_1, self.text_2), (self.data_1, self.data_2), (self.queries, self.documents),
+                 (self.queries, self.items)]
+        given = [(a, b) for a, b in forms if a is not None and b is not None]
+        if not given:
+            raise InvalidInput("give text_1 and text_2 (or data_1/data_2, queries/documents, queries/items)")
+        first, second = ([x] if isinstance(x, str) else list(x) for x in given[0])
+        if not first:
+            raise InvalidInput("At least one text element must be given")
+        if not second:
+            raise InvalidInput("At least one text_pair element must be given")
+        if len(first) > 1 and len(first) != len(second):
+            raise InvalidInput("Input lengths must be either 1:1, 1:N or N:N")
+        return list(zip(first * len(second) if len(first) == 1 else first, second))
+
+
+class RerankRequest(PoolingParams):
+    query: str
+    documents: list[str]
+    top_n: int = 0
+
+
+class TokenizeRequest(Lenient):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    return_token_strs: bool | None = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+# ---------------------------------------------------------------- answers
+
+
+class UsageInfo(Usage):
+    prompt_tokens_details: Any = None
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+class PoolingData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: list[float]
+
+
+class PoolingResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[PoolingData]
+    usage: UsageInfo
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: str = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: UsageInfo
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: dict[str, Any]
+    relevance_score: float
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: dict[str, int]
+    results: list[RerankResult]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+def _usage(tokens: int) -> UsageInfo:
+    return UsageInfo(**usage(tokens).model_dump())
+
+
+def _ok(body: BaseModel) -> JSONResponse:
+    return JSONResponse(body.model_dump())
 
 
 def router(service: ScoringService) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/classify", response_model=schemas.ClassifyResponse)
-    async def classify(body: schemas.ClassifyRequest, request: Request) -> JSONResponse:
-        """As vLLM returns them; a one-label model's probs is [reward]. Shaping applies to one-label
-        models (whose one value is the reward); an ensemble answers with its combined reward."""
+    async def pair_scores(body: PoolingParams, pairs: list[tuple[str, str]]) -> tuple[Any, list[float], int]:
         model = service.resolve(body.model, ("reward",))
-        if body.messages is not None:
-            inputs, what = [[m.model_dump() for m in body.messages]], "messages"
-        else:
-            inputs, what = ([body.input] if isinstance(body.input, str) else body.input), "input"
-        result = await service.submit(service.rewards_job(model, inputs, what))
-        head = {"labels": ["LABEL_0"], "problem_type": None}
-        if not isinstance(model, Ensemble):
-            head = await service.head(model.name)
-        rows = result.values if result.values is not None else [[s] for s in result.scores]
-        if body.apply_activation():
+        convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": d}] for q, d in pairs]
+        result, rows, head = await label_values(service, model, convs, "pairs", body.options())
+        if len(head["labels"]) > 1:
+            raise InvalidInput(f"model '{model.name}' has {len(head['labels'])} outputs; the score API needs a "
+                               "one-output model (use /classify)")
+        values = [classify_activation(row, head["problem_type"]) if body.activation_on() else row for row in rows]
+        return model, [v[0] for v in values], result.tokens
+
+    @r.post("/classify", response_model=ClassificationResponse)
+    @r.put("/classify", include_in_schema=False)  # SGLang's native /classify takes PUT too
+    async def classify(body: InputRequest, request: Request) -> JSONResponse:
+        """Every label's value per input (`probs`), with vLLM's activation unless `use_activation: false`.
+        SGLang's native form (`text` / `input_ids`) answers SGLang's `embedding` objects."""
+        if body.sglang:
+            return JSONResponse(await sglang.native_classify(service, body.text, body.input_ids, body.model, body.rid))
+        model = service.resolve(body.model, ("reward",))
+        items, what = body.items()
+        result, rows, head = await label_values(service, model, items, what, body.options())
+        if body.activation_on():
             rows = [classify_activation(row, head["problem_type"]) for row in rows]
-        data = [schemas.ClassifyData(index=i, label=head["labels"][max(range(len(row)), key=row.__getitem__)],
-                                     probs=row, num_classes=len(row)) for i, row in enumerate(rows)]
-        return ok(schemas.ClassifyResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
-                                           model=model.name, data=data, usage=usage(result.tokens)))
+        data = [ClassificationData(index=i, label=top_label(row, head["labels"]), probs=row, num_classes=len(row))
+                for i, row in enumerate(rows)]
+        return _ok(ClassificationResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
+                                          model=model.name, data=data, usage=_usage(result.tokens)))
+
+    @r.post("/pooling", response_model=PoolingResponse)
+    async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
+        if body.task not in (None, "classify"):
+            raise InvalidInput(f"Task {body.task} is not supported: this server answers a sequence's values "
+                               "(task classify); per-token output is not served")
+        model = service.resolve(body.model, ("reward",))
+        items, what = body.items()
+        result, rows, head = await label_values(service, model, items, what, body.options())
+        if body.activation_on(default=body.task == "classify"):
+            rows = [classify_activation(row, head["problem_type"]) for row in rows]
+        return _ok(PoolingResponse(id=f"pool-{request_id(request)}", created=int(time.time()), model=model.name,
+                                   data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
+                                   usage=_usage(result.tokens)))
+
+    @r.post("/score", response_model=ScoreResponse)
+    @r.post("/v1/score", response_model=ScoreResponse, include_in_schema=False)
+    async def score(body: ScoreRequest, request: Request) -> JSONResponse:
+        """Each (text_1, text_2) pair scored as a prompt and its response: sigmoid(reward) unless
+        `use_activation: false` (the raw reward)."""
+        model, scores, tokens = await pair_scores(body, body.pairs())
+        return _ok(ScoreResponse(id=f"score-{request_id(request)}", created=int(time.time()), model=model.name,
+                                 data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+                                 usage=_usage(tokens)))
+
+    @r.post("/rerank", response_model=RerankResponse)
+    @r.post("/v1/rerank", response_model=RerankResponse, include_in_schema=False)
+    @r.post("/v2/rerank", response_model=RerankResponse, include_in_schema=False)
+    async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
+        """The documents (responses) to one query (prompt), best first: best-of-n by the reward."""
+        if not body.documents:
+            raise InvalidInput("At least one text_pair element must be given")
+        model, scores, tokens = await pair_scores(body, [(body.query, d) for d in body.documents])
+        results = sorted((RerankResult(index=i, document={"text": d}, relevance_score=s)
+                          for i, (d, s) in enumerate(zip(body.documents, scores))),
+                         key=lambda x: x.relevance_score, reverse=True)
+        if 0 < body.top_n < len(results):
+            results = results[:body.top_n]
+        return _ok(RerankResponse(id=f"rerank-{request_id(request)}", model=model.name, results=results,
+                                  usage={"prompt_tokens": tokens, "total_tokens": tokens}))
+
+    @r.post("/tokenize", response_model=TokenizeResponse)
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        """The token ids the reward model scores for this input (the card's ids: a conversation is
+        rendered as scored, without a generation prompt)."""
+        model = service.resolve(body.model, ("reward",))
+        if body.return_token_strs:
+            raise InvalidInput("return_token_strs is not supported here")
+        if body.messages is not None:
+            item, what = [m.as_message(f"messages[{i}]") for i, m in enumerate(body.messages)], "messages"
+        else:
+            item, what = body.prompt, "prompt"
+        options = EncodeOptions(truncate="error", add_special_tokens=body.add_special_tokens,
+                                any_role=body.messages is not None)
+        [encoded] = await service.submit(TokenizeJob(model.name, [item], what, options))
+        return _ok(TokenizeResponse(count=len(encoded.ids), max_model_len=model.max_length, tokens=encoded.ids))
+
+    @r.get("/health", response_class=Response)
+    async def health() -> Response:
+        """vLLM's, SGLang's and TEI's health check: 200, empty body."""
+        return Response(status_code=200)
+
+    @r.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
 
     return r
