@@ -185,6 +185,8 @@ def app_args(rm, rm2, critic, attrs=None, bert=None, **rm_replicas):
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
         "models": [
             {"name": "rm", "path": str(rm), "kind": "reward", "max_length": 512, "max_batch_tokens": 2048,
+             # what RL frameworks' configs name it by (verl sends its model path as `model`)
+             "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"],
              "replicas": {"min_replicas": 2, "max_replicas": 2, "num_gpus": 1, "num_cpus": 0.1,
                           "batch_max_tokens": 4096, "batch_wait_timeout_s": 0.05, **rm_replicas}},
             {"name": "rm-gemma", "path": str(rm2), "kind": "reward",

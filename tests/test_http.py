@@ -23,8 +23,11 @@ def test_models_and_health(inproc):
     c = inproc["client"]
     assert InProcessClient(inproc["app"]).get("/healthz").json() == {"status": "ok"}
     cards = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
-    assert cards["rm"] == {"name": "rm", "kind": "reward", "max_length": 512, "default": True, "members": None,
-                           "shaping": None}
+    rm = {k: v for k, v in cards["rm"].items() if k != "created"}
+    assert rm == {"id": "rm", "object": "model", "owned_by": "scoring-cluster", "root": str(inproc["paths"][0]),
+                  "parent": None, "max_model_len": 512, "permission": [], "name": "rm", "kind": "reward",
+                  "max_length": 512, "default": True, "members": None, "shaping": None,
+                  "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"]}
     assert cards["rm-mix"]["members"] == {"rm": 3.0, "rm-gemma": 1.0} and cards["rm-mix"]["kind"] == "reward"
     assert cards["rm-gemma"]["default"] is False and cards["judge"]["kind"] == "critic"
 

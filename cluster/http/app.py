@@ -46,7 +46,7 @@ from cluster.http import schemas
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/health"})  # load balancers and orchestrators probe these
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -19,17 +21,23 @@ def router(service: ScoringService) -> APIRouter:
 
     @r.get("/v1/models", response_model=schemas.ModelsResponse)
     async def models() -> JSONResponse:
+        """Every served model and ensemble, in the OpenAI shape vLLM clients read (`data[i].id`)."""
         defaults = {m.name for m in (service.default_model(k) for k in ("reward", "critic")) if m is not None}
-        shaping = {m.name: getattr(m, "shaping", None) for m in service.models}
-        cards = [schemas.ModelCard(name=m.name, kind=m.kind, max_length=m.max_length, default=m.name in defaults,
-                                   shaping=shaping[m.name].model_dump() if shaping[m.name] else None)
-                 for m in service.models]
         lengths = {m.name: m.max_length for m in service.models}
-        cards += [schemas.ModelCard(name=e.name, kind="reward", default=False,
-                                    max_length=min(lengths[m.model] for m in e.members),
-                                    members={m.model: m.weight for m in e.members},
-                                    shaping=e.shaping.model_dump() if e.shaping else None)
-                  for e in service.ensembles]
+        now = int(time.time())
+        cards = []
+        for m in service.models:
+            shaping = getattr(m, "shaping", None)
+            cards.append(schemas.ModelCard(
+                id=m.name, created=now, root=m.path, max_model_len=m.max_length, name=m.name, kind=m.kind,
+                max_length=m.max_length, default=m.name in defaults, aliases=list(getattr(m, "aliases", ())),
+                shaping=shaping.model_dump() if shaping else None))
+        for e in service.ensembles:
+            length = min(lengths[m.model] for m in e.members)
+            cards.append(schemas.ModelCard(
+                id=e.name, created=now, max_model_len=length, name=e.name, kind="reward", max_length=length,
+                default=False, members={m.model: m.weight for m in e.members},
+                shaping=e.shaping.model_dump() if e.shaping else None))
         return ok(schemas.ModelsResponse(data=cards))
 
     @r.post("/v1/rewards", response_model=schemas.RewardsResponse)

@@ -179,10 +179,22 @@ class ClassifyResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One served model: the OpenAI / vLLM model card (`id`, `object`, `created`, `owned_by`,
+    `root`, `parent`, `max_model_len`, `permission`) plus ours."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "scoring-cluster"
+    root: str | None = None  # the path it was loaded from (vLLM's root)
+    parent: str | None = None
+    max_model_len: int
+    permission: list[dict[str, Any]] = Field(default_factory=list)
     name: str
     kind: Literal["reward", "critic"]
     max_length: int
     default: bool
+    aliases: list[str] = Field(default_factory=list)  # other names requests may use (its path too)
     members: dict[str, float] | None = None  # an ensemble: member model -> weight
     shaping: dict[str, Any] | None = None  # normalize / clip applied to what the routes return
 
