@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from conftest import CONVERSATIONS, TOL, InProcessClient, conversations_for
@@ -463,3 +464,107 @@ def test_from_ray_is_the_one_reading_of_rays_wrappers():
     assert not isinstance(from_ray(RayActorError(), transient=False), Overloaded)  # the pipeline's reading
     text = RuntimeError("Failed on a task: cluster.core.errors.InvalidInput: rows.jsonl row 3: prompt: missing")
     assert from_ray(text).message == "rows.jsonl row 3: prompt: missing"  # Ray Data keeps only the text
+
+
+# ---------------------------------------------------------------- auth for clients that cannot set a header
+
+
+def test_api_key_in_the_query_string_or_as_basic_auth_and_never_logged(inproc, caplog):
+    import base64
+
+    anonymous = InProcessClient(inproc["app"])
+    body = {"conversations": [CONVERSATIONS[0]]}
+    from conftest import API_KEY
+
+    assert anonymous.post(f"/v1/rewards?api_key={API_KEY}", json=body).status_code == 200
+    basic = base64.b64encode(f"openrlhf:{API_KEY}".encode()).decode()
+    assert anonymous.post("/v1/rewards", json=body, headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert anonymous.post("/v1/rewards?api_key=wrong", json=body).status_code == 401
+    assert anonymous.post("/v1/rewards", json=body, headers={"Authorization": "Basic !!"}).status_code == 401
+    # the key leaves the URL before any route sees it: an error naming the URL does not carry it
+    with caplog.at_level("DEBUG"):
+        r = anonymous.post(f"/v1/nothing?x=1&api_key={API_KEY}", json=body)
+    ours = "\n".join(rec.getMessage() for rec in caplog.records if not rec.name.startswith("httpx"))  # the client's own
+    assert r.status_code == 404 and API_KEY not in r.text and API_KEY not in ours
+
+
+def test_key_stripped_from_the_query_string():
+    from cluster.http.app import take_query_key
+
+    scope = {"query_string": b"a=1&api_key=s3cr%2Bt&b=2"}
+    assert take_query_key(scope) == b"s3cr+t" and scope["query_string"] == b"a=1&b=2"
+    scope = {"query_string": b"a=1"}
+    assert take_query_key(scope) is None and scope["query_string"] == b"a=1"
+
+
+def test_trusted_networks_need_no_key(inproc):
+    import asyncio
+
+    import httpx
+
+    from cluster.http.app import create_app
+
+    app = create_app(inproc["service"], api_keys=["k"], trusted_networks=["10.0.0.0/8", "::1"])
+
+    async def status(client_ip: str) -> int:
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (await c.get("/v1/models")).status_code
+
+    assert [asyncio.run(status(ip)) for ip in ("10.1.2.3", "::1", "11.0.0.1", "::ffff:10.0.0.7")] == [200, 200, 401,
+                                                                                                      200]
+
+
+def test_empty_or_blank_api_keys_are_refused_at_config():
+    from cluster.core.config import AppConfig
+    from cluster.core.errors import ConfigError
+
+    base = {"models": [{"name": "rm", "path": "/m", "kind": "reward"}]}
+    for keys in ([""], ["  "]):
+        with pytest.raises(ConfigError, match="api_keys"):
+            AppConfig.parse({**base, "api_keys": keys})
+    with pytest.raises(ConfigError, match="not a network"):
+        AppConfig.parse({**base, "trusted_networks": ["10.0.0.0/33"]})
+
+
+def test_unknown_routes_and_methods_answer_the_documented_error(inproc):
+    r = inproc["client"].get("/v2/whatever")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = inproc["client"].get("/v1/rewards")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+# ---------------------------------------------------------------- model names: aliases and paths
+
+
+def test_a_model_answers_to_its_aliases_and_its_path(inproc, tmp_path):
+    import os
+
+    c = inproc["client"]
+    rm_path = str(inproc["paths"][0])
+    expected = inproc["models"]["rm"].score(CONVERSATIONS[:1])
+    for name in ("rm", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2", "~/models/Skywork-Reward-Llama-3.1-8B-v0.2",
+                 rm_path, rm_path + "/", os.path.join(rm_path, "..", os.path.basename(rm_path))):
+        r = c.post("/v1/rewards", json={"model": name, "conversations": CONVERSATIONS[:1]})
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["model"] == "rm" and r.json()["scores"] == pytest.approx(expected, abs=TOL)
+    huge = c.post("/v1/rewards", json={"model": "x" * 5000, "conversations": CONVERSATIONS[:1]})
+    assert huge.status_code == 404 and len(huge.json()["error"]["message"]) < 400  # the name is not echoed whole
+
+
+def test_path_names_follow_the_route_kind_and_ambiguity_is_refused(tmp_path):
+    from cluster.core.config import AppConfig
+    from cluster.core.errors import UnknownModel
+    from cluster.core.service import ScoringService
+
+    home = os.path.expanduser("~")
+    config = AppConfig.parse({"models": [
+        {"name": "a", "path": "~/models/same", "kind": "reward"},
+        {"name": "judge", "path": "~/models/same", "kind": "critic"},
+        {"name": "b", "path": "/data/twin", "kind": "reward"},
+        {"name": "c", "path": "/data/twin", "kind": "reward"}]})
+    service = ScoringService(config.models, None, None)
+    assert service.resolve(f"{home}/models/same", ("reward",)).name == "a"
+    assert service.resolve("~/models/same/", ("critic",)).name == "judge"
+    with pytest.raises(UnknownModel, match="several served models"):
+        service.resolve("/data/twin", ("reward",))

@@ -389,8 +389,9 @@ class ScoringService:
         for m in self.models:
             for alias in getattr(m, "aliases", ()):
                 self._aliases.setdefault(alias, []).append(m.name)
+        configured = set(self._aliases) | set(self._models) | set(self._ensembles)
         for m in self.models:
-            for form in {m.path, _path_form(m.path)} - set(self._models) - set(self._aliases):
+            for form in {m.path, _path_form(m.path)} - configured:  # a name or an alias wins over a path
                 self._aliases.setdefault(form, []).append(m.name)
 
     # -- names and limits
