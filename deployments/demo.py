@@ -38,8 +38,19 @@ def demo_requests(rm_text: str) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/compare", {"model": "tiny-critic", **DEMO_PAIR}),
         ("POST", "/v1/judge", {"items": [DEMO_PAIR], "mode": "logits", "debias": True}),
         ("POST", "/v1/judge", {"items": [DEMO_PAIR], "mode": "generate"}),
-        ("POST", "/get_reward", {"query": [rm_text], "prompts": [""], "labels": [""]}),
-        ("POST", "/classify", {"model": "tiny-rm", "input": [rm_text], "use_activation": False}),
+        # the RL frameworks' and inference servers' protocols (README: "Using it from ...")
+        ("POST", "/get_reward", {"query": [rm_text], "prompts": [""], "labels": [""]}),        # OpenRLHF
+        ("POST", "/classify", {"model": "tiny-rm", "input": [rm_text], "use_activation": False}),  # vLLM, verl
+        ("POST", "/pooling", {"model": "tiny-rm", "input": rm_text}),
+        ("POST", "/score", {"model": "tiny-rm", "text_1": DEMO_PAIR["prompt"], "text_2": DEMO_PAIR["response_a"]}),
+        ("POST", "/rerank", {"model": "tiny-rm", "query": DEMO_PAIR["prompt"],
+                             "documents": [DEMO_PAIR["response_a"], DEMO_PAIR["response_b"]]}),
+        ("POST", "/tokenize", {"model": "tiny-rm", "prompt": rm_text}),
+        ("GET", "/health", None),
+        ("GET", "/version", None),
+        ("POST", "/classify", {"text": [rm_text]}),                                             # SGLang
+        ("POST", "/v1/embeddings", {"model": "tiny-rm", "input": rm_text}),                     # SGLang, verl
+        ("POST", "/predict", {"inputs": rm_text, "raw_scores": True}),                          # TEI
         ("POST", "/v1/rewards", {"conversations": [[{"role": "bot", "content": "hi"}]]}),
     ]
 
@@ -69,7 +80,8 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
             for method, path, body in demo_requests(text):
                 response = client.request(method, path, json=body)
                 print(f"\n{method} {path}" + (f"  {json.dumps(body)[:140]}" if body else ""))
-                print(f"  -> {response.status_code} {json.dumps(response.json())[:400]}")
+                shown = json.dumps(response.json())[:400] if response.content else "(empty body)"
+                print(f"  -> {response.status_code} {shown}")
         print("\n(tiny random models: the numbers show the plumbing, not judgement)")
         if once:
             return 0

@@ -6,6 +6,7 @@ item at a time, as the model cards do), so a bug in the package cannot hide in i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -169,6 +170,7 @@ def card_next_token_logits(path, ids: list[int]) -> torch.Tensor:
 
 
 API_KEY = "test-key-123"
+TRUSTED_CLIENT = "127.0.0.2"  # a loopback address the tests send from to be a trusted client
 
 
 def free_port() -> int:
@@ -179,7 +181,8 @@ def free_port() -> int:
 
 def app_args(rm, rm2, critic, attrs=None, bert=None, **rm_replicas):
     return {
-        "api_keys": [API_KEY],
+        "api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()],  # the key itself in no config
+        "trusted_networks": [TRUSTED_CLIENT + "/32"],  # key-less clients from this address only
         "max_items_per_request": 64,
         "max_request_bytes": 200_000,
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
@@ -325,7 +328,8 @@ def inproc(model_dirs, reward_dir, critic_dir):
     bert = model_dirs("family-bert", arch="bert")
     config = AppConfig.parse(app_args(rm, rm2, critic_dir, attrs, bert))
     service = local_service(config)
-    app = create_app(service, api_keys=config.api_keys, max_request_bytes=config.max_request_bytes)
+    app = create_app(service, api_keys=config.api_keys, max_request_bytes=config.max_request_bytes,
+                     trusted_networks=config.trusted_networks)
     models = reference_models(rm, rm2, critic_dir, attrs, bert)
     return {"client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}), "app": app, "service": service,
             "models": models, "paths": (rm, rm2, critic_dir, attrs, bert)}

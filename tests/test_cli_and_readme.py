@@ -55,7 +55,8 @@ def test_serve_demo_answers_every_route_over_http(tmp_path):
     routes = re.findall(r"^(GET|POST) (\S+)", proc.stdout, flags=re.M)
     statuses = re.findall(r"^  -> (\d{3}) ", proc.stdout, flags=re.M)
     assert {p for _, p in routes} >= {"/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge",
-                                      "/get_reward", "/classify"}
+                                      "/get_reward", "/classify", "/pooling", "/score", "/rerank", "/tokenize",
+                                      "/health", "/version", "/v1/embeddings", "/predict"}
     assert statuses == ["200"] * (len(statuses) - 1) + ["422"]  # the last request is the bad one
     assert '"text": "[[A]]"' in proc.stdout or '"text": "[[B]]"' in proc.stdout
 

@@ -523,6 +523,8 @@ def test_empty_or_blank_api_keys_are_refused_at_config():
     for keys in ([""], ["  "]):
         with pytest.raises(ConfigError, match="api_keys"):
             AppConfig.parse({**base, "api_keys": keys})
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        AppConfig.parse({**base, "api_keys": ["sha256:abc"]})
     with pytest.raises(ConfigError, match="not a network"):
         AppConfig.parse({**base, "trusted_networks": ["10.0.0.0/33"]})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 from collections.abc import Sequence
 from functools import cache
@@ -278,13 +279,23 @@ class AppConfig(StrictModel):
 
     models: list[ServedModel] = Field(min_length=1)
     api_keys: list[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
-        default_factory=list, description="also from SCORING_API_KEYS (comma-separated)")
+        default_factory=list, description="also from SCORING_API_KEYS (comma-separated); a key or "
+        "'sha256:<hex digest of the key>', which keeps the key itself out of the stored config and its logs")
     trusted_networks: list[str] = Field(
         default_factory=list, description="client networks (CIDRs, e.g. 10.0.0.0/8) whose requests need no API key")
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     tokenizer: TokenizerSettings = TokenizerSettings()
     ensembles: list[Ensemble] = Field(default_factory=list, description="reward models combined under one name")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
+                raise ValueError("api_keys: a 'sha256:' key must be followed by the 64 hex digits of the key's "
+                                 "SHA-256 digest")
+        return keys
 
     @field_validator("trusted_networks")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import importlib
 import ipaddress
@@ -126,6 +127,7 @@ def json_errors(request: Request) -> list[dict] | None:
 
 
 QUERY_KEY = b"api_key"
+HASHED = "sha256:"
 
 
 def bearer_or_basic(header: str) -> bytes | None:
@@ -176,7 +178,9 @@ class Guard:
     def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int,
                  trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None):
         self.app = app
-        self.keys = [k.encode() for k in api_keys]
+        # a key is configured as itself or as "sha256:<hex digest>" (then no config or log holds it)
+        self.hashed = [k[7:].lower().encode() for k in api_keys if k.startswith(HASHED)]
+        self.keys = [k.encode() for k in api_keys if not k.startswith(HASHED)]
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
         self.max_bytes = max_request_bytes
         self.styles = styles or {}  # path -> how that protocol's clients read an error
@@ -209,13 +213,16 @@ class Guard:
         """A key in `Authorization: Bearer <key>`; or, for clients that can set only a URL (OpenRLHF,
         verl), in its query string (`?api_key=<key>`) or as its password (`http://any:<key>@host`,
         which HTTP libraries send as Basic auth); or a client address in `trusted_networks`."""
-        if scope["path"] in OPEN_PATHS or not self.keys:
+        if scope["path"] in OPEN_PATHS or not (self.keys or self.hashed):
             return
         if self.networks and self._trusted(scope.get("client")):
             return
         token = bearer_or_basic(headers.get("authorization", "")) or query_key or b""
         # compare against every key, always, so timing says nothing about which matched
-        if not any([hmac.compare_digest(token, key) for key in self.keys]):
+        digest = hashlib.sha256(token).hexdigest().encode()
+        matches = [hmac.compare_digest(token, key) for key in self.keys]
+        matches += [hmac.compare_digest(digest, key) for key in self.hashed]
+        if not any(matches):
             raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>, or api_key=<key> "
                                "in the URL's query string)")
 
