@@ -24,15 +24,15 @@ from deployments.handles import HandleEncoder, ReplicaBackend
 @serve.ingress()  # the app is built on the replica, over this replica's service (__serve_build_asgi_app__)
 class Ingress:
     def __init__(self, config: dict[str, Any], tokenizer, replicas: dict[str, Any]):
-        self.config = AppConfig(**config)
+        # keys from the environment too, validated as the config's own
+        env_keys = [k.strip() for k in os.environ.get("SCORING_API_KEYS", "").split(",") if k.strip()]
+        self.config = AppConfig(**{**config, "api_keys": list(config.get("api_keys", [])) + env_keys})
         models = self.config.models
         backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
                                  alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching))
         self.service = ScoringService(models, HandleEncoder(tokenizer), backend, ensembles=self.config.ensembles,
                                       max_items=self.config.max_items_per_request, gather=self._gathered)
-        keys = list(self.config.api_keys)
-        keys += [k.strip() for k in os.environ.get("SCORING_API_KEYS", "").split(",") if k.strip()]
-        self.api_keys = keys
+        self.api_keys = list(self.config.api_keys)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,

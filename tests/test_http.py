@@ -481,11 +481,39 @@ def test_api_key_in_the_query_string_or_as_basic_auth_and_never_logged(inproc, c
     assert anonymous.post("/v1/rewards", json=body, headers={"Authorization": f"Basic {basic}"}).status_code == 200
     assert anonymous.post("/v1/rewards?api_key=wrong", json=body).status_code == 401
     assert anonymous.post("/v1/rewards", json=body, headers={"Authorization": "Basic !!"}).status_code == 401
+    # a placeholder header (the OpenAI SDK's "EMPTY") does not hide a right key in the URL
+    placeholder = {"Authorization": "Bearer EMPTY"}
+    assert anonymous.post(f"/v1/rewards?api_key={API_KEY}", json=body, headers=placeholder).status_code == 200
     # the key leaves the URL before any route sees it: an error naming the URL does not carry it
     with caplog.at_level("DEBUG"):
         r = anonymous.post(f"/v1/nothing?x=1&api_key={API_KEY}", json=body)
     ours = "\n".join(rec.getMessage() for rec in caplog.records if not rec.name.startswith("httpx"))  # the client's own
     assert r.status_code == 404 and API_KEY not in r.text and API_KEY not in ours
+
+
+def test_routes_never_see_the_url_key():
+    import asyncio
+
+    import httpx
+
+    from cluster.http.app import Guard
+
+    seen = []
+
+    async def route(scope, receive, send):
+        seen.append(scope["query_string"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = Guard(route, api_keys=["k3y"], max_request_bytes=1000)
+
+    async def get(query: str) -> int:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as c:
+            return (await c.get("/x?" + query)).status_code
+
+    assert asyncio.run(get("a=1&api_key=k3y&b=2")) == 200 and seen == [b"a=1&b=2"]
+    assert asyncio.run(get("api%5Fkey=k3y")) == 200 and seen[-1] == b""  # the name percent-encoded
+    assert asyncio.run(get("xapi_key=k3y")) == 401 and len(seen) == 2
 
 
 def test_key_stripped_from_the_query_string():
@@ -513,6 +541,17 @@ def test_trusted_networks_need_no_key(inproc):
 
     assert [asyncio.run(status(ip)) for ip in ("10.1.2.3", "::1", "11.0.0.1", "::ffff:10.0.0.7")] == [200, 200, 401,
                                                                                                       200]
+
+    async def forwarded(client_ip: str) -> int:  # Serve's uvicorn takes the client address from X-Forwarded-For
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (await c.get("/v1/models", headers={"X-Forwarded-For": client_ip})).status_code
+
+    assert asyncio.run(forwarded("10.1.2.3")) == 401  # a header anyone can write is never trusted
+    from cluster.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trusted_networks without api_keys"):
+        create_app(inproc["service"], trusted_networks=["10.0.0.0/8"])
 
 
 def test_empty_or_blank_api_keys_are_refused_at_config():
@@ -570,3 +609,43 @@ def test_path_names_follow_the_route_kind_and_ambiguity_is_refused(tmp_path):
     assert service.resolve("~/models/same/", ("critic",)).name == "judge"
     with pytest.raises(UnknownModel, match="several served models"):
         service.resolve("/data/twin", ("reward",))
+
+
+def test_request_truncation_options(reward_dir):
+    """A request's own cut (vLLM's truncate_prompt_tokens) applies whatever the spec's truncation;
+    0 is refused; "none" has no limit (/tokenize)."""
+    from transformers import AutoTokenizer
+
+    from cluster.core.errors import InputTooLong, InvalidInput
+    from cluster.core.tokenization import ChatEncoder, EncodeOptions
+
+    tok = AutoTokenizer.from_pretrained(reward_dir("llama"))
+    encoder = ChatEncoder(tok, max_length=16, truncation="error")
+    text = "hello " * 40
+    with pytest.raises(InputTooLong):
+        encoder.encode_inputs([text])
+    [cut] = encoder.encode_inputs([text], options=EncodeOptions(truncate=5))
+    full = ChatEncoder(tok, max_length=4096, truncation="left").encode_inputs([text])[0].ids
+    assert cut.truncated and cut.ids == full[:1] + full[-4:]
+    [right] = encoder.encode_inputs([text], options=EncodeOptions(truncate="right"))
+    assert right.ids == full[:16]
+    [whole] = encoder.encode_inputs([text], options=EncodeOptions(truncate="none"))
+    assert whole.ids == full and not whole.truncated
+    with pytest.raises(InvalidInput, match="at least 1"):
+        encoder.encode_inputs([text], options=EncodeOptions(truncate=0))
+
+
+def test_tokenize_has_no_limit_unpacks_pairs_and_refuses_ensembles(inproc):
+    c = inproc["client"]
+    long = c.post("/tokenize", json={"model": "rm", "prompt": "hello " * 600})
+    assert long.status_code == 200 and long.json()["count"] > long.json()["max_model_len"] == 512
+    bert = c.post("/tokenize", json={"model": "rm-bert", "messages": CONVERSATIONS[3][:2]}).json()
+    tok = inproc["models"]["rm-bert"].encoder.tokenizer
+    pair = tok(CONVERSATIONS[3][0]["content"], CONVERSATIONS[3][1]["content"])["input_ids"]
+    assert bert["tokens"] == pair
+    mix = c.post("/tokenize", json={"model": "rm-mix", "prompt": "x"})
+    assert mix.status_code == 400 and "ensemble" in mix.json()["error"]["message"]
+    zero = c.post("/classify", json={"model": "rm", "input": "x", "truncate_prompt_tokens": 0})
+    assert zero.status_code == 400
+    rid = c.post("/classify", json={"text": ["a", "b", "c"], "rid": ["x", "y"]})
+    assert rid.status_code == 400 and "rid" in rid.json()["error"]["message"]

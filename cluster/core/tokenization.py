@@ -46,13 +46,18 @@ class EncodeOptions:
     `truncate_prompt_tokens` and `add_special_tokens`, TEI's `truncate`); the model's spec decides
     whatever is left as None. Only reward inputs take options; judge items always follow the card."""
 
-    truncate: str | int | None = None  # "error" | "left" (keep the end) | "right" (keep the start) | k: keep k
+    # "error" | "left" (keep the end) | "right" (keep the start) | k: keep the last k | "none": no limit
+    truncate: str | int | None = None
     add_special_tokens: bool | None = None  # None: as the card's computation (see the module docstring)
     any_role: bool = False  # messages with any role, the last one not necessarily the assistant's
     strip_padding: bool = False  # texts: drop padding decoded into the text (OpenRLHF <= 0.8 clients)
 
     def limit(self, max_length: int, what: str) -> int:
+        if self.truncate == "none":
+            return 1 << 62
         if isinstance(self.truncate, int) and not isinstance(self.truncate, bool):
+            if not 1 <= self.truncate:
+                raise InvalidInput(f"{what}: truncate_prompt_tokens must be at least 1, got {self.truncate}")
             if self.truncate > max_length:
                 raise InvalidInput(f"{what}: truncate_prompt_tokens ({self.truncate}) is larger than this model's "
                                    f"max_length ({max_length})")
@@ -293,7 +298,9 @@ class ChatEncoder:
         if not texts:
             return []
         out: list[Encoded | None] = []
-        truncation = options.truncate if isinstance(options.truncate, str) else self.truncation
+        # a request's own cut: a side, or keep the last k (vLLM's truncate_prompt_tokens), whatever the spec says
+        truncation = (options.truncate if isinstance(options.truncate, str)
+                      else "left" if options.truncate is not None else self.truncation)
         for i, ids in enumerate(self._tokenize(texts, options.add_special_tokens)):
             if len(ids) <= limit:
                 out.append(Encoded(ids, False, len(ids)))

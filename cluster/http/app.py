@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import __version__
 from cluster.core.errors import (
+    ConfigError,
     InvalidInput,
     RequestTooLarge,
     ScoringError,
@@ -134,7 +135,7 @@ def bearer_or_basic(header: str) -> bytes | None:
     """The key in `Bearer <key>`, or the password in `Basic base64(user:<key>)`."""
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() == "bearer":
-        return value.strip().encode()
+        return value.strip().encode("latin-1")  # the header's own bytes (ASGI headers are latin-1)
     if scheme.lower() == "basic":
         try:
             return base64.b64decode(value.strip(), validate=True).partition(b":")[2]
@@ -144,10 +145,10 @@ def bearer_or_basic(header: str) -> bytes | None:
 
 
 def take_query_key(scope) -> bytes | None:
-    """The `api_key` query parameter's value, removed from the request's query string, so no route,
-    log line or error message ever sees it."""
+    """The `api_key` query parameter's value (the last, if repeated), removed from the request's
+    query string, so no route, log line or error message ever sees it."""
     query: bytes = scope.get("query_string", b"")
-    if QUERY_KEY not in query:
+    if not query:
         return None
     kept, value = [], None
     for pair in query.split(b"&"):
@@ -178,9 +179,10 @@ class Guard:
     def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int,
                  trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None):
         self.app = app
-        # a key is configured as itself or as "sha256:<hex digest>" (then no config or log holds it)
-        self.hashed = [k[7:].lower().encode() for k in api_keys if k.startswith(HASHED)]
-        self.keys = [k.encode() for k in api_keys if not k.startswith(HASHED)]
+        # every key kept as its SHA-256 digest (configured as "sha256:<hex>", no config or log holds
+        # the key itself); digests of equal length are what is compared, so timing tells nothing
+        self.digests = [(k[7:] if k.startswith(HASHED) else hashlib.sha256(k.encode()).hexdigest()).lower().encode()
+                        for k in api_keys]
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
         self.max_bytes = max_request_bytes
         self.styles = styles or {}  # path -> how that protocol's clients read an error
@@ -213,26 +215,30 @@ class Guard:
         """A key in `Authorization: Bearer <key>`; or, for clients that can set only a URL (OpenRLHF,
         verl), in its query string (`?api_key=<key>`) or as its password (`http://any:<key>@host`,
         which HTTP libraries send as Basic auth); or a client address in `trusted_networks`."""
-        if scope["path"] in OPEN_PATHS or not (self.keys or self.hashed):
+        if scope["path"] in OPEN_PATHS or not self.digests:
             return
-        if self.networks and self._trusted(scope.get("client")):
+        if self.networks and self._trusted(scope.get("client"), headers):
             return
-        token = bearer_or_basic(headers.get("authorization", "")) or query_key or b""
-        # compare against every key, always, so timing says nothing about which matched
-        digest = hashlib.sha256(token).hexdigest().encode()
-        matches = [hmac.compare_digest(token, key) for key in self.keys]
-        matches += [hmac.compare_digest(digest, key) for key in self.hashed]
+        offered = [bearer_or_basic(headers.get("authorization", "")), query_key]
+        # every offered key against every configured key, always: timing says nothing about which matched
+        matches = [hmac.compare_digest(hashlib.sha256(token).hexdigest().encode(), digest)
+                   for token in offered if token is not None for digest in self.digests]
         if not any(matches):
             raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>, or api_key=<key> "
                                "in the URL's query string)")
 
-    def _trusted(self, client) -> bool:
+    def _trusted(self, client, headers: Headers) -> bool:
+        """The client's address is in a trusted network. A request that came through a proxy
+        (X-Forwarded-For / Forwarded; Serve's uvicorn takes the client's address from them when
+        the peer is local) is never trusted by address: that header is the client's to write."""
+        if "x-forwarded-for" in headers or "forwarded" in headers:
+            return False
         try:
             address = ipaddress.ip_address(client[0])
         except (TypeError, ValueError, IndexError):
             return False
-        address = getattr(address, "ipv4_mapped", None) or address
-        return any(address in net for net in self.networks)
+        forms = {address, getattr(address, "ipv4_mapped", None) or address}
+        return any(form in net for net in self.networks for form in forms if form.version == net.version)
 
     async def _bounded(self, scope, headers: Headers, receive):
         length = headers.get("content-length", "")
@@ -270,6 +276,9 @@ def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_req
     """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers."""
     from cluster.http import PROTOCOLS
 
+    if trusted_networks and not api_keys:
+        raise ConfigError("trusted_networks without api_keys: every client would be let in; set api_keys "
+                          "(the networks are the clients that need no key)")
     app = FastAPI(title=title, version=__version__)
     styles: dict[str, ErrorStyle] = {}
     app.state.error_styles = styles

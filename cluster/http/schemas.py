@@ -1,8 +1,8 @@
 """Request and response bodies for every HTTP route (pydantic, at the edge only; no Ray).
 
-Our own /v1 routes reject unknown keys. The two protocol routes (/get_reward for OpenRLHF,
-/classify for vLLM-style clients such as verl's reward loop) accept what those clients send,
-unknown keys included, because their clients add fields over time.
+Our own /v1 routes reject unknown keys. The other protocols' routes (OpenRLHF's here; vLLM's,
+SGLang's and TEI's in their modules) accept what those clients send, unknown keys included, as
+their servers do, because their clients add fields over time.
 """
 
 from __future__ import annotations
@@ -132,47 +132,6 @@ class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]  # merged into OpenRLHF's metrics: names that cannot clash
-
-
-# ---------------------------------------------------------------- /classify (vLLM)
-
-
-class ClassifyRequest(Lenient):
-    model: str | None = None
-    input: str | list[str] | None = None
-    messages: list[Message] | None = None
-    activation: bool | None = None
-    use_activation: bool | None = None
-
-    @model_validator(mode="after")
-    def _one_form(self) -> ClassifyRequest:
-        if (self.input is None) == (self.messages is None):
-            raise ValueError("give exactly one of input or messages")
-        if isinstance(self.input, list) and not self.input:
-            raise ValueError("input is empty")
-        return self
-
-    def apply_activation(self) -> bool:
-        for flag in (self.use_activation, self.activation):
-            if flag is not None:
-                return flag
-        return True  # vLLM's default for a one-label classifier: sigmoid
-
-
-class ClassifyData(BaseModel):
-    index: int
-    label: str
-    probs: list[float]
-    num_classes: int = 1
-
-
-class ClassifyResponse(BaseModel):
-    id: str
-    object: Literal["list"] = "list"
-    created: int
-    model: str
-    data: list[ClassifyData]
-    usage: Usage
 
 
 # ---------------------------------------------------------------- /v1/models, errors

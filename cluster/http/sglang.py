@@ -87,10 +87,12 @@ async def native_classify(service: ScoringService, text: Any, input_ids: Any, na
         raise InvalidInput("At least one of text, input_ids, or image should be provided")
     items = [[{"role": "user", "content": i[0]}, {"role": "assistant", "content": i[1]}]
              if isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i) else i for i in items]
+    ids = [rid] if isinstance(rid, str) else rid
+    if ids is not None and len(ids) != len(items):
+        raise InvalidInput(f"rid: {len(ids)} request id(s) for {len(items)} input(s); give one per input")
     model = service.resolve(model_name(name), ("reward",))
     result, rows, _ = await label_values(service, model, items, "text" if text is not None else "input_ids",
                                          REFUSE_OVER_LENGTH)
-    ids = ([rid] * len(rows) if isinstance(rid, str) and single else rid) if rid else None
     out = [{"embedding": row, "meta_info": {"id": ids[i] if ids else uuid.uuid4().hex, "finish_reason": None,
                                             "prompt_tokens": n}}
            for i, (row, n) in enumerate(zip(rows, result.num_tokens))]

@@ -23,9 +23,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from cluster import __version__
+from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService, TokenizeJob
-from cluster.core.tokenization import EncodeOptions
+from cluster.core.tokenization import EncodeOptions, unpack_segments
 from cluster.http import sglang
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
@@ -278,7 +279,8 @@ def router(service: ScoringService) -> APIRouter:
         if len(head["labels"]) > 1:
             raise InvalidInput(f"model '{model.name}' has {len(head['labels'])} outputs; the score API needs a "
                                "one-output model (use /classify)")
-        values = [classify_activation(row, head["problem_type"]) if body.activation_on() else row for row in rows]
+        # vLLM's score activation is the cross-encoder's: sigmoid on the one logit, whatever problem_type says
+        values = [classify_activation(row, None) if body.activation_on() else row for row in rows]
         return model, [v[0] for v in values], result.tokens
 
     @r.post("/classify", response_model=ClassificationResponse)
@@ -343,16 +345,21 @@ def router(service: ScoringService) -> APIRouter:
         """The token ids the reward model scores for this input (the card's ids: a conversation is
         rendered as scored, without a generation prompt)."""
         model = service.resolve(body.model, ("reward",))
+        if isinstance(model, Ensemble):
+            raise InvalidInput(f"'{model.name}' is an ensemble of models with their own tokenizers; tokenize "
+                               "with one of its members")
         if body.return_token_strs:
             raise InvalidInput("return_token_strs is not supported here")
         if body.messages is not None:
             item, what = [m.as_message(f"messages[{i}]") for i, m in enumerate(body.messages)], "messages"
         else:
             item, what = body.prompt, "prompt"
-        options = EncodeOptions(truncate="error", add_special_tokens=body.add_special_tokens,
+        # no length limit: the client compares count with max_model_len itself, as with vLLM
+        options = EncodeOptions(truncate="none", add_special_tokens=body.add_special_tokens,
                                 any_role=body.messages is not None)
         [encoded] = await service.submit(TokenizeJob(model.name, [item], what, options))
-        return _ok(TokenizeResponse(count=len(encoded.ids), max_model_len=model.max_length, tokens=encoded.ids))
+        tokens, _ = unpack_segments(encoded.ids)  # an encoder's text pair: plain vocabulary ids
+        return _ok(TokenizeResponse(count=len(tokens), max_model_len=model.max_length, tokens=tokens))
 
     @r.get("/health", response_class=Response)
     async def health() -> Response:
