@@ -128,8 +128,9 @@ class InputRequest(PoolingParams):
             return [self.input], "input"
         return list(self.input), "input"
 
-    def options(self, any_role: bool = True) -> EncodeOptions:
-        return super().options(any_role=self.messages is not None)
+    def options(self, any_role: bool | None = None) -> EncodeOptions:
+        """A chat-form request's messages may have any role, as vLLM's chat template decides."""
+        return super().options(any_role=self.messages is not None if any_role is None else any_role)
 
 
 class PoolingRequest(InputRequest):
