@@ -105,8 +105,9 @@ def test_debias_averages_both_orders_and_is_symmetric(critic_dir, mode):
     plain_swapped = critic.judge([swap(i) for i in ITEMS], mode=mode)
     debiased = critic.judge(ITEMS, mode=mode, debias=True)
     debiased_swapped = critic.judge([swap(i) for i in ITEMS], mode=mode, debias=True)
+    # the debiased pass computes the two orders' common prefix once (float32 rounding apart, the same)
     for p, ps, d, ds in zip(plain, plain_swapped, debiased, debiased_swapped):
-        assert d.prob_a == pytest.approx((p.prob_a + 1 - ps.prob_a) / 2, abs=1e-9)
+        assert d.prob_a == pytest.approx((p.prob_a + 1 - ps.prob_a) / 2, abs=1e-6)
         assert d.prob_a + ds.prob_a == pytest.approx(1.0, abs=1e-9)
         assert d.winner == ("A" if d.prob_a >= 0.5 else "B")
         if abs(d.prob_a - 0.5) > 1e-9:

@@ -9,7 +9,9 @@ runner's, cluster/core/runner.py).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -76,3 +78,77 @@ def padding_efficiency(batches_lengths: Sequence[Sequence[int]]) -> float:
     useful = sum(sum(b) for b in batches_lengths)
     computed = sum(max(b) * len(b) for b in batches_lengths if b)
     return useful / computed if computed else 1.0
+
+
+# ---------------------------------------------------------------- shared prefixes
+
+# A group of items shares its common token prefix (computed once, its keys / values reused) only
+# when that is worth a second kind of forward pass: the prefix is at least this long and saves at
+# least this share of the group's tokens. Below that, the items run as they would without sharing.
+# Measured on CPU (docs/benchmarks.md, `bench --workload grpo`): the reasoning shape (prompt ~10%
+# of each item) gains nothing, so it must stay below the bar.
+MIN_SHARED_PREFIX = 32
+MIN_SAVED_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class PrefixGroup:
+    prefix: int  # tokens every member starts with, computed once
+    members: list[int]  # item indices
+
+    def saved(self) -> int:
+        return self.prefix * (len(self.members) - 1)
+
+
+def common_prefix(a: bytes, b: bytes, width: int) -> int:
+    """Items in common at the start of two packed sequences (`width` bytes per item)."""
+    lo, hi = 0, min(len(a), len(b)) // width
+    while lo < hi:  # the longest m with a[:m] == b[:m]: O(log n) comparisons, each at C speed
+        mid = (lo + hi + 1) // 2
+        if a[:mid * width] == b[:mid * width]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def shared_prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int], *,
+                         min_prefix: int = MIN_SHARED_PREFIX, min_saved_share: float = MIN_SAVED_SHARE
+                         ) -> list[PrefixGroup]:
+    """Groups of items that share a token prefix worth computing once. `limits[i]`: the longest
+    prefix item i may share (its read position: the token whose output is read must be computed in
+    the item's own pass). Items in no group are left out. Items sorted by content sit next to the
+    items they share most with; each run of them either forms one group (its common prefix) or
+    splits at its weakest link, whichever saves more tokens (a Cartesian tree over the neighbours'
+    common-prefix lengths)."""
+    n = len(seqs)
+    if n < 2:
+        return []
+    order = sorted(range(n), key=lambda i: seqs[i])
+    packed = [array("q", seqs[i]).tobytes() for i in order]
+    width = array("q").itemsize
+    links = [min(common_prefix(packed[k], packed[k + 1], width), limits[order[k]], limits[order[k + 1]])
+             for k in range(n - 1)]  # links[k]: what sorted items k and k+1 share
+
+    def worth(prefix: int, lo: int, hi: int) -> int:
+        members = hi - lo + 1
+        saved = prefix * (members - 1)
+        total = sum(len(seqs[order[k]]) for k in range(lo, hi + 1))
+        return saved if prefix >= min_prefix and members > 1 and saved >= min_saved_share * total else 0
+
+    # post-order over the Cartesian tree of `links`, iteratively (runs can be long)
+    best: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}
+    stack: list[tuple[int, int, bool]] = [(0, n - 1, False)]
+    while stack:
+        lo, hi, expanded = stack.pop()
+        if lo == hi:
+            best[lo, hi] = (0, [])
+            continue
+        split = min(range(lo, hi), key=links.__getitem__)
+        if not expanded:
+            stack += [(lo, hi, True), (lo, split, False), (split + 1, hi, False)]
+            continue
+        (left, lg), (right, rg) = best.pop((lo, split)), best.pop((split + 1, hi))
+        whole = worth(links[split], lo, hi)
+        best[lo, hi] = (whole, [(links[split], lo, hi)]) if whole > left + right else (left + right, lg + rg)
+    return [PrefixGroup(prefix, [order[k] for k in range(lo, hi + 1)]) for prefix, lo, hi in best[0, n - 1][1]]

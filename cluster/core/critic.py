@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from cluster.core.results import Generated, Verdict
-from cluster.core.runner import ForwardRunner, LoadedModel
+from cluster.core.runner import CausalRunner, LoadedModel, Op
 from cluster.core.tokenization import VerdictTokens
 
 
@@ -29,36 +29,70 @@ class Generation:
     prob_a: float | None  # read at the step after the verdict prefix, if the output has one
 
 
-class CriticRunner(ForwardRunner):
+class CriticRunner(CausalRunner):
+    """Verdict reads pad right with no mask and share prefixes (CausalRunner); generation pads left."""
+
     def __init__(self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids,
                  max_new_tokens: int, **kw):
         super().__init__(model, **kw)
+        self.read_side = "right"
+        self.lm_head = model.get_output_embeddings()
         self.max_new_tokens = max_new_tokens
         self.tokenizer = tokenizer
         self.verdict = verdict
         self.verdict_pattern = re.compile("|".join(re.escape(v) for v in verdicts))
         self.verdicts = verdicts
         self.eos_ids = eos_ids
+        self.own_head = self._check_head()
 
-    def ops(self):
-        prefix, new = len(self.verdict.prefix), self.max_new_tokens
-        return {"verdicts": (self._verdict_forward, lambda s: len(s) + prefix),
-                "generate": (self._generate_verdicts, lambda s: len(s) + new)}
+    def ops(self) -> dict[str, Op]:
+        if self.own_head:  # the model's own forward, left-padded (see `_check_head`)
+            return {"verdicts": Op(self._own_head_verdicts), "generate": self._generate_op}
+        return {"verdicts": Op(self.read_rows, read_limit=self.read_index), "generate": self._generate_op}
+
+    @property
+    def _generate_op(self) -> Op:
+        return Op(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
+
+    def run(self, op: str, seqs):
+        if op == "verdicts":  # the verdict strings' shared prefix (`[[`) after each judge prompt
+            seqs = [list(s) + self.verdict.prefix for s in seqs]
+        return super().run(op, seqs)
 
     # -- fast path: P(A) vs P(B) at the step after the verdict prefix, for each judge prompt
 
-    def _verdict_forward(self, seqs: list[Sequence[int]]) -> list[float]:
-        batch = self._pad([list(s) + self.verdict.prefix for s in seqs])
-        last = self._last_logits(batch)
+    def read_index(self, seq: Sequence[int]) -> int:
+        return len(seq) - 1
+
+    def readout(self, hidden: torch.Tensor) -> list[float]:
+        return self._prob_a(self._head(hidden))
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on [B, hidden], with the final soft-capping of models that have one (Gemma-2)."""
+        logits = self.lm_head(hidden).float()
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _prob_a(self, last: torch.Tensor) -> list[float]:
         # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
         return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
 
-    def _last_logits(self, batch) -> torch.Tensor:
+    def _check_head(self) -> bool:
+        """Whether the model's own forward computes its last logits some other way than LM head +
+        final soft-capping (a logit scale, a custom head): then the fast path calls its forward."""
+        probe = torch.tensor([[self.pad_id, *self.verdict.prefix]], device=self.device)
+        with torch.inference_mode():
+            own = self.model(input_ids=probe, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+            ours = self._head(self.base(input_ids=probe, use_cache=False).last_hidden_state[:, -1])[0]
+        return not torch.allclose(own, ours, atol=1e-4 * max(1.0, own.abs().max().item()), rtol=1e-4)
+
+    def _own_head_verdicts(self, seqs: list[Sequence[int]]) -> list[float]:
+        batch = self._pad(seqs, side="left")
         # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
-        # the model's own head (Gemma-2's final soft-capping included) on one position per row
+        # the model's own head on one position per row
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-        return out.logits[:, -1, :].float()
+        return self._prob_a(out.logits[:, -1, :].float())
 
     # -- slow path
 

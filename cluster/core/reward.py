@@ -28,7 +28,7 @@ import torch
 
 from cluster.core.errors import ModelFailure
 from cluster.core.results import Comparison, RewardResult
-from cluster.core.runner import ForwardRunner, LoadedModel
+from cluster.core.runner import CausalRunner, ForwardRunner, LoadedModel, Op
 from cluster.core.tokenization import unpack_segments
 
 
@@ -67,8 +67,8 @@ class RewardRunner(ForwardRunner):
     def num_labels(self) -> int:
         return len(self.reward_head.labels)
 
-    def ops(self):
-        return {"score": (self._rewards, len)}
+    def ops(self) -> dict[str, Op]:
+        return {"score": Op(self._rewards)}
 
     def describe_head(self) -> dict[str, Any]:
         """The output labels and the config's problem type (vLLM's classify activation reads it)."""
@@ -87,34 +87,39 @@ class RewardRunner(ForwardRunner):
         """Scalar rewards from one forward pass over exactly these sequences, in this order, with
         no planning (the benchmarks' fixed-batch baselines)."""
         with torch.inference_mode():
-            return [self.reward_head.scalar(v) for v in self._forward(list(seqs))]
+            return [score for score, _ in self._rewards(list(seqs))]
 
     def _rewards(self, seqs: list[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
+        return self._shape(self._forward(seqs))
+
+    def _shape(self, vectors: list[list[float]]) -> list[tuple[float, list[float] | None]]:
         many = self.num_labels > 1
-        return [(self.reward_head.scalar(v), v if many else None) for v in self._forward(seqs)]
+        return [(self.reward_head.scalar(v), v if many else None) for v in vectors]
 
     def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         raise NotImplementedError
 
 
-class LastTokenRunner(RewardRunner):
-    """transformers' decoder classifiers: base model on the padded batch, head at the read position."""
+class LastTokenRunner(RewardRunner, CausalRunner):
+    """transformers' decoder classifiers: base model on the padded batch (see CausalRunner: right
+    padding with no mask, or left padding with one; shared prefixes once), head at the read position."""
 
     def __init__(self, model, **kw):
         super().__init__(model, **kw)
-        self.base = getattr(model, model.base_model_prefix)
         self.head = model.score
         self.score_pad_id = model.config.get_text_config().pad_token_id
 
-    def _forward(self, seqs: list[Sequence[int]]) -> list[list[float]]:
-        batch = self._pad(seqs)
-        hidden = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        # on the device the hidden states end on (the last one, when layers span several GPUs)
-        rows = torch.arange(len(seqs), device=hidden.device)
-        cols = torch.tensor([off + read_position(s, self.score_pad_id) for s, off in zip(seqs, batch.offsets)],
-                            device=hidden.device)
-        return self.head(hidden[rows, cols]).float().tolist()
+    def ops(self) -> dict[str, Op]:
+        return {"score": Op(self.read_rows, read_limit=self.read_index)}
+
+    def read_index(self, seq: Sequence[int]) -> int:
+        return read_position(seq, self.score_pad_id)
+
+    def readout(self, hidden: torch.Tensor) -> list[tuple[float, list[float] | None]]:
+        return self._shape(self.head(hidden).float().tolist())
+
+    def _rewards(self, seqs: list[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
+        return self.read_rows(seqs)
 
 
 class OwnForwardRunner(RewardRunner):

@@ -9,8 +9,10 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from cluster.core.batching import padding_efficiency, plan_batches, run_batched
+from cluster.core.batching import PrefixGroup, padding_efficiency, plan_batches, shared_prefix_groups
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ModelFailure
 from cluster.core.tokenization import ChatEncoder
@@ -49,8 +51,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -
     return PaddedBatch(ids, mask, pos, offsets)
 
 
-
-
 @dataclass(frozen=True)
 class Ran:
     """What a runner pass returns: one output per sequence, in input order, and the plan it ran
@@ -59,49 +59,171 @@ class Ran:
     outputs: list
     batches: list[list[int]]
     lengths: list[int]
+    computed: int = 0  # tokens the forward passes computed, padding included, shared prefixes once
 
     @property
     def padding_efficiency(self) -> float:
         return padding_efficiency([[self.lengths[i] for i in b] for b in self.batches])
 
 
+@dataclass(frozen=True)
+class Op:
+    """What a runner does for one op: one forward pass over some sequences, an item's token cost in
+    the plan, and, for ops that read one position per item of a causal model, the longest prefix an
+    item may share with others (None: this op never shares)."""
+
+    forward: Callable[[list[Sequence[int]]], list]
+    cost: Callable[[Sequence[int]], int] = len
+    read_limit: Callable[[Sequence[int]], int] | None = None
+
+
 class ForwardRunner:
     """Shared plumbing for runners: device, padding, budgeted batches, failures as ModelFailure."""
 
     def __init__(self, model, *, name: str, pad_id: int, padding_side: str, max_batch_tokens: int,
-                 max_batch_size: int):
+                 max_batch_size: int, share_prefixes: bool = True):
         self.model = model
         self.name = name
         self.pad_id = pad_id
         self.padding_side = padding_side
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.share_prefixes = share_prefixes
         self.device = next(model.parameters()).device
 
-    def ops(self) -> dict[str, tuple[Callable[[list[Sequence[int]]], list], Callable[[Sequence[int]], int]]]:
-        """op name -> (the function one forward pass runs, an item's token cost in the plan)."""
+    def ops(self) -> dict[str, Op]:
         raise NotImplementedError
 
     def run(self, op: str, seqs: Sequence[Sequence[int]]) -> Ran:
         """The public entry point (backends, replicas, benchmarks): `seqs` planned into
-        length-sorted token-budget passes, run, outputs in input order, failures as ModelFailure."""
-        fn, cost = self.ops()[op]
+        length-sorted token-budget passes, run, outputs in input order, failures as ModelFailure.
+        Items that share a long enough token prefix (the n responses to one prompt, a debiased
+        judgement's two orders) run as a group: the prefix once, each item's rest against its keys
+        and values (see CausalRunner)."""
+        spec = self.ops()[op]
         seqs = list(seqs)
-        lengths = [cost(s) for s in seqs]
-        plan = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size) if seqs else []
+        lengths = [spec.cost(s) for s in seqs]
+        groups = []
+        if self.share_prefixes and spec.read_limit is not None and len(seqs) > 1:
+            groups = shared_prefix_groups(seqs, [spec.read_limit(s) for s in seqs])
+        grouped = {i for g in groups for i in g.members}
+        alone = [i for i in range(len(seqs)) if i not in grouped]
+        plan = [[alone[k] for k in b] for b in plan_batches([lengths[i] for i in alone], self.max_batch_tokens,
+                                                            self.max_batch_size)]
+        outputs: list = [None] * len(seqs)
+        computed = sum(max(lengths[i] for i in b) * len(b) for b in plan)
         try:
             with torch.inference_mode():
-                outputs = run_batched(seqs, fn, self.max_batch_tokens, self.max_batch_size, plan=plan)
+                for batch in plan:
+                    self._place(outputs, batch, spec.forward([seqs[i] for i in batch]))
+                for group in groups:
+                    for batch, rest in self._run_group(group, seqs, lengths):
+                        self._place(outputs, batch, rest)
+                        plan.append(batch)
+                    computed += group.prefix + sum(lengths[i] - group.prefix for i in group.members)
         except torch.OutOfMemoryError as err:
             raise ModelFailure(
                 f"model '{self.name}' ran out of memory; lower max_batch_tokens ({self.max_batch_tokens}): {err}"
             ) from err
         except RuntimeError as err:
             raise ModelFailure(f"model '{self.name}' failed on a batch: {type(err).__name__}: {err}") from err
-        return Ran(outputs, plan, lengths)
+        return Ran(outputs, plan, lengths, computed)
 
-    def _pad(self, seqs, pad_id: int | None = None):
-        return pad_batch(seqs, self.pad_id if pad_id is None else pad_id, self.padding_side).to(self.device)
+    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int]):
+        raise NotImplementedError
+
+    @staticmethod
+    def _place(outputs: list, batch: list[int], results: list) -> None:
+        if len(results) != len(batch):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+        for i, out in zip(batch, results):
+            outputs[i] = out
+
+    def _pad(self, seqs, pad_id: int | None = None, side: str | None = None):
+        return pad_batch(seqs, self.pad_id if pad_id is None else pad_id, side or self.padding_side).to(self.device)
+
+
+class PrefixLayer(DynamicLayer):
+    """One layer's keys and values of a shared prefix ([1, heads, P, dim]), put in front of every
+    row's own keys and values at each forward, never grown: the prefix serves any number of passes,
+    and no pass keeps a batch-sized copy of it beyond the layer it is in."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        rows = key_states.shape[0]
+        return (torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2))
+
+
+class CausalRunner(ForwardRunner):
+    """Runners that read one position per item from a causal decoder's last hidden states (a
+    reward model's last non-pad token; a critic's verdict position). Two ways to pad, both exact:
+    - right padding with no attention mask (the default): in a causal model a real token never
+      attends to a later one, so padding at the end cannot reach a read position, and with no mask
+      attention takes the backend's fused causal kernel. A padded batch with a mask goes to a path
+      that materializes every [T, T] score matrix (2x slower than one at a time at 4k tokens on
+      CPU, docs/benchmarks.md).
+    - left padding (padding_side "left"): a mask and real-token position ids, as before.
+    Shared prefixes: the prefix runs once (batch of one, no padding) and keeps its keys / values
+    per layer (`PrefixLayer`); each member's rest runs as a right-padded batch after it, at
+    positions P.., its read position in its own rest."""
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.base = getattr(model, model.base_model_prefix)
+        self.read_side = self.padding_side  # how read passes pad (a critic generates with left, reads with right)
+
+    def read_index(self, seq: Sequence[int]) -> int:
+        """The position whose output is read."""
+        raise NotImplementedError
+
+    def readout(self, hidden: torch.Tensor) -> list:
+        """[B, hidden] at the read positions -> one output per row."""
+        raise NotImplementedError
+
+    def read_rows(self, seqs: list[Sequence[int]]) -> list:
+        """One forward pass over `seqs` (any lengths), the outputs read at each one's read position."""
+        batch = self._pad(seqs, side=self.read_side)
+        if self.read_side == "right":  # no mask, no position ids: the fused causal path (see the class docstring)
+            hidden = self.base(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+        else:
+            hidden = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        cols = [off + self.read_index(s) for s, off in zip(seqs, batch.offsets)]
+        return self._read(hidden, cols)
+
+    def _read(self, hidden: torch.Tensor, cols: list[int]) -> list:
+        # on the device the hidden states end on (the last one, when layers span several GPUs)
+        rows = torch.arange(len(cols), device=hidden.device)
+        return self.readout(hidden[rows, torch.tensor(cols, device=hidden.device)])
+
+    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int]):
+        """(item indices, outputs) per pass: the prefix once, then the members' rests."""
+        p = group.prefix
+        prefix_ids = torch.tensor([list(seqs[group.members[0]][:p])], device=self.device)
+        cache = DynamicCache()
+        self.base(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        del cache
+        rests = [lengths[i] - p for i in group.members]
+        for sub in plan_batches(rests, self.max_batch_tokens, self.max_batch_size):
+            batch = [group.members[k] for k in sub]
+            yield batch, self._read_after_prefix(layers, p, [list(seqs[i][p:]) for i in batch],
+                                                 [self.read_index(seqs[i]) - p for i in batch])
+
+    def _read_after_prefix(self, layers, p: int, rests: list[list[int]], reads: list[int]) -> list:
+        """Always right-padded: the rows start at position P together, and padding at the end reaches
+        no read position. (Left padding would put a gap between the prefix and a row's tokens, which
+        a sliding-window layer, counting distance in cache slots, would misread.)"""
+        cache = DynamicCache()
+        cache.layers = [PrefixLayer(k, v) for k, v in layers]
+        batch = self._pad(rests, side="right")
+        hidden = self.base(input_ids=batch.input_ids, past_key_values=cache, use_cache=True).last_hidden_state
+        return self._read(hidden, reads)
 
 
 class LoadedModel:
