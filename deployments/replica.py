@@ -17,13 +17,16 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
+from cluster.core.batching import call_cost
 from cluster.core.config import BATCH_MAX_TOKENS, BATCH_WAIT_TIMEOUT_S, ModelSpec
 from cluster.core.loading import load_model
 from cluster.core.runner import Ran
 
 
 def count_tokens(calls: list[dict[str, Any]]) -> int:
-    return sum(len(seq) for call in calls for seq in call["seqs"])
+    """A call's tokens as the runner computes them: a prefix its sequences share, once (the request
+    core plans calls by the same count, cluster/core/batching.py: plan_calls)."""
+    return sum(call_cost(call["seqs"]) for call in calls)
 
 
 class ModelReplica:
@@ -36,7 +39,8 @@ class ModelReplica:
         self.lock = threading.Lock()  # one forward at a time per replica (one GPU)
         self.batching: dict[str, Any] = {"batch_max_tokens": BATCH_MAX_TOKENS,
                                          "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
-        self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "max_calls_in_batch": 0}
+        self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "computed_tokens": 0,
+                      "max_calls_in_batch": 0}
         self.tags = {"model": self.spec.name}
         self.m_tokens = metrics.Counter("scoring_tokens_total", "tokens scored", tag_keys=("model",))
         self.m_batch_calls = metrics.Histogram("scoring_batch_requests", "requests gathered per batch",
@@ -110,6 +114,7 @@ class ModelReplica:
         self.stats["calls"] += n_calls
         self.stats["sequences"] += len(ran.outputs)
         self.stats["tokens"] += tokens
+        self.stats["computed_tokens"] += ran.computed  # padding included, shared prefixes once
         self.stats["max_calls_in_batch"] = max(self.stats["max_calls_in_batch"], n_calls)
         self.m_tokens.inc(tokens, tags=self.tags)
         self.m_batch_calls.observe(n_calls, tags=self.tags)

@@ -188,6 +188,34 @@ def test_concurrent_requests_are_batched_together(served):
     assert after["batches"] - before["batches"] < 24  # forward passes shared between requests
 
 
+def test_one_sample_requests_of_a_group_share_its_prompt(served):
+    """GRPO's n responses to a prompt, sent one per request (OpenRLHF's agent executor): gathered at
+    the ingress and the replica, the prompt is computed once per pass, and every request still gets
+    its own item's card score."""
+    from conftest import card_ids, card_score_ids
+    from test_shared_prefix import grpo_batch
+
+    convs = grpo_batch("llama", seed=3, groups=2, n=8)
+    path = served["paths"][0]
+
+    def totals():
+        stats = replica_stats("reward-rm", 2).values()
+        return {k: sum(s[k] for s in stats) for k in ("tokens", "computed_tokens")}
+
+    before = totals()
+
+    async def one_per_request():
+        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]}) for conv in convs))
+
+    responses = asyncio.run(one_per_request())
+    expected = [card_score_ids(path, card_ids(path, c)) for c in convs]
+    assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=TOL)
+    after = totals()
+    assert after["computed_tokens"] - before["computed_tokens"] < 0.8 * (after["tokens"] - before["tokens"])
+
+
 def test_a_bad_request_does_not_fail_the_requests_gathered_with_it(served):
     bad = {"conversations": [[{"role": "user", "content": "no answer to score"}]]}
 

@@ -17,7 +17,7 @@ from conftest import TOL, card_ids, card_score_ids
 from test_critic import ITEMS, card_prob_a, load_critic, swap
 
 from cluster import ModelSpec, load_model
-from cluster.core.batching import MIN_SHARED_PREFIX, shared_prefix_groups
+from cluster.core.batching import MIN_SHARED_PREFIX, call_cost, plan_calls, shared_prefix_groups
 
 DECODERS = {  # build_tiny_model kwargs per family (tests/test_families.py has the why of each)
     "llama": dict(arch="llama"),
@@ -83,6 +83,24 @@ def test_groups_never_share_a_read_position_and_ignore_short_prefixes():
     assert shared_prefix_groups([[1, 2, 3]], [2]) == []
 
 
+def test_calls_keep_a_group_together_within_the_budget():
+    """The request core plans replica calls so that a replica finds each group again: a group stays
+    in one call, or in calls that each carry its prefix, and every call's computed cost fits."""
+    prompt = list(range(100, 400))
+    group = [prompt + [1000 + i] * (20 + i) for i in range(16)]
+    others = [[7, i] * (40 + i) for i in range(10)]
+    seqs = [s for pair in zip(group, others) for s in pair] + group[10:]  # interleaved, as gathered
+    assert call_cost(group) == 300 + sum(len(s) - 300 for s in group)
+    assert call_cost(others) == sum(map(len, others))
+    for budget in (100_000, 800):
+        calls = plan_calls(seqs, budget)
+        assert sorted(i for c in calls for i in c) == list(range(len(seqs)))
+        assert all(call_cost([seqs[i] for i in c]) <= budget for c in calls)
+        with_prompt = [c for c in calls if any(seqs[i][:300] == prompt for i in c)]
+        assert all(all(seqs[i][:300] == prompt for i in c) for c in with_prompt)
+        assert len(with_prompt) == (1 if budget > 10_000 else len(with_prompt)) and len(with_prompt) < 16
+
+
 # ----------------------------------------------------------------------------- reward models
 
 
@@ -105,8 +123,7 @@ def test_shared_prefixes_score_as_the_card(decoder_dir, family, side):
     assert [score for score, _ in ran.outputs] == pytest.approx(reference, abs=TOL)
     # and through the request core, as a route or a notebook calls it
     assert rm.score(convs) == pytest.approx(reference, abs=TOL)
-    unshared = load(path, padding_side=side, max_batch_tokens=4096)
-    unshared.runner.share_prefixes = False
+    unshared = load(path, padding_side=side, max_batch_tokens=4096, share_prefixes=False)
     assert unshared.runner.run("score", seqs).computed >= sum(len(s) for s in seqs)
     assert unshared.score(convs) == pytest.approx(reference, abs=TOL)
 

@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs per method; the median is reported (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="sample, generated corpus and model weights")
+    parser.add_argument("--workload", choices=["rm-bench", "grpo"], default="rm-bench",
+                        help="rm-bench: a preference corpus (default); grpo: n responses per prompt, chat and "
+                             "reasoning shapes, with and without prefix sharing (cluster/bench/rl.py)")
+    parser.add_argument("--prompts", type=positive_int, default=4, help="grpo: prompts per (shape, n) (default 4)")
+    parser.add_argument("--lengths", action="store_true",
+                        help="the card loop vs ours at 256, 1k, 2k, 4k and 8k tokens per item")
 
 
 def positive_int(text: str) -> int:
@@ -96,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if args.lengths or args.workload == "grpo":
+        from cluster.bench import rl
+
+        return rl.run_lengths(args) if args.lengths else rl.run_grpo(args)
     corpus = load_corpus(args.data, args.items, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-rm-") as tmp:
         rm = build_model(Path(tmp), corpus.texts, args.max_batch_tokens, args.seed)

@@ -152,3 +152,34 @@ def shared_prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int], *
         whole = worth(links[split], lo, hi)
         best[lo, hi] = (whole, [(links[split], lo, hi)]) if whole > left + right else (left + right, lg + rg)
     return [PrefixGroup(prefix, [order[k] for k in range(lo, hi + 1)]) for prefix, lo, hi in best[0, n - 1][1]]
+
+
+def call_cost(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens a runner computes for these sequences: each shared prefix once (the budget a replica
+    gathers calls by, and the one the request core plans its calls under, are this)."""
+    groups = shared_prefix_groups(seqs, [len(s) - 1 for s in seqs]) if len(seqs) > 1 else []
+    return sum(len(s) for s in seqs) - sum(g.saved() for g in groups)
+
+
+def plan_calls(seqs: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    """Item indices per backend call, each call's `call_cost` within `max_tokens`. Items that share a
+    prefix stay in one call (a group too big for one is split into calls that each carry the
+    prefix), so the runner that receives them finds the group again; the rest are planned by length
+    as before (`plan_batches`, no efficiency floor: a call is not a forward pass)."""
+    groups = shared_prefix_groups(seqs, [len(s) - 1 for s in seqs]) if len(seqs) > 1 else []
+    grouped = {i for g in groups for i in g.members}
+    alone = [i for i in range(len(seqs)) if i not in grouped]
+    calls = [[alone[k] for k in b]
+             for b in plan_batches([len(seqs[i]) for i in alone], max_tokens, min_efficiency=0.0)]
+    for group in groups:
+        call: list[int] = []
+        cost = group.prefix
+        for i in sorted(group.members, key=lambda i: -len(seqs[i])):
+            rest = len(seqs[i]) - group.prefix
+            if call and cost + rest > max_tokens:
+                calls.append(call)
+                call, cost = [], group.prefix
+            call.append(i)
+            cost += rest
+        calls.append(call)
+    return calls

@@ -82,6 +82,9 @@ class ModelSpec(StrictModel):
     max_batch_size: int = Field(256, ge=1)
     truncation: Literal["left", "error"] = "left"
     padding_side: Literal["auto", "left", "right"] = "auto"
+    # items that start with the same tokens (n responses to a prompt, a debiased judgement's two
+    # orders) compute those tokens once; scores stay the card's (fp32, within 1e-4)
+    share_prefixes: bool = True
     trust_remote_code: bool = False
     # where the weights live: one device, or `devices` GPUs with the layers balanced over them (a
     # 70B model in bf16 is ~141 GB); 8-bit / FP8 weights through transformers' quantization configs

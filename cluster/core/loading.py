@@ -114,7 +114,8 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
 
     pad_id = _padding_id(tokenizer, text_config)
     runner_args = dict(name=spec.name, pad_id=pad_id, padding_side=spec.resolved_padding_side,
-                       max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size)
+                       max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size,
+                       share_prefixes=spec.share_prefixes)
     if spec.kind == "reward":
         return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
     eos_ids = _eos_ids(model, tokenizer)

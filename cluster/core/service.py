@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.core.batching import plan_batches
+from cluster.core.batching import plan_batches, plan_calls
 from cluster.core.config import Ensemble, ModelSpec
 from cluster.core.errors import InvalidInput, ModelFailure, RequestTooLarge, ScoringError, UnknownModel
 from cluster.core.results import (
@@ -275,8 +275,11 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     calls, owners = [], []
     for (model, op), members in groups.items():
         budget = call_tokens(model) if op != "generate" else None  # generation: one call, as one batch
-        lengths = [len(encoded[k][i].ids) for k, i in members]
-        for batch in plan_batches(lengths, budget or UNLIMITED, min_efficiency=0.0):
+        seqs = [encoded[k][i].ids for k, i in members]
+        # items sharing a prefix stay in one call, so the replica computes it once (batching.plan_calls)
+        plan = (plan_calls(seqs, budget) if budget is not None
+                else plan_batches([len(s) for s in seqs], UNLIMITED, min_efficiency=0.0))
+        for batch in plan:
             owners.append([members[b] for b in batch])
             calls.append(Call(model, op, [encoded[k][i].ids for k, i in owners[-1]]))
 
