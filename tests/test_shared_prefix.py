@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from conftest import TOL, card_ids, card_score_ids
 from test_critic import ITEMS, card_prob_a, load_critic, swap
 
@@ -174,3 +175,30 @@ def test_debiased_orders_share_their_prefix_and_match_the_card(model_dirs, arch)
     for item, v in zip(long_items, critic.judge(long_items, debias=True)):
         expected = (card_prob_a(path, critic, item) + 1 - card_prob_a(path, critic, swap(item))) / 2
         assert v.prob_a == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_critic_whose_forward_scales_its_logits_is_read_through_its_own_forward(critic_dir):
+    """The fast path applies the LM head (and soft-capping) itself; a model whose forward does
+    something more is detected at load and read through its own forward (left-padded, no sharing)."""
+    critic = load_critic(critic_dir, dtype="float32")
+    runner = critic.runner
+    assert not runner.own_head
+    reference = [v.prob_a for v in critic.judge(ITEMS)]
+    head = runner.lm_head
+    runner.model.set_output_embeddings(ScaledHead(head))  # what a logit_scale in the forward would do
+    assert runner._check_head()
+    runner.model.set_output_embeddings(head)
+    runner.own_head = True
+    assert runner.ops()["verdicts"].read_limit is None  # no sharing on that path
+    assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(reference, abs=1e-5)
+    assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(
+        [card_prob_a(critic_dir, critic, it) for it in ITEMS], abs=1e-5)
+
+
+class ScaledHead(torch.nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden):
+        return self.head(hidden) * 2.0
