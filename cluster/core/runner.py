@@ -77,6 +77,12 @@ class Op:
     read_limit: Callable[[Sequence[int]], int] | None = None
 
 
+# On a CPU a forward pass is compute-bound from a few hundred tokens on: a bigger pass gains
+# nothing and loses to cache misses (bench --lengths, docs/benchmarks.md: 1k-token items 0.78x the
+# one-at-a-time loop in passes of 8k tokens, 1.01x in passes of 2k). GPUs keep max_batch_tokens.
+CPU_PASS_TOKENS = 2048
+
+
 class ForwardRunner:
     """Shared plumbing for runners: device, padding, budgeted batches, failures as ModelFailure."""
 
@@ -94,6 +100,13 @@ class ForwardRunner:
     def ops(self) -> dict[str, Op]:
         raise NotImplementedError
 
+    @property
+    def pass_tokens(self) -> int:
+        """Padded tokens per forward pass: max_batch_tokens, or less on a CPU (CPU_PASS_TOKENS)."""
+        if self.device.type == "cpu":
+            return min(self.max_batch_tokens, CPU_PASS_TOKENS)
+        return self.max_batch_tokens
+
     def run(self, op: str, seqs: Sequence[Sequence[int]]) -> Ran:
         """The public entry point (backends, replicas, benchmarks): `seqs` planned into
         length-sorted token-budget passes, run, outputs in input order, failures as ModelFailure.
@@ -108,7 +121,7 @@ class ForwardRunner:
             groups = shared_prefix_groups(seqs, [spec.read_limit(s) for s in seqs])
         grouped = {i for g in groups for i in g.members}
         alone = [i for i in range(len(seqs)) if i not in grouped]
-        plan = [[alone[k] for k in b] for b in plan_batches([lengths[i] for i in alone], self.max_batch_tokens,
+        plan = [[alone[k] for k in b] for b in plan_batches([lengths[i] for i in alone], self.pass_tokens,
                                                             self.max_batch_size)]
         outputs: list = [None] * len(seqs)
         computed = sum(max(lengths[i] for i in b) * len(b) for b in plan)
@@ -210,7 +223,7 @@ class CausalRunner(ForwardRunner):
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         del cache
         rests = [lengths[i] - p for i in group.members]
-        for sub in plan_batches(rests, self.max_batch_tokens, self.max_batch_size):
+        for sub in plan_batches(rests, self.pass_tokens, self.max_batch_size):
             batch = [group.members[k] for k in sub]
             yield batch, self._read_after_prefix(layers, p, [list(seqs[i][p:]) for i in batch],
                                                  [self.read_index(seqs[i]) - p for i in batch])
