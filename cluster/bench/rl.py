@@ -29,6 +29,7 @@ import torch
 
 from cluster.bench.inprocess import MODEL_SHAPE, pseudo_words, score_one_at_a_time
 from cluster.core.results import SCORE_TOLERANCE
+from cluster.core.runner import CPU_PASS_TOKENS
 
 LENGTHS = (256, 1024, 2048, 4096, 8192)
 TOKENS_PER_LENGTH = 16384  # items per length: this many tokens, at least 2 items
@@ -38,6 +39,7 @@ FIXED_BATCH_SIZE = 16
 SHAPES = {"chat": (1000, 500), "reasoning": (150, 1500)}
 RESPONSE_SIGMA = 0.35
 MAX_LENGTH = 8192
+LENGTHS_BATCH_TOKENS = 16384  # --lengths: the ModelSpec default, as a served model has it
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,16 @@ def run_lengths(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     rm = build(args.seed, texts=None)
     vocab = rm.runner.model.config.vocab_size
-    print(header(rm, args, "item lengths: each row scores the same token ids"))
-    print(f"{'tokens/item':>11}{'items':>7}{'card tok/s':>12}{'masked tok/s':>14}{'ours tok/s':>12}"
-          f"{'ours/card':>11}{'masked/card':>13}{'max |diff|':>12}")
+    print(header(rm, args, "item lengths: each row scores the same token ids", LENGTHS_BATCH_TOKENS))
+    print("before: a padded batch with an attention mask, passes of max_batch_tokens (ours before issue 13)")
+    print(f"{'tokens/item':>11}{'items':>7}{'card tok/s':>12}{'before tok/s':>14}{'ours tok/s':>12}"
+          f"{'ours/card':>11}{'before/card':>13}{'max |diff|':>12}")
     worst_all, slowest = 0.0, math.inf
     for length in LENGTHS:
         items = max(2, TOKENS_PER_LENGTH // length)
         seqs = [[rng.randrange(3, vocab) for _ in range(int(length * rng.uniform(0.9, 1.0)))] for _ in range(items)]
         useful = sum(map(len, seqs))
-        seconds, scores = time_lengths(rm, seqs, max(args.max_batch_tokens, length), args.repeats)
+        seconds, scores = time_lengths(rm, seqs, max(LENGTHS_BATCH_TOKENS, length), args.repeats)
         worst = max(abs(a - b) for a, b in zip(scores["ours"], scores["card"]))
         worst_all = max(worst_all, worst)
         ratio = seconds["card"] / seconds["ours"]
@@ -79,7 +82,7 @@ def run_lengths(args: argparse.Namespace) -> int:
 
 def time_lengths(rm, seqs: list[list[int]], budget: int, repeats: int):
     ours = runner_with(rm, max_batch_tokens=budget)
-    masked = runner_with(rm, max_batch_tokens=budget, padding_side="left", share_prefixes=False)
+    masked = before_runner(rm, budget)
     methods = {"card": lambda: score_one_at_a_time(rm.runner.model, seqs),
                "masked": lambda: [s for s, _ in masked.run("score", seqs).outputs],
                "ours": lambda: [s for s, _ in ours.run("score", seqs).outputs]}
@@ -192,6 +195,14 @@ def runner_with(rm, **changes):
     return runner
 
 
+def before_runner(rm, budget: int):
+    """Ours as it was before issue 13: a padded batch with an attention mask (left padding costs the
+    same as the right padding it used), passes of the whole max_batch_tokens on a CPU too."""
+    runner = runner_with(rm, max_batch_tokens=budget, padding_side="left", share_prefixes=False)
+    runner.__class__ = type("Before", (type(runner),), {"pass_tokens": property(lambda r: r.max_batch_tokens)})
+    return runner
+
+
 def hf_padded_batches(rm, seqs: list[list[int]], batches: list[list[int]]) -> list[float]:
     """A reward server with no planning: HF's own forward on right-padded batches with the mask."""
     model, pad = rm.runner.model, rm.runner.model.config.pad_token_id
@@ -223,12 +234,13 @@ def time_methods(methods: dict[str, Callable[[], list[float]]], repeats: int,
     return {k: statistics.median(t) for k, t in times.items()}, scores
 
 
-def header(rm, args: argparse.Namespace, what: str) -> str:
+def header(rm, args: argparse.Namespace, what: str, budget: int | None = None) -> str:
     params = sum(p.numel() for p in rm.runner.model.parameters())
     return (f"{what}; seed {args.seed}\n"
             f"model: Llama reward model, {params / 1e6:.2f}M parameters, fp32 on {rm.runner.device}, "
             f"{rm.runner.model.config._attn_implementation} attention; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; max_batch_tokens {args.max_batch_tokens}; "
+            f"{torch.get_num_threads()} threads; max_batch_tokens {budget or args.max_batch_tokens} "
+            f"(a pass holds at most {CPU_PASS_TOKENS} on a CPU); "
             f"median of {args.repeats} repeats")
 
 
