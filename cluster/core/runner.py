@@ -130,10 +130,11 @@ class ForwardRunner:
                 for batch in plan:
                     self._place(outputs, batch, spec.forward([seqs[i] for i in batch]))
                 for group in groups:
+                    computed += group.prefix
                     for batch, rest in self._run_group(group, seqs, lengths):
                         self._place(outputs, batch, rest)
                         plan.append(batch)
-                    computed += group.prefix + sum(lengths[i] - group.prefix for i in group.members)
+                        computed += max(lengths[i] for i in batch) * len(batch) - group.prefix * len(batch)
         except torch.OutOfMemoryError as err:
             raise ModelFailure(
                 f"model '{self.name}' ran out of memory; lower max_batch_tokens ({self.max_batch_tokens}): {err}"
