@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.core.config import AppConfig, ServedModel, deployment_name
+from cluster.core.config import AppConfig, IngressSettings, ServedModel, deployment_name
 from deployments.ingress import Ingress
 from deployments.replica import ModelReplica
 from deployments.tokenizer import Tokenizer
@@ -39,6 +39,24 @@ def replica_options(model: ServedModel) -> dict[str, Any]:
     )
 
 
+def ingress_options(settings: IngressSettings) -> dict[str, Any]:
+    """The ingress's Serve options: autoscaled on the requests each replica holds (min == max: that
+    many replicas, fixed). CPU only; `num_cpus: 0` by default (it mostly waits on the replicas)."""
+    autoscaling = None
+    if settings.max_replicas > settings.min_replicas:
+        autoscaling = {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+                       "target_ongoing_requests": settings.target_ongoing_requests}
+    if not settings.fast_path:  # the per-request path before issue 13, as deployed then (bench-serve's baseline)
+        return dict(name="ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
+    return dict(
+        name="ingress",
+        num_replicas=None if autoscaling else settings.min_replicas,
+        autoscaling_config=autoscaling,
+        ray_actor_options={"num_cpus": settings.num_cpus},
+        max_ongoing_requests=settings.max_ongoing_requests,
+    )
+
+
 def replica_deployment(model: ServedModel):
     return serve.deployment(ModelReplica, **replica_options(model)).bind(model.spec().model_dump())
 
@@ -56,6 +74,5 @@ def build_app(args: dict[str, Any]):
         max_ongoing_requests=64,
     ).bind(specs)
     replicas = {m.name: replica_deployment(m) for m in config.models}
-    ingress = serve.deployment(Ingress, name="ingress", max_ongoing_requests=512,
-                               ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(Ingress, **ingress_options(config.ingress))
     return ingress.bind(config.model_dump(), tokenizer, replicas)

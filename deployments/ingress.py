@@ -2,15 +2,23 @@
 HTTP routes (cluster/http/app.py) and the Python handle API as its two front doors.
 
 Flow per request: the route (or handle method) resolves the model and builds a job; concurrent
-jobs reaching this replica are gathered (`@serve.batch`) into one flow: one tokenizer call per
+jobs reaching this replica are gathered (`Gatherer`) into one flow: one tokenizer call per
 model, then the sequences of every job planned into replica calls under the replica's token budget
 and sent at once (the replicas gather calls from all ingress replicas again into one forward pass),
 then results back per job in input order.
+
+A flow starts as soon as one of `gather_max_flows` slots is free, with every job queued by then (up
+to `gather_max_requests`): a lone request waits for nothing, and under load the queue fills while
+the flows in flight run, so one-sample requests share their RPCs. `ingress.fast_path: false` keeps
+the path before issue 13 (`@serve.batch` of 64 with a 2 ms wait and 4 flows) for bench-serve.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -19,6 +27,65 @@ from cluster.core.config import AppConfig
 from cluster.core.service import ScoringService
 from cluster.http.app import create_app
 from deployments.handles import HandleEncoder, ReplicaBackend
+
+
+class Gatherer:
+    """Concurrent jobs run as shared flows: `await gatherer(job)` -> that job's result (an
+    exception object when the job failed alone: the caller raises it). At most `max_flows` flows
+    run at once, each with at most `max_jobs` jobs; a flow that is not full waits `wait_s` for more
+    (0: none)."""
+
+    def __init__(self, run: Callable[[list], Awaitable[list]], max_jobs: int, max_flows: int, wait_s: float = 0.0):
+        self.run = run
+        self.max_jobs = max_jobs
+        self.max_flows = max_flows
+        self.wait_s = wait_s
+        self.queue: deque = deque()  # (job, future)
+        self.active = 0
+        self.flows: set[asyncio.Task] = set()  # strong references while they run
+        self.stats = {"flows": 0, "jobs": 0, "max_jobs_in_flow": 0}
+
+    async def __call__(self, job: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((job, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self.queue and self.active < self.max_flows:
+            self.active += 1
+            batch = self._take([])
+            task = asyncio.ensure_future(self._flow(batch))
+            self.flows.add(task)
+            task.add_done_callback(self.flows.discard)
+
+    def _take(self, batch: list) -> list:
+        while self.queue and len(batch) < self.max_jobs:
+            job, future = self.queue.popleft()
+            if not future.done():  # a caller that went away (client disconnect) is not run
+                batch.append((job, future))
+        return batch
+
+    async def _flow(self, batch: list) -> None:
+        try:
+            if self.wait_s > 0 and len(batch) < self.max_jobs:
+                await asyncio.sleep(self.wait_s)
+                batch = self._take(batch)
+            if not batch:
+                return
+            self.stats["flows"] += 1
+            self.stats["jobs"] += len(batch)
+            self.stats["max_jobs_in_flow"] = max(self.stats["max_jobs_in_flow"], len(batch))
+            try:
+                results = await self.run([job for job, _ in batch])
+            except Exception as err:  # noqa: BLE001 - the flow's failure is each of its jobs'
+                results = [err] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self.active -= 1
+            self._start()
 
 
 @serve.ingress()  # the app is built on the replica, over this replica's service (__serve_build_asgi_app__)
@@ -30,20 +97,35 @@ class Ingress:
         models = self.config.models
         backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
                                  alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching))
+        settings = self.config.ingress
+        self.fast_path = settings.fast_path
+        gather = self._gathered
+        if self.fast_path:
+            gather = Gatherer(self._run_flow, settings.gather_max_requests, settings.gather_max_flows,
+                              settings.gather_wait_timeout_s)
+        self.gatherer = gather if self.fast_path else None
         self.service = ScoringService(models, HandleEncoder(tokenizer), backend, ensembles=self.config.ensembles,
-                                      max_items=self.config.max_items_per_request, gather=self._gathered)
+                                      max_items=self.config.max_items_per_request, gather=gather)
         self.api_keys = list(self.config.api_keys)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,
                           trusted_networks=self.config.trusted_networks)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
-    async def _gathered(self, jobs: list) -> list:
+    async def _run_flow(self, jobs: list) -> list:
         """Concurrent requests to this ingress replica share one flow: RPCs, not items or
         requests, are what cost on the way to the GPU. A job's bad input comes back as its own
-        error, not the batch's."""
+        error, not the flow's."""
         return await self.service.arun(jobs)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
+    async def _gathered(self, jobs: list) -> list:
+        """The gathering before issue 13 (`ingress.fast_path: false`, bench-serve's baseline)."""
+        return await self.service.arun(jobs)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Flows run by this replica's gatherer (fast path) and the jobs they held."""
+        return dict(self.gatherer.stats) if self.gatherer is not None else {}
 
     # -- the Python API for deployment handles (RewardClient.handle): the routes' jobs without
     # HTTP. Errors are raised as ScoringErrors; the handle delivers them to the caller.

@@ -277,6 +277,32 @@ class TokenizerSettings(StrictModel):
     num_cpus: float = Field(1.0, ge=0)
 
 
+class IngressSettings(StrictModel):
+    """The HTTP ingress (routes, auth, gathering of concurrent requests): CPU only, autoscaled on
+    the requests each replica holds, as the tokenizer is. Each ingress replica gathers the
+    requests it holds into shared flows (one tokenizer call per model, then the replica calls)."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(128.0, gt=0, description="requests held per replica the autoscaler aims at")
+    num_cpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(1024, ge=1, description="requests one ingress replica holds at once")
+    gather_max_requests: int = Field(256, ge=1, description="requests gathered into one flow at most")
+    gather_max_flows: int = Field(2, ge=1, description="flows in flight per ingress replica; more requests queue "
+                                  "and join the next flow")
+    gather_wait_timeout_s: float = Field(0.0, ge=0, le=1, description="how long a flow that is not full waits for "
+                                         "more requests before it starts (0: it starts at once; under load the "
+                                         "queue fills while the flows in flight run)")
+    fast_path: bool = Field(True, description="false: the per-request path before issue 13 (@serve.batch of 64, "
+                            "2 ms wait, 4 flows; every body through pydantic), kept as bench-serve's baseline")
+
+    @model_validator(mode="after")
+    def _check(self) -> IngressSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
 class AppConfig(StrictModel):
     """`build_app(args)`: what `ray_config.yaml` passes as `args`."""
 
@@ -289,6 +315,7 @@ class AppConfig(StrictModel):
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     tokenizer: TokenizerSettings = TokenizerSettings()
+    ingress: IngressSettings = IngressSettings()
     ensembles: list[Ensemble] = Field(default_factory=list, description="reward models combined under one name")
 
     @field_validator("api_keys")
