@@ -195,8 +195,10 @@ def test_one_sample_requests_of_a_group_share_its_prompt(served):
     from conftest import card_ids, card_score_ids
     from test_shared_prefix import grpo_batch
 
-    convs = grpo_batch("llama", seed=3, groups=2, n=8)
-    path = served["paths"][0]
+    convs = grpo_batch("llama", seed=3, groups=2, n=8, prompt_words=40, response_words=15)
+    path, rm = served["paths"][0], served["models"]["rm"]
+    encoded = rm.encoder.encode_inputs(convs)
+    assert not any(e.truncated for e in encoded)  # the card scores all of each (max_length 512)
 
     def totals():
         stats = replica_stats("reward-rm", 2).values()
@@ -210,7 +212,8 @@ def test_one_sample_requests_of_a_group_share_its_prompt(served):
             return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]}) for conv in convs))
 
     responses = asyncio.run(one_per_request())
-    expected = [card_score_ids(path, card_ids(path, c)) for c in convs]
+    assert [e.ids for e in encoded] == [card_ids(path, c) for c in convs]
+    expected = [card_score_ids(path, e.ids) for e in encoded]
     assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=TOL)
     after = totals()
     assert after["computed_tokens"] - before["computed_tokens"] < 0.8 * (after["tokens"] - before["tokens"])

@@ -38,15 +38,16 @@ def prose(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
 
 
-def grpo_batch(family: str, seed: int = 0, groups: int = 3, n: int = 4) -> list:
-    """`groups` prompts x `n` responses of different lengths (some identical, one ending in the
-    EOS), plus unrelated conversations, in shuffled order."""
+def grpo_batch(family: str, seed: int = 0, groups: int = 3, n: int = 4, prompt_words: int = 60,
+               response_words: int = 40) -> list:
+    """`groups` prompts x `n` responses of different lengths (two identical), plus unrelated
+    conversations, in shuffled order."""
     rng = random.Random(seed)
     convs = []
     for g in range(groups):
         turns = [] if family in NO_SYSTEM else [{"role": "system", "content": prose(rng, 30)}]
-        turns.append({"role": "user", "content": prose(rng, 60 + 20 * g)})
-        responses = [prose(rng, rng.randint(3, 40)) for _ in range(n - 1)]
+        turns.append({"role": "user", "content": prose(rng, prompt_words + 20 * g)})
+        responses = [prose(rng, rng.randint(3, response_words)) for _ in range(n - 1)]
         responses.append(responses[0])  # the same answer twice: identical items share all but the read
         convs += [turns + [{"role": "assistant", "content": r}] for r in responses]
     convs += [[{"role": "user", "content": prose(rng, 12)}, {"role": "assistant", "content": prose(rng, 25)}]
