@@ -94,6 +94,11 @@ class Ingress:
         # keys from the environment too, validated as the config's own
         env_keys = [k.strip() for k in os.environ.get("SCORING_API_KEYS", "").split(",") if k.strip()]
         self.config = AppConfig(**{**config, "api_keys": list(config.get("api_keys", [])) + env_keys})
+        if self.config.trusted_networks and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "").lower() in ("1", "true"):
+            # HAProxy connects from its own address and does not forward the client's: every
+            # request would come from a trusted address
+            raise ValueError("trusted_networks cannot tell clients apart behind Ray's HAProxy "
+                             "(RAY_SERVE_ENABLE_HA_PROXY=1): use api_keys alone there")
         models = self.config.models
         backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
                                  alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching))

@@ -294,7 +294,7 @@ class IngressSettings(StrictModel):
                                          "more requests before it starts (0: it starts at once; under load the "
                                          "queue fills while the flows in flight run)")
     fast_path: bool = Field(True, description="false: the per-request path before issue 13 (@serve.batch of 64, "
-                            "2 ms wait, 4 flows; every body through pydantic), kept as bench-serve's baseline")
+                            "2 ms wait, 4 flows), kept as bench-serve's baseline")
 
     @model_validator(mode="after")
     def _check(self) -> IngressSettings:
