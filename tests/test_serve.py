@@ -165,25 +165,30 @@ def test_a_third_gpu_replica_waits(served):
         serve.delete("gpu-probe")
 
 
+def rm_totals(*keys: str) -> dict[str, int]:
+    """The reward model "rm"'s replica counters, summed over its two replicas."""
+    stats = replica_stats("reward-rm", 2).values()
+    return {k: sum(s[k] for s in stats) for k in keys}
+
+
+def one_per_request(served, convs: list) -> list:
+    """Every conversation in its own concurrent /v1/rewards request (an RL worker per sample)."""
+    async def send():
+        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]}) for conv in convs))
+
+    return asyncio.run(send())
+
+
 def test_concurrent_requests_are_batched_together(served):
     """24 concurrent one-conversation requests reach the replicas as far fewer gathered batches
     (gathered at the ingress into shared tokenizer/replica calls, and again at the replica)."""
-    def totals():
-        stats = replica_stats("reward-rm", 2).values()
-        return {k: sum(s[k] for s in stats) for k in ("sequences", "batches")}
-
-    before = totals()
-
-    async def many():
-        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
-            return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]})
-                                          for conv in CONVERSATIONS * 4))
-
-    responses = asyncio.run(many())
+    before = rm_totals("sequences", "batches")
+    responses = one_per_request(served, CONVERSATIONS * 4)
     expected = served["models"]["rm"].score(CONVERSATIONS * 4)
     assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=TOL)
-    after = totals()
+    after = rm_totals("sequences", "batches")
     assert after["sequences"] - before["sequences"] == 24
     assert after["batches"] - before["batches"] < 24  # forward passes shared between requests
 
@@ -200,22 +205,12 @@ def test_one_sample_requests_of_a_group_share_its_prompt(served):
     encoded = rm.encoder.encode_inputs(convs)
     assert not any(e.truncated for e in encoded)  # the card scores all of each (max_length 512)
 
-    def totals():
-        stats = replica_stats("reward-rm", 2).values()
-        return {k: sum(s[k] for s in stats) for k in ("tokens", "computed_tokens")}
-
-    before = totals()
-
-    async def one_per_request():
-        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
-            return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]}) for conv in convs))
-
-    responses = asyncio.run(one_per_request())
+    before = rm_totals("tokens", "computed_tokens")
+    responses = one_per_request(served, convs)
     assert [e.ids for e in encoded] == [card_ids(path, c) for c in convs]
     expected = [card_score_ids(path, e.ids) for e in encoded]
     assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=TOL)
-    after = totals()
+    after = rm_totals("tokens", "computed_tokens")
     assert after["computed_tokens"] - before["computed_tokens"] < 0.8 * (after["tokens"] - before["tokens"])
 
 
