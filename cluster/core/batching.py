@@ -130,28 +130,42 @@ def shared_prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int], *
     links = [min(common_prefix(packed[k], packed[k + 1], width), limits[order[k]], limits[order[k + 1]])
              for k in range(n - 1)]  # links[k]: what sorted items k and k+1 share
 
-    def worth(prefix: int, lo: int, hi: int) -> int:
-        members = hi - lo + 1
-        saved = prefix * (members - 1)
-        total = sum(len(seqs[order[k]]) for k in range(lo, hi + 1))
-        return saved if prefix >= min_prefix and members > 1 and saved >= min_saved_share * total else 0
+    sizes = [0]  # running token totals in sorted order: a run's total in O(1)
+    for k in range(n):
+        sizes.append(sizes[-1] + len(seqs[order[k]]))
 
-    # post-order over the Cartesian tree of `links`, iteratively (runs can be long)
+    def worth(prefix: int, lo: int, hi: int) -> int:
+        saved = prefix * (hi - lo)
+        return saved if prefix >= min_prefix and saved >= min_saved_share * (sizes[hi + 1] - sizes[lo]) else 0
+
+    found: list[tuple[int, int, int]] = []
+    start = 0
+    for end in range(n):  # a link shorter than min_prefix can join nothing: runs between them are independent
+        if end == n - 1 or links[end] < min_prefix:
+            if end > start:
+                found += best_groups(links, start, end, worth)
+            start = end + 1
+    return [PrefixGroup(prefix, [order[k] for k in range(lo, hi + 1)]) for prefix, lo, hi in found]
+
+
+def best_groups(links: list[int], first: int, last: int, worth) -> list[tuple[int, int, int]]:
+    """(prefix, lo, hi) runs of sorted items [first, last] saving the most: each run is one group
+    or splits at its weakest link (post-order over the Cartesian tree of `links`, iteratively)."""
     best: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}
-    stack: list[tuple[int, int, bool]] = [(0, n - 1, False)]
+    stack: list[tuple[int, int, int | None]] = [(first, last, None)]
     while stack:
-        lo, hi, expanded = stack.pop()
+        lo, hi, split = stack.pop()
         if lo == hi:
             best[lo, hi] = (0, [])
             continue
-        split = min(range(lo, hi), key=links.__getitem__)
-        if not expanded:
-            stack += [(lo, hi, True), (lo, split, False), (split + 1, hi, False)]
+        if split is None:
+            split = min(range(lo, hi), key=links.__getitem__)
+            stack += [(lo, hi, split), (lo, split, None), (split + 1, hi, None)]
             continue
         (left, lg), (right, rg) = best.pop((lo, split)), best.pop((split + 1, hi))
         whole = worth(links[split], lo, hi)
         best[lo, hi] = (whole, [(links[split], lo, hi)]) if whole > left + right else (left + right, lg + rg)
-    return [PrefixGroup(prefix, [order[k] for k in range(lo, hi + 1)]) for prefix, lo, hi in best[0, n - 1][1]]
+    return best[first, last][1]
 
 
 def call_cost(seqs: Sequence[Sequence[int]]) -> int:
