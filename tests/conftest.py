@@ -378,3 +378,25 @@ def live(inproc):
     yield {"keyed": keyed.url, "trusted": trusted.url, "models": inproc["models"], "service": service}
     keyed.stop()
     trusted.stop()
+
+
+# ----------------------------------------------------------------------------- reliability figures
+
+FIGURES: list[tuple[str, dict]] = []  # (test, {figure: value}) recorded by the reliability suite
+
+
+@pytest.fixture
+def figures(request):
+    """`figures(tried=..., statuses=..., lost=..., duplicated=...)` records a reliability test's
+    figures; they are printed at the end of the run (and docs/reliability.md quotes them)."""
+    def record(**values) -> None:
+        FIGURES.append((request.node.name, values))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for test, values in FIGURES:
+        terminalreporter.write_line(f"{test}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
