@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.core.config import AppConfig, IngressSettings, ServedModel, deployment_name
+from cluster.core.config import AppConfig, IngressSettings, ServedModel, deployment_name, key_digest
 from deployments.ingress import Ingress
 from deployments.replica import ModelReplica
 from deployments.tokenizer import Tokenizer
@@ -75,4 +75,6 @@ def build_app(args: dict[str, Any]):
     ).bind(specs)
     replicas = {m.name: replica_deployment(m) for m in config.models}
     ingress = serve.deployment(Ingress, **ingress_options(config.ingress))
-    return ingress.bind(config.model_dump(), tokenizer, replicas)
+    # the keys reach the ingress as digests only: Serve stores a deployment's arguments
+    return ingress.bind(config.model_dump() | {"api_keys": [key_digest(k) for k in config.api_keys]},
+                        tokenizer, replicas)

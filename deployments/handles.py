@@ -3,16 +3,19 @@ cluster/core/local.py): the ingress and the Ray Data pipeline's `via_serve` stag
 so the call a replica receives is built here and nowhere else.
 
 Every failure that crossed Ray comes back as `from_ray` reads it: the ScoringError a replica or the
-tokenizer raised, or Overloaded (retry) for back-pressure and a replica lost mid-call.
+tokenizer raised, or Overloaded for back-pressure and a replica lost mid-call, which the backend
+waits out (admission: a window of calls in flight per model, refused calls sent again) until its
+deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
-from cluster.core.errors import from_ray
+from cluster.core.errors import Overloaded, from_ray
 from cluster.core.service import Call, Part
 from cluster.core.tokenization import Encoded
 
@@ -23,11 +26,38 @@ def replica_call(seqs: list[list[int]]) -> dict[str, Any]:
     return {"seqs": seqs, "sent_at": time.time()}
 
 
-class HandleEncoder:
-    """The tokenizer deployment: one call per model for all of a flow's parts."""
+ADMISSION_TIMEOUT_S = 120.0  # how long a call may wait for a replica before the caller is told 503
+PAUSE_S = (0.05, 1.0)  # a refused call is sent again after a jittered pause growing from 50 ms to 1 s
+_RNG = random.Random()
 
-    def __init__(self, tokenizer):
+
+def pause(attempt: int, rng: random.Random = _RNG) -> float:
+    """The wait before sending a refused call again: doubling from PAUSE_S[0] to PAUSE_S[1],
+    jittered (x0.5 to x1.5) so the callers refused together do not come back together."""
+    return min(PAUSE_S[1], PAUSE_S[0] * 2 ** attempt) * (0.5 + rng.random())
+
+
+class HandleEncoder:
+    """The tokenizer deployment: one call per model for all of a flow's parts (a call that lost its
+    replica or met back-pressure is sent again, as the replica backend does, until `timeout_s`)."""
+
+    def __init__(self, tokenizer, timeout_s: float = ADMISSION_TIMEOUT_S):
         self.tokenizer = tokenizer
+        self.timeout_s = timeout_s
+
+    async def _encode(self, model: str, requests: list) -> list:
+        loop = asyncio.get_running_loop()
+        deadline, attempt = loop.time() + self.timeout_s, 0
+        while True:
+            try:
+                return await self.tokenizer.encode.remote(model, requests)
+            except Exception as err:  # noqa: BLE001 - the tokenizer's failure is each part's
+                failure = from_ray(err)
+                wait = pause(attempt)
+                attempt += 1
+                if not isinstance(failure, Overloaded) or loop.time() + wait >= deadline:
+                    return [failure] * len(requests)
+                await asyncio.sleep(wait)
 
     async def encode(self, parts: list[Part]) -> list:
         by_model: dict[str, list[int]] = {}
@@ -37,10 +67,7 @@ class HandleEncoder:
 
         async def one_model(model: str, indices: list[int]) -> None:
             requests = [(parts[k].op, parts[k].inputs, parts[k].what, parts[k].swap, parts[k].options) for k in indices]
-            try:
-                encoded = await self.tokenizer.encode.remote(model, requests)
-            except Exception as err:  # noqa: BLE001 - the tokenizer's failure is each part's
-                encoded = [from_ray(err)] * len(indices)
+            encoded = await self._encode(model, requests)
             for k, enc in zip(indices, encoded):
                 out[k] = enc if isinstance(enc, BaseException) else [Encoded(*item) for item in enc]
 
@@ -50,14 +77,27 @@ class HandleEncoder:
 
 class ReplicaBackend:
     """The models' replica deployments. A call is one handle call; a replica gathers the calls of
-    concurrent callers up to its token budget (`call_tokens`) and runs them as one runner pass."""
+    concurrent callers up to its token budget (`call_tokens`) and runs them as one runner pass.
+
+    Admission: at most `windows[model]` calls are in flight from this caller at once (what the
+    model's replicas hold plus what Serve queues for one caller, so this caller alone never meets
+    Serve's back-pressure); the rest wait their turn here. A call refused anyway (other callers
+    filled the queue, fewer replicas than the most) or whose replica died is sent again after a
+    jittered pause (scoring and greedy generation are pure functions of their input, so a call sent
+    twice is answered the same), until `timeout_s` after it was first tried; then Overloaded (503)
+    names the limit. Any other failure is the call's at once."""
 
     def __init__(self, handles: dict[str, Any], call_tokens: dict[str, int], *, alone: frozenset[str] = frozenset(),
-                 blocking: bool = False):
+                 blocking: bool = False, windows: dict[str, int] | None = None,
+                 timeout_s: float = ADMISSION_TIMEOUT_S):
         self.handles = handles
         self.budgets = call_tokens
         self.alone = alone  # models with cross_request_batching off: one forward per call (the baseline)
         self.blocking = blocking  # a synchronous caller (a Ray Data stage): run() waits itself
+        self.windows = dict(windows or {})
+        self.timeout_s = timeout_s
+        self.gates: dict[str, asyncio.Semaphore] = {}  # per model, in the caller's event loop
+        self.stats = {"calls": 0, "resent": 0, "gave_up": 0}
 
     def call_tokens(self, model: str) -> int | None:
         return self.budgets.get(model)
@@ -66,29 +106,92 @@ class ReplicaBackend:
         method = call.op  # the replica's methods are named after the ops: score, verdicts, generate
         if call.model in self.alone and call.op != "generate":
             method += "_alone"
+        self.stats["calls"] += 1
         return getattr(self.handles[call.model], method).remote(replica_call(call.seqs))
 
+    def _gave_up(self, call: Call, last: BaseException | None) -> Overloaded:
+        self.stats["gave_up"] += 1
+        why = f"; last: {last.message}" if isinstance(last, Overloaded) else ""
+        return Overloaded(f"model '{call.model}': no replica took the request's call within {self.timeout_s:g}s "
+                          f"(ingress.admission_timeout_s){why}; retry later, or add replicas "
+                          "(replicas.max_replicas) or queue room (replicas.max_queued_requests)")
+
     def run(self, calls: list[Call]):
-        responses = [self._send(c) for c in calls]  # all in flight before the first wait
-        if not self.blocking:
-            return self._gather(calls, responses)
-        out = []
-        for call, response in zip(calls, responses):
+        return self._run_blocking(calls) if self.blocking else self._run_async(calls)
+
+    async def _run_async(self, calls: list[Call]) -> list:
+        return list(await asyncio.gather(*(self._call(c) for c in calls)))
+
+    def _gate(self, model: str) -> asyncio.Semaphore | None:
+        if model not in self.gates and self.windows.get(model):
+            self.gates[model] = asyncio.Semaphore(self.windows[model])
+        return self.gates.get(model)
+
+    async def _call(self, call: Call):
+        """One call's outputs (or the error it met), sent when the model's window has room and sent
+        again while it is refused for back-pressure or loses its replica, until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        gate, last, attempt = self._gate(call.model), None, 0
+        while True:
+            if gate is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await gate.acquire()
+                except TimeoutError:
+                    return self._gave_up(call, last)
             try:
-                out.append(response.result())
+                return await self._send(call)
             except Exception as err:  # noqa: BLE001 - a call's failure is its items' jobs'
-                out.append(from_ray(err, call.model))
+                last = from_ray(err, call.model)
+                if not isinstance(last, Overloaded):
+                    return last
+            finally:
+                if gate is not None:
+                    gate.release()
+            wait = pause(attempt)
+            attempt += 1
+            if loop.time() + wait >= deadline:
+                return self._gave_up(call, last)
+            self.stats["resent"] += 1
+            await asyncio.sleep(wait)
+
+    def _run_blocking(self, calls: list[Call]) -> list:
+        """`_call` for a synchronous caller: the calls go out in waves of at most a window per
+        model, all of a wave in flight before the first wait; refused ones go in a later wave."""
+        out: list = [None] * len(calls)
+        todo = list(range(len(calls)))
+        deadline = time.monotonic() + self.timeout_s
+        last: dict[int, BaseException] = {}
+        attempt = 0
+        while todo:
+            wave, later, taken = [], [], {}
+            for i in todo:
+                model = calls[i].model
+                room = self.windows.get(model) or len(todo)
+                (wave if taken.get(model, 0) < room else later).append(i)
+                taken[model] = taken.get(model, 0) + 1
+            responses = [(i, self._send(calls[i])) for i in wave]
+            refused = []
+            for i, response in responses:
+                try:
+                    out[i] = response.result()
+                except Exception as err:  # noqa: BLE001
+                    out[i] = from_ray(err, calls[i].model)
+                    if isinstance(out[i], Overloaded):
+                        last[i] = out[i]
+                        refused.append(i)
+            todo = sorted(refused + later)
+            if refused:
+                wait = pause(attempt)
+                attempt += 1
+                if time.monotonic() + wait >= deadline:
+                    for i in todo:
+                        out[i] = self._gave_up(calls[i], last.get(i))
+                    return out
+                self.stats["resent"] += len(refused)
+                time.sleep(wait)
         return out
-
-    @staticmethod
-    async def _gather(calls: list[Call], responses) -> list:
-        async def one(call: Call, response):
-            try:
-                return await response
-            except Exception as err:  # noqa: BLE001
-                return from_ray(err, call.model)
-
-        return list(await asyncio.gather(*(one(c, r) for c, r in zip(calls, responses))))
 
     async def head(self, model: str) -> dict[str, Any]:
         info = await self.handles[model].describe.remote()

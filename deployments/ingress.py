@@ -23,9 +23,9 @@ from typing import Any
 
 from ray import serve
 
-from cluster.core.config import AppConfig
+from cluster.core.config import AppConfig, api_key_digests
 from cluster.core.service import ScoringService
-from cluster.http.app import create_app
+from cluster.http.app import create_app, warn_if_open
 from deployments.handles import HandleEncoder, ReplicaBackend
 
 
@@ -88,34 +88,52 @@ class Gatherer:
             self._start()
 
 
+def serve_http_host() -> str | None:
+    """The address Serve's HTTP proxies listen on (None where the controller cannot be asked)."""
+    try:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return ray.get(controller.get_http_config.remote(), timeout=10).host
+    except Exception:  # noqa: BLE001 - a private API of Ray's: without it, the first request tells
+        return None
+
+
 @serve.ingress()  # the app is built on the replica, over this replica's service (__serve_build_asgi_app__)
 class Ingress:
     def __init__(self, config: dict[str, Any], tokenizer, replicas: dict[str, Any]):
-        # keys from the environment too, validated as the config's own
-        env_keys = [k.strip() for k in os.environ.get("SCORING_API_KEYS", "").split(",") if k.strip()]
-        self.config = AppConfig(**{**config, "api_keys": list(config.get("api_keys", [])) + env_keys})
+        self.config = AppConfig(**config)
+        # every key as its digest: the config's, its key file's and this node's environment's
+        self.api_keys = api_key_digests(self.config, os.environ)
+        if not self.api_keys:
+            warn_if_open(serve_http_host())
         if self.config.trusted_networks and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "").lower() in ("1", "true"):
             # HAProxy connects from its own address and does not forward the client's: every
             # request would come from a trusted address
             raise ValueError("trusted_networks cannot tell clients apart behind Ray's HAProxy "
                              "(RAY_SERVE_ENABLE_HA_PROXY=1): use api_keys alone there")
         models = self.config.models
-        backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
-                                 alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching))
         settings = self.config.ingress
+        backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
+                                 alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching),
+                                 windows={m.name: m.replicas.window() for m in models},
+                                 timeout_s=settings.admission_timeout_s)
+        self.backend = backend
         self.fast_path = settings.fast_path
         gather = self._gathered
         if self.fast_path:
             gather = Gatherer(self._run_flow, settings.gather_max_requests, settings.gather_max_flows,
                               settings.gather_wait_timeout_s)
         self.gatherer = gather if self.fast_path else None
-        self.service = ScoringService(models, HandleEncoder(tokenizer), backend, ensembles=self.config.ensembles,
+        encoder = HandleEncoder(tokenizer, settings.admission_timeout_s)
+        self.service = ScoringService(models, encoder, backend, ensembles=self.config.ensembles,
                                       max_items=self.config.max_items_per_request, gather=gather)
-        self.api_keys = list(self.config.api_keys)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,
-                          trusted_networks=self.config.trusted_networks)
+                          trusted_networks=self.config.trusted_networks, docs=self.config.docs,
+                          body_timeout_s=self.config.body_timeout_s)
 
     async def _run_flow(self, jobs: list) -> list:
         """Concurrent requests to this ingress replica share one flow: RPCs, not items or
@@ -130,7 +148,8 @@ class Ingress:
 
     def get_stats(self) -> dict[str, Any]:
         """Flows run by this replica's gatherer (fast path) and the jobs they held."""
-        return dict(self.gatherer.stats) if self.gatherer is not None else {}
+        gathered = dict(self.gatherer.stats) if self.gatherer is not None else {}
+        return {**gathered, "admission": dict(self.backend.stats)}
 
     # -- the Python API for deployment handles (RewardClient.handle): the routes' jobs without
     # HTTP. Errors are raised as ScoringErrors; the handle delivers them to the caller.

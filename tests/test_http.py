@@ -9,7 +9,7 @@ import math
 import os
 
 import pytest
-from conftest import CONVERSATIONS, TOL, InProcessClient, conversations_for
+from conftest import API_KEY, CONVERSATIONS, TOL, InProcessClient, conversations_for
 
 from cluster import ModelSpec, load_model
 from cluster.core.results import sigmoid
@@ -305,7 +305,12 @@ def test_a_json_body_is_read_as_json_whatever_its_content_type(inproc):
 
 
 def test_openapi_documents_every_routes_body(inproc):
-    spec = inproc["client"].get("/openapi.json").json()
+    """With `docs: true` (off by default), behind the key as every route."""
+    from cluster.http.app import create_app
+
+    app = create_app(inproc["service"], api_keys=[API_KEY], docs=True)
+    assert InProcessClient(app).get("/openapi.json").status_code == 401
+    spec = InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}).get("/openapi.json").json()
     posts = {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
     assert set(posts) == {"/v1/rewards", "/v1/compare", "/v1/judge", "/get_reward", "/classify", "/pooling",
                           "/score", "/rerank", "/tokenize", "/v1/embeddings", "/v1/classify", "/predict"}

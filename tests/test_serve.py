@@ -122,19 +122,28 @@ def test_keyless_clients_behind_serve(served, ray_cluster):
                 assert API_KEY not in f.read(), path
 
 
-def test_overload_gives_503_with_retry_after(served):
-    """judge: max_ongoing_requests=1, max_queued_requests=1; generation keeps the replica busy."""
+def test_overload_waits_its_turn(served):
+    """judge: max_ongoing_requests=1, max_queued_requests=1 (2 calls in flight per caller). Seen
+    before issue 14: 12 judge items with debias on an idle app got 503 on every try, and a burst of
+    generate requests got 503s. Now the ingress feeds each request's calls to the replica as it
+    frees, and every request is answered, as the card answers it."""
+    judge = served["models"]["judge"]
+    items = [dict(ITEMS[i % len(ITEMS)], prompt=f"{ITEMS[i % len(ITEMS)]['prompt']} ({i})") for i in range(12)]
+    r = served["client"].post("/v1/judge", json={"model": "judge", "items": items, "debias": True})
+    assert r.status_code == 200, r.text
+    assert [v["prob_a"] for v in r.json()["results"]] == pytest.approx(
+        [v.prob_a for v in judge.judge(items, debias=True)], abs=TOL)
+
     async def burst():
         async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
                                      headers={"Authorization": f"Bearer {API_KEY}"}) as c:
             body = {"items": ITEMS * 8, "mode": "generate"}
             return await asyncio.gather(*(c.post("/v1/judge", json=body) for _ in range(8)))
 
+    expected = [v.winner for v in judge.judge(ITEMS * 8, mode="generate")]
     responses = asyncio.run(burst())
-    codes = sorted(r.status_code for r in responses)
-    assert 200 in codes and 503 in codes, codes
-    rejected = next(r for r in responses if r.status_code == 503)
-    assert rejected.headers["retry-after"] == "1" and rejected.json()["error"]["code"] == "overloaded"
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all([v["winner"] for v in r.json()["results"]] == expected for r in responses)
 
 
 # ---------------------------------------------------------------- placement, batching, reconfigure

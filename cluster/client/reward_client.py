@@ -293,8 +293,10 @@ class RewardClient:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 delay *= 0.5 + self.rng.random() / 2  # jitter: many rollout workers must not retry in step
                 retry_after = getattr(err, "retry_after", None)
-                if retry_after is not None:
-                    delay = max(delay, retry_after)
+                if retry_after is not None and delay < retry_after:
+                    # never sooner than Retry-After, and spread over half as long again: a server's
+                    # fixed Retry-After would otherwise bring every refused worker back in step
+                    delay = retry_after * (1 + self.rng.random() / 2)
                 if time.monotonic() + delay >= deadline:
                     raise Overloaded(f"gave up after {attempt} attempt(s) within the {self.deadline_s:.0f}s "
                                      f"deadline; last failure: {reason}") from None

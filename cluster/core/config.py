@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -167,7 +168,15 @@ class ReplicaSettings(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="1 pins one replica per GPU")
     num_cpus: float = Field(1.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica holds at once (caps a batch)")
-    max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503; -1: unbounded")
+    max_queued_requests: int = Field(256, ge=-1, description="calls Serve queues per caller beyond what the replicas "
+                                     "hold; the ingress keeps at most that many waiting and queues the rest itself "
+                                     "(-1: unbounded)")
+
+    def window(self) -> int:
+        """Calls one caller may have in flight without meeting Serve's back-pressure: what the
+        replicas hold at most, plus the queue Serve keeps for that caller."""
+        held = self.max_ongoing_requests * self.max_replicas
+        return held + (self.max_queued_requests if self.max_queued_requests >= 0 else held)
     # live-tunable (user_config -> reconfigure): cross-request batching
     batch_max_tokens: int = Field(BATCH_MAX_TOKENS, ge=1, description="tokens gathered across requests per batch")
     batch_wait_timeout_s: float = Field(BATCH_WAIT_TIMEOUT_S, ge=0, le=10)
@@ -293,6 +302,9 @@ class IngressSettings(StrictModel):
     gather_wait_timeout_s: float = Field(0.0, ge=0, le=1, description="how long a flow that is not full waits for "
                                          "more requests before it starts (0: it starts at once; under load the "
                                          "queue fills while the flows in flight run)")
+    admission_timeout_s: float = Field(120.0, gt=0, le=3600, description="how long a request's call may wait for a "
+                                       "model replica to take it (a request larger than the replicas hold at once "
+                                       "is fed to them as they free up); then 503 naming this limit")
     fast_path: bool = Field(True, description="false: the per-request path before issue 13 (@serve.batch of 64, "
                             "2 ms wait, 4 flows), kept as bench-serve's baseline")
 
@@ -308,8 +320,15 @@ class AppConfig(StrictModel):
 
     models: list[ServedModel] = Field(min_length=1)
     api_keys: list[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
-        default_factory=list, description="also from SCORING_API_KEYS (comma-separated); a key or "
-        "'sha256:<hex digest of the key>', which keeps the key itself out of the stored config and its logs")
+        default_factory=list, description="a key or 'sha256:<hex digest of the key>' (keeps the key itself out of "
+        "the config Serve stores); also from api_keys_file, SCORING_API_KEYS (comma-separated) and "
+        "SCORING_API_KEYS_FILE in the environment of the cluster's nodes (see api_key_digests)")
+    api_keys_file: str | None = Field(None, min_length=1, description="a file of keys, one per line (a key or "
+                                      "sha256:<hex>; # comments), read where the ingress runs: present on every node")
+    docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (behind the API key, as every "
+                       "route); off by default")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="the whole request body must arrive within this; "
+                                  "a slower one is answered 408 and its connection slot freed")
     trusted_networks: list[str] = Field(
         default_factory=list, description="client networks (CIDRs, e.g. 10.0.0.0/8) whose requests need no API key")
     max_items_per_request: int = Field(4096, ge=1)
@@ -356,3 +375,47 @@ class AppConfig(StrictModel):
 
     def default_model(self, kind: str) -> ServedModel | None:
         return next((m for m in self.models if m.kind == kind), None)
+
+
+KEYS_ENV, KEYS_FILE_ENV = "SCORING_API_KEYS", "SCORING_API_KEYS_FILE"
+
+
+def key_digest(key: str) -> str:
+    """A key as 'sha256:<hex>' (a digest given so stays as it is)."""
+    return key.lower() if key.startswith("sha256:") else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _read_key_file(path: str, where: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read the API key file {path!r} ({err.strerror or err}); it must exist "
+                          "where the ingress runs (on every node of a cluster)") from None
+    keys = [line for line in lines if line and not line.startswith("#")]
+    if not keys:
+        raise ConfigError(f"{where}: the API key file {path!r} holds no key; an empty key file would leave the "
+                          "app open")
+    return keys
+
+
+def api_key_digests(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
+    """Every accepted key as 'sha256:<hex>', from the config, its key file, and the environment
+    where this runs (the ingress replica: the environment of the `ray start` that started its node,
+    not of the shell that ran `serve run`). A source that is set but holds no key is an error, never
+    an open app."""
+    keys = list(config.api_keys)
+    if config.api_keys_file:
+        keys += _read_key_file(config.api_keys_file, "api_keys_file")
+    if environ.get(KEYS_ENV) is not None:
+        env_keys = [k.strip() for k in environ[KEYS_ENV].split(",") if k.strip()]
+        if not env_keys:
+            raise ConfigError(f"{KEYS_ENV} is set but holds no key ({environ[KEYS_ENV]!r}); unset it or give keys")
+        keys += env_keys
+    if environ.get(KEYS_FILE_ENV):
+        keys += _read_key_file(environ[KEYS_FILE_ENV], KEYS_FILE_ENV)
+    for key in keys:
+        if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
+            raise ConfigError("API keys: a 'sha256:' key must be followed by the 64 hex digits of the key's SHA-256 "
+                              "digest")
+    return list(dict.fromkeys(key_digest(k) for k in keys))

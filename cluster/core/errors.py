@@ -60,6 +60,12 @@ class RequestTooLarge(ScoringError):
     code = "request_too_large"
 
 
+class RequestTimeout(ScoringError):
+    """The request body did not arrive in time (a slow or stalled client)."""
+
+    code = "request_timeout"
+
+
 class Overloaded(ScoringError):
     """The queue is full; retry after a moment."""
 
@@ -80,6 +86,7 @@ HTTP_STATUS: dict[type[ScoringError], int] = {
     Unauthorized: 401,
     UnknownModel: 404,
     RequestTooLarge: 413,
+    RequestTimeout: 408,
     Overloaded: 503,
     ModelLoadError: 500,
     ModelFailure: 500,

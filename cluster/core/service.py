@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from cluster.core.batching import plan_batches, plan_calls
 from cluster.core.config import Ensemble, ModelSpec
-from cluster.core.errors import InvalidInput, ModelFailure, RequestTooLarge, ScoringError, UnknownModel
+from cluster.core.errors import InvalidInput, ModelFailure, Overloaded, RequestTooLarge, ScoringError, UnknownModel
 from cluster.core.results import (
     Comparison,
     Generated,
@@ -285,7 +285,21 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
 
     # 3. run every call at once; 4. reassemble each part's outputs in input order
     outputs = [[None] * len(enc) if not isinstance(enc, BaseException) else [] for enc in encoded]
-    for call, owned, out in zip(calls, owners, (yield Run(calls)) if calls else []):
+    answered = list(zip(calls, owners, (yield Run(calls)) if calls else []))
+    # a call that failed for what one of its jobs sent (not for load, which waiting did not cure)
+    # must not fail the others: each job's share of it runs again on its own
+    shared = [(call, owned) for call, owned, out in answered
+              if isinstance(out, BaseException) and not isinstance(out, Overloaded)
+              and len({parts[k][0] for k, _ in owned}) > 1]
+    if shared:
+        answered = [a for a in answered if not any(a[0] is call for call, _ in shared)]
+        alone_calls, alone_owners = [], []
+        for call, owned in shared:
+            for j in dict.fromkeys(parts[k][0] for k, _ in owned):
+                alone_owners.append([(k, i) for k, i in owned if parts[k][0] == j])
+                alone_calls.append(Call(call.model, call.op, [encoded[k][i].ids for k, i in alone_owners[-1]]))
+        answered += list(zip(alone_calls, alone_owners, (yield Run(alone_calls))))
+    for call, owned, out in answered:
         if not isinstance(out, BaseException) and len(out) != len(owned):
             out = ModelFailure(f"model '{call.model}' returned {len(out)} results for {len(owned)} sequences")
         if isinstance(out, BaseException):

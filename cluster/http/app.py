@@ -14,6 +14,7 @@ vllm.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -37,6 +38,7 @@ from cluster import __version__
 from cluster.core.errors import (
     ConfigError,
     InvalidInput,
+    RequestTimeout,
     RequestTooLarge,
     ScoringError,
     Unauthorized,
@@ -167,7 +169,40 @@ def request_id(request: Request) -> str:
 
 def style_of(request: Request) -> ErrorStyle:
     route = request.scope.get("route")
-    return request.app.state.error_styles.get(getattr(route, "path", request.url.path), ours_error)
+    return request.app.state.error_styles.get(getattr(route, "path", route_path(request.scope)), ours_error)
+
+
+def route_path(scope) -> str:
+    """The path the app routes on: without the `root_path` a Serve route_prefix (or a proxy) puts
+    in front of it, as Starlette's router takes it."""
+    path, root = scope.get("path", "/"), scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
+
+
+def _loopback(client) -> bool:
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def warn_if_open(host: str | None, client=None) -> None:
+    """An app with no API key, reachable from other machines, says so loudly: at start when Serve
+    listens beyond loopback (`host`), else at its first request from another machine (`client`)."""
+    if host is not None:
+        try:
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+        where = f"Serve listens on {host}"
+    elif client is not None:
+        where = f"a request came from {client[0]}"
+    else:
+        return
+    logger.warning("NO API KEY IS SET and %s: anyone who can reach this port can use the models. Set api_keys, "
+                   "api_keys_file or SCORING_API_KEYS (in the environment of `ray start`), or listen on 127.0.0.1 "
+                   "(http_options.host).", where)
 
 
 class Guard:
@@ -177,8 +212,11 @@ class Guard:
     unexpected exception answered as a 500 with the request id."""
 
     def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int,
-                 trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None):
+                 trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None,
+                 body_timeout_s: float = 30.0):
         self.app = app
+        self.body_timeout_s = body_timeout_s
+        self.warned_open = False
         # every key kept as its SHA-256 digest (configured as "sha256:<hex>", no config or log holds
         # the key itself); digests of equal length are what is compared, so timing tells nothing
         self.digests = [(k[7:] if k.startswith(HASHED) else hashlib.sha256(k.encode()).hexdigest()).lower().encode()
@@ -201,21 +239,27 @@ class Guard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        path = route_path(scope)
         try:
-            self._authorize(scope, headers, query_key)
+            self._authorize(scope, path, headers, query_key)
             receive = await self._bounded(scope, headers, receive)
             await self.app(scope, receive, tracked)
         except Exception as err:  # noqa: BLE001 - every failure becomes a mapped response
             if started:
                 raise
-            style = self.styles.get(scope["path"], ours_error)
+            style = self.styles.get(path, ours_error)
             await error_response(err, rid, style)(scope, receive, send)
 
-    def _authorize(self, scope, headers: Headers, query_key: bytes | None) -> None:
+    def _authorize(self, scope, path: str, headers: Headers, query_key: bytes | None) -> None:
         """A key in `Authorization: Bearer <key>`; or, for clients that can set only a URL (OpenRLHF,
         verl), in its query string (`?api_key=<key>`) or as its password (`http://any:<key>@host`,
         which HTTP libraries send as Basic auth); or a client address in `trusted_networks`."""
-        if scope["path"] in OPEN_PATHS or not self.digests:
+        if not self.digests:
+            if not self.warned_open and not _loopback(scope.get("client")):
+                self.warned_open = True
+                warn_if_open(None, scope.get("client"))
+            return
+        if path in OPEN_PATHS:
             return
         if self.networks and self._trusted(scope.get("client"), headers):
             return
@@ -243,18 +287,23 @@ class Guard:
     async def _bounded(self, scope, headers: Headers, receive):
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
-            raise RequestTooLarge(f"request body of {length} bytes; the limit is {self.max_bytes}")
+            raise RequestTooLarge(f"request body of {length} bytes; the limit is {self.max_bytes} (max_request_bytes)")
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                raise RequestTooLarge(f"request body of more than {self.max_bytes} bytes; the limit is "
-                                      f"{self.max_bytes}")
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):  # a stalled body must not hold its slot
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > self.max_bytes:  # counted as it arrives: chunked bodies too
+                        raise RequestTooLarge(f"request body of more than {self.max_bytes} bytes; the limit is "
+                                              f"{self.max_bytes} (max_request_bytes)")
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g}s "
+                                 f"(body_timeout_s); {size} bytes came") from None
         body = b"".join(chunks)
         scope["state"]["body"] = body  # the validation handler re-reads it (see json_errors)
         if body and scope["method"] != "GET":
@@ -272,18 +321,21 @@ class Guard:
 
 
 def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_request_bytes: int = 32 << 20,
-               trusted_networks: Sequence[str] = (), title: str = "scoring-cluster") -> FastAPI:
-    """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers."""
+               trusted_networks: Sequence[str] = (), title: str = "scoring-cluster", docs: bool = False,
+               body_timeout_s: float = 30.0) -> FastAPI:
+    """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers.
+    `docs`: serve /docs, /redoc and /openapi.json (behind the API key, as every route)."""
     from cluster.http import PROTOCOLS
 
     if trusted_networks and not api_keys:
         raise ConfigError("trusted_networks without api_keys: every client would be let in; set api_keys "
                           "(the networks are the clients that need no key)")
-    app = FastAPI(title=title, version=__version__)
+    app = FastAPI(title=title, version=__version__, **({} if docs else
+                                                       {"docs_url": None, "redoc_url": None, "openapi_url": None}))
     styles: dict[str, ErrorStyle] = {}
     app.state.error_styles = styles
     app.add_middleware(Guard, api_keys=list(api_keys), max_request_bytes=max_request_bytes,
-                       trusted_networks=list(trusted_networks), styles=styles)
+                       trusted_networks=list(trusted_networks), styles=styles, body_timeout_s=body_timeout_s)
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, err: ScoringError) -> JSONResponse:
@@ -297,10 +349,10 @@ def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_req
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 404 and request.scope.get("route") is None:
-            err = StarletteHTTPException(404, f"no route {request.method} {request.url.path}; "
-                                              "see /openapi.json for the routes")
+            err = StarletteHTTPException(404, f"no route {request.method} {route_path(request.scope)[:200]}; "
+                                              "the README lists the routes")
         elif err.status_code == 405:
-            err = StarletteHTTPException(405, f"{request.url.path} does not take {request.method}")
+            err = StarletteHTTPException(405, f"{route_path(request.scope)[:200]} does not take {request.method}")
         return error_response(err, request_id(request), style_of(request))
 
     for module in (importlib.import_module(f"cluster.http.{name}") for name in PROTOCOLS):
