@@ -10,6 +10,7 @@ answering health checks) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -134,7 +135,8 @@ class ModelReplica:
         import ray
 
         ctx = serve.get_replica_context()
-        return {**self.stats, "replica": ctx.replica_id.unique_id, "node_id": ray.get_runtime_context().get_node_id(),
+        return {**self.stats, "replica": ctx.replica_id.unique_id, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "max_batch_tokens": self.model.runner.max_batch_tokens,
                 **self.batching}
 

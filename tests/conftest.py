@@ -240,10 +240,21 @@ def reference_models(rm, rm2, critic, attrs, bert) -> dict:
 
 
 @pytest.fixture(scope="session")
-def served(ray_cluster, model_dirs, reward_dir, critic_dir):
+def serve_port(ray_cluster):
+    """Serve started once per run, its HTTP proxy on 127.0.0.1: the port. Apps are deployed on it
+    by the fixtures that need them (`served` at /, the reliability suite's at /attack)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster, serve_port, model_dirs, reward_dir, critic_dir):
     """The Serve app ("scoring") with two RMs and a critic, deployed as `serve deploy` does."""
     import httpx
-    from ray import serve
 
     from cluster.tiny import HELPSTEER2_LABELS
 
@@ -251,8 +262,7 @@ def served(ray_cluster, model_dirs, reward_dir, critic_dir):
     attrs = model_dirs("multi-helpsteer2", arch="llama", labels=HELPSTEER2_LABELS)
     bert = model_dirs("family-bert", arch="bert")
     metrics_port = ray_cluster["metrics_port"]
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port
     deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
             "args": app_args(rm, rm2, critic_dir, attrs, bert)})
     models = reference_models(rm, rm2, critic_dir, attrs, bert)
@@ -261,7 +271,6 @@ def served(ray_cluster, model_dirs, reward_dir, critic_dir):
     yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir, attrs, bert),
            "metrics_port": metrics_port}
     client.close()
-    serve.shutdown()
 
 
 def deploy(app: dict, timeout_s: float = 180) -> None:
