@@ -7,11 +7,14 @@ over HTTP as in a notebook.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from cluster.core.config import ModelSpec
-from cluster.core.errors import ScoringError, UnknownModel
+from cluster.core.errors import ModelFailure, ScoringError, UnknownModel
 from cluster.core.tokenization import ChatEncoder, EncodeOptions
+
+logger = logging.getLogger("ray.serve")
 
 
 class Tokenizer:
@@ -34,6 +37,10 @@ class Tokenizer:
                 out.append([(e.ids, e.truncated, e.original_length) for e in encoded])
             except ScoringError as err:
                 out.append(err)
+            except Exception as err:  # noqa: BLE001 - a tokenizer bug met by one part is that part's alone
+                logger.exception("tokenizing %s for model '%s' failed", what, model)
+                out.append(ModelFailure(f"{what}: the tokenizer of model '{model}' failed on this request "
+                                        f"({type(err).__name__}); the operator's log has the details"))
         return out
 
     def check_health(self) -> None:

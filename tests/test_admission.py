@@ -172,3 +172,30 @@ def test_a_call_that_timed_out_on_load_is_not_run_again_per_job():
     jobs = [SequencesJob("rm", "score", [[1]]), SequencesJob("rm", "score", [[-2]])]
     results = run_sync(jobs, encoder=None, backend=backend)
     assert all(isinstance(r, Overloaded) for r in results) and len(backend.calls) == 1
+
+
+def test_an_unexpected_failure_in_one_job_stays_that_jobs():
+    """A tokenizer bug met by one request's input, or one job's result that cannot be shaped,
+    fails that request alone (an unexpected error is its 500; the others are answered)."""
+    from cluster.core.local import LocalEncoder
+    from cluster.core.service import RewardsJob
+    from cluster.core.tokenization import Encoded
+
+    class Encoder:
+        def encode(self, op, inputs, what, swap, options):
+            if "boom" in inputs:
+                raise UnicodeError("tokenizer bug")
+            return [Encoded([len(x)], False, 1) for x in inputs]
+
+    class Spec:
+        name, kind = "rm", "reward"
+
+    class Backend(PoisonBackend):
+        def run(self, batch):
+            return [[(o, None) for o in out] for out in super().run(batch)]
+
+    backend = Backend()
+    jobs = [RewardsJob(Spec(), ["ab", "c"]), RewardsJob(Spec(), ["boom"]), RewardsJob(Spec(), ["abcd"])]
+    results = run_sync(jobs, LocalEncoder({"rm": Encoder()}), backend)
+    assert results[0].scores == [2.0, 1.0] and results[2].scores == [4.0]
+    assert isinstance(results[1], UnicodeError)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.core.errors import ScoringError
 from cluster.core.service import Call, Part
 from cluster.core.tokenization import ChatEncoder, Encoded
 
@@ -15,12 +14,12 @@ class LocalEncoder:
     def __init__(self, encoders: dict[str, ChatEncoder]):
         self.encoders = encoders
 
-    def encode(self, parts: list[Part]) -> list[list[Encoded] | ScoringError]:
+    def encode(self, parts: list[Part]) -> list[list[Encoded] | BaseException]:
         out: list = []
         for part in parts:
             try:
                 out.append(self.encoders[part.model].encode(part.op, part.inputs, part.what, part.swap, part.options))
-            except ScoringError as err:
+            except Exception as err:  # noqa: BLE001 - one part's failure is that part's alone (raised to its caller)
                 out.append(err)
         return out
 
@@ -40,7 +39,7 @@ class LocalBackend:
         for call in calls:
             try:
                 out.append(self.runners[call.model].run(call.op, call.seqs).outputs)
-            except ScoringError as err:
+            except Exception as err:  # noqa: BLE001 - one part's failure is that part's alone (raised to its caller)
                 out.append(err)
         return out
 

@@ -321,7 +321,7 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
             continue
         try:
             results.append(job.finish(per_job[j]))
-        except ScoringError as err:
+        except Exception as err:  # noqa: BLE001 - one job's failure is its own, raised to its caller alone
             results.append(err)
     return results
 
