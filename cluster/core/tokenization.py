@@ -57,10 +57,10 @@ class EncodeOptions:
             return 1 << 62
         if isinstance(self.truncate, int) and not isinstance(self.truncate, bool):
             if not 1 <= self.truncate:
-                raise InvalidInput(f"{what}: truncate_prompt_tokens must be at least 1, got {self.truncate}")
+                raise InvalidInput(f"{what}: truncate_prompt_tokens must be at least 1, got {shown_int(self.truncate)}")
             if self.truncate > max_length:
-                raise InvalidInput(f"{what}: truncate_prompt_tokens ({self.truncate}) is larger than this model's "
-                                   f"max_length ({max_length})")
+                raise InvalidInput(f"{what}: truncate_prompt_tokens ({shown_int(self.truncate)}) is larger than this "
+                                   f"model's max_length ({max_length})")
             return self.truncate
         return max_length
 
@@ -84,6 +84,40 @@ def _where(field: str, index: int | None) -> str:
     return field if index is None else f"{field}[{index}]"
 
 
+SHOWN_CHARS = 80  # the most of a client's own value an error message repeats
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message repeats it: its repr (lone surrogates escaped, so the
+    message is always valid UTF-8), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown_int(n: int) -> str:
+    """An integer as an error message repeats it; one of thousands of digits by its size."""
+    return str(n) if abs(n) < 10**24 else f"{'-' if n < 0 else ''}a {len(str(abs(n)))}-digit number"
+
+
+def unicode_problem(text: str) -> str | None:
+    """What makes `text` not valid Unicode, or None. JSON lets a client send a lone UTF-16
+    surrogate (`"\\ud800"`), which no tokenizer (nor UTF-8, nor an answer that repeats it) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"not valid Unicode: a lone surrogate {text[err.start]!r} at character {err.start} (a "
+                "\\ud800-\\udfff escape must be one of a high-low pair)")
+    return None
+
+
+def check_text(text: str, where: str) -> str:
+    """Text that can be tokenized: valid Unicode."""
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise InvalidInput(f"{where}: {problem}")
+    return text
+
+
 def validate_conversation(conv: Any, where: str, require_assistant_last: bool, any_role: bool = False) -> list[dict]:
     """Check one conversation and return it as plain `{"role", "content"}` dicts."""
     if isinstance(conv, str | bytes) or not isinstance(conv, Sequence):
@@ -97,11 +131,12 @@ def validate_conversation(conv: Any, where: str, require_assistant_last: bool, a
             raise InvalidInput(f"{at}: a message must be an object with 'role' and 'content', got {type(msg).__name__}")
         role, content = msg.get("role"), msg.get("content")
         if any_role and isinstance(role, str) and role:
-            pass
+            check_text(role, f"{at}.role")
         elif role not in ROLES:
-            raise InvalidInput(f"{at}.role: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            raise InvalidInput(f"{at}.role: unknown role {shown(role)} (expected one of {', '.join(ROLES)})")
         if not isinstance(content, str):
             raise InvalidInput(f"{at}.content: must be a string, got {type(content).__name__}")
+        check_text(content, f"{at}.content")
         messages.append({"role": role, "content": content})
     if require_assistant_last and not any_role and messages[-1]["role"] != "assistant":
         raise InvalidInput(
@@ -120,10 +155,10 @@ def validate_judge_item(item: Any, where: str) -> dict[str, str]:
             raise InvalidInput(f"{where}.{key}: missing")
         if not isinstance(item[key], str):
             raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
-        out[key] = item[key]
-    unknown = sorted(set(item) - set(out))
+        out[key] = check_text(item[key], f"{where}.{key}")
+    unknown = sorted(map(str, set(item) - set(out)))
     if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {unknown} (expected prompt, response_a, response_b)")
+        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected prompt, response_a, response_b)")
     return out
 
 
@@ -193,10 +228,14 @@ class ChatEncoder:
         texts: list[str | tuple[str, str] | list[int]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
+                check_text(item, _where(what, i))
                 text = self.strip_padding(item) if options.strip_padding else item
                 if not text:
-                    raise InvalidInput(f"{_where(what, i)}: the text is empty")
+                    raise InvalidInput(f"{_where(what, i)}: the text is empty" + (
+                        " once its padding and EOS tokens are stripped" if item else ""))
                 texts.append(text)
+            elif isinstance(item, list) and not item and what in ("input", "input_ids"):
+                raise InvalidInput(f"{_where(what, i)}: an empty list: no token ids (nor messages) to score")
             elif is_token_ids(item):
                 texts.append(self._check_ids(item, _where(what, i)))
             else:
@@ -230,7 +269,8 @@ class ChatEncoder:
         vocab = len(self.tokenizer)
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidInput(f"{where}: token id {bad} is outside this model's vocabulary (0..{vocab - 1})")
+            raise InvalidInput(f"{where}: token id {shown_int(bad)} is outside this model's vocabulary "
+                               f"(0..{vocab - 1})")
         return list(ids)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
@@ -329,7 +369,7 @@ class ChatEncoder:
         if roles != ["user", "assistant"]:
             raise InvalidInput(
                 f"{where}: this model has no chat template and scores a (question, answer) pair as its "
-                f"card does; send one user turn then one assistant turn (got roles {roles}), or "
+                f"card does; send one user turn then one assistant turn (got roles {shown(roles)}), or "
                 "pre-templated text"
             )
         return messages[0]["content"], messages[1]["content"]

@@ -7,16 +7,40 @@ their servers do, because their clients add fields over time.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from cluster.core.results import Mode
+from cluster.core.tokenization import shown, unicode_problem
+
+
+def _unicode(value: str) -> str:
+    problem = unicode_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A model's name as a request gives it: error messages repeat it, so it must be text an answer can carry
+ModelName = Annotated[str, AfterValidator(_unicode)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        """Unknown keys refused, named as the client wrote them but cut short (pydantic's own
+        error puts each whole key in the error's location, so a key of 100k characters would come
+        back in the message)."""
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown field(s) {shown(unknown)} (expected {', '.join(cls.model_fields)})")
+        return data
 
 
 class Lenient(BaseModel):
@@ -38,7 +62,7 @@ class JudgeItem(Strict):
 
 
 class RewardsRequest(Strict):
-    model: str | None = None
+    model: ModelName | None = None
     conversations: list[list[Message] | str] = Field(min_length=1)
 
 
@@ -71,7 +95,7 @@ class RewardsResponse(BaseModel):
 
 
 class CompareRequest(Strict):
-    model: str | None = None
+    model: ModelName | None = None
     prompt: str | None = None
     response_a: str | None = None
     response_b: str | None = None
@@ -95,7 +119,7 @@ class CompareRequest(Strict):
 
 
 class JudgeRequest(Strict):
-    model: str | None = None
+    model: ModelName | None = None
     items: list[JudgeItem] = Field(min_length=1)
     mode: Mode = "logits"
     debias: bool = False
@@ -125,7 +149,7 @@ class GetRewardRequest(Lenient):
     query: list[str]  # already templated prompt + response; may be empty (a shard of nothing)
     prompts: list[str] | None = None
     labels: list[Any] | None = None
-    model: str | None = None
+    model: ModelName | None = None
 
 
 class GetRewardResponse(BaseModel):

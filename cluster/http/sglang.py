@@ -28,10 +28,10 @@ from pydantic import model_validator
 
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
-from cluster.core.tokenization import EncodeOptions
+from cluster.core.tokenization import EncodeOptions, check_text, shown
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
-from cluster.http.schemas import Lenient, usage
+from cluster.http.schemas import Lenient, ModelName, usage
 
 REFUSE_OVER_LENGTH = EncodeOptions(truncate="error")
 ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 413: "RequestTooLarge",
@@ -54,7 +54,7 @@ def model_name(name: str | None) -> str | None:
 
 class EmbeddingRequest(Lenient):
     input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
+    model: ModelName | None = None
     encoding_format: str = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -64,7 +64,7 @@ class EmbeddingRequest(Lenient):
         if self.input == "" or self.input == []:
             raise ValueError("Input cannot be empty")
         if self.encoding_format != "float":
-            raise ValueError(f"encoding_format {self.encoding_format!r} is not supported; use float")
+            raise ValueError(f"encoding_format {shown(self.encoding_format)} is not supported; use float")
         if self.dimensions is not None:
             raise ValueError("dimensions is not supported for a reward model")
         return self
@@ -90,6 +90,8 @@ async def native_classify(service: ScoringService, text: Any, input_ids: Any, na
     ids = [rid] if isinstance(rid, str) else rid
     if ids is not None and len(ids) != len(items):
         raise InvalidInput(f"rid: {len(ids)} request id(s) for {len(items)} input(s); give one per input")
+    for i, one in enumerate(ids or ()):  # answered back in meta_info.id: text the answer can carry
+        check_text(one, "rid" if isinstance(rid, str) else f"rid[{i}]")
     model = service.resolve(model_name(name), ("reward",))
     result, rows, _ = await label_values(service, model, items, "text" if text is not None else "input_ids",
                                          REFUSE_OVER_LENGTH)

@@ -28,7 +28,7 @@ from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
 from cluster.core.tokenization import EncodeOptions
 from cluster.http.common import classify_activation, label_values
-from cluster.http.schemas import Lenient
+from cluster.http.schemas import Lenient, ModelName
 
 # our error code -> (TEI's status, TEI's error_type)
 TEI_ERRORS = {
@@ -50,7 +50,7 @@ class PredictRequest(Lenient):
     truncate: bool | None = None
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
     raw_scores: bool = False
-    model: str | None = None  # not TEI's (one model per server); names one of ours if given
+    model: ModelName | None = None  # not TEI's (one model per server); names one of ours if given
 
     @field_validator("inputs")
     @classmethod

@@ -26,11 +26,11 @@ from cluster import __version__
 from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService, TokenizeJob
-from cluster.core.tokenization import EncodeOptions, unpack_segments
+from cluster.core.tokenization import EncodeOptions, check_text, shown, unpack_segments
 from cluster.http import sglang
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
-from cluster.http.schemas import Lenient, Usage, usage
+from cluster.http.schemas import Lenient, ModelName, Usage, usage
 
 ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 405: "MethodNotAllowed",
                413: "RequestTooLarge", 500: "InternalServerError", 503: "ServiceUnavailableError"}
@@ -62,9 +62,12 @@ class ChatMessage(Lenient):
         if isinstance(content, list):  # vLLM's "string" content format: text parts joined by newlines
             texts = []
             for k, part in enumerate(content):
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if part.get("type") != "text":
                     raise InvalidInput(f"{where}.content[{k}]: only text parts can be scored, got type "
-                                       f"{part.get('type')!r}")
+                                       f"{shown(part.get('type'))}")
+                if not isinstance(part.get("text"), str):
+                    raise InvalidInput(f"{where}.content[{k}].text: a text part's text must be a string, got "
+                                       f"{type(part.get('text')).__name__}")
                 texts.append(part["text"])
             content = "\n".join(texts)
         return {"role": self.role, "content": content or ""}
@@ -73,7 +76,7 @@ class ChatMessage(Lenient):
 class PoolingParams(Lenient):
     """What vLLM's pooling requests share (PoolingBasicRequestMixin, ClassifyRequestMixin)."""
 
-    model: str | None = None
+    model: ModelName | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     use_activation: bool | None = None
     activation: bool | None = None  # older spellings of use_activation (vLLM <= 0.14)
@@ -154,12 +157,16 @@ class ScoreRequest(PoolingParams):
     items: ScoreInputs | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
-        forms = [(self.text_1, self.text_2), (self.data_1, self.data_2), (self.queries, self.documents),
-                 (self.queries, self.items)]
-        given = [(a, b) for a, b in forms if a is not None and b is not None]
+        forms = {("text_1", "text_2"): (self.text_1, self.text_2), ("data_1", "data_2"): (self.data_1, self.data_2),
+                 ("queries", "documents"): (self.queries, self.documents),
+                 ("queries", "items"): (self.queries, self.items)}
+        given = [(names, (a, b)) for names, (a, b) in forms.items() if a is not None and b is not None]
         if not given:
             raise InvalidInput("give text_1 and text_2 (or data_1/data_2, queries/documents, queries/items)")
-        first, second = ([x] if isinstance(x, str) else list(x) for x in given[0])
+        names, values = given[0]
+        first, second = ([x] if isinstance(x, str) else list(x) for x in values)
+        for name, value in zip(names, values):  # named as the client sent them, before they become pairs
+            checked_texts(value, name)
         if not first:
             raise InvalidInput("At least one text element must be given")
         if not second:
@@ -169,6 +176,12 @@ class ScoreRequest(PoolingParams):
         return list(zip(first * len(second) if len(first) == 1 else first, second))
 
 
+def checked_texts(value: str | list[str], name: str) -> None:
+    """Every text of a field can be tokenized (no lone surrogate), or the error names where."""
+    for i, text in enumerate([value] if isinstance(value, str) else value):
+        check_text(text, name if isinstance(value, str) else f"{name}[{i}]")
+
+
 class RerankRequest(PoolingParams):
     query: str
     documents: list[str]
@@ -176,7 +189,7 @@ class RerankRequest(PoolingParams):
 
 
 class TokenizeRequest(Lenient):
-    model: str | None = None
+    model: ModelName | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
@@ -304,7 +317,8 @@ def router(service: ScoringService) -> APIRouter:
     @r.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
         if body.task not in (None, "classify"):
-            raise InvalidInput(f"Task {body.task} is not supported: this server answers a sequence's values "
+            task = body.task if body.task.isprintable() and len(body.task) <= 80 else shown(body.task)  # vLLM's words
+            raise InvalidInput(f"Task {task} is not supported: this server answers a sequence's values "
                                "(task classify); per-token output is not served")
         model = service.resolve(body.model, ("reward",))
         items, what = body.items()
@@ -332,6 +346,8 @@ def router(service: ScoringService) -> APIRouter:
         """The documents (responses) to one query (prompt), best first: best-of-n by the reward."""
         if not body.documents:
             raise InvalidInput("At least one text_pair element must be given")
+        checked_texts(body.query, "query")
+        checked_texts(body.documents, "documents")
         model, scores, tokens = await pair_scores(body, [(body.query, d) for d in body.documents])
         results = sorted((RerankResult(index=i, document={"text": d}, relevance_score=s)
                           for i, (d, s) in enumerate(zip(body.documents, scores))),
