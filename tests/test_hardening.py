@@ -199,3 +199,18 @@ def test_routes_and_open_paths_are_found_under_a_route_prefix(inproc):
              "server": ("x", 80), "scheme": "http", "http_version": "1.1"}
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 200  # open without a key, as /healthz is at the root
+
+
+# ---------------------------------------------------------------- one error shape, nothing echoed at length
+
+
+def test_unparseable_bodies_and_odd_ids_get_our_error_shape_briefly(inproc):
+    client = inproc["client"]
+    for raw in (b'{"conversations": ["\xff"]}', b"[" * 5000 + b"]" * 5000, b'{"n": ' + b"9" * 5000 + b"}"):
+        r = client.post("/v1/rewards", content=raw)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", r.text[:200]
+        assert r.json()["error"]["message"].startswith("body: Invalid JSON")
+    r = client.post("/v1/rewards", content=b"{", headers={"x-request-id": "id-" + "9" * 20_000})
+    assert r.status_code == 422 and len(r.text) < 1000 and len(r.json()["error"]["request_id"]) <= 128
+    r = client.post("/v1/rewards", content=b'{"model": "\\ud800x", "conversations": ["hi"]}')
+    assert 400 <= r.status_code < 500 and r.json()["error"]["message"], r.text[:300]

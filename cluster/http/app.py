@@ -21,7 +21,9 @@ import hashlib
 import hmac
 import importlib
 import ipaddress
+import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,13 +76,22 @@ def ours_error(f: Failure) -> tuple[int, dict]:
     return f.status, body.model_dump()
 
 
+MAX_MESSAGE = 2000  # characters of an error message; what a client sent is never echoed at length
+
+
+def printable(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` as a JSON body can carry it (a lone surrogate escaped) and at most `limit` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def failure(err: BaseException, request_id: str) -> Failure:
     err = from_ray(err)
     if isinstance(err, StarletteHTTPException):  # no such route, or not with this method
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return Failure(err.status_code, code, str(err.detail), request_id)
+        return Failure(err.status_code, code, printable(str(err.detail)), request_id)
     if isinstance(err, ScoringError):
-        return Failure(http_status(err), err.code, err.message, request_id)
+        return Failure(http_status(err), err.code, printable(err.message), request_id)
     return Failure(500, "internal_error", "internal error; quote the request id to the operator", request_id)
 
 
@@ -109,8 +120,8 @@ def describe(errors: Sequence[dict]) -> str:
         loc = list(e["loc"])[1:] if e["loc"] and e["loc"][0] == "body" else list(e["loc"])
         # drop union-member labels such as "list[Message]" / "str" from the location
         loc = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p == "str")))
-        problems.append(f"{loc or 'body'}: {e['msg']}")
-    return "; ".join(problems)
+        problems.append(printable(f"{loc or 'body'}: {e['msg']}", 300))
+    return printable("; ".join(problems))
 
 
 def json_errors(request: Request) -> list[dict] | None:
@@ -125,11 +136,22 @@ def json_errors(request: Request) -> list[dict] | None:
     try:
         schema.model_validate_json(body)
     except ValidationError as err:
+        if any(e.get("type") == "json_invalid" for e in err.errors()) and _python_json(body):
+            return None  # JSON Python's parser takes (a lone surrogate escape): FastAPI's errors are the true ones
         return err.errors()
     return None
 
 
+def _python_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 QUERY_KEY = b"api_key"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HASHED = "sha256:"
 
 
@@ -229,7 +251,9 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        rid = headers.get("x-request-id", "")
+        if not REQUEST_ID.fullmatch(rid):  # a client's id is echoed only when it is a sane one
+            rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         query_key = take_query_key(scope)  # out of the URL before anything can log it
         started = False
@@ -348,6 +372,9 @@ def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_req
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:  # FastAPI's "error parsing the body": bytes json.loads refused
+            return error_response(InvalidInput("body: Invalid JSON: not UTF-8, nested too deep, or a number too "
+                                               "long"), request_id(request), style_of(request))
         if err.status_code == 404 and request.scope.get("route") is None:
             err = StarletteHTTPException(404, f"no route {request.method} {route_path(request.scope)[:200]}; "
                                               "the README lists the routes")
