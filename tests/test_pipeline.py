@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CONVERSATIONS, TOL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
 from cluster.data.corpus import critic_swap
@@ -282,7 +285,7 @@ def test_output_of_another_model_is_not_resumed(ray_cluster, tmp_path, rm_path, 
 def test_missing_column_names_the_file_and_column(ray_cluster, tmp_path, rm_path):
     write(tmp_path / "in" / "a.jsonl", pair_rows(2))
     write(tmp_path / "in" / "b.jsonl", [{"prompt": "p", "chosen": "x"}])
-    with pytest.raises(InvalidInput, match=r"b\.jsonl: missing column 'rejected'"):
+    with pytest.raises(InvalidInput, match=r"b\.jsonl row 0: missing column 'rejected'"):
         score_corpus(tmp_path / "in", tmp_path / "out", rm_path, **FAST)
 
 
@@ -334,6 +337,169 @@ def test_skip_mode_keeps_every_row_accounted_for(ray_cluster, tmp_path, rm_path,
     assert summary["errors"] == 5 and summary["rows"] == 4
     kept = [rows[i] for i in (0, 1, 3, 5)]
     assert close(table["chosen_score"].to_pylist(), rm.score([turn(r["prompt"], r["chosen"]) for r in kept]))
+
+
+# ---------------------------------------------------------------- on_error: every valid row kept, each bad one reported
+
+# corruptions a row can carry, each with what its error must say
+CORRUPT = {
+    "invalid-json": ('{"id": 1, "prompt": "p", "chosen": "c"', r"\(line \d+\): not valid JSON"),
+    "not-an-object": ("[1, 2]", r"a row must be a JSON object, got list"),
+    "missing-rejected": ('{"id": 1, "prompt": "p", "chosen": "c"}', r"(rejected: missing|missing column 'rejected')"),
+    "chosen-null": ('{"id": 1, "prompt": "p", "chosen": null, "rejected": "r"}', r"chosen: missing"),
+    "chosen-number": ('{"id": 1, "prompt": "p", "chosen": 5, "rejected": "r"}', r"chosen: .*got int"),
+    "prompt-number": ('{"id": 1, "prompt": 7, "chosen": "c", "rejected": "r"}', r"prompt: .*got int"),
+}
+
+
+def _corrupted(n: int, bad: dict[int, str]) -> tuple[list[dict], list[str]]:
+    rows = pair_rows(n)
+    return rows, [CORRUPT[bad[i]][0] if i in bad else json.dumps(r) for i, r in enumerate(rows)]
+
+
+def _read_stage(path: Path, spec: ModelSpec, on_error: str, rows_per_shard: int) -> list[dict]:
+    """What the read stage hands the tokenizer for a file (layout from the corpus, then every read
+    task), without Ray."""
+    from dataclasses import asdict
+
+    from cluster.data.pipeline import ScoringOptions, _corpus_layout, plan_chunks, read_chunk
+
+    opts = ScoringOptions(on_error=on_error, rows_per_shard=rows_per_shard)
+    chunks, _ = plan_chunks([str(path)], str(path.parent), rows_per_shard)
+    layout = _corpus_layout(chunks, spec, opts)
+    rows = []
+    for chunk in chunks:
+        rows += read_chunk(chunk, on_error, asdict(layout)).to_pylist()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rm_spec(rm_path):
+    from cluster.data.pipeline import resolve_model
+
+    return resolve_model(rm_path)
+
+
+def test_skip_keeps_every_valid_row_around_bad_first_rows_of_chunks(tmp_path, rm_spec):
+    """A chunk's columns come from all its rows: a bad row 0, or a bad first row of a later chunk,
+    fails alone (before: row 0 ended the run; a later one turned its chunk's rows into errors)."""
+    bad = {0: "invalid-json", 8: "missing-rejected", 16: "chosen-number", 17: "not-an-object", 24: "prompt-number",
+           31: "chosen-null"}
+    rows, lines = _corrupted(32, bad)
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    got = _read_stage(path, rm_spec, "skip", 8)
+    assert [r["source_row"] for r in got] == list(range(32))  # each row once, in order
+    for r in got:
+        i = r["source_row"]
+        if i in bad:
+            assert re.search(rf"c\.jsonl row {i}\b.*{CORRUPT[bad[i]][1]}", r["_error"]), r["_error"]
+        else:
+            assert r["_error"] is None
+            assert {k: r[k] for k in rows[i]} == rows[i]  # the row's own columns, untouched
+
+
+def test_skip_fails_only_the_row_whose_column_type_differs(tmp_path, rm_spec):
+    """A value Arrow cannot put in one column with the file's others (an id that is a string where
+    the rest are numbers, even in row 0) fails that row, not its chunk."""
+    rows = pair_rows(12)
+    for i in (0, 5):
+        rows[i] = {**rows[i], "id": ["not", "a", "string"]}
+    rows[9] = {**rows[9], "chosen": [{"role": "assistant", "content": "fine alone, odd here"}]}
+    path = write(tmp_path / "t.jsonl", rows)
+    got = _read_stage(path, rm_spec, "skip", 5)
+    errors = {r["source_row"]: r["_error"] for r in got if r["_error"]}
+    assert sorted(errors) == [0, 5, 9] and [r["source_row"] for r in got] == list(range(12))
+    assert "column 'id': list<item: string> here, string in the file's other rows" in errors[0]
+    assert "column 'chosen'" in errors[9]
+    with pytest.raises(InvalidInput, match=r"t\.jsonl row 0: column 'id': list<item: string> here"):
+        _read_stage(path, rm_spec, "raise", 5)
+
+
+def test_parquet_first_row_of_a_row_group_missing_a_field(tmp_path, rm_spec):
+    rows = pair_rows(8)
+    for i in (0, 4):
+        rows[i] = {**rows[i], "rejected": None}
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)
+    got = _read_stage(path, rm_spec, "skip", 4)
+    assert [r["source_row"] for r in got if r["_error"]] == [0, 4]
+    assert [r["id"] for r in got if not r["_error"]] == [rows[i]["id"] for i in (1, 2, 3, 5, 6, 7)]
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT))
+def test_raise_names_the_row_and_what_is_wrong(tmp_path, rm_spec, kind):
+    for at in (0, 5):  # the corpus's first row (where the layout comes from) and a later chunk's first
+        _, lines = _corrupted(8, {at: kind})
+        path = tmp_path / f"{kind}-{at}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(InvalidInput, match=rf"{kind}-{at}\.jsonl row {at}\b.*{CORRUPT[kind][1]}"):
+            _read_stage(path, rm_spec, "raise", 5)
+
+
+def test_skip_with_no_row_that_can_be_scored_says_so(tmp_path, rm_spec):
+    path = tmp_path / "junk.jsonl"
+    path.write_text("{oops\n[1]\n")
+    with pytest.raises(InvalidInput, match=r"no row of the input can be scored; the first problem: junk\.jsonl row 0"):
+        _read_stage(path, rm_spec, "skip", 1)
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(n=st.integers(1, 30), rows_per_shard=st.integers(1, 9),
+       bad=st.dictionaries(st.integers(0, 29), st.sampled_from(sorted(CORRUPT)), max_size=12))
+def test_skip_property_every_row_once_valid_rows_intact(rm_spec, n, rows_per_shard, bad):
+    """Any corruptions anywhere: each valid row comes out once with its columns intact, each bad
+    one once as an error naming its row; nothing else."""
+    import tempfile
+
+    bad = {i: k for i, k in bad.items() if i < n}
+    rows, lines = _corrupted(n, bad)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "h.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        if len(bad) == n:
+            with pytest.raises(InvalidInput, match="no row of the input can be scored"):
+                _read_stage(path, rm_spec, "skip", rows_per_shard)
+            return
+        got = _read_stage(path, rm_spec, "skip", rows_per_shard)
+        assert [r["source_row"] for r in got] == list(range(n))
+        for r in got:
+            i = r["source_row"]
+            if i in bad:
+                assert re.search(rf"row {i}\b.*{CORRUPT[bad[i]][1]}", r["_error"]), r["_error"]
+            else:
+                assert r["_error"] is None and {k: r[k] for k in rows[i]} == rows[i]
+        if bad:
+            with pytest.raises(InvalidInput, match=r"h\.jsonl row (\d+)") as info:
+                _read_stage(path, rm_spec, "raise", rows_per_shard)
+            assert int(re.search(r"row (\d+)", str(info.value)).group(1)) in bad
+
+
+def test_skip_run_scores_valid_rows_as_the_clean_file_does(ray_cluster, tmp_path, rm_path):
+    """End to end on Ray: bad rows at row 0 and at the first row of later chunks; every valid row
+    scored as in a run on the clean file (same rows, nothing corrupt), each bad row one error."""
+    bad = {0: "invalid-json", 8: "missing-rejected", 16: "chosen-number", 23: "not-an-object", 24: "prompt-number"}
+    rows, lines = _corrupted(32, bad)
+    lines[12] = json.dumps({**rows[12], "id": ["an", "id", "of", "another", "type"]})  # scorable, but not storable
+    bad[12] = "id-type"
+    clean, dirty = write(tmp_path / "clean.jsonl", rows), tmp_path / "dirty.jsonl"
+    dirty.write_text("\n".join(lines) + "\n")
+    options = {**FAST, "rows_per_shard": 8}
+    score_corpus(clean, tmp_path / "clean", rm_path, **options)
+    summary = score_corpus(dirty, tmp_path / "dirty", rm_path, on_error="skip", **options)
+    want = {r["source_row"]: r for r in read_scores(tmp_path / "clean").to_pylist()}
+    got = read_scores(tmp_path / "dirty").to_pylist()
+    errors = [json.loads(line) for line in (tmp_path / "dirty" / "errors.jsonl").read_text().splitlines()]
+    assert [r["source_row"] for r in got] == [i for i in range(32) if i not in bad]
+    assert [e["source_row"] for e in errors] == sorted(bad)
+    assert all(f"row {e['source_row']}" in e["error"] for e in errors)
+    assert "column 'id': list<item: string> here, string in the file's other rows" in errors[2]["error"]
+    assert summary["rows"] == 32 - len(bad) and summary["errors"] == len(bad)
+    for r in got:
+        w = want[r["source_row"]]
+        assert r["id"] == w["id"] and abs(r["chosen_score"] - w["chosen_score"]) <= TOL
+        assert abs(r["rejected_score"] - w["rejected_score"]) <= TOL
 
 
 # ---------------------------------------------------------------- curation
@@ -410,6 +576,126 @@ def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
     assert html.count('src="data:image/png;base64,') == 3
     assert main(["score", str(tmp_path / "nothing-here"), str(tmp_path / "o2"), "--model", rm_path]) == 2
     assert "no input files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("address", "env", "expected"), [
+    (None, None, "local"),  # never the cluster a previous `ray start` recorded in /tmp/ray/ray_current_cluster
+    (None, "10.0.0.5:6379", "10.0.0.5:6379"),  # a Ray Job's driver: RAY_ADDRESS
+    ("auto", None, "auto"),  # asked for: the recorded one
+    ("auto", "10.0.0.5:6379", "auto"),  # (ray.init itself lets RAY_ADDRESS override "auto")
+    ("10.0.0.7:6379", "10.0.0.5:6379", "10.0.0.7:6379"),
+    ("ray://head:10001", None, "ray://head:10001"),
+    ("local", "10.0.0.5:6379", "local"),
+])
+def test_cli_address_choice(address, env, expected):
+    from cluster.cli.score import ray_address
+
+    assert ray_address(address, {} if env is None else {"RAY_ADDRESS": env}) == expected
+
+
+class FakeRay:
+    def __init__(self, initialized=False):
+        self.initialized, self.calls = initialized, []
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown", {}))
+        self.initialized = False
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    import cluster.cli.score as score_cli
+
+    fake, watchdogs = FakeRay(), []
+    for name in ("is_initialized", "init", "shutdown"):
+        monkeypatch.setattr(ray, name, getattr(fake, name))
+    monkeypatch.setattr(score_cli, "_start_watchdog", lambda: watchdogs.append(object()) or None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fake.watchdogs = watchdogs
+    return fake
+
+
+def test_cli_session_starts_a_fresh_local_cluster_and_shuts_it_down(fake_ray, monkeypatch):
+    from cluster.cli.score import ray_session
+
+    before = signal.getsignal(signal.SIGTERM)
+    with ray_session(None):
+        assert fake_ray.calls == [("init", {"address": "local", "log_to_driver": False, "logging_level": "ERROR"})]
+        assert signal.getsignal(signal.SIGTERM) is not before  # SIGTERM now unwinds to the shutdown
+    assert fake_ray.calls[-1] == ("shutdown", {}) and len(fake_ray.watchdogs) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+    fake_ray.calls.clear()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    with ray_session(None):
+        pass
+    assert fake_ray.calls[0][1]["address"] == "10.0.0.5:6379" and len(fake_ray.watchdogs) == 1  # not ours: no watchdog
+
+
+def test_cli_session_sigterm_shuts_down_then_exits_143(fake_ray):
+    from cluster.cli.score import ray_session
+
+    with pytest.raises(SystemExit) as exited:
+        with ray_session(None):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert fake_ray.calls[-1] == ("shutdown", {})
+
+
+def test_cli_session_leaves_an_existing_connection_alone(fake_ray):
+    from cluster.cli.score import ray_session
+
+    fake_ray.initialized = True  # a notebook's or this test session's
+    with ray_session("10.0.0.7:6379"):
+        pass
+    assert fake_ray.calls == [] and not fake_ray.watchdogs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog reads /proc")
+def test_watchdog_ends_what_a_sigkilled_command_left(tmp_path):
+    """A command that started the watchdog, then three long-lived children: a plain one, one that
+    is no one's descendant any more (double fork: reparented) but carries the mark, and one with
+    a clean environment (found as a descendant). SIGKILL the command: the watchdog ends all three."""
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "from cluster.cli.score import _start_watchdog\n"
+        "watchdog = _start_watchdog()\n"
+        "sleep = [sys.executable, '-c', 'import time; time.sleep(300)']\n"
+        "plain = subprocess.Popen(sleep)\n"
+        "bare = subprocess.Popen(sleep, env={})\n"
+        "mid = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys; "
+        "p = subprocess.Popen(sys.argv[1:], start_new_session=True); print(p.pid)', *sleep], stdout=subprocess.PIPE)\n"
+        "orphan = int(mid.stdout.readline())\n"
+        "mid.wait()\n"
+        "time.sleep(2.5)  # the watchdog notes descendants every second\n"
+        "print(plain.pid, bare.pid, orphan, watchdog.pid, flush=True)\n"
+        "time.sleep(300)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env, start_new_session=True)
+    *children, watchdog = [int(p) for p in proc.stdout.readline().split()]
+    assert all(_alive(p) for p in children)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in [*children, watchdog]):
+        time.sleep(0.1)
+    assert not [p for p in [*children, watchdog] if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- notebook and Ray Jobs

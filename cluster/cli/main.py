@@ -66,3 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except ScoringError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the command's own Ray cluster is down already (score.ray_session)
+        print("interrupted (score/filter/calibrate: run the same command again to resume)", file=sys.stderr)
+        return 130

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import threading
 import typing
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from cluster.core.config import ModelSpec
@@ -29,7 +34,9 @@ def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, c
                         help="a model directory or hub id (kind read from its config); with --via-serve, "
                              "the served model's name; or a JSON object / .json file of ModelSpec fields")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output folder first")
-    parser.add_argument("--address", help="Ray cluster to connect to (default: RAY_ADDRESS, else a local one)")
+    parser.add_argument("--address", help="Ray cluster to join: HOST:PORT, ray://..., or 'auto' (the one `ray start` "
+                        "recorded on this machine); default: RAY_ADDRESS, else a fresh local cluster of this "
+                        "command's own, shut down when it ends")
     if calibration:
         parser.add_argument("--out", default="calibration.json", help="where to write mean/std (JSON)")
     if curate:
@@ -97,22 +104,87 @@ def entrypoint(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-def _connect(address: str | None) -> None:
+def ray_address(address: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """What `ray.init` gets: --address as given ("auto": the cluster `ray start` recorded on this
+    machine; HOST:PORT or ray://...: that one); without it RAY_ADDRESS (a Ray Job's driver has it);
+    else "local", a fresh cluster of this command's own, never one a previous `ray start` left
+    recorded in /tmp/ray/ray_current_cluster (which plain `ray.init()` would join)."""
+    environ = os.environ if environ is None else environ
+    return address or environ.get("RAY_ADDRESS") or "local"
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect for one command and disconnect after it, however it ends. A local cluster it starts
+    goes down with it: on SIGTERM/SIGHUP (raised as SystemExit, so `ray.shutdown()` runs) and on
+    Ctrl-C (KeyboardInterrupt) alike, and after a SIGKILL through the watchdog (cluster/cli/reaper.py).
+    Already connected (a notebook, the tests): nothing is started, changed or shut down."""
     import ray
 
-    if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+    if ray.is_initialized():
+        yield
+        return
+    target = ray_address(address)
+    watchdog = None
+    if target == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        watchdog = _start_watchdog()
+    restore = _exit_on_signals()
+    try:
+        ray.init(address=target, log_to_driver=False, logging_level="ERROR")
+        _exit_on_signals()  # again: connecting installs Ray's own SIGTERM handler, which aborts
+        yield
+    finally:
+        restore()
+        if ray.is_initialized():
+            ray.shutdown()
+        if watchdog is not None:
+            watchdog.stdin.close()  # EOF: it sweeps anything left and exits
+
+
+def _start_watchdog() -> subprocess.Popen | None:
+    """Start the watchdog (cluster/cli/reaper.py) and mark this process's environment, inherited
+    by every Ray process started from here on, with its run id."""
+    from cluster.cli import reaper
+
+    if not reaper.supported():
+        return None
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != reaper.MARK_VARIABLE}
+    watchdog = subprocess.Popen([sys.executable, reaper.__file__, mark, str(os.getpid())], stdin=subprocess.PIPE,
+                                env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    os.environ[reaper.MARK_VARIABLE] = mark
+    return watchdog
+
+
+def _exit_on_signals() -> Callable[[], None]:
+    """SIGTERM and SIGHUP raise SystemExit(128 + signal) in the main thread (a second one: the
+    default action); returns what puts the previous handlers back. Off the main thread: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    signals = (signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum, frame):
+        for sig in signals:
+            signal.signal(sig, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cluster.data.metrics import format_summary
     from cluster.data.pipeline import score_corpus
 
-    _connect(args.address)
-    summary = score_corpus(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
-                           **options_from_args(args))
+    with ray_session(args.address):
+        summary = score_corpus(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
+                               **options_from_args(args))
     print(format_summary(summary))
     _print_outputs(summary)
     return 0
@@ -122,9 +194,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from cluster.data.metrics import format_summary
     from cluster.data.pipeline import filter_pairs
 
-    _connect(args.address)
-    summary = filter_pairs(args.input, args.output, model_from_arg(args.model), min_margin=args.min_margin,
-                           overwrite=args.overwrite, **options_from_args(args))
+    with ray_session(args.address):
+        summary = filter_pairs(args.input, args.output, model_from_arg(args.model), min_margin=args.min_margin,
+                               overwrite=args.overwrite, **options_from_args(args))
     print(format_summary(summary))
     print(f"kept {summary['kept']} pairs -> {summary['kept_file']}")
     print(f"dropped {summary['dropped']} pairs -> {summary['dropped_file']}")
@@ -141,9 +213,9 @@ def _print_outputs(summary: dict[str, Any]) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import calibrate
 
-    _connect(args.address)
-    result = calibrate(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
-                       **options_from_args(args))
+    with ray_session(args.address):
+        result = calibrate(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
+                           **options_from_args(args))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     norm = result["shaping"]["normalize"]

@@ -70,6 +70,9 @@ def detect_shape(columns: Sequence[str], where: str) -> str:
         return "conversations"
     if {"prompt", "response"} <= cols:
         return "prompt_response"
+    if cols & {"chosen", "rejected"}:  # half a pair: name the other half
+        missing = ({"chosen", "rejected"} - cols).pop()
+        raise InvalidInput(f"{where}: missing column {missing!r} (a preference pair needs 'chosen' and 'rejected')")
     raise InvalidInput(
         f"{where}: cannot tell the row shape from the columns {sorted(cols)}; expected 'conversations' "
         "(a message list), 'prompt' + 'response', or 'prompt' + 'chosen' + 'rejected'"

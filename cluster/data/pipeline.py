@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -494,19 +494,14 @@ def _load_json_rows(file: str, rel: str) -> list:
 def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Table:
     """One read task: the chunk's rows not already done, with source_file/source_row and `_error`.
     With a layout, each row is checked against it here, so a malformed row (raise: an error naming
-    file, row and field; skip: an error row) never reaches Arrow, where it could fail a whole block."""
+    file, row and field; skip: an error row) never reaches Arrow, where it could fail a whole block.
+    Every row is judged on its own: the table's columns are those of all the chunk's rows (never
+    only its first row's), and a value of a type Arrow cannot put in one column with the file's
+    other rows' fails that row alone (see `_to_table`)."""
     done = set(chunk["done"])
-    if chunk["fmt"] == "parquet":
-        table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
-        rows = [{**r, "_error": None} for r in table.to_pylist()]
-    elif chunk["fmt"] == "json":
-        rows = [_object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
-                for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))]
-    else:
-        rows = _read_jsonl(chunk, on_error)
     checked = Layout(**layout) if layout else None
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_chunk_rows(chunk, on_error)):
         index = chunk["start"] + i
         if index in done:
             continue
@@ -517,51 +512,108 @@ def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Tab
             except ScoringError as err:
                 if on_error != "skip":
                     raise
-                row = {"source_file": chunk["rel"], "source_row": index,
-                       "_error": f"{type(err).__name__}: {err.message}"}
+                row = _error_row(chunk["rel"], index, f"{type(err).__name__}: {err.message}")
         out.append(row)
-    return _to_table(out, chunk["rel"], on_error) if out else _empty_rows()
+    return _to_table(out, chunk, on_error, checked) if out else _empty_rows()
 
 
-def _to_table(rows: list[dict], rel: str, on_error: str) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        columns = sorted({k for r in rows for k in r})
-        bad = next((c for c in columns if not _arrow_ok([r.get(c) for r in rows])), "?")
-        message = (f"{rel}: column {bad!r} holds values of different types in different rows "
-                   "(for example a string in one and a list in another); use one form per file")
-        if on_error != "skip":
-            raise InvalidInput(message) from None
-        return pa.Table.from_pylist([{"source_file": r["source_file"], "source_row": r["source_row"],
-                                      "_error": f"InvalidInput: {message}"} for r in rows])
+def _chunk_rows(chunk: dict, on_error: str) -> Iterator[dict]:
+    """The chunk's rows as dicts, in order, each with `_error` (None, or why it is no row object:
+    skip); JSONL lazily, a line at a time."""
+    if chunk["fmt"] == "parquet":
+        table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
+        return iter([{**r, "_error": None} for r in table.to_pylist()])
+    if chunk["fmt"] == "json":
+        return iter([_object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
+                     for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))])
+    return _read_jsonl(chunk, on_error)
 
 
-def _arrow_ok(values: list) -> bool:
-    try:
-        pa.array(values)
-        return True
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return False
+def _error_row(rel: str, index: int, error: str) -> dict:
+    return {"source_file": rel, "source_row": index, "_error": error}
 
 
-def _read_jsonl(chunk: dict, on_error: str) -> list[dict]:
-    rows, line = [], chunk["line"]
+META_COLUMNS = ("_error", "source_file", "source_row")
+
+
+def _to_table(rows: list[dict], chunk: dict, on_error: str, layout: Layout | None = None) -> pa.Table:
+    """The rows as one table with the union of their columns, in the order first seen. A column
+    Arrow cannot hold (a string in one row, a list in another) fails the rows whose value does not
+    fit the type most of the file's first rows hold there (`_reference_row`, read only then): raise
+    names the row and column; skip turns those rows, and only those, into error rows."""
+    rel, ref = chunk["rel"], None
+    while True:
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        columns = [c for c in names if c not in META_COLUMNS] + list(META_COLUMNS)
+        arrays, bad_column = {}, None
+        for c in columns:
+            try:
+                arrays[c] = pa.array([r.get(c) for r in rows])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                bad_column = c
+                break
+        if bad_column is None:
+            return pa.table(arrays)
+        if ref is None:
+            ref = _reference_row(chunk, layout)
+        odd = _misfits([r.get(bad_column) for r in rows], ref.get(bad_column))
+        if not odd:  # every value fits the reference on its own but not all together: fail the column
+            odd = {i: "values of different types in different rows" for i, r in enumerate(rows)
+                   if r.get(bad_column) is not None}
+        for i, why in odd.items():
+            message = (f"{rel} row {rows[i]['source_row']}: column {bad_column!r}: {why}; "
+                       "use one type per column in a file")
+            if on_error != "skip":
+                raise InvalidInput(message)
+            rows[i] = _error_row(rel, rows[i]["source_row"], f"InvalidInput: {message}")
+
+
+def _misfits(values: list, reference: Any) -> dict[int, str]:
+    """Index -> why, for the values whose Arrow type does not merge with the reference value's
+    type (the running merge of the values before them where the reference is null)."""
+    def kind(value):
+        try:
+            return pa.array([value]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+
+    expected = kind(reference) if reference is not None else None
+    odd = {}
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        got = kind(value)
+        if got is None:
+            odd[i] = "a value Arrow cannot store (e.g. a list mixing types)"
+            continue
+        if expected is None or pa.types.is_null(expected):
+            expected = got
+            continue
+        try:
+            expected = pa.unify_schemas([pa.schema([("v", expected)]), pa.schema([("v", got)])],
+                                        promote_options="permissive").field("v").type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            odd[i] = f"{got} here, {expected} in the file's other rows"
+    return odd
+
+
+def _read_jsonl(chunk: dict, on_error: str) -> Iterator[dict]:
+    count, line = 0, chunk["line"]
     with open(chunk["file"], "rb") as f:
         f.seek(chunk["offset"])
-        while len(rows) < chunk["stop"] - chunk["start"]:
+        while count < chunk["stop"] - chunk["start"]:
             raw = f.readline()
             if not raw:
                 break
             if raw.strip():
-                index = chunk["start"] + len(rows)
+                index = chunk["start"] + count
                 try:
                     value = json.loads(raw)
                 except ValueError as err:
                     value = InvalidInput(f"{chunk['rel']} row {index} (line {line}): not valid JSON ({err})")
-                rows.append(_object_row(value, chunk["rel"], index, line, on_error))
+                count += 1
+                yield _object_row(value, chunk["rel"], index, line, on_error)
             line += 1
-    return rows
 
 
 def _object_row(value: Any, rel: str, index: int, line: int | None, on_error: str) -> dict:
@@ -585,14 +637,61 @@ def _read_batch(batch: pa.Table, on_error: str, layout: dict) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _first_row_and_columns(chunk: dict) -> tuple[dict, list[str]]:
-    if chunk["fmt"] == "parquet":
-        pf = pq.ParquetFile(chunk["file"])
-        first = pf.read_row_group(chunk["groups"][0]).slice(0, 1).to_pylist()
-        return (first[0] if first else {}), pf.schema_arrow.names
-    row = read_chunk({**chunk, "stop": chunk["start"] + 1}, "skip").to_pylist()
-    first = {k: v for k, v in row[0].items() if k not in ("_error", "source_file", "source_row")} if row else {}
-    return first, list(first)
+def _file_rows(chunks: list[dict], on_error: str) -> Iterator[tuple[int, dict]]:
+    """(row index, row) through one file's chunks in order, a chunk at a time (lazily)."""
+    for chunk in chunks:
+        for i, row in enumerate(_chunk_rows(chunk, on_error)):
+            yield chunk["start"] + i, row
+
+
+REFERENCE_ROWS = 100  # a file's first rows, read to find the type each column should have
+
+
+def _reference_row(chunk: dict, layout: Layout | None) -> dict:
+    """Per column, a value of the type most of the file's first rows that can be scored hold there
+    (ties: the first seen): what a row's value must merge with, so that one odd row fails alone,
+    even as row 0, and every chunk of the file decides alike."""
+    if chunk["fmt"] == "parquet":  # one type per column already
+        return {}
+    head = {**chunk, "start": 0, "stop": REFERENCE_ROWS, "offset": 0, "line": 1}
+    rows = [r for r, _ in zip(_chunk_rows(head, "skip"), range(REFERENCE_ROWS)) if _fits(r, layout)]
+    seen: dict[str, dict[str, list]] = {}  # column (in the order first seen) -> type -> [count, first value]
+    for row in rows:
+        for column, value in row.items():
+            kinds = seen.setdefault(column, {})
+            if column == "_error" or value is None:
+                continue
+            try:
+                kind = str(pa.array([value]).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                continue
+            entry = kinds.setdefault(kind, [0, value])
+            entry[0] += 1
+    return {column: max(kinds.values(), key=lambda e: e[0])[1] if kinds else None
+            for column, kinds in seen.items() if column != "_error"}
+
+
+def _fits(row: dict, layout: Layout | None) -> bool:
+    if row["_error"] is not None:
+        return False
+    if layout is None:
+        return True
+    try:
+        row_units(row, layout, "row")
+    except ScoringError:
+        return False
+    return True
+
+
+def _row_layout(row: dict, index: int, rel: str, spec: ModelSpec, opts: ScoringOptions) -> Layout:
+    """The layout one row implies, checked by scoring it as that layout would (InvalidInput if not)."""
+    if row["_error"] is not None:
+        raise InvalidInput(row["_error"].split(": ", 1)[1])
+    data = {k: v for k, v in row.items() if k != "_error"}
+    where = f"{rel} row {index}"
+    layout = _layout(list(data), data, spec, opts, where)
+    row_units({**data, "source_file": rel, "source_row": index}, layout, where)
+    return layout
 
 
 # ---------------------------------------------------------------- score_corpus: shards, resume, summary
@@ -625,15 +724,13 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
         raise InvalidInput(empty[0]["error"].split(": ", 1)[1])
     if not chunks:
         raise InvalidInput(f"{input_path}: the input holds no rows")
-    layout, file_errors = _corpus_layout(chunks, spec, opts)
+    layout = _corpus_layout(chunks, spec, opts)
     out = Path(output_path)
     _prepare_output(out, {"model": _model_identity(spec), "shape": layout.shape, "debias": opts.debias,
                           "inputs": sorted({c["rel"] for c in chunks})}, overwrite)
     done = _done_rows(out)
     pending = []
     for chunk in chunks:
-        if chunk["rel"] in file_errors:
-            continue
         skip = sorted(i for i in done.get(chunk["rel"], ()) if chunk["start"] <= i < chunk["stop"])
         if len(skip) < chunk["stop"] - chunk["start"]:
             pending.append({**chunk, "done": skip})
@@ -662,7 +759,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
             raise
     seconds = time.perf_counter() - started
 
-    error_rows = _merge_errors(out, list(file_errors.values()) + empty)
+    error_rows = _merge_errors(out, empty)
     table = read_scores(out)
     summary = {
         "output": str(out), "model": spec.name, "model_kind": spec.kind, "shape": layout.shape,
@@ -676,29 +773,36 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     return summary
 
 
-def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> tuple[Layout, dict[str, dict]]:
-    """The corpus's layout from its first file; every other file must fit it (a file that does
-    not is an error naming it, or with on_error='skip' an errors-file entry and its rows skipped)."""
-    first_of: dict[str, dict] = {}
+def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> Layout:
+    """The corpus's layout from its first row, checked by turning it into what the model scores;
+    with on_error='skip' from its first row that passes, so a corrupt row 0 is one error row, not
+    the end of the run. With raise each later file's first row must fit it (an error naming file,
+    row and column); with skip every row is checked when read, each failing alone."""
+    by_file: dict[str, list[dict]] = {}
     for chunk in chunks:
-        first_of.setdefault(chunk["rel"], chunk)
-    layout, bad = None, {}
-    for rel, chunk in first_of.items():
-        row, columns = _first_row_and_columns(chunk)
-        try:
-            # later files are held to the first file's shape, so a missing column is named as such
-            shaped = opts if layout is None else opts.model_copy(update={"shape": layout.shape})
-            found = _layout(columns, row, spec, shaped, rel)
-            if layout is not None and (found.shape, found.multi) != (layout.shape, layout.multi):
-                raise InvalidInput(f"{rel}: rows of shape {found.shape!r}{' (several responses)' * found.multi}, "
-                                   f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}")
-        except InvalidInput as err:
-            if opts.on_error == "raise" or layout is None and rel == next(iter(first_of)):
-                raise
-            bad[rel] = {"source_file": rel, "source_row": None, "error": f"InvalidInput: {err.message}"}
-            continue
-        layout = layout or found
-    return layout, bad
+        by_file.setdefault(chunk["rel"], []).append(chunk)
+    layout, first_problem = None, None
+    for rel, file_chunks in by_file.items():
+        # later files are held to the first one's shape, so a missing column is named as such
+        shaped = opts if layout is None else opts.model_copy(update={"shape": layout.shape})
+        rows = _file_rows(file_chunks, opts.on_error) if layout is None or opts.on_error == "raise" else ()
+        for index, row in rows:
+            try:
+                found = _row_layout(row, index, rel, spec, shaped)
+                if layout is not None and (found.shape, found.multi) != (layout.shape, layout.multi):
+                    raise InvalidInput(
+                        f"{rel} row {index}: rows of shape {found.shape!r}{' (several responses)' * found.multi}, "
+                        f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}")
+            except ScoringError as err:
+                if opts.on_error == "raise":
+                    raise
+                first_problem = first_problem or err.message
+                continue
+            layout = layout or found
+            break
+    if layout is None:
+        raise InvalidInput(f"no row of the input can be scored; the first problem: {first_problem}")
+    return layout
 
 
 def _model_identity(spec: ModelSpec) -> dict[str, Any]:
