@@ -77,8 +77,10 @@ def test_readme_python_example_runs(tmp_path, capsys):
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     readme_cmd = re.search(r"# 2\. install and run the tests.*\n(.*)\n", README).group(1)
-    ci_cmd = ci.strip().splitlines()[-1]
+    lines = ci.strip().splitlines()
+    ci_cmd = lines[lines.index("# --- the README's test command (keep the two in step) ---") + 1]
     assert readme_cmd.endswith(ci_cmd), (readme_cmd, ci_cmd)
+    assert "pytest -m reliability" in lines  # then the marked reliability suite (docs/reliability.md)
 
 
 @pytest.mark.parametrize("field", ["max_length", "max_batch_tokens", "truncation", "judge_template"])
