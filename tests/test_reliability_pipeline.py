@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import TOL, free_port
+from test_pipeline import BAD, GOOD, PROMPTS  # the pipeline tests' corpus words
 
 from cluster.data.pipeline import read_scores
 
@@ -40,12 +41,6 @@ ROWS = 300
 OPTIONS = ["--no-progress", "--rows-per-shard", "20", "--batch-rows", "10"]  # 15 read chunks, 30 shards
 KILL_AT = (0, 0.4, 0.75)  # fraction of the rows committed (0: the first shard) when the run is killed
 ORPHAN_WAIT_S = 10
-PROMPTS = ["What is the capital of France?", "Add 2 and 3.", "How do I print in Python?", "Tell me something.",
-           "Count to five.", "Is water wet?", "Name a colour.", "Say hi."]
-GOOD = ["Paris.", "5", "print('hello')", "Water boils at 100 degrees Celsius at sea level.", "1 2 3 4 5",
-        "Yes, in the everyday sense.", "Blue.", "Hi!"]
-BAD = ["London.", "2 + 3 = 6, because addition.", "You cannot.", "No.", "five four", "Maybe",
-       "I'm sorry, but I can't.", "Goodbye, and here is a long unrelated paragraph about nothing in particular."]
 
 
 # ----------------------------------------------------------------------------- processes
