@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.core.errors import Overloaded, from_ray
@@ -37,6 +38,36 @@ def pause(attempt: int, rng: random.Random = _RNG) -> float:
     return min(PAUSE_S[1], PAUSE_S[0] * 2 ** attempt) * (0.5 + rng.random())
 
 
+async def sent_until_taken(send: Callable[[], Awaitable], timeout_s: float, gate: asyncio.Semaphore | None = None,
+                           model: str | None = None) -> tuple[Any, bool, int]:
+    """(`send()`'s answer or the error it met, whether the deadline ended it, how many times it was
+    sent again). Sent when `gate` has room; sent again after a `pause` while it is refused for
+    back-pressure or loses its replica (Overloaded, as `from_ray` reads it), until `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    deadline, last, attempt = loop.time() + timeout_s, None, 0
+    while True:
+        if gate is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await gate.acquire()
+            except TimeoutError:
+                return last, True, attempt
+        try:
+            return await send(), False, attempt
+        except Exception as err:  # noqa: BLE001 - the failure is the caller's to hand on
+            last = from_ray(err, model)
+            if not isinstance(last, Overloaded):
+                return last, False, attempt
+        finally:
+            if gate is not None:
+                gate.release()
+        wait = pause(attempt)
+        if loop.time() + wait >= deadline:
+            return last, True, attempt
+        attempt += 1
+        await asyncio.sleep(wait)
+
+
 class HandleEncoder:
     """The tokenizer deployment: one call per model for all of a flow's parts (a call that lost its
     replica or met back-pressure is sent again, as the replica backend does, until `timeout_s`)."""
@@ -46,18 +77,8 @@ class HandleEncoder:
         self.timeout_s = timeout_s
 
     async def _encode(self, model: str, requests: list) -> list:
-        loop = asyncio.get_running_loop()
-        deadline, attempt = loop.time() + self.timeout_s, 0
-        while True:
-            try:
-                return await self.tokenizer.encode.remote(model, requests)
-            except Exception as err:  # noqa: BLE001 - the tokenizer's failure is each part's
-                failure = from_ray(err)
-                wait = pause(attempt)
-                attempt += 1
-                if not isinstance(failure, Overloaded) or loop.time() + wait >= deadline:
-                    return [failure] * len(requests)
-                await asyncio.sleep(wait)
+        out, _, _ = await sent_until_taken(lambda: self.tokenizer.encode.remote(model, requests), self.timeout_s)
+        return [out] * len(requests) if isinstance(out, BaseException) else out
 
     async def encode(self, parts: list[Part]) -> list:
         by_model: dict[str, list[int]] = {}
@@ -130,31 +151,10 @@ class ReplicaBackend:
     async def _call(self, call: Call):
         """One call's outputs (or the error it met), sent when the model's window has room and sent
         again while it is refused for back-pressure or loses its replica, until the deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        gate, last, attempt = self._gate(call.model), None, 0
-        while True:
-            if gate is not None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await gate.acquire()
-                except TimeoutError:
-                    return self._gave_up(call, last)
-            try:
-                return await self._send(call)
-            except Exception as err:  # noqa: BLE001 - a call's failure is its items' jobs'
-                last = from_ray(err, call.model)
-                if not isinstance(last, Overloaded):
-                    return last
-            finally:
-                if gate is not None:
-                    gate.release()
-            wait = pause(attempt)
-            attempt += 1
-            if loop.time() + wait >= deadline:
-                return self._gave_up(call, last)
-            self.stats["resent"] += 1
-            await asyncio.sleep(wait)
+        out, timed_out, resends = await sent_until_taken(lambda: self._send(call), self.timeout_s,
+                                                         self._gate(call.model), call.model)
+        self.stats["resent"] += resends
+        return self._gave_up(call, out) if timed_out else out
 
     def _run_blocking(self, calls: list[Call]) -> list:
         """`_call` for a synchronous caller: the calls go out in waves of at most a window per
