@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import typing
 import uuid
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from cluster.core.config import ModelSpec
+from cluster.core.errors import ScoringError
 from cluster.data.pipeline import ScoringOptions
 
 NONE_DEFAULT_TYPES = {"max_actors": int, "num_gpus": float}  # optional fields: their type when given
@@ -178,13 +180,84 @@ def _exit_on_signals() -> Callable[[], None]:
     return restore
 
 
+@contextlib.contextmanager
+def quiet_stderr(verbose: bool) -> Iterator[str | None]:
+    """Unless verbose: while the command runs, what Ray writes to this process's stderr (its C++
+    core worker's log lines, its processes' own stderr, Ray Data's loggers) goes to a log file
+    instead (yielded; removed after a clean run), and `sys.stderr`, our progress bar and messages,
+    stays on the terminal. File descriptor 2 is swapped, not a Python stream: Ray's C++ side and
+    the processes it starts write to the descriptor, not to Python."""
+    if verbose:
+        yield None
+        return
+    fd, log_path = tempfile.mkstemp(prefix="scoring-ray-", suffix=".log")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                     errors="backslashreplace")
+    previous = sys.stderr
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = ours
+    clean = False
+    try:
+        yield log_path
+        clean = True
+    except ScoringError:  # the user's mistake, named in its message: Ray's log adds nothing
+        clean = True
+        raise
+    finally:
+        sys.stderr = previous
+        ours.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        ours.close()
+        if clean:
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+        else:
+            print(f"(Ray's own messages for this run: {log_path})", file=sys.stderr)
+
+
+def checked_model(args: argparse.Namespace) -> ModelSpec | str:
+    """--model resolved and the input found before Ray starts, so that a wrong path, a hub id with
+    no network or a missing input file is said in a second, not after a cluster has started.
+    With --via-serve the model is the served one's name, looked up once connected."""
+    from cluster.data.pipeline import expand_inputs, resolve_model
+
+    expand_inputs(args.input)
+    model = model_from_arg(args.model)
+    return model if args.via_serve is not None else resolve_model(model)
+
+
+def _run_scoring(args: argparse.Namespace, run: Callable[[], Any]) -> Any:
+    """`run()` inside the command's Ray session, Ray's noise in a log file unless --verbose. An
+    interrupt (Ctrl-C, SIGTERM, SIGHUP) ends the command with one message: what is safely written
+    and that the same command resumes (raised as Interrupted, exit 130 / 128 + signal)."""
+    from cluster.data.pipeline import Interrupted
+
+    with quiet_stderr(args.verbose):
+        try:
+            with ray_session(args.address):
+                return run()
+        except Interrupted as stop:
+            raise SystemExit(_say_interrupted(stop.message, stop.code)) from None
+        except KeyboardInterrupt:
+            raise SystemExit(_say_interrupted("run the same command again to resume", 130)) from None
+
+
+def _say_interrupted(message: str, code: int) -> int:
+    print(f"interrupted: {message}", file=sys.stderr)
+    return code
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from cluster.data.metrics import format_summary
     from cluster.data.pipeline import score_corpus
 
-    with ray_session(args.address):
-        summary = score_corpus(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
-                               **options_from_args(args))
+    model = checked_model(args)
+    summary = _run_scoring(args, lambda: score_corpus(args.input, args.output, model, overwrite=args.overwrite,
+                                                      **options_from_args(args)))
     print(format_summary(summary))
     _print_outputs(summary)
     return 0
@@ -194,9 +267,10 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from cluster.data.metrics import format_summary
     from cluster.data.pipeline import filter_pairs
 
-    with ray_session(args.address):
-        summary = filter_pairs(args.input, args.output, model_from_arg(args.model), min_margin=args.min_margin,
-                               overwrite=args.overwrite, **options_from_args(args))
+    model = checked_model(args)
+    summary = _run_scoring(args, lambda: filter_pairs(
+        args.input, args.output, model, min_margin=args.min_margin, overwrite=args.overwrite,
+        **options_from_args(args)))
     print(format_summary(summary))
     print(f"kept {summary['kept']} pairs -> {summary['kept_file']}")
     print(f"dropped {summary['dropped']} pairs -> {summary['dropped_file']}")
@@ -206,6 +280,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 def _print_outputs(summary: dict[str, Any]) -> None:
     print(f"scores: {summary['output']} (load with cluster.read_scores)")
+    for name, moved in (summary.get("moved_columns") or {}).items():
+        print(f"input column {name!r} is kept as {moved!r} (the results use that name)")
     if summary.get("errors"):
         print(f"{summary['errors']} row(s) not scored, reasons in {summary['errors_file']}", file=sys.stderr)
 
@@ -213,9 +289,9 @@ def _print_outputs(summary: dict[str, Any]) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import calibrate
 
-    with ray_session(args.address):
-        result = calibrate(args.input, args.output, model_from_arg(args.model), overwrite=args.overwrite,
-                           **options_from_args(args))
+    model = checked_model(args)
+    result = _run_scoring(args, lambda: calibrate(args.input, args.output, model, overwrite=args.overwrite,
+                                                  **options_from_args(args)))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     norm = result["shaping"]["normalize"]

@@ -59,20 +59,72 @@ def resolve_attn(requested: str, model_type: str, device: torch.device, dtype: t
     return requested
 
 
-def load_config(spec: ModelSpec):
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def load_config(spec: ModelSpec, label: str | None = None):
+    """The model's transformers config. Errors name the model as `label` (default: "model 'NAME'")
+    and say what to do: a path that is not a model directory, one that does not exist, or a hub id
+    while the hub cannot be reached (said at once, not after the hub client's retries)."""
     from transformers import AutoConfig
 
+    label = label or f"model '{spec.name}'"
     if os.path.isdir(spec.path) and not os.path.isfile(os.path.join(spec.path, "config.json")):
         raise ModelLoadError(
-            f"model '{spec.name}': {spec.path!r} is not a model directory (no config.json); "
-            "point path at a directory written by save_pretrained or at a hub id"
+            f"{label}: {spec.path!r} is not a model directory (no config.json); "
+            "point it at a directory written by save_pretrained or at a hub id"
         )
-    if not os.path.isdir(spec.path) and (os.path.isabs(spec.path) or spec.path.startswith(".")):
-        raise ModelLoadError(f"model '{spec.name}': {spec.path!r} does not exist")
+    # a hub id is NAME or ORG/NAME: an absolute or relative path, or more slashes, is a missing directory
+    if not os.path.isdir(spec.path) and (os.path.isabs(spec.path) or spec.path.startswith(".")
+                                         or spec.path.count("/") > 1):
+        raise ModelLoadError(f"{label}: {spec.path!r} does not exist")
+    local_only = False
+    if not os.path.isdir(spec.path):
+        local_only = _hub_offline(spec, label)
     try:
-        return AutoConfig.from_pretrained(spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        return AutoConfig.from_pretrained(spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                          local_files_only=local_only)
     except Exception as err:
-        raise ModelLoadError(f"model '{spec.name}': cannot load a model config from {spec.path!r}: {err}") from None
+        raise ModelLoadError(f"{label}: cannot load a model config from {spec.path!r}: {err}") from None
+
+
+def _hub_offline(spec: ModelSpec, label: str) -> bool:
+    """For a hub id: True to load from the local cache only (the hub is off by choice, or cannot be
+    reached and the model is cached). Raises at once when the model is neither reachable nor cached,
+    instead of the hub client's minute of retries."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(spec.path, "config.json", revision=spec.revision), str)
+    except Exception:  # not a valid repo id: let from_pretrained say what is wrong
+        return False
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise ModelLoadError(
+                f"{label}: {spec.path!r} is not a local directory and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or point at a local copy")
+        return True
+    reason = _hub_unreachable()
+    if reason is None:
+        return False
+    if cached:
+        return True
+    raise ModelLoadError(
+        f"{label}: {spec.path!r} is not a local directory, and the Hugging Face hub ({constants.ENDPOINT}) cannot "
+        f"be reached ({reason}); download it where the hub can be reached and point at that directory, or set "
+        "HF_HUB_OFFLINE=1 to use only the local cache")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached within a few seconds (None: it answered)."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except httpx.HTTPError as err:
+        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return None
 
 
 def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:

@@ -30,12 +30,48 @@ from cluster.core.tokenization import validate_conversation
 
 SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")
-# Written by the pipeline; an input column with one of these names would be overwritten.
+# Written by the pipeline. An input column with one of these names is kept, moved aside (`aside`).
 OUTPUT_COLUMNS = (
     "score", "chosen_score", "rejected_score", "chosen_scores", "rejected_scores", "prob_chosen", "probs_chosen",
     "margin", "margins", "win_rate", "chosen_wins", "truncated", "num_tokens", "source_file", "source_row", "error",
     "values", "chosen_values", "rejected_values",
 )
+# The pipeline's own columns between its stages (never written), also kept out of the input's way.
+STAGE_COLUMNS = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
+RESERVED_COLUMNS = frozenset(OUTPUT_COLUMNS + STAGE_COLUMNS)
+ASIDE_PREFIX = "input_"
+
+
+def _is_moved(name: str) -> bool:
+    """Whether an input column is moved aside: a name of ours, or one of ours already prefixed
+    (so `input_error` moves to `input_input_error` when `error` takes its place)."""
+    while name not in RESERVED_COLUMNS and name.startswith(ASIDE_PREFIX):
+        name = name[len(ASIDE_PREFIX):]
+    return name in RESERVED_COLUMNS
+
+
+def aside(name: str) -> str:
+    """Where an input column ends up in the output: its own name, or `input_<name>` when the name
+    is one of the pipeline's columns (`error`, `score`, `margin`, ...). Real datasets carry such
+    columns (RM-Bench's `error`); they are kept, never overwritten, never a reason to stop. The
+    map is one-to-one: `input_<name>` of the input, if there is one, moves on to `input_input_<name>`."""
+    return ASIDE_PREFIX + name if _is_moved(name) else name
+
+
+def move_aside(row: dict[str, Any]) -> dict[str, Any]:
+    """A row (a dict of input columns) with every clashing column renamed by `aside`."""
+    if not any(_is_moved(k) for k in row):
+        return row
+    return {aside(k): v for k, v in row.items()}
+
+
+def moved_columns(columns: Sequence[str]) -> dict[str, str]:
+    """{input name: output name} of the moved columns among an output table's columns."""
+    found = {}
+    for name in columns:
+        if name.startswith(ASIDE_PREFIX) and _is_moved(name[len(ASIDE_PREFIX):]):
+            found[name[len(ASIDE_PREFIX):]] = name
+    return found
 
 
 @dataclass(frozen=True)
@@ -91,9 +127,6 @@ def check_columns(columns: Sequence[str], shape: str, where: str) -> str | None:
     for name in needed:
         if name not in cols:
             raise InvalidInput(f"{where}: missing column {name!r} (shape={shape!r} needs {', '.join(needed)})")
-    clash = sorted(cols & set(OUTPUT_COLUMNS))
-    if clash:
-        raise InvalidInput(f"{where}: input column(s) {clash} would be overwritten by the results; rename them")
     return None
 
 

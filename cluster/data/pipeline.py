@@ -16,11 +16,13 @@ the shards, resume, the errors file and the summary; `filter_pairs` is the curat
 
 from __future__ import annotations
 
+import datetime
 import glob
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -35,14 +37,19 @@ from pydantic import Field, model_validator
 from cluster.core.config import ModelSpec, StrictModel, deployment_name
 from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError, from_ray
 from cluster.data.corpus import (
+    STAGE_COLUMNS,
     Layout,
+    aside,
     check_columns,
     critic_orders,
     detect_shape,
     is_multi,
+    move_aside,
+    moved_columns,
     row_result,
     row_units,
 )
+from cluster.data.progress import RunProgress, shard_rows
 
 INPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 # The columns the tokenize stage hands the score stage (dropped before writing), by name and type.
@@ -54,6 +61,7 @@ INTERNAL: dict[str, pa.DataType] = {
     "_n_chosen": pa.int32(),  # reward model on pairs: how many sequences belong to the chosen side
     "_error": pa.string(),  # why the row cannot be scored (on_error='skip'); null otherwise
 }
+assert tuple(INTERNAL) == STAGE_COLUMNS
 RESULT_TYPES = {
     "score": pa.float64(), "chosen_score": pa.float64(), "rejected_score": pa.float64(),
     "chosen_scores": pa.list_(pa.float64()), "rejected_scores": pa.list_(pa.float64()),
@@ -69,7 +77,9 @@ def result_type(layout: Layout, name: str) -> pa.DataType:
     return RESULT_TYPES[name]
 MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
 IO_TASK_CPUS = 0.1
-IO_TASKS = 2  # read/write tasks in flight per stage
+IO_TASKS = 2  # read tasks in flight
+FLUSH_S = 30.0  # default: a model actor commits what it scored at least this often (seconds of work)
+FIRST_PIECE_TOKENS = 4096  # an actor's first piece, before it has measured its speed
 
 
 class ScoringOptions(StrictModel):
@@ -89,7 +99,10 @@ class ScoringOptions(StrictModel):
     tokenizer_actors: int = Field(1, ge=1, description="autoscale the CPU tokenization pool up to this many")
     tokenizer_num_cpus: float = Field(0.5, gt=0, description="per tokenization actor")
     via_serve: str | None = Field(None, description="Serve app name: score on its replicas")
-    progress: bool = Field(True, description="Ray Data's progress bars")
+    flush_s: float = Field(FLUSH_S, gt=0, description="score_corpus: each model actor writes what it scored at "
+                           "least this often (seconds of work), so an interrupted run loses at most that much")
+    progress: bool = Field(True, description="one progress bar: rows safely written, rows/s, ETA")
+    verbose: bool = Field(False, description="Ray Data's own progress bars and logs as well")
 
     @model_validator(mode="after")
     def _check(self) -> ScoringOptions:
@@ -132,7 +145,7 @@ def _name_from_path(path: str) -> str:
 def _kind_from_config(path: str) -> str:
     from cluster.core.loading import load_config
 
-    config = load_config(ModelSpec(name="probe", path=path, kind="reward"))
+    config = load_config(ModelSpec(name=_name_from_path(path), path=path, kind="reward"), label="model")
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "reward"
@@ -232,17 +245,57 @@ def _n_chosen(row: Mapping[str, Any]) -> int:
 
 class _ScoreStage:
     """Tokenized rows -> result columns, through the request core: the rows' sequences as one job
-    of token ids, planned and run on the stage's backend, outputs back in row order."""
+    of token ids, planned and run on the stage's backend, outputs back in row order.
 
-    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool):
+    With `out_dir` (score_corpus) the stage commits its own results: a batch is scored in pieces
+    of about `flush_s` seconds of work each (the first piece small, to measure the speed), and each
+    piece is written as its shard before the next starts, so a killed run loses at most one piece
+    per model actor. It then returns one row of counts per batch. Without `out_dir` (score_dataset)
+    it returns the batch's rows with their result columns."""
+
+    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool,
+                 out_dir: str | None = None, flush_s: float = FLUSH_S):
         self.kind = kind
         self.op = "score" if kind == "reward" else "verdicts"
         self.layout = Layout(**layout)
         self.debias = debias
         self.keep_errors = keep_errors  # on_error="skip": an `error` column, null for scored rows
+        self.out_dir, self.flush_s = out_dir, flush_s
+        self.tokens_per_s: float | None = None  # measured on this actor's pieces
         self.service = None  # subclasses: a ScoringService over their backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.out_dir is None:
+            return self._scored(batch)
+        counts = {"rows": 0, "errors": 0, "tokens": 0}
+        for piece in self._pieces(batch):
+            started = time.perf_counter()
+            done = write_shard(self._scored(piece), self.out_dir).to_pylist()[0]
+            for key in counts:
+                counts[key] += done[key]
+            computed = sum(len(s) for ids in piece.column("_ids").to_pylist() for s in ids)
+            seconds = time.perf_counter() - started
+            if computed and seconds > 0:
+                rate = computed / seconds
+                self.tokens_per_s = rate if self.tokens_per_s is None else 0.5 * (self.tokens_per_s + rate)
+        return pa.table({key: [value] for key, value in counts.items()})
+
+    def _pieces(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """The batch in consecutive slices of about flush_s seconds of work at the measured speed
+        (FIRST_PIECE_TOKENS before there is a measurement)."""
+        tokens = [sum(len(s) for s in ids) for ids in batch.column("_ids").to_pylist()]
+        budget = FIRST_PIECE_TOKENS if self.tokens_per_s is None else max(1.0, self.tokens_per_s * self.flush_s)
+        start, total = 0, 0
+        for i, n in enumerate(tokens):
+            total += n
+            if total >= budget:
+                yield batch.slice(start, i + 1 - start)
+                start, total = i + 1, 0
+                budget = FIRST_PIECE_TOKENS if self.tokens_per_s is None else max(1.0, self.tokens_per_s * self.flush_s)
+        if start < batch.num_rows:
+            yield batch.slice(start)
+
+    def _scored(self, batch: pa.Table) -> pa.Table:
         col = {name: batch.column(name).to_pylist() for name in INTERNAL}
         flat = [seq for row_ids, err in zip(col["_ids"], col["_error"]) if err is None for seq in row_ids]
         outputs = self.forward(flat) if flat else []
@@ -276,12 +329,13 @@ class _ScoreStage:
 class ModelStage(_ScoreStage):
     """Loads the model once per actor; its runner plans length-sorted token-budget passes."""
 
-    def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int):
+    def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int,
+                 out_dir: str | None = None, flush_s: float = FLUSH_S):
         import torch
 
         from cluster.core.loading import load_model
 
-        super().__init__(spec["kind"], layout, debias, keep_errors)
+        super().__init__(spec["kind"], layout, debias, keep_errors, out_dir, flush_s)
         torch.set_num_threads(max(1, threads))
         self.model = load_model(ModelSpec(**spec))
         self.model_name, self.service = self.model.name, self.model.service
@@ -292,14 +346,15 @@ class ServeStage(_ScoreStage):
     replica's per-call token budget, all in flight together (the replicas gather and balance them)."""
 
     def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool, app_name: str,
-                 deployment: str, call_tokens: int, model_name: str):
+                 deployment: str, call_tokens: int, model_name: str, out_dir: str | None = None,
+                 flush_s: float = FLUSH_S):
         from ray import serve
 
         from cluster.core.local import LocalEncoder
         from cluster.core.service import ScoringService
         from deployments.handles import ReplicaBackend
 
-        super().__init__(kind, layout, debias, keep_errors)
+        super().__init__(kind, layout, debias, keep_errors, out_dir, flush_s)
         spec = ModelSpec(name=model_name, path="-", kind=kind)  # names the model to the core; never loaded here
         handle = serve.get_deployment_handle(deployment, app_name=app_name)
         backend = ReplicaBackend({model_name: handle}, {model_name: call_tokens}, blocking=True)
@@ -314,6 +369,9 @@ def score_dataset(ds, model: ModelSpec | Mapping[str, Any] | str, **options: Any
     through, result columns appended (see cluster/data/corpus.py). Options: `ScoringOptions`."""
     opts = ScoringOptions.parse(options)
     spec = resolve_model(model, opts.via_serve)
+    moved = {name: aside(name) for name in ds.columns() or [] if aside(name) != name}
+    if moved:  # an input column named like one of ours is kept under another name (corpus.aside)
+        ds = ds.rename_columns(moved)
     first = ds.take(1)
     if not first:
         raise InvalidInput("the dataset is empty (no rows)")
@@ -345,11 +403,12 @@ def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
     return list(reward_head(spec, load_config(spec)).labels)
 
 
-def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None):
+def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None,
+            out_dir: str | None = None):
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
-    DataContext.get_current().enable_progress_bars = opts.progress
+    quiet_ray_data(opts.verbose or (out_dir is None and opts.progress))
     keep_errors = opts.on_error == "skip"
     ds = ds.map_batches(
         TokenizeStage, fn_constructor_kwargs={"spec": spec.model_dump(), "layout": asdict(layout),
@@ -370,13 +429,30 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
         stage, kwargs = model_stage or ModelStage, {"spec": spec.model_dump(), "threads": int(opts.num_cpus)}
         num_cpus = opts.num_cpus
     min_size, max_size = opts.actors
-    _check_fits(opts.tokenizer_num_cpus + min_size * num_cpus + 2 * IO_TASKS * IO_TASK_CPUS, min_size * num_gpus)
+    _check_fits(opts.tokenizer_num_cpus + min_size * num_cpus + IO_TASKS * IO_TASK_CPUS, min_size * num_gpus)
     return ds.map_batches(
         stage, fn_constructor_kwargs={**kwargs, "layout": asdict(layout), "debias": opts.debias,
-                                      "keep_errors": keep_errors},
+                                      "keep_errors": keep_errors, "out_dir": out_dir, "flush_s": opts.flush_s},
         compute=ActorPoolStrategy(min_size=min_size, max_size=max_size), num_gpus=num_gpus, num_cpus=num_cpus,
         batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
     )
+
+
+def quiet_ray_data(show: bool) -> None:
+    """Ray Data's progress bars, its periodic progress log lines (what it prints instead of bars
+    when not on a terminal), its start-of-run banner and its INFO/WARNING logs (the memory warning
+    repeated every 30 s on a small machine): shown only when `show` (verbose, or score_dataset's
+    own progress), else left to Ray's log files. Errors still reach the user as exceptions."""
+    import logging
+
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = show
+    context.print_on_execution_start = show
+    if hasattr(context, "enable_operator_progress_bars"):
+        context.enable_operator_progress_bars = show
+    logging.getLogger("ray.data").setLevel(logging.INFO if show else logging.ERROR)
 
 
 def _check_fits(cpus: float, gpus: float) -> None:
@@ -522,7 +598,7 @@ def _chunk_rows(chunk: dict, on_error: str) -> Iterator[dict]:
     skip); JSONL lazily, a line at a time."""
     if chunk["fmt"] == "parquet":
         table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
-        return iter([{**r, "_error": None} for r in table.to_pylist()])
+        return iter([{**move_aside(r), "_error": None} for r in table.to_pylist()])
     if chunk["fmt"] == "json":
         return iter([_object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
                      for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))])
@@ -618,7 +694,7 @@ def _read_jsonl(chunk: dict, on_error: str) -> Iterator[dict]:
 
 def _object_row(value: Any, rel: str, index: int, line: int | None, on_error: str) -> dict:
     if isinstance(value, dict):
-        return {**value, "_error": None}
+        return {**move_aside(value), "_error": None}
     at = f"{rel} row {index}" + (f" (line {line})" if line else "")
     err = value if isinstance(value, InvalidInput) else InvalidInput(
         f"{at}: a row must be a JSON object, got {type(value).__name__}")
@@ -735,23 +811,26 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
         if len(skip) < chunk["stop"] - chunk["start"]:
             pending.append({**chunk, "done": skip})
 
-    started, counts = time.perf_counter(), {"rows": 0, "errors": 0, "tokens": 0}
-    if pending:
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        # read and write are light I/O tasks: a small CPU share, so that on a small machine they
-        # still fit beside the actor pools (a default whole CPU each deadlocks a 2-core cluster),
-        # and a few at a time (a small share alone would let Ray start dozens of worker processes)
-        ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
-                            batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                            compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
-        ds = _scored(ds, spec, layout, opts, model_stage)
-        ds = ds.map_batches(write_shard, fn_kwargs={"out_dir": str(out / "parts")}, batch_size=None,
-                            batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                            compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
+    started_at, started = _now(), time.perf_counter()
+    counts = {"rows": 0, "errors": 0, "tokens": 0}
+    todo = sum(c["stop"] - c["start"] - len(c["done"]) for c in pending)
+    with RunProgress(out / "parts", todo, enabled=opts.progress) as progress:
         try:
-            for stats in ds.iter_rows():
-                for key in counts:
-                    counts[key] += stats[key]
+            if pending:
+                ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+                # reading is a light I/O task: a small CPU share, so that on a small machine it still
+                # fits beside the actor pools (a default whole CPU each deadlocks a 2-core cluster),
+                # and a few at a time (a small share alone would let Ray start dozens of workers)
+                ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
+                                    batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                                    compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
+                # the model actors write their own shards (a piece at a time) and return counts
+                ds = _scored(ds, spec, layout, opts, model_stage, out_dir=str(out / "parts"))
+                for stats in ds.iter_rows():
+                    for key in counts:
+                        counts[key] += stats[key]
+        except (KeyboardInterrupt, SystemExit) as stop:
+            raise _interrupted(stop, out, progress.refresh(), todo) from None
         except Exception as err:
             cause = from_ray(err, transient=False)  # the ScoringError a stage raised, out of Ray Data's wrapper
             if isinstance(cause, ScoringError):
@@ -761,16 +840,58 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
 
     error_rows = _merge_errors(out, empty)
     table = read_scores(out)
+    moved = moved_columns(table.column_names)
     summary = {
-        "output": str(out), "model": spec.name, "model_kind": spec.kind, "shape": layout.shape,
+        "output": str(out), "model": spec.name, "shape": layout.shape,
         "rows_scored_now": counts["rows"], "rows_done_before": sum(len(v) for v in done.values()),
         "errors": error_rows, "errors_file": str(out / "errors.jsonl") if error_rows else None,
+        "moved_columns": moved,
         "seconds": round(seconds, 3), "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
         "tokens_per_s": counts["tokens"] / seconds if seconds and counts["tokens"] else None,
         **summarize(table),
+        "run": {"model": spec.name, "model_path": spec.path, "model_kind": spec.kind, "model_revision": spec.revision,
+                "input": os.path.abspath(str(input_path)), "inputs": sorted({c["rel"] for c in chunks}),
+                "started_at": started_at, "finished_at": _now(), "version": code_version(),
+                "options": opts.model_dump(include={"shape", "debias", "on_error", "batch_rows", "via_serve"})},
     }
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def code_version() -> dict[str, str | None]:
+    """This package's version and, from a git checkout, its commit (None elsewhere)."""
+    from importlib import metadata
+
+    try:
+        package = metadata.version("scoring-cluster")
+    except metadata.PackageNotFoundError:
+        package = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        git = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"package": package, "git": git or None}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or a signal; the message says what is safely written and how to resume."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _interrupted(stop: BaseException, out: Path, written: int, todo: int) -> Interrupted:
+    code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+    total = shard_rows(out / "parts")
+    return Interrupted(f"{written} of this run's {todo} rows were written before the stop ({total} in {out} in "
+                       "all); run the same command again to resume from there", code)
 
 
 def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> Layout:
@@ -902,7 +1023,17 @@ def read_scores(path: str | os.PathLike) -> pa.Table:
             return pa.table({})
         raise InvalidInput(f"{path}: not a scoring output folder or parquet file")
     table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
-    return table.sort_by([("source_file", "ascending"), ("source_row", "ascending")])
+    table = table.sort_by([("source_file", "ascending"), ("source_row", "ascending")])
+    return _first_of_each_row(table)
+
+
+def _first_of_each_row(table: pa.Table) -> pa.Table:
+    """One row per (source_file, source_row). A row is in two shards only if a model actor died
+    after committing a piece and Ray Data ran its batch again, cut into other pieces: the same
+    row, scored twice (equal up to batch composition); keep one."""
+    files, rows = table["source_file"].to_pylist(), table["source_row"].to_pylist()
+    keep = [i == 0 or (files[i], rows[i]) != (files[i - 1], rows[i - 1]) for i in range(len(rows))]
+    return table if all(keep) else table.filter(pa.array(keep))
 
 
 # ---------------------------------------------------------------- curation
@@ -939,7 +1070,7 @@ def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
     over it (every scored response: both sides of pairs), as the `shaping` a served model takes:
     `{"normalize": {"mean": ..., "std": ...}}`."""
     summary = score_corpus(input_path, output_path, model, **options)
-    if summary["model_kind"] != "reward":
+    if summary["kind"] != "reward":
         raise InvalidInput("calibrate measures a reward model's scores; this model is a critic")
     stats = summary.get("score_stats") or {}
     if not stats.get("count") or not stats.get("std"):
