@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 from conftest import API_KEY, CONVERSATIONS, TOL, InProcessClient, conversations_for
@@ -450,6 +451,89 @@ def test_backend_failures_reach_clients_as_mapped_errors(fail, status, code):
 def test_body_errors_read_as_the_schema_states_them_for_json(inproc, raw, message):
     r = inproc["client"].post("/v1/rewards", content=raw)
     assert r.status_code == 422 and r.json()["error"]["message"].startswith(message), r.text
+
+
+BAD = {"role": "bot", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    "convs",
+    [[CONVERSATIONS[0], [BAD]],                                                     # an unknown role
+     [CONVERSATIONS[0], [CONVERSATIONS[1][0], {"role": "assistant", "content": 5}]],  # content not a string
+     [CONVERSATIONS[0], [{"role": "user", "content": "q"}, {"role": "assistant"}]],   # no content
+     [CONVERSATIONS[0], []],                                                        # an empty conversation
+     [CONVERSATIONS[0], 7],                                                         # not a list
+     [CONVERSATIONS[0], [CONVERSATIONS[1][0], "a"]],                                # a message not an object
+     [CONVERSATIONS[1][:1]],                                                        # no response to score
+     [[CONVERSATIONS[1][0], {"role": "assistant", "content": "a\ud800"}]]],          # not valid Unicode
+    ids=["role", "content-type", "no-content", "empty", "not-a-list", "not-an-object", "no-response", "surrogate"],
+)
+def test_a_bad_conversation_is_named_alike_over_http_and_in_process(inproc, convs):
+    """One wording whatever the door: the route's 422 is the message `load_model(...).score` raises
+    (`conversations[1][0].role: unknown role 'bot' ...`), never pydantic's `conversations.1.0.role`."""
+    import json
+
+    from cluster.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as in_process:
+        inproc["models"]["rm"].score(convs)
+    r = inproc["client"].post("/v1/rewards", content=json.dumps({"conversations": convs}))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"] == in_process.value.message
+
+
+@pytest.mark.parametrize(
+    ("items", "extra"),
+    [([ITEMS[0], {"prompt": "q", "response_a": "a"}], {}),
+     ([ITEMS[0], {"prompt": 1, "response_a": "a", "response_b": "b"}], {}),
+     ([{**ITEMS[0], "response_c": "c"}], {}),
+     (["not an item"], {}),
+     (ITEMS, {"mode": "sample"})],
+    ids=["missing", "not-a-string", "unknown-field", "not-an-object", "mode"],
+)
+def test_a_bad_judge_item_is_named_alike_over_http_and_in_process(inproc, items, extra):
+    from cluster.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as in_process:
+        inproc["models"]["judge"].judge(items, **extra)
+    for path in ("/v1/judge", "/v1/compare") if not extra else ("/v1/judge",):
+        r = inproc["client"].post(path, json={"model": "judge", "items": items, **extra})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == in_process.value.message, path
+    if not extra:  # a reward model's comparison checks its items the same way
+        with pytest.raises(InvalidInput) as rm_in_process:
+            inproc["models"]["rm"].compare(items)
+        assert rm_in_process.value.message == in_process.value.message
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [("/v1/rewards", {"conversations": [CONVERSATIONS[0], [{**CONVERSATIONS[1][0], "name": "x"},
+                                                           CONVERSATIONS[1][1]]]},
+      "conversations[1][0]: unknown field(s) ['name'] (expected role, content)"),
+     ("/get_reward", {"query": ["a", 5]}, "query[1]: Input should be a valid string"),
+     ("/classify", {"model": "rm", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]},
+      "messages[1].content: Input should be a valid string"),
+     ("/v1/embeddings", {"model": "rm", "input": [[1, "x"]]}, "input[0][1]: Input should be a valid integer"),
+     ("/predict", {"inputs": [["q", "a", "b"]]}, "inputs[0]: each input is [string] or a pair")],
+)
+def test_schema_errors_name_locations_with_indices_in_brackets(inproc, path, body, message):
+    """What the schemas alone check is located as the in-process checks write it, on our routes and
+    the other protocols' (each in its own error shape)."""
+    r = inproc["client"].post(path, json=body)
+    assert r.status_code in (400, 422), r.text
+    text = r.json()["error"] if path == "/predict" else (r.json().get("message") or r.json()["error"]["message"])
+    assert message in text, text
+    assert not re.search(r"[a-z_]\.\d", text), text  # no pydantic-style `field.0`
+
+
+def test_error_locations_render_indices_in_brackets():
+    from cluster.http.app import location
+
+    assert location(("conversations", 1, "list[Message]", 0, "role")) == "conversations[1][0].role"
+    assert location(("input", "list[list[int]]", 0, 1)) == "input[0][1]"
+    assert location(("items", 2, "prompt")) == "items[2].prompt"
+    assert location(("str",)) == "" and location(()) == ""
 
 
 def test_from_ray_is_the_one_reading_of_rays_wrappers():

@@ -110,17 +110,39 @@ def error_response(err: BaseException, request_id: str, style: ErrorStyle = ours
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
+def location(loc: Sequence) -> str:
+    """pydantic's error location as every message of this project writes one (the in-process
+    validators' form): list indices in brackets, fields dotted, `conversations[1][0].role`. Union
+    members' labels ("list[Message]", "str") are not part of the body's shape and are left out."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not ("[" in part or part in UNION_MEMBERS):
+            out += f".{part}" if out else part
+    return out
+
+
 def describe(errors: Sequence[dict]) -> str:
-    """`conversations.0.1.role: Input should be 'system', 'user' or 'assistant'; ...`"""
+    """`conversations[0][1].content: Input should be a valid string; ...`: each problem named by its
+    location. A validator that raised one of our own `ScoringError`s (the in-process checks of
+    cluster/core, run by the schemas) wrote the whole location itself: its message is used as is,
+    so HTTP and in-process name a bad item in the same words."""
     problems = []
     for e in errors[:10]:
         if e.get("type") == "json_invalid" and e["loc"][:1] == ("body",):  # FastAPI's own JSON error
             problems.append(f"body: Invalid JSON: {e.get('ctx', {}).get('error', e['msg'])}")
             continue
-        loc = list(e["loc"])[1:] if e["loc"] and e["loc"][0] == "body" else list(e["loc"])
-        # drop union-member labels such as "list[Message]" / "str" from the location
-        loc = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p == "str")))
-        problems.append(printable(f"{loc or 'body'}: {e['msg']}", 300))
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, ScoringError):
+            problems.append(printable(cause.message, 300))
+            continue
+        loc = location(list(e["loc"])[1:] if e["loc"] and e["loc"][0] == "body" else list(e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append(printable(f"{loc or 'body'}: {msg}", 300))
     return printable("; ".join(problems))
 
 

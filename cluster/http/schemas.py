@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from cluster.core.results import Mode
-from cluster.core.tokenization import shown, unicode_problem
+from cluster.core.results import Mode, check_mode
+from cluster.core.tokenization import shown, unicode_problem, validate_conversation, validate_judge_item
 
 
 def _unicode(value: str) -> str:
@@ -58,12 +58,44 @@ class JudgeItem(Strict):
     response_b: str
 
 
+# The in-process checks (cluster/core/tokenization.py) run first on what our routes take, so a bad
+# conversation or judge item is named over HTTP in the words `load_model(...).score` uses
+# (`conversations[1][0].role: unknown role 'bot' ...`). They raise InvalidInput, whose message
+# names the whole location; the app's validation handler repeats it as is (app.describe). The
+# schema's own checks (unknown keys, ...) still apply to what they pass.
+
+
+def _conversations(value: Any) -> Any:
+    if isinstance(value, list):
+        for i, conv in enumerate(value):
+            if not isinstance(conv, str):
+                validate_conversation(conv, f"conversations[{i}]", require_assistant_last=True)
+    return value
+
+
+def _judge_items(value: Any) -> Any:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            validate_judge_item(item, f"items[{i}]")
+    return value
+
+
+# a conversation (a list of messages) or pre-templated text; only the member that fits the value is
+# tried, so a bad conversation is not also reported as "not a valid string"
+Conversation = Annotated[
+    Annotated[list[Message], Tag("list[Message]")] | Annotated[str, Tag("str")],
+    Discriminator(lambda value: "str" if isinstance(value, str) else "list[Message]"),
+]
+
+
 # ---------------------------------------------------------------- /v1/rewards
 
 
 class RewardsRequest(Strict):
     model: ModelName | None = None
-    conversations: list[list[Message] | str] = Field(min_length=1)
+    conversations: list[Conversation] = Field(min_length=1)
+
+    _checked = field_validator("conversations", mode="before")(_conversations)
 
 
 class Usage(BaseModel):
@@ -101,6 +133,8 @@ class CompareRequest(Strict):
     response_b: str | None = None
     items: list[JudgeItem] | None = None
 
+    _checked = field_validator("items", mode="before")(_judge_items)
+
     @model_validator(mode="after")
     def _one_form(self) -> CompareRequest:
         single = (self.prompt, self.response_a, self.response_b)
@@ -123,6 +157,9 @@ class JudgeRequest(Strict):
     items: list[JudgeItem] = Field(min_length=1)
     mode: Mode = "logits"
     debias: bool = False
+
+    _checked = field_validator("items", mode="before")(_judge_items)
+    _mode = field_validator("mode", mode="before")(check_mode)
 
 
 class Comparison(BaseModel):

@@ -57,14 +57,14 @@ class PredictRequest(Lenient):
     def _shape(cls, inputs):
         if isinstance(inputs, list):
             if not inputs:
-                raise ValueError("inputs is empty")
+                raise InvalidInput("inputs: empty")
             if isinstance(inputs[0], str) and len(inputs) > 2:
-                raise ValueError(f"a flat list is one input, a string or a pair [string, string]; got {len(inputs)} "
-                                 "strings (a batch is [[string], [string, string], ...])")
+                raise InvalidInput(f"inputs: a flat list is one input, a string or a pair [string, string]; got "
+                                   f"{len(inputs)} strings (a batch is [[string], [string, string], ...])")
             for i, item in enumerate(inputs):
                 if isinstance(item, list) and not 1 <= len(item) <= 2:
-                    raise ValueError(f"inputs[{i}]: each input is [string] or a pair [string, string], got "
-                                     f"{len(item)} strings")
+                    raise InvalidInput(f"inputs[{i}]: each input is [string] or a pair [string, string], got "
+                                       f"{len(item)} strings")
         return inputs
 
     def items(self) -> tuple[list[list[str]], bool]:
