@@ -25,6 +25,7 @@ from ray import serve
 
 from cluster.core.config import AppConfig, api_key_digests
 from cluster.core.service import ScoringService
+from cluster.http import schemas
 from cluster.http.app import create_app, warn_if_open
 from deployments.handles import HandleEncoder, ReplicaBackend
 
@@ -152,7 +153,8 @@ class Ingress:
         return {**gathered, "admission": dict(self.backend.stats)}
 
     # -- the Python API for deployment handles (RewardClient.handle): the routes' jobs without
-    # HTTP. Errors are raised as ScoringErrors; the handle delivers them to the caller.
+    # HTTP, answering what the routes answer (`scores`; `results` as /v1/compare and /v1/judge
+    # shape them, every key present). Errors are raised as ScoringErrors; the handle delivers them.
 
     async def score_inputs(self, model: str | None, conversations: list) -> list[float]:
         target = self.service.resolve(model, ("reward",))
@@ -160,13 +162,14 @@ class Ingress:
 
     async def compare_items(self, model: str | None, items: list) -> list[dict[str, Any]]:
         target = self.service.resolve(model, ("reward", "critic"))
-        return [c.__dict__ for c in (await self.service.submit(self.service.compare_job(target, items))).results]
+        judged = await self.service.submit(self.service.compare_job(target, items))
+        return [c.model_dump() for c in schemas.comparisons(judged.results)]
 
     async def judge_items(self, model: str | None, items: list, mode: str = "logits",
                           debias: bool = False) -> list[dict[str, Any]]:
         target = self.service.resolve(model, ("critic",))
         job = self.service.judge_job(target, items, mode, debias)
-        return [v.__dict__ for v in (await self.service.submit(job)).results]
+        return [v.model_dump() for v in schemas.comparisons((await self.service.submit(job)).results)]
 
 
 __all__ = ["Ingress"]

@@ -48,7 +48,7 @@ class Script:
         if [] in body["conversations"]:  # what the real server says about an empty conversation
             at = body["conversations"].index([])
             return httpx.Response(422, json={"error": {"code": "invalid_input", "request_id": "x",
-                                                       "message": f"conversations.{at}: the conversation is empty"}})
+                                                       "message": f"conversations[{at}]: the conversation is empty"}})
         scores = [float(len(json.dumps(c))) for c in body["conversations"]]
         return httpx.Response(200, json={"model": "rm", "scores": scores, "truncated": [False] * len(scores),
                                          "usage": {"prompt_tokens": 1, "total_tokens": 1}})
@@ -133,9 +133,16 @@ def test_gives_up_at_the_deadline_with_a_clear_error():
 def test_client_errors_are_raised_at_once_and_named():
     script = Script()
     client, _ = scripted(script, max_items_per_call=1)
-    with pytest.raises(InvalidInput, match=r"conversations\[1:2\]: conversations\.0: the conversation is empty"):
-        client.score([CONVERSATIONS[0], []])  # the second chunk (item 1) is the bad one
+    with pytest.raises(InvalidInput) as bad:
+        client.score([CONVERSATIONS[0], []])  # the second chunk (item 1) is the bad one: its item 0
+    assert bad.value.message == "conversations[1]: the conversation is empty"  # the call's index, as in-process
     assert client.stats["retries"] == 0
+    unnamed = httpx.Response(404, json={"error": {"code": "unknown_model", "message": "no model 'x'",
+                                                  "request_id": "r"}})
+    client2, _ = scripted(Script(unnamed))
+    with pytest.raises(UnknownModel, match=r"^conversations\[0:2\]: no model 'x'$"):  # names no item: the chunk
+        client2.score(CONVERSATIONS[:2])
+    client2.close()
     with pytest.raises(InvalidInput, match="expected a list"):
         client.score("not a list")
     client.close()
@@ -189,6 +196,46 @@ def test_judge_and_unknown_model_over_both_transports(served, transport):
         assert close([v["prob_a"] for v in got], [w.prob_a for w in want])
     with make("nope") as ghost, pytest.raises(UnknownModel, match="'nope' is not served"):
         ghost.score(CONVERSATIONS[:1])
+
+
+RESULT_KEYS = ["prob_a", "reward_a", "reward_b", "text", "text_swapped", "truncated", "winner"]
+
+
+def assert_same_results(over_http: list[dict], over_handle: list[dict]) -> None:
+    """Key for key the same: every key present on both, floats within TOL (the two calls may be
+    batched differently), everything else equal."""
+    assert [sorted(r) for r in over_http] == [sorted(r) for r in over_handle] == [RESULT_KEYS] * len(over_http)
+    for a, b in zip(over_http, over_handle):
+        for key in RESULT_KEYS:
+            if isinstance(a[key], float) or isinstance(b[key], float):
+                assert abs(a[key] - b[key]) <= TOL, (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)
+
+
+def test_both_transports_answer_the_same_keys_values_and_errors(served, clients):
+    """compare (a reward model's and a critic's), judge (both modes) and score give the same results
+    over HTTP and the handle; a bad conversation is named alike by both and by load_model."""
+    from cluster.core.errors import InvalidInput
+
+    base = f"http://127.0.0.1:{served['port']}"
+    rm_http, rm_handle = clients["http"], clients["handle"]
+    with RewardClient.http(base, api_key=API_KEY, model="judge") as critic_http, \
+            RewardClient.handle("scoring", model="judge") as critic_handle:
+        assert_same_results(rm_http.compare(ITEMS), rm_handle.compare(ITEMS))
+        assert_same_results(critic_http.compare(ITEMS), critic_handle.compare(ITEMS))
+        assert_same_results(critic_http.judge(ITEMS, debias=True), critic_handle.judge(ITEMS, debias=True))
+        assert_same_results(critic_http.judge(ITEMS, mode="generate"), critic_handle.judge(ITEMS, mode="generate"))
+        assert_same_results(asyncio.run(critic_http.ajudge(ITEMS)), asyncio.run(critic_handle.ajudge(ITEMS)))
+    assert close(rm_http.score(CONVERSATIONS), rm_handle.score(CONVERSATIONS))
+    bad = CONVERSATIONS[:5] + [[CONVERSATIONS[0][0], {"role": "bot", "content": "hi"}]]  # item 5, in a chunk [4:6]
+    with pytest.raises(InvalidInput) as in_process:
+        served["models"]["rm"].score(bad)
+    assert in_process.value.message.startswith("conversations[5][1].role: unknown role 'bot'")
+    for client in (rm_http, rm_handle):
+        with pytest.raises(InvalidInput) as err:
+            client.score(bad)
+        assert err.value.message == in_process.value.message
 
 
 # ---------------------------------------------------------------- reliability

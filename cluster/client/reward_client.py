@@ -10,14 +10,17 @@ tokenizer), at most `max_concurrency` chunks are in flight per client, and resul
 input order. Overload (503, a full Serve queue), a replica that died mid-call and dropped
 connections are retried with exponential backoff and jitter, honouring Retry-After, until the
 call's deadline; every other error is raised at once as the `ScoringError` the server named
-(`InvalidInput`, `UnknownModel`, ...), prefixed with the items it concerns. Scoring is a pure
-function of its input, so a retried chunk cannot count twice: each item's result is taken once.
+(`InvalidInput`, `UnknownModel`, ...), naming the bad item by its index in the call (as in-process
+scoring does), or prefixed with the chunk's items when it names none. Results have the same keys
+over both transports. Scoring is a pure function of its input, so a retried chunk cannot count
+twice: each item's result is taken once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 import time
 import weakref
@@ -270,7 +273,7 @@ class RewardClient:
                 try:
                     out = await self._with_retries(op, payload, deadline)
                 except ScoringError as err:
-                    raise type(err)(f"{field}[{start}:{stop}]: {err.message}") from None
+                    raise type(err)(_located(err.message, key, field, start, stop)) from None
             if len(out) != stop - start:
                 raise ScoringError(f"{field}[{start}:{stop}]: the server returned {len(out)} results")
             return out
@@ -302,6 +305,16 @@ class RewardClient:
                                      f"deadline; last failure: {reason}") from None
                 self.stats["retries"] += 1
                 await self.sleep(delay)
+
+
+def _located(message: str, key: str, field: str, start: int, stop: int) -> str:
+    """The server's message about chunk [start, stop). One that names an item by its index in the
+    chunk (`conversations[3][0].role: ...`) is given the item's index in the caller's list instead,
+    the words in-process scoring uses; any other is prefixed with the chunk (`conversations[64:128]: ...`)."""
+    named = re.match(rf"{key}\[(\d+)\]", message)
+    if named and start + int(named.group(1)) < stop:
+        return f"{field}[{start + int(named.group(1))}]{message[named.end():]}"
+    return f"{field}[{start}:{stop}]: {message}"
 
 
 def _as_list(items: Any, what: str) -> list:

@@ -55,7 +55,7 @@ def router(service: ScoringService) -> APIRouter:
         model = service.resolve(body.model, ("reward", "critic"))
         judged = await service.submit(service.compare_job(model, body.judge_items()))
         return ok(schemas.CompareResponse(model=model.name, kind=model.kind, usage=usage(judged.tokens),
-                                          results=[schemas.Comparison(**c.__dict__) for c in judged.results]))
+                                          results=schemas.comparisons(judged.results)))
 
     @r.post("/v1/judge", response_model=schemas.CompareResponse)
     async def judge(body: schemas.JudgeRequest) -> JSONResponse:
@@ -63,6 +63,6 @@ def router(service: ScoringService) -> APIRouter:
         items = [i.model_dump() for i in body.items]
         judged = await service.submit(service.judge_job(model, items, body.mode, body.debias))
         return ok(schemas.CompareResponse(model=model.name, kind="critic", usage=usage(judged.tokens),
-                                          results=[schemas.Comparison(**v.__dict__) for v in judged.results]))
+                                          results=schemas.comparisons(judged.results)))
 
     return r

@@ -172,6 +172,12 @@ class Comparison(BaseModel):
     text_swapped: str | None = None
 
 
+def comparisons(results) -> list[Comparison]:
+    """The core's results (`Comparison` of a reward model, `Verdict` of a critic) in the one shape
+    every door answers: /v1/compare, /v1/judge and the handle API (deployments/ingress.py) alike."""
+    return [Comparison(**r.__dict__) for r in results]
+
+
 class CompareResponse(BaseModel):
     model: str
     kind: Literal["reward", "critic"]
