@@ -66,6 +66,31 @@ def test_cli_errors_are_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
+@pytest.mark.parametrize("wrong", ["--no-prog", "--bogus", "--over"])  # a prefix of --no-progress, none, --overwrite
+def test_a_wrong_option_is_refused_in_the_commands_own_usage(wrong, capsys):
+    """Options are matched whole (`--no-prog` must not run as `--no-progress`), and a wrong one is
+    reported with the subcommand's usage, not the top-level one."""
+    from cluster.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", "in.jsonl", "out", "--model", "m", wrong])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m cluster score ") and "--no-progress" in err  # score's own options
+    assert err.rstrip().endswith(f"python -m cluster score: error: unrecognized arguments: {wrong}")
+
+
+def test_no_parser_matches_options_by_prefix():
+    from cluster.cli.main import COMMANDS, build_parser
+
+    parser = build_parser("tiny-model")
+    assert not parser.allow_abbrev and all(not p.allow_abbrev for p in parser.commands.values())
+    assert set(parser.commands) == set(COMMANDS)
+    assert parser.parse_args(["tiny-model", "--out", "x", "--kind", "critic"]).kind == "critic"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tiny-model", "--out", "x", "--ki", "critic"])
+
+
 def test_readme_python_example_runs(tmp_path, capsys):
     [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)[:1]
     code = code.replace("/tmp/readme-", str(tmp_path / "readme-"))

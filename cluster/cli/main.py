@@ -44,11 +44,15 @@ def quiet_transformers() -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Every command listed; only `command`'s module imported, for its arguments."""
-    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n")[0])
+    """Every command listed; only `command`'s module imported, for its arguments. Options are
+    matched whole, never by a prefix (`--no-prog` is not `--no-progress`)."""
+    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}  # name -> its parser, for errors in that command's own usage
     for name, (help_text, module, add, run, extra) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        parser.commands[name] = sub_parser
         if name == command:
             mod = importlib.import_module(module)
             getattr(mod, add)(sub_parser, **extra)
@@ -56,10 +60,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command's arguments. An option the command does not take is refused in the command's
+    own usage (argparse's top-level parser would print its own, which lists no option of it)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    args = parse(argv)
     quiet_transformers()
     try:
         return args.func(args)
