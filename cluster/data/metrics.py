@@ -12,11 +12,18 @@ output columns of one of these layouts:
 
 A row whose `chosen_wins` (pairs) or `score` (plain rows) is null errored upstream: it is counted as
 `skipped` and left out of every other number.
+
+The dict says what was measured in two keys: `kind`, the model kind ("reward", or "critic" when the
+table has verdict probabilities `prob_chosen`/`probs_chosen`), and `layout`, the table's shape
+("pairs" when it has `chosen_wins`, else "scores"). Accuracies carry 95% bootstrap intervals
+(`accuracy_ci`, per-subset `ci`, `rewardbench_ci`, RM-Bench `ci`): rows resampled with replacement,
+seeded, percentile interval; see `Bootstrap`.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -50,56 +57,75 @@ SECTION_OF_REWARDBENCH_SUBSET = {
 # matter.) The overall RewardBench score is the unweighted mean of the sections.
 
 RM_BENCH_STYLES = 3  # concise, detailed plain, detailed markdown: RM-Bench's k = m = 3
+RM_BENCH_LEVELS = ("easy", "normal", "hard", "total")
 MISSING_SUBSET = "(missing)"  # key for rows whose subset is null
+CRITIC_COLUMNS = frozenset({"prob_chosen", "probs_chosen"})
+
+# Bootstrap intervals: resamples, two-sided level, seed (fixed, so a report is reproducible).
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
 
 
-def summarize(table: pa.Table) -> dict:
-    """Counts, accuracies, benchmark sections and score statistics of a scored-rows table."""
+def summarize(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Counts, accuracies (with bootstrap intervals), benchmark sections and score statistics.
+
+    `resamples=0` leaves the intervals out (their keys hold None, `rewardbench_ci` is empty).
+    """
     if "chosen_wins" in table.column_names:
-        return summarize_pairs(table)
+        return summarize_pairs(table, resamples=resamples, seed=seed)
     return summarize_scores(table)
+
+
+def model_kind(table: pa.Table) -> str:
+    """"critic" for a pairwise judge's table (verdict probabilities), else "reward"."""
+    return "critic" if CRITIC_COLUMNS & set(table.column_names) else "reward"
 
 
 # ---------------------------------------------------------------- pairs
 
 
-def summarize_pairs(table: pa.Table) -> dict:
+def summarize_pairs(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
     scored_mask = valid_mask(table, "chosen_wins")
     scored = table.filter(pa.array(scored_mask))
     row_accuracy = pair_row_accuracy(scored)
+    boot = Bootstrap(resamples, seed)
     summary: dict = {
         "rows": table.num_rows,
-        "kind": "pairs",
-        "scorer": pair_scorer(table),
+        "kind": model_kind(table),
+        "layout": "pairs",
         "scored": scored.num_rows,
         "skipped": int(table.num_rows - scored.num_rows),
         "truncated": count_true(table, "truncated"),
         "accuracy": mean_or_none(row_accuracy),
+        "accuracy_ci": boot.interval(boot.means(row_accuracy, stream="all")),
         "margin": describe(column_values(scored, "margin") if "margin" in scored.column_names else np.array([])),
+        "bootstrap": boot.description(),
     }
     subsets = subset_labels(scored)
     if subsets is not None:
-        summary["per_subset"] = per_subset_accuracy(row_accuracy, subsets, all_labels=subset_labels(table))
-        sections = rewardbench_sections(summary["per_subset"], all_labels=subset_labels(table))
+        all_labels = subset_labels(table)
+        replicates = {name: boot.means(row_accuracy[subsets == name], stream=f"subset:{name}")
+                      for name in sorted(set(all_labels))}
+        summary["per_subset"] = per_subset_accuracy(row_accuracy, subsets, all_labels=all_labels)
+        for name, entry in summary["per_subset"].items():
+            entry["ci"] = boot.interval(replicates[name])
+        sections = rewardbench_sections(summary["per_subset"], all_labels=all_labels)
         if sections is not None:
             summary["rewardbench"] = sections
+            summary["rewardbench_ci"] = rewardbench_section_intervals(summary["per_subset"], replicates, boot)
     matrices = rm_bench_matrices(scored)
     if matrices is not None:
-        summary["rm_bench"] = rm_bench_scores(matrices)
+        summary["rm_bench"] = rm_bench_scores(matrices, boot, stream="all")
         if subsets is not None:
             summary["rm_bench_per_subset"] = {
-                name: rm_bench_scores(matrices[subsets == name]) for name in sorted(set(subsets))
+                name: rm_bench_scores(matrices[subsets == name], boot, stream=f"subset:{name}")
+                for name in sorted(set(subsets))
             }
     reward_scores = pair_reward_scores(scored)
     if reward_scores is not None:  # reward models only: critics give no per-response score
         summary["score_stats"] = describe(reward_scores)
     return summary
-
-
-def pair_scorer(table: pa.Table) -> str:
-    """"critic" for a pairwise judge's table (verdict probabilities), else "reward_model"."""
-    critic_columns = {"prob_chosen", "probs_chosen"}
-    return "critic" if critic_columns & set(table.column_names) else "reward_model"
 
 
 def pair_row_accuracy(scored: pa.Table) -> np.ndarray:
@@ -113,7 +139,7 @@ def pair_row_accuracy(scored: pa.Table) -> np.ndarray:
 
 
 def per_subset_accuracy(row_accuracy: np.ndarray, subsets: np.ndarray, all_labels: np.ndarray) -> dict:
-    """{subset: {"rows": scored rows, "accuracy": mean row accuracy}}, sorted by name.
+    """{subset: {"rows": scored rows, "accuracy": mean row accuracy}}, sorted by name (summarize adds "ci").
 
     `subsets` labels the scored rows; `all_labels` (skipped rows included) keeps a subset whose
     rows all errored, with rows 0 and accuracy None, instead of silently dropping it.
@@ -145,6 +171,27 @@ def rewardbench_sections(per_subset: dict, all_labels: np.ndarray) -> dict | Non
     return sections
 
 
+def rewardbench_section_intervals(per_subset: dict, replicates: dict[str, np.ndarray], boot: Bootstrap) -> dict:
+    """{section: [lo, hi], "Score": [lo, hi]}: a stratified bootstrap.
+
+    Each subset's rows are resampled within the subset (its replicate accuracies come from
+    `replicates`), so every replicate keeps the table's rows per subset and a section replicate is
+    weighted exactly as `rewardbench_sections` weights the point estimate; the Score replicate is
+    the mean of the section replicates.
+    """
+    section_replicates = {}
+    for section, section_subsets in REWARDBENCH_SECTIONS.items():
+        present = [name for name in section_subsets if name in per_subset and per_subset[name]["rows"]]
+        if present and all(len(replicates[name]) for name in present):
+            rows = np.array([per_subset[name]["rows"] for name in present], dtype=np.float64)
+            stacked = np.stack([replicates[name] for name in present], axis=1)  # (resamples, subsets)
+            section_replicates[section] = stacked @ rows / rows.sum()
+    intervals = {section: boot.interval(values) for section, values in section_replicates.items()}
+    if section_replicates:
+        intervals["Score"] = boot.interval(np.mean(np.stack(list(section_replicates.values())), axis=0))
+    return intervals
+
+
 def rm_bench_matrices(scored: pa.Table) -> np.ndarray | None:
     """Per row the 3x3 win matrix M[i][j] = margins[i*3 + j] > 0, or None if the rows are not RM-Bench's.
 
@@ -163,7 +210,7 @@ def rm_bench_matrices(scored: pa.Table) -> np.ndarray | None:
     return margins > 0  # strict, as RM-Bench's `chosen > rejected`: ties lose; NaN loses too
 
 
-def rm_bench_scores(matrices: np.ndarray) -> dict:
+def rm_bench_scores(matrices: np.ndarray, boot: Bootstrap | None = None, stream: str = "all") -> dict:
     """RM-Bench easy / normal / hard accuracies over rows' 3x3 win matrices, and their mean.
 
     Checked against THU-KEG/RM-Bench README.md ("how to compute the accuracy", the copy of
@@ -173,16 +220,36 @@ def rm_bench_scores(matrices: np.ndarray) -> dict:
     each row's triangle and then the rows, as here, is the same number. "total" is the mean of the
     three, as in reward-bench v2's rm_bench_accuracy ("rm_bench_avg"). The RM-Bench paper's per-domain
     table averages domains (chat, code, math, safety); use rm_bench_per_subset for that.
+
+    With `boot`, "ci" holds {level: [lo, hi]}: rows resampled, each replicate's total the mean of
+    its own easy, normal and hard.
     """
     if len(matrices) == 0:
-        return {"rows": 0, "easy": None, "normal": None, "hard": None, "total": None}
-    mean_matrix = matrices.mean(axis=0)
-    upper = np.triu_indices(RM_BENCH_STYLES, k=1)
+        scores: dict = {"rows": 0, "easy": None, "normal": None, "hard": None, "total": None}
+        return scores | ({"ci": dict.fromkeys(RM_BENCH_LEVELS)} if boot is not None else {})
+    per_row = rm_bench_row_levels(matrices)  # (rows, 3): each row's easy, normal, hard
+    easy, normal, hard = (float(value) for value in per_row.mean(axis=0))
+    scores = {"rows": len(matrices), "easy": easy, "normal": normal, "hard": hard,
+              "total": (easy + normal + hard) / 3}
+    if boot is not None:
+        replicates = boot.means(per_row, stream=f"rm_bench:{stream}")  # (resamples, 3)
+        if len(replicates):
+            replicates = np.concatenate([replicates, replicates.mean(axis=1, keepdims=True)], axis=1)
+        scores["ci"] = {level: boot.interval(replicates[:, i] if len(replicates) else replicates)
+                        for i, level in enumerate(RM_BENCH_LEVELS)}
+    return scores
+
+
+def rm_bench_row_levels(matrices: np.ndarray) -> np.ndarray:
+    """Per row of 3x3 win matrices: the mean of its lower triangle (easy), diagonal (normal) and
+    upper triangle (hard). The triangles have equal sizes, so averaging these over rows gives the
+    same numbers as RM-Bench's mean matrix."""
+    wins = matrices.astype(np.float64)
     lower = np.tril_indices(RM_BENCH_STYLES, k=-1)
-    easy = float(mean_matrix[lower].mean())
-    normal = float(np.diag(mean_matrix).mean())
-    hard = float(mean_matrix[upper].mean())
-    return {"rows": len(matrices), "easy": easy, "normal": normal, "hard": hard, "total": (easy + normal + hard) / 3}
+    upper = np.triu_indices(RM_BENCH_STYLES, k=1)
+    return np.stack([wins[:, lower[0], lower[1]].mean(axis=1),
+                     np.diagonal(wins, axis1=1, axis2=2).mean(axis=1),
+                     wins[:, upper[0], upper[1]].mean(axis=1)], axis=1)
 
 
 def pair_reward_scores(scored: pa.Table) -> np.ndarray | None:
@@ -200,19 +267,26 @@ def pair_reward_scores(scored: pa.Table) -> np.ndarray | None:
 
 
 def summarize_scores(table: pa.Table) -> dict:
-    scored_mask = valid_mask(table, "score")
-    scored = table.filter(pa.array(scored_mask))
+    """Score statistics of a plain-rows table (a reward model's: critics only judge pairs).
+
+    A table with no `score` column at all (a folder whose every row errored) counts its rows as skipped.
+    """
+    if "score" in table.column_names:
+        scored = table.filter(pa.array(valid_mask(table, "score")))
+        scores = column_values(scored, "score")
+    else:
+        scored, scores = table.slice(0, 0), np.array([])
     summary: dict = {
         "rows": table.num_rows,
-        "kind": "scores",
+        "kind": model_kind(table),
+        "layout": "scores",
         "scored": scored.num_rows,
         "skipped": int(table.num_rows - scored.num_rows),
         "truncated": count_true(table, "truncated"),
-        "score_stats": describe(column_values(scored, "score")),
+        "score_stats": describe(scores),
     }
     subsets = subset_labels(scored)
     if subsets is not None:
-        scores = column_values(scored, "score")
         summary["per_subset"] = {
             name: describe(scores[subsets == name]) for name in sorted(set(subset_labels(table)))
         }
@@ -249,6 +323,58 @@ def describe(values: np.ndarray) -> dict:
 
 def mean_or_none(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
+
+
+class Bootstrap:
+    """Seeded percentile bootstrap of means over rows.
+
+    Resampling n rows with replacement only changes how often each distinct row value is drawn, and
+    those counts follow Multinomial(n, share of each distinct value). `means` draws the counts
+    directly: the same distribution as drawing row indices, at a cost of resamples x distinct values
+    instead of resamples x rows. Accuracy rows have few distinct values (0/1, or j/9 for RM-Bench),
+    so 1,000 resamples of 3,000 rows take well under a millisecond.
+
+    Every quantity draws from its own stream, seeded by (seed, its name): intervals do not depend
+    on what else was computed, subsets' resamples are independent of each other, and the same
+    subset resamples the same way for every model of a comparison.
+    """
+
+    MAX_CELLS = 4_000_000  # resamples x distinct values per multinomial draw (memory bound)
+
+    def __init__(self, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 confidence: float = CONFIDENCE):
+        self.resamples, self.seed, self.confidence = int(resamples), int(seed), float(confidence)
+
+    def description(self) -> dict:
+        return {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed,
+                "method": "percentile; rows resampled with replacement (within each subset for subsets "
+                          "and RewardBench sections)"}
+
+    def rng(self, stream: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(stream.encode("utf-8"))])
+
+    def means(self, values: np.ndarray, stream: str) -> np.ndarray:
+        """Replicate means of `values` (rows, or rows x columns resampled together): an array of
+        shape (resamples,) or (resamples, columns); empty when there are no rows or no resamples."""
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) == 0 or self.resamples <= 0:
+            return np.empty((0,) + values.shape[1:])
+        columns = values.reshape(len(values), -1)
+        distinct, counts = np.unique(columns, axis=0, return_counts=True)
+        rng, n = self.rng(stream), len(values)
+        step = max(1, self.MAX_CELLS // len(distinct))
+        replicates = [rng.multinomial(n, counts / n, size=min(step, self.resamples - start)) @ distinct / n
+                      for start in range(0, self.resamples, step)]
+        return np.concatenate(replicates).reshape((self.resamples,) + values.shape[1:])
+
+    def interval(self, replicates: np.ndarray) -> list[float] | None:
+        """[lo, hi], the central `confidence` share of the replicates; None without replicates."""
+        replicates = np.asarray(replicates, dtype=np.float64)
+        if replicates.size == 0:
+            return None
+        tail = 100 * (1 - self.confidence) / 2
+        low, high = np.percentile(replicates, [tail, 100 - tail])
+        return [float(low), float(high)]
 
 
 # ---------------------------------------------------------------- arrow helpers
@@ -293,37 +419,47 @@ def subset_labels(table: pa.Table) -> np.ndarray | None:
 
 
 def format_summary(summary: dict) -> str:
-    """A plain-text rendering of `summarize`'s dict for terminals: overall, per subset, sections."""
+    """A plain-text rendering of `summarize`'s dict for terminals: overall, per subset, sections.
+
+    Accuracies are percentages with their bootstrap interval in brackets, when the dict has one.
+    """
     blocks = [format_overall(summary)]
     if "per_subset" in summary:
         blocks.append(format_per_subset(summary))
     if "rewardbench" in summary:
-        blocks.append(format_table("RewardBench", ["section", "accuracy"],
-                                   [[name, percent(value)] for name, value in summary["rewardbench"].items()]))
+        intervals = summary.get("rewardbench_ci") or {}
+        rows = [[name, percent_ci(value, intervals.get(name))] for name, value in summary["rewardbench"].items()]
+        blocks.append(format_table("RewardBench", ["section", "accuracy"], rows))
     if "rm_bench" in summary:
         blocks.append(format_rm_bench(summary))
     if "score_stats" in summary:
-        blocks.append(format_stats("scores" if summary["kind"] == "scores" else "scores (chosen + rejected)",
+        blocks.append(format_stats("scores" if summary.get("layout") == "scores" else "scores (chosen + rejected)",
                                    summary["score_stats"]))
     if summary.get("margin"):
-        margin_meaning = "log-odds chosen wins" if summary.get("scorer") == "critic" else "chosen - rejected"
-        blocks.append(format_stats(f"margin ({margin_meaning})", summary["margin"]))
+        blocks.append(format_stats(f"margin ({margin_meaning(summary.get('kind'))})", summary["margin"]))
     return "\n\n".join(blocks)
 
 
+def margin_meaning(kind: str | None) -> str:
+    """What a row's margin is, for this model kind."""
+    return "critic log-odds that chosen wins" if kind == "critic" else "reward chosen - rejected"
+
+
 def format_overall(summary: dict) -> str:
+    kind = {"reward": "reward model", "critic": "critic"}.get(summary.get("kind"), str(summary.get("kind")))
     lines = [
-        f"rows {summary['rows']}  ({summary['kind']}; scored {summary['scored']}, "
+        f"rows {summary['rows']}  ({kind}, {summary.get('layout')}; scored {summary['scored']}, "
         f"skipped {summary['skipped']}, truncated {summary['truncated']})"
     ]
-    if summary["kind"] == "pairs":
-        lines.append(f"accuracy {percent(summary['accuracy'])}")
+    if summary.get("layout") == "pairs":
+        lines.append(f"accuracy {percent_ci(summary['accuracy'], summary.get('accuracy_ci'))}")
     return "\n".join(lines)
 
 
 def format_per_subset(summary: dict) -> str:
-    if summary["kind"] == "pairs":
-        rows = [[name, str(entry["rows"]), percent(entry["accuracy"])] for name, entry in summary["per_subset"].items()]
+    if summary.get("layout") == "pairs":
+        rows = [[name, str(entry["rows"]), percent_ci(entry["accuracy"], entry.get("ci"))]
+                for name, entry in summary["per_subset"].items()]
         return format_table("per subset", ["subset", "rows", "accuracy"], rows)
     rows = [[name, str(stats["count"]), number(stats["mean"]), number(stats["std"]), number(stats["p50"])]
             for name, stats in summary["per_subset"].items()]
@@ -331,9 +467,10 @@ def format_per_subset(summary: dict) -> str:
 
 
 def format_rm_bench(summary: dict) -> str:
-    header = ["", "rows", "easy", "normal", "hard", "total"]
+    header = ["", "rows", *RM_BENCH_LEVELS]
     entries = [("all", summary["rm_bench"])] + list(summary.get("rm_bench_per_subset", {}).items())
-    rows = [[name, str(scores["rows"])] + [percent(scores[key]) for key in ("easy", "normal", "hard", "total")]
+    rows = [[name, str(scores["rows"])] + [percent_ci(scores[key], (scores.get("ci") or {}).get(key))
+                                           for key in RM_BENCH_LEVELS]
             for name, scores in entries]
     return format_table("RM-Bench (3x3 style matrix)", header, rows)
 
@@ -357,8 +494,16 @@ def format_table(title: str, header: list[str], rows: Iterable[list[str]]) -> st
     return "\n".join(lines)
 
 
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def percent(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def percent_ci(value: float | None, interval: list[float] | None, digits: int = 2) -> str:
+    """"71.20 [68.00, 74.10]": a share as a percentage, with its interval when there is one."""
+    if value is None or not interval:
+        return percent(value, digits)
+    low, high = interval
+    return f"{percent(value, digits)} [{percent(low, digits)}, {percent(high, digits)}]"
 
 
 def number(value: float | None) -> str:
