@@ -3,15 +3,41 @@
 Builds the tiny models (reused from --models-dir when present), starts a local Ray cluster,
 deploys `build_app` with CPU settings (num_gpus: 0), sends a request to every route, prints what
 came back, and keeps serving until Ctrl-C (`--once` stops after the round).
+
+Quiet unless `--verbose`: what prints is the demo's own output, and Ray's warnings and errors
+(Ray's driver loggers at WARNING/ERROR, the errors Ray pushes to the driver); Serve's progress
+lines (started, connecting, ready, its handles' long-poll clients) and the replicas' own logs
+(in the session's log folder, /tmp/ray/session_latest/logs) stay out of the terminal.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import signal
 import time
 from pathlib import Path
+
+SERVE_LOGGER = "ray.serve"  # the logger Serve's driver-side API reports its progress on (INFO)
+
+
+def add_arguments(demo: argparse.ArgumentParser) -> None:
+    """The demo command's options (`python -m cluster demo`); light: no Ray imported here."""
+    from cluster.cli.commands import add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.add_argument("--verbose", action="store_true",
+                      help="Ray's and Serve's own progress lines and the replicas' logs too")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.in_process:
+        from cluster.cli.commands import demo_in_process
+
+        return demo_in_process(args)
+    return run_demo(args.models_dir, args.port, args.once, verbose=args.verbose)
 
 
 def demo_args(rm_dir: Path, critic_dir: Path) -> dict:
@@ -55,7 +81,7 @@ def demo_requests(rm_text: str) -> list[tuple[str, str, dict | None]]:
     ]
 
 
-def run_demo(models_dir: str | None, port: int, once: bool) -> int:
+def run_demo(models_dir: str | None, port: int, once: bool, verbose: bool = False) -> int:
     import tempfile
 
     import httpx
@@ -63,6 +89,7 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
     from ray import serve
     from transformers import AutoTokenizer
 
+    from cluster.core.errors import ScoringError
     from cluster.tiny import DEMO_CONVERSATIONS, build_demo_models
     from deployments.app import build_app
 
@@ -70,12 +97,19 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
     root = Path(models_dir or tempfile.mkdtemp(prefix="scoring-demo-"))
     rm_dir, critic_dir = build_demo_models(root)
     print("starting a local Ray cluster and the Serve app (CPU settings) ...", flush=True)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(demo_args(rm_dir, critic_dir)), name="scoring", route_prefix="/")
+    # quiet: Ray's driver logs at ERROR, the replicas' output left in their log files, and Serve's
+    # driver-side progress (INFO) off; its warnings and errors still print
+    ray.init(address="local", include_dashboard=False, log_to_driver=verbose,
+             logging_level="INFO" if verbose else "ERROR")
+    logging.getLogger(SERVE_LOGGER).setLevel(logging.INFO if verbose else logging.WARNING)
     base = f"http://127.0.0.1:{port}"
     text = AutoTokenizer.from_pretrained(rm_dir).apply_chat_template(DEMO_CONVERSATIONS[0], tokenize=False)
     try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build_app(demo_args(rm_dir, critic_dir)), name="scoring", route_prefix="/")
+        except RuntimeError as err:  # Serve says which deployment failed; the replica's own error says why
+            raise ScoringError(f"{err} {why_not_running('scoring')}".strip()) from None
         with httpx.Client(base_url=base, timeout=120) as client:
             for method, path, body in demo_requests(text):
                 response = client.request(method, path, json=body)
@@ -93,5 +127,26 @@ def run_demo(models_dir: str | None, port: int, once: bool) -> int:
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        serve.shutdown()
+        # the app's replicas stop gracefully; the cluster is this command's own, so ray.shutdown()
+        # ends Serve's controller and proxy with it (serve.shutdown() would make Ray report the
+        # controller's own exit as a failed task: "graceful_shutdown failed ... infinite retries")
+        serve.delete("scoring")
         ray.shutdown()
+
+
+def why_not_running(app: str) -> str:
+    """Each failed deployment of `app` and the last line of its error (a replica's constructor's
+    exception, e.g. `ModelLoadError: ...`), which the quiet demo's terminal would not otherwise show;
+    the whole traceback is in the Serve controller's log."""
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[app].deployments
+    except Exception:  # noqa: BLE001 - the status is extra detail; the failure itself is reported anyway
+        return ""
+    reasons = []
+    for name, d in deployments.items():
+        lines = [line for line in (d.message or "").strip().splitlines() if line.strip()]
+        if d.status != "HEALTHY" and lines:
+            reasons.append(f"{name}: {lines[-1].strip()}")
+    return "; ".join(reasons)

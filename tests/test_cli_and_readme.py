@@ -59,6 +59,47 @@ def test_serve_demo_answers_every_route_over_http(tmp_path):
                                       "/health", "/version", "/v1/embeddings", "/predict"}
     assert statuses == ["200"] * (len(statuses) - 1) + ["422"]  # the last request is the bad one
     assert '"text": "[[A]]"' in proc.stdout or '"text": "[[B]]"' in proc.stdout
+    assert "conversations[0][0].role: unknown role 'bot'" in proc.stdout  # the 422 in the in-process words
+    # quiet: nothing on stderr, and none of Ray's and Serve's own lines anywhere (--verbose shows them)
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [], proc.stderr[-3000:]
+    assert [s for s in SERVE_NOISE if s in proc.stdout] == [], proc.stdout[-3000:]
+
+
+# what Ray and Serve print on their own during the demo, which its quiet default keeps out of the terminal
+SERVE_NOISE = ("graceful_shutdown", "infinite retries", "LongPollClient", "Connecting to existing Serve app",
+               "Started Serve", "is ready at", "(raylet)", "(ServeController", "(ProxyActor", "(ServeReplica")
+
+
+def test_demo_takes_verbose_and_nothing_by_prefix():
+    from cluster.cli.main import build_parser
+
+    parser = build_parser("demo")
+    args = parser.parse_args(["demo", "--once", "--verbose"])
+    assert args.once and args.verbose and args.func.__module__ == "deployments.demo"
+    assert parser.parse_args(["demo"]).verbose is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--verb"])
+
+
+@pytest.mark.reliability  # a whole demo run with a broken model (its replica fails three times): ~1 minute
+def test_quiet_demo_still_says_why_the_app_did_not_start(tmp_path):
+    """Quiet hides Ray's progress, not our errors: a model that cannot load is named, with its
+    ModelLoadError, in one line (exit 2), no traceback."""
+    import socket
+
+    from cluster.tiny import build_demo_models
+
+    rm_dir, _ = build_demo_models(tmp_path)
+    (rm_dir / "model.safetensors").unlink()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = run_cli("demo", "--once", "--models-dir", str(tmp_path), "--port", str(port), timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: Deploying application scoring failed") and "reward-tiny-rm" in line
+    assert "ModelLoadError: model 'tiny-rm': cannot load" in line
+    assert [s for s in SERVE_NOISE if s in proc.stdout + proc.stderr] == []
 
 
 def test_cli_errors_are_one_line_not_a_traceback(tmp_path):
