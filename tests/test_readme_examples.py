@@ -1,0 +1,108 @@
+"""The README's RewardClient example runs against a Serve app, and every model an example names is
+one that the demo or a shipped Serve config serves (and under the same path)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import API_KEY, TOL
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+# the example's two settings lines: the demo's values as written (a comment gives a cluster's)
+SETTINGS = re.compile(r'^URL, API_KEY = "(?P<url>[^"]+)", (?P<key>\S+)\n'
+                      r'^RM, CRITIC = "(?P<rm>[^"]+)", "(?P<critic>[^"]+)"\n', flags=re.M)
+
+
+def rl_example() -> str:
+    """The first Python block of the section "Rewards for RL training"."""
+    section = README[README.index("## Rewards for RL training"):]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def demo_models() -> dict[str, str]:
+    from deployments.demo import demo_args
+
+    return {m["kind"]: m["name"] for m in demo_args(Path("rm"), Path("critic"))["models"]}
+
+
+def test_the_rl_example_is_written_for_the_demo():
+    """As written, the block talks to `python -m cluster demo`: its default port, no key, its models."""
+    from cluster.cli.main import build_parser
+
+    settings = SETTINGS.search(rl_example())
+    assert settings, "the RewardClient example lost its settings lines (URL, API_KEY / RM, CRITIC)"
+    port = build_parser("demo").parse_args(["demo"]).port
+    assert settings["url"] == f"http://127.0.0.1:{port}" and settings["key"] == "None"
+    assert (settings["rm"], settings["critic"]) == (demo_models()["reward"], demo_models()["critic"])
+
+
+def test_the_rl_example_runs_against_a_serve_app(served, capsys):
+    """The block itself, run against the test suite's Serve app: only its two settings lines are
+    replaced (that app's port and key, and its models `rm` and `judge` for the demo's)."""
+    code = rl_example()
+    settings = SETTINGS.search(code)
+    code = code.replace(settings.group(0), f'URL, API_KEY = "http://127.0.0.1:{served["port"]}", "{API_KEY}"\n'
+                                           'RM, CRITIC = "rm", "judge"\n')
+    names: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.md (Rewards for RL training)", "exec"), names)
+
+    rm, judge = served["models"]["rm"], served["models"]["judge"]
+    assert names["rewards"] == pytest.approx(rm.score(names["conversations"]), abs=TOL)
+    assert names["text_rewards"] == pytest.approx(rm.score(names["texts"]), abs=TOL)
+    assert names["async_rewards"] == pytest.approx(names["rewards"], abs=TOL)
+    want = rm.compare(names["items"])
+    assert [p["winner"] for p in names["pairs"]] == [w.winner for w in want]
+    assert [p["prob_a"] for p in names["pairs"]] == pytest.approx([w.prob_a for w in want], abs=TOL)
+    assert names["async_pairs"][0].keys() == names["pairs"][0].keys()
+    verdicts = judge.judge(names["items"], debias=True)
+    assert [v["prob_a"] for v in names["verdicts"]] == pytest.approx([v.prob_a for v in verdicts], abs=TOL)
+    assert names["generated"][0]["text"] == judge.judge(names["items"], mode="generate")[0].text
+    assert capsys.readouterr().out.strip()  # its closing print
+
+
+def served_names() -> dict[str, dict[str, str]]:
+    """Where each name is served: the demo, ray_config.yaml, ray_config.all-seed-models.yaml ->
+    {model name: its path}."""
+    from deployments.demo import demo_args
+
+    configs = {"demo": {m["name"]: m["path"] for m in demo_args(Path("rm"), Path("critic"))["models"]}}
+    for file in ("ray_config.yaml", "ray_config.all-seed-models.yaml"):
+        [app] = yaml.safe_load((ROOT / file).read_text())["applications"]
+        configs[file] = {m["name"]: m["path"] for m in app["args"]["models"]}
+    return configs
+
+
+def readme_model_names() -> tuple[set[str], list[dict]]:
+    """Every model name the README's examples use: `model="..."`, `"model": "..."`, model ids quoted
+    or in backticks (the RL example's settings and the comment giving a cluster's), and the YAML
+    examples' models and ensemble members; plus the YAML examples' model entries (name and path)."""
+    names = set(re.findall(r'\bmodel\s*=\s*"([^"]+)"', README)) | set(re.findall(r'"model"\s*:\s*"([^"]+)"', README))
+    names = {n for n in names if "://" not in n}  # huggingface_hub's InferenceClient(model=URL) is a URL
+    names |= set(re.findall(r"[`\"]((?:skywork|tiny)-[a-z0-9.-]+)[`\"]", README))
+    entries = []
+    for block in re.findall(r"```yaml\n(.*?)```", README, flags=re.S):
+        doc = yaml.safe_load(block) or {}
+        entries += doc.get("models", [])
+        names |= {m["name"] for m in doc.get("models", [])}
+        names |= {member["model"] for e in doc.get("ensembles", []) for member in e["members"]}
+    return names, entries
+
+
+def test_every_model_the_readme_names_is_served_by_the_demo_or_a_config():
+    configs = served_names()
+    names, entries = readme_model_names()
+    assert {"tiny-rm", "tiny-critic", "skywork-reward-llama-3.1-8b", "skywork-critic-llama-3.1-8b"} <= names
+    unserved = sorted(n for n in names if not any(n in served for served in configs.values()))
+    assert unserved == [], f"README names models no config serves: {unserved} (served: {configs})"
+    for entry in entries:  # a YAML example's model is the one a config serves under that name
+        assert any(served.get(entry["name"]) == entry["path"] for served in configs.values()), entry
+    # the README says which config serves which
+    for name in configs["demo"]:
+        assert f"`{name}`" in README
+    for name in configs["ray_config.yaml"]:
+        assert f"`{name}`" in README
