@@ -716,12 +716,20 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "kept" in outputs and "report.html" in outputs
     assert "set SCORING_JOB_ADDRESS" not in outputs  # the job cell really ran
+    # the scoring cell's progress is one widget (tqdm.auto with ipywidgets), and Ray Data's own
+    # progress and logs stay out of the notebook
+    [score_cell] = [c for c in nb.cells if c.cell_type == "code" and "summary = pipeline.score_corpus" in c.source]
+    widgets = [o for o in score_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 1, score_cell.outputs
+    streamed = "".join(o.get("text", "") for o in score_cell.outputs if o.get("name") == "stderr")
+    assert "logging_progress" not in streamed and "Running Dataset" not in streamed and "INFO" not in streamed
 
 
 def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
     from cluster.data.jobs import submit_scoring_job
 
-    with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*nonexistent-model.* does not exist"):
+    # the job's own error line, from its logs (the input is checked first, before Ray starts)
+    with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*error: .*missing.jsonl: no input files"):
         submit_scoring_job(ray_cluster["dashboard"], str(tmp_path / "missing.jsonl"), str(tmp_path / "out"),
                            "/nonexistent-model", wait=True, timeout_s=300, progress=False)
 

@@ -204,3 +204,95 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+# ----------------------------------------------------------------------------- a curator's default run
+
+
+RM_BENCH = ROOT.parent / "shared" / "data" / "rm-bench"
+STDERR_LIMIT = 30  # "a few dozen lines" for a whole RM-Bench run, not on a terminal
+
+
+def rm_bench_corpus(folder: Path) -> Path:
+    """RM-Bench as it is published (../shared/data/rm-bench when present), else a stand-in of the
+    same shape and size: 798 records of a prompt, 3 chosen and 3 rejected responses, and columns
+    named like the pipeline's own (RM-Bench's chat file has `error`)."""
+    if RM_BENCH.is_dir():
+        return RM_BENCH
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("chat", 129), ("code", 228), ("safety-refuse", 284), ("safety-response", 157)):
+        rows = [{"id": i, "subset": name, "prompt": PROMPTS[i % 8] * (1 + i % 5),
+                 "chosen": [GOOD[(i + k) % 8] * (1 + k * 4) for k in range(3)],
+                 "rejected": [BAD[(i + k) % 8] * (1 + k * 4) for k in range(3)], "error_key": "k",
+                 "error": "why the rejected answers are wrong"} for i in range(n)]
+        (folder / f"{name}.json").write_text(json.dumps(rows))
+    return folder
+
+
+def cli_run(args: list[str], ray_tmpdir: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env |= {"PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmpdir)}
+    return subprocess.Popen([sys.executable, "-m", "cluster", "score", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_a_default_run_on_rm_bench_is_quiet(tmp_path, reward_dir, ray_tmpdir, figures):
+    """`python -m cluster score RM-BENCH OUT --model M`, nothing else, stderr not a terminal: the
+    whole run prints a few progress lines and nothing of Ray's (no INFO/WARNING/ERROR log lines,
+    no C++ core-worker line, no traceback); every file scores as it is, RM-Bench's own `error`
+    column kept as `input_error`."""
+    corpus = rm_bench_corpus(tmp_path / "rm-bench")
+    started = time.monotonic()
+    proc = cli_run([str(corpus), str(tmp_path / "out"), "--model", str(reward_dir("llama"))], ray_tmpdir)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    lines = err.splitlines()
+    figures(corpus="../shared RM-Bench" if corpus == RM_BENCH else "generated RM-Bench-shaped", stderr_lines=len(lines),
+            stdout_lines=len(out.splitlines()), seconds=round(time.monotonic() - started),
+            last_stderr_line=lines[-1] if lines else None)
+    assert 1 <= len(lines) <= STDERR_LIMIT, err
+    assert all(line.startswith("rows written: ") for line in lines), err
+    for noise in ("INFO", "WARNING", "ERROR", "core_worker", "Traceback", "logging_progress", "(raylet)"):
+        assert noise not in err, noise
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["errors"] == 0 and summary["rows"] == 798 and summary["moved_columns"] == {"error": "input_error"}
+    assert "input column 'error' is kept as 'input_error'" in out
+
+
+def test_a_killed_run_loses_at_most_flush_s_of_work(tmp_path, reward_dir, ray_tmpdir, figures):
+    """SIGKILL mid-run with --flush-s 4: what was scored but not yet written at the kill is at most
+    one piece, about 4 s of the model's work (measured: the time from the last commit to the kill),
+    where the whole first read chunk (up to 1,024 rows, minutes) was at risk before. The same
+    command then finishes the rest, each row once."""
+    flush_s = 4.0
+    corpus = rm_bench_corpus(tmp_path / "rm-bench")
+    out = tmp_path / "out"
+    args = [str(corpus), str(out), "--model", str(reward_dir("llama")), "--flush-s", str(flush_s)]
+    proc = cli_run(args, ray_tmpdir)
+    deadline = time.monotonic() + 600
+    while rows_committed(out) < 300:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    time.sleep(flush_s * 0.75)  # land somewhere inside a piece
+    parts = list((out / "parts").glob("part-*.parquet"))
+    last_commit = max(p.stat().st_mtime for p in parts)
+    os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = time.time()
+    proc.communicate()
+    at_risk_s = killed_at - last_commit
+    commits = sorted(p.stat().st_mtime for p in parts)
+    gaps = [b - a for a, b in zip(commits, commits[1:])]
+    gaps.sort()
+    written = rows_committed(out)
+    rerun = cli_run(args, ray_tmpdir)
+    _, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err[-3000:]
+    table = read_scores(out)
+    ids = list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist()))
+    figures(flush_s=flush_s, rows_written_at_kill=written, seconds_since_last_commit_at_kill=round(at_risk_s, 1),
+            median_seconds_between_commits=round(gaps[len(gaps) // 2], 1), shards_at_kill=len(parts),
+            rows_after_resume=len(ids), duplicated=len(ids) - len(set(ids)))
+    assert at_risk_s <= 2 * flush_s + 2, at_risk_s
+    assert gaps[len(gaps) // 2] <= 2 * flush_s + 2  # one actor: a commit about every flush_s seconds
+    assert len(ids) == len(set(ids)) == 798

@@ -7,8 +7,11 @@
                     as one job of token ids: on the actor's own model (its runner cuts them into
                     length-sorted token-budget forward passes), or with via_serve on the running
                     Serve app's replicas (planned into calls under the replica's per-call budget).
-      -> write      (score_corpus) one parquet shard per batch, written atomically and named by its
-                    rows; a rerun with the same arguments skips every row already in a shard.
+      -> write      (score_corpus) by the model actors themselves: a batch in pieces of about
+                    `flush_s` seconds of work, each piece a parquet shard written atomically and
+                    named by its rows, so a killed run loses at most a piece per actor; a rerun with
+                    the same arguments skips every row already in a shard. The driver watches the
+                    folder for its one progress display (cluster/data/progress.py).
 
 `score_dataset` is the lazy building block (Dataset in, Dataset out); `score_corpus` adds the files,
 the shards, resume, the errors file and the summary; `filter_pairs` is the curation recipe on top.
@@ -79,7 +82,7 @@ MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
 IO_TASK_CPUS = 0.1
 IO_TASKS = 2  # read tasks in flight
 FLUSH_S = 30.0  # default: a model actor commits what it scored at least this often (seconds of work)
-FIRST_PIECE_TOKENS = 4096  # an actor's first piece, before it has measured its speed
+FIRST_PIECE_TOKENS = 1024  # an actor's first piece, before it has measured its speed
 
 
 class ScoringOptions(StrictModel):
@@ -830,7 +833,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
                     for key in counts:
                         counts[key] += stats[key]
         except (KeyboardInterrupt, SystemExit) as stop:
-            raise _interrupted(stop, out, progress.refresh(), todo) from None
+            raise _interrupted(stop, out, progress.base, todo) from None
         except Exception as err:
             cause = from_ray(err, transient=False)  # the ScoringError a stage raised, out of Ray Data's wrapper
             if isinstance(cause, ScoringError):
@@ -880,18 +883,22 @@ def code_version() -> dict[str, str | None]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C or a signal; the message says what is safely written and how to resume."""
+    """A run stopped by Ctrl-C or a signal. `message()` says what is safely written and how to
+    resume; ask it after Ray has shut down, when no model actor can commit another piece."""
 
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.message, self.code = message, code
+    def __init__(self, out: Path, base: int, todo: int, code: int):
+        super().__init__(f"interrupted; rerun the same call to resume ({out})")
+        self.out, self.base, self.todo, self.code = out, base, todo, code
+
+    def message(self) -> str:
+        total = shard_rows(self.out / "parts")
+        return (f"{total - self.base} of this run's {self.todo} rows are safely written ({total} in {self.out} in "
+                "all); run the same command again to resume from there")
 
 
-def _interrupted(stop: BaseException, out: Path, written: int, todo: int) -> Interrupted:
+def _interrupted(stop: BaseException, out: Path, base: int, todo: int) -> Interrupted:
     code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
-    total = shard_rows(out / "parts")
-    return Interrupted(f"{written} of this run's {todo} rows were written before the stop ({total} in {out} in "
-                       "all); run the same command again to resume from there", code)
+    return Interrupted(out, base, todo, code)
 
 
 def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> Layout:
