@@ -241,7 +241,7 @@ def _run_scoring(args: argparse.Namespace, run: Callable[[], Any]) -> Any:
             with ray_session(args.address):
                 return run()
         except Interrupted as stop:
-            raise SystemExit(_say_interrupted(stop.message, stop.code)) from None
+            raise SystemExit(_say_interrupted(stop.message(), stop.code)) from None  # Ray is down by now
         except KeyboardInterrupt:
             raise SystemExit(_say_interrupted("run the same command again to resume", 130)) from None
 

@@ -88,7 +88,7 @@ class RunProgress:
 
     def __enter__(self) -> RunProgress:
         self.counter.rows()  # what a previous run left is not this run's progress
-        self._base = sum(self.counter.seen.values())
+        self.base = sum(self.counter.seen.values())
         if self.enabled and self.interactive:
             if self.notebook:
                 from tqdm.auto import tqdm
@@ -112,7 +112,7 @@ class RunProgress:
             self._line(final=True)
 
     def refresh(self) -> int:
-        self.written = min(self.total, self.counter.rows() - self._base)
+        self.written = min(self.total, self.counter.rows() - self.base)
         if self._first is None and self.written:
             self._first = (time.monotonic(), self.written)
         if self._bar is not None and self.written > self._bar.n:
