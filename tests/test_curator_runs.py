@@ -308,3 +308,20 @@ def test_a_hub_id_without_network_fails_at_once_naming_hf_hub_offline(tmp_path, 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE is set"):
         loading.load_config(spec)
+
+
+def test_ray_data_is_quiet_during_a_run_and_as_it_was_after():
+    import logging
+
+    from ray.data import DataContext
+
+    from cluster.data.pipeline import quiet_ray_data
+
+    context, logger = DataContext.get_current(), logging.getLogger("ray.data")
+    before = (context.enable_progress_bars, context.print_on_execution_start, logger.level)
+    with quiet_ray_data(show=False):
+        assert not context.enable_progress_bars and not context.print_on_execution_start
+        assert logger.getEffectiveLevel() == logging.ERROR
+    assert (context.enable_progress_bars, context.print_on_execution_start, logger.level) == before
+    with quiet_ray_data(show=True):  # --verbose: Ray Data as it is
+        assert (context.enable_progress_bars, context.print_on_execution_start) == before[:2]

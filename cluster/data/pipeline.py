@@ -19,6 +19,7 @@ the shards, resume, the errors file and the summary; `filter_pairs` is the curat
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import hashlib
@@ -409,9 +410,10 @@ def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
 def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None,
             out_dir: str | None = None):
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, DataContext
 
-    quiet_ray_data(opts.verbose or (out_dir is None and opts.progress))
+    if out_dir is None and not opts.progress:  # score_dataset: Ray Data's own bars are its progress
+        DataContext.get_current().enable_progress_bars = False
     keep_errors = opts.on_error == "skip"
     ds = ds.map_batches(
         TokenizeStage, fn_constructor_kwargs={"spec": spec.model_dump(), "layout": asdict(layout),
@@ -441,21 +443,30 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
     )
 
 
-def quiet_ray_data(show: bool) -> None:
+@contextlib.contextmanager
+def quiet_ray_data(show: bool) -> Iterator[None]:
     """Ray Data's progress bars, its periodic progress log lines (what it prints instead of bars
     when not on a terminal), its start-of-run banner and its INFO/WARNING logs (the memory warning
-    repeated every 30 s on a small machine): shown only when `show` (verbose, or score_dataset's
-    own progress), else left to Ray's log files. Errors still reach the user as exceptions."""
+    repeated every 30 s on a small machine): shown only when `show` (verbose), else left to Ray's
+    log files, for the duration of the block; what was set before is put back after it. Errors
+    still reach the user, as exceptions."""
     import logging
 
     from ray.data import DataContext
 
-    context = DataContext.get_current()
-    context.enable_progress_bars = show
-    context.print_on_execution_start = show
-    if hasattr(context, "enable_operator_progress_bars"):
-        context.enable_operator_progress_bars = show
-    logging.getLogger("ray.data").setLevel(logging.INFO if show else logging.ERROR)
+    context, logger = DataContext.get_current(), logging.getLogger("ray.data")
+    names = ("enable_progress_bars", "print_on_execution_start", "enable_operator_progress_bars")
+    before = {name: getattr(context, name) for name in names if hasattr(context, name)}, logger.level
+    if not show:
+        for name in before[0]:
+            setattr(context, name, False)
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, value in before[0].items():
+            setattr(context, name, value)
+        logger.setLevel(before[1])
 
 
 def _check_fits(cpus: float, gpus: float) -> None:
@@ -817,7 +828,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     started_at, started = _now(), time.perf_counter()
     counts = {"rows": 0, "errors": 0, "tokens": 0}
     todo = sum(c["stop"] - c["start"] - len(c["done"]) for c in pending)
-    with RunProgress(out / "parts", todo, enabled=opts.progress) as progress:
+    with quiet_ray_data(opts.verbose), RunProgress(out / "parts", todo, enabled=opts.progress) as progress:
         try:
             if pending:
                 ds = ray.data.from_items(pending, override_num_blocks=len(pending))
