@@ -86,6 +86,19 @@ def reward_dir(model_dirs):
     return lambda variant: model_dirs(variant, **REWARD_VARIANTS[variant])
 
 
+@pytest.fixture(scope="module")
+def rm_path(reward_dir):
+    """The llama tiny reward model's directory (the pipeline tests' model)."""
+    return str(reward_dir("llama"))
+
+
+@pytest.fixture(scope="module")
+def rm(rm_path):
+    from cluster import ModelSpec, load_model
+
+    return load_model(ModelSpec(name="rm", path=rm_path, kind="reward"))
+
+
 @pytest.fixture(scope="session")
 def critic_dir(model_dirs):
     """A tiny Llama critic taught to answer in the judge format."""

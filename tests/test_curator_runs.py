@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_pipeline import BAD, FAST, GOOD, PROMPTS, close, turn, write
 
-from cluster import ModelLoadError, ModelSpec, load_model
+from cluster import ModelLoadError, ModelSpec
 from cluster.data.corpus import OUTPUT_COLUMNS, STAGE_COLUMNS, aside, move_aside, moved_columns
 from cluster.data.pipeline import read_scores, score_corpus, score_dataset
 from cluster.data.progress import RunProgress
@@ -27,16 +27,6 @@ from cluster.data.progress import RunProgress
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 RM_BENCH = ROOT.parent / "shared" / "data" / "rm-bench"  # optional: the real files, when present
-
-
-@pytest.fixture(scope="module")
-def rm_path(reward_dir):
-    return str(reward_dir("llama"))
-
-
-@pytest.fixture(scope="module")
-def rm(rm_path):
-    return load_model(ModelSpec(name="rm", path=rm_path, kind="reward"))
 
 
 def cli_env() -> dict:

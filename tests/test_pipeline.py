@@ -58,16 +58,6 @@ def pair_rows(n: int = 8, subset=lambda i: "s", **extra) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def rm_path(reward_dir):
-    return str(reward_dir("llama"))
-
-
-@pytest.fixture(scope="module")
-def rm(rm_path):
-    return load_model(ModelSpec(name="rm", path=rm_path, kind="reward"))
-
-
-@pytest.fixture(scope="module")
 def critic(critic_dir):
     return load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic"))
 
