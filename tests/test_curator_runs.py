@@ -311,7 +311,7 @@ def test_ray_data_is_quiet_during_a_run_and_as_it_was_after():
     before = (context.enable_progress_bars, context.print_on_execution_start, logger.level)
     with quiet_ray_data(show=False):
         assert not context.enable_progress_bars and not context.print_on_execution_start
-        assert logger.getEffectiveLevel() == logging.ERROR
+        assert logger.getEffectiveLevel() == logging.CRITICAL
     assert (context.enable_progress_bars, context.print_on_execution_start, logger.level) == before
     with quiet_ray_data(show=True):  # --verbose: Ray Data as it is
         assert (context.enable_progress_bars, context.print_on_execution_start) == before[:2]

@@ -16,7 +16,7 @@ import threading
 import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ScoringError
@@ -181,37 +181,40 @@ def _exit_on_signals() -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def quiet_stderr(verbose: bool) -> Iterator[str | None]:
-    """Unless verbose: while the command runs, what Ray writes to this process's stderr (its C++
-    core worker's log lines, its processes' own stderr, Ray Data's loggers) goes to a log file
-    instead (yielded; removed after a clean run), and `sys.stderr`, our progress bar and messages,
-    stays on the terminal. File descriptor 2 is swapped, not a Python stream: Ray's C++ side and
-    the processes it starts write to the descriptor, not to Python."""
+def quiet_stderr(verbose: bool) -> Iterator[IO[str]]:
+    """Unless verbose: while the command runs, everything written to this process's stderr goes
+    to a log file: Ray's C++ core worker's lines, the stderr of the processes Ray starts, and every
+    Python logger or warning (Ray's loggers hold sys.stderr, which still writes to descriptor 2).
+    Yields the terminal's stream, for the command's own progress display and messages. The log is
+    removed after a clean run or a user error, and named otherwise. Descriptor 2 is swapped, not
+    a Python stream, because Ray's C++ side and its processes write to the descriptor."""
+    from cluster.data import progress
+
     if verbose:
-        yield None
+        yield sys.stderr
         return
     fd, log_path = tempfile.mkstemp(prefix="scoring-ray-", suffix=".log")
     sys.stderr.flush()
     saved = os.dup(2)
-    ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                     errors="backslashreplace")
-    previous = sys.stderr
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace",
+                         encoding=getattr(sys.stderr, "encoding", None) or "utf-8")
     os.dup2(fd, 2)
     os.close(fd)
-    sys.stderr = ours
+    progress.DISPLAY = terminal
     clean = False
     try:
-        yield log_path
+        yield terminal
         clean = True
     except ScoringError:  # the user's mistake, named in its message: Ray's log adds nothing
         clean = True
         raise
     finally:
-        sys.stderr = previous
-        ours.flush()
+        progress.DISPLAY = None
+        sys.stderr.flush()
+        terminal.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        ours.close()
+        terminal.close()
         if clean:
             with contextlib.suppress(OSError):
                 os.unlink(log_path)
@@ -236,18 +239,18 @@ def _run_scoring(args: argparse.Namespace, run: Callable[[], Any]) -> Any:
     and that the same command resumes (raised as Interrupted, exit 130 / 128 + signal)."""
     from cluster.data.pipeline import Interrupted
 
-    with quiet_stderr(args.verbose):
+    with quiet_stderr(args.verbose) as terminal:
         try:
             with ray_session(args.address):
                 return run()
-        except Interrupted as stop:
-            raise SystemExit(_say_interrupted(stop.message(), stop.code)) from None  # Ray is down by now
+        except Interrupted as stop:  # Ray is down by now: no actor can commit another piece
+            raise SystemExit(_say_interrupted(terminal, stop.message(), stop.code)) from None
         except KeyboardInterrupt:
-            raise SystemExit(_say_interrupted("run the same command again to resume", 130)) from None
+            raise SystemExit(_say_interrupted(terminal, "run the same command again to resume", 130)) from None
 
 
-def _say_interrupted(message: str, code: int) -> int:
-    print(f"interrupted: {message}", file=sys.stderr)
+def _say_interrupted(terminal: IO[str], message: str, code: int) -> int:
+    print(f"interrupted: {message}", file=terminal)
     return code
 
 

@@ -460,7 +460,7 @@ def quiet_ray_data(show: bool) -> Iterator[None]:
     if not show:
         for name in before[0]:
             setattr(context, name, False)
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(logging.CRITICAL)  # a stage's error reaches the caller as the exception itself
     try:
         yield
     finally:

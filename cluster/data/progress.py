@@ -18,6 +18,9 @@ from typing import IO
 
 import pyarrow.parquet as pq
 
+# Where the display goes when no file is given: sys.stderr, unless a command routes it elsewhere
+# (the CLI sends Ray's stderr to a log file and its own display to the terminal: cli/score.py).
+DISPLAY: IO[str] | None = None
 LINE_INTERVAL_S = 30.0  # not interactive: a status line at most this often
 POLL_S = 0.5  # how often the folder is looked at
 
@@ -72,7 +75,7 @@ class RunProgress:
                  interactive: bool | None = None, interval_s: float = LINE_INTERVAL_S):
         self.counter = ShardCounter(parts_dir)
         self.total, self.enabled = total, enabled
-        self.file = file if file is not None else sys.stderr
+        self.file = file or DISPLAY or sys.stderr
         self.notebook = in_notebook()
         if interactive is None:
             interactive = self.notebook or bool(getattr(self.file, "isatty", lambda: False)())
