@@ -203,7 +203,7 @@ def test_the_all_seed_models_config_places_every_seed_model():
         ({"models": [{"name": "a", "path": "p", "kind": "reward"}], "extra": 1}, r"unknown field 'extra'"),
         ({"models": [{"name": "a", "path": "p", "kind": "reward"}] * 2}, r"repeated: \['a'\]"),
         ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"gpus": 1}}]},
-         r"AppConfig\.models\.0: ServedModel\.replicas: ReplicaSettings: unknown field 'gpus'"),
+         r"AppConfig\.models\[0\]: ServedModel\.replicas: ReplicaSettings: unknown field 'gpus'"),
         ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"min_replicas": 3,
                                                                             "max_replicas": 2}}]},
          r"min_replicas \(3\) > max_replicas \(2\)"),

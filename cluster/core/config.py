@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cluster.core.errors import ConfigError
+from cluster.core.errors import ConfigError, location
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
 
@@ -25,15 +25,15 @@ def skywork_critic_template() -> str:
 
 
 def format_validation_error(err: ValidationError, what: str) -> str:
-    """One line per problem, naming the field: `ModelSpec.dtype: Input should be ...`."""
+    """One line per problem, naming the field as every message does: `AppConfig.models[0].dtype: ...`."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = location(e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"{what}: unknown field '{loc}'")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{what}.{loc}: {msg}" if loc else f"{what}: {msg}")
+            lines.append(f"{what}{'' if loc.startswith('[') else '.'}{loc}: {msg}" if loc else f"{what}: {msg}")
     return "; ".join(lines)
 
 

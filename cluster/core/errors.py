@@ -7,6 +7,8 @@ what to do about it; it never carries a traceback. The Serve layer turns them in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ScoringError(Exception):
     """Base class: `code` is a stable machine-readable name, `str(err)` the human message."""
@@ -134,3 +136,19 @@ def from_ray(err: BaseException, model: str | None = None, *, transient: bool = 
     if isinstance(cls, type) and issubclass(cls, ScoringError):
         return cls(match.group(2).strip())
     return cause
+
+
+UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
+def location(loc: Sequence) -> str:
+    """pydantic's error location as every message of this project writes one (the in-process
+    validators' form): list indices in brackets, fields dotted, `conversations[1][0].role`. Union
+    members' labels ("list[Message]", "str") are not part of the body's shape and are left out."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not ("[" in part or part in UNION_MEMBERS):
+            out += f".{part}" if out else part
+    return out

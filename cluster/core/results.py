@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 from cluster.core.errors import InvalidInput
 
-# Ours against the model card's own computation, fp32, absolute (DESIGN.md, scoring semantics): the
+# Ours against the model card's own computation, fp32, absolute (docs/design.md, scoring semantics): the
 # one tolerance every parity test and benchmark check uses.
 SCORE_TOLERANCE = 1e-4
 

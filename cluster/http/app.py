@@ -46,6 +46,7 @@ from cluster.core.errors import (
     Unauthorized,
     from_ray,
     http_status,
+    location,
 )
 from cluster.core.service import ScoringService
 from cluster.http import schemas
@@ -108,22 +109,6 @@ def error_response(err: BaseException, request_id: str, style: ErrorStyle = ours
     if f.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
-
-
-def location(loc: Sequence) -> str:
-    """pydantic's error location as every message of this project writes one (the in-process
-    validators' form): list indices in brackets, fields dotted, `conversations[1][0].role`. Union
-    members' labels ("list[Message]", "str") are not part of the body's shape and are left out."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not ("[" in part or part in UNION_MEMBERS):
-            out += f".{part}" if out else part
-    return out
 
 
 def describe(errors: Sequence[dict]) -> str:
