@@ -12,7 +12,6 @@ lines (started, connecting, ready, its handles' long-poll clients) and the repli
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,23 +20,6 @@ import time
 from pathlib import Path
 
 SERVE_LOGGER = "ray.serve"  # the logger Serve's driver-side API reports its progress on (INFO)
-
-
-def add_arguments(demo: argparse.ArgumentParser) -> None:
-    """The demo command's options (`python -m cluster demo`); light: no Ray imported here."""
-    from cluster.cli.commands import add_demo_arguments
-
-    add_demo_arguments(demo)
-    demo.add_argument("--verbose", action="store_true",
-                      help="Ray's and Serve's own progress lines and the replicas' logs too")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.in_process:
-        from cluster.cli.commands import demo_in_process
-
-        return demo_in_process(args)
-    return run_demo(args.models_dir, args.port, args.once, verbose=args.verbose)
 
 
 def demo_args(rm_dir: Path, critic_dir: Path) -> dict:

@@ -75,7 +75,7 @@ def test_demo_takes_verbose_and_nothing_by_prefix():
 
     parser = build_parser("demo")
     args = parser.parse_args(["demo", "--once", "--verbose"])
-    assert args.once and args.verbose and args.func.__module__ == "deployments.demo"
+    assert args.once and args.verbose and args.func.__name__ == "run_demo"
     assert parser.parse_args(["demo"]).verbose is False
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--verb"])

@@ -14,6 +14,8 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--in-process", action="store_true",
                       help="no Ray: load the models in this process, score and judge directly")
+    demo.add_argument("--verbose", action="store_true",
+                      help="Ray's and Serve's own progress lines and the replicas' logs too")
 
 
 def add_tiny_model_arguments(tiny: argparse.ArgumentParser) -> None:
@@ -36,7 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return demo_in_process(args)
     from deployments import demo
 
-    return demo.run_demo(args.models_dir, args.port, args.once)
+    return demo.run_demo(args.models_dir, args.port, args.once, verbose=args.verbose)
 
 
 def demo_in_process(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from cluster.core.errors import ScoringError
 # name -> (help, module, function adding its arguments, function running it, extra arguments for the former)
 COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
     "demo": ("tiny models behind the Serve app on a local CPU cluster, over HTTP",
-             "deployments.demo", "add_arguments", "run", {}),
+             "cluster.cli.commands", "add_demo_arguments", "run_demo", {}),
     "tiny-model": ("write a tiny seeded reward model or critic to a directory",
                    "cluster.cli.commands", "add_tiny_model_arguments", "run_tiny_model", {}),
     "score": ("score a parquet/JSONL corpus with Ray Data (resumable), print the summary",
