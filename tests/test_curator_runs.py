@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 from test_pipeline import BAD, FAST, GOOD, PROMPTS, close, turn, write
@@ -101,25 +102,31 @@ def rewardbench_rows(n: int) -> list[dict]:
 
 
 def test_rm_bench_and_rewardbench_files_score_as_they_are(ray_cluster, tmp_path, rm_path, rm):
-    files = {"rm-bench/chat.json": rm_bench_rows(5), "rewardbench/filtered.jsonl": rewardbench_rows(8)}
-    if RM_BENCH.is_dir():  # the real files too, a few records of each, byte-for-byte what the dataset holds
+    """A folder of RM-Bench files (its record shape; with ../shared, the published files too, a few
+    records each, byte for byte) and a RewardBench file, each scored in one run as it is."""
+    corpora = {"rm-bench": {"chat.json": rm_bench_rows(5)}, "rewardbench": {"filtered.jsonl": rewardbench_rows(8)}}
+    if RM_BENCH.is_dir():
         for path in sorted(RM_BENCH.glob("*.json")):
-            files[f"real/{path.name}"] = json.loads(path.read_text())[:3]
-    for rel, rows in files.items():
-        out = tmp_path / "out" / rel.replace("/", "-")
-        summary = score_corpus(write(tmp_path / rel, rows), out, rm_path, **FAST)
-        table = read_scores(out)
-        assert summary["errors"] == 0 and table.num_rows == len(rows), rel
-        for name in rows[0]:
-            assert table[aside(name)].to_pylist() == [r[name] for r in rows], (rel, name)
-        assert summary["moved_columns"] == ({"error": "input_error"} if "error" in rows[0] else {}), rel
-        if "rm-bench" in rel or "real" in rel:
-            assert "rm_bench" in summary
+            corpora["rm-bench"][f"published/{path.name}"] = json.loads(path.read_text())[:3]
+    for corpus, files in corpora.items():
+        for rel, rows in files.items():
+            write(tmp_path / corpus / rel, rows)
+        summary = score_corpus(tmp_path / corpus, tmp_path / f"{corpus}-scores", rm_path, **FAST)
+        table = read_scores(tmp_path / f"{corpus}-scores")
+        assert summary["errors"] == 0 and table.num_rows == sum(len(rows) for rows in files.values()), corpus
+        has_error_column = any("error" in rows[0] for rows in files.values())
+        assert summary["moved_columns"] == ({"error": "input_error"} if has_error_column else {}), corpus
+        assert ("rm_bench" if corpus == "rm-bench" else "rewardbench") in summary
+        for rel, rows in files.items():
+            mine = table.filter(pa.compute.equal(table["source_file"], rel))
+            for name in rows[0]:  # every column of every file, its values untouched
+                assert mine[aside(name)].to_pylist() == [r[name] for r in rows], (rel, name)
             first = rows[0]
-            want = rm.score([turn(first["prompt"], c) for c in first["chosen"]])
-            assert close(table["chosen_scores"].to_pylist()[0], want)
-        else:
-            assert "rewardbench" in summary
+            chosen = first["chosen"] if isinstance(first["chosen"], list) else [first["chosen"]]
+            want = rm.score([turn(first["prompt"], c) for c in chosen])
+            got = mine["chosen_scores"][0].as_py() if "chosen_scores" in mine.column_names else [
+                mine["chosen_score"][0].as_py()]
+            assert close(got, want), rel
 
 
 # ---------------------------------------------------------------- work at risk, interrupts
@@ -156,10 +163,11 @@ def test_pieces_hold_flush_s_seconds_of_work_at_the_measured_speed():
     assert [p.num_rows for p in stage._pieces(batch)] == [10]
 
 
+@pytest.mark.reliability  # a CLI run interrupted and run again: about a minute
 def test_ctrl_c_says_what_is_written_and_how_to_resume(ray_cluster, tmp_path, rm_path, rm):
     """Ctrl-C mid-run: exit 130, one line naming the rows written and the way to resume, no
     traceback; those rows are in the folder, and the same command finishes the rest."""
-    n = 300
+    n = 1200  # long enough (tens of seconds on a fast machine) for the interrupt to land mid-run
     rows = [{"id": i, "prompt": PROMPTS[i % 8] * (1 + i % 3), "response": GOOD[(i * 5) % 8]} for i in range(n)]
     corpus = write(tmp_path / "big.jsonl", rows)
     out = tmp_path / "out"
@@ -169,7 +177,7 @@ def test_ctrl_c_says_what_is_written_and_how_to_resume(ray_cluster, tmp_path, rm
     proc = subprocess.Popen(argv, env=cli_env(), start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and len(list((out / "parts").glob("part-*.parquet"))) < 3:
+    while time.time() < deadline and not list((out / "parts").glob("part-*.parquet")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
@@ -181,7 +189,7 @@ def test_ctrl_c_says_what_is_written_and_how_to_resume(ray_cluster, tmp_path, rm
     assert 0 < written < n, "the interrupt was meant to land mid-run"
     # counted once Ray was down: every row it names is in the folder (an actor of this attached
     # cluster may commit its piece in flight as its job ends; that row is kept too, not lost)
-    said_written = int(re.match(r"interrupted: (\d+) of this run's 300 rows are safely written", said).group(1))
+    said_written = int(re.match(rf"interrupted: (\d+) of this run's {n} rows are safely written", said).group(1))
     assert 0 < said_written <= written and "run the same command again to resume" in said
     assert len(err.splitlines()) <= 3, err  # the line, and where Ray's own messages went
 
