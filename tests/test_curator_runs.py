@@ -174,8 +174,11 @@ def test_ctrl_c_says_what_is_written_and_how_to_resume(ray_cluster, tmp_path, rm
     argv = [sys.executable, "-m", "cluster", "score", str(corpus), str(out), "--model", rm_path,
             "--address", ray_cluster["address"], "--batch-rows", "8", "--rows-per-shard", "50", "--flush-s", "0.2",
             "--num-cpus", "0.5", "--num-gpus", "0", "--tokenizer-num-cpus", "0.25"]
+    # SIGINT as a terminal's foreground command has it, even where this test's own runner ignores
+    # it (a CI job started in the background does; Python then installs no KeyboardInterrupt)
     proc = subprocess.Popen(argv, env=cli_env(), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "parts").glob("part-*.parquet")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
