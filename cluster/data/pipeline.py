@@ -277,10 +277,9 @@ class _ScoreStage:
             done = write_shard(self._scored(piece), self.out_dir).to_pylist()[0]
             for key in counts:
                 counts[key] += done[key]
-            computed = sum(len(s) for ids in piece.column("_ids").to_pylist() for s in ids)
             seconds = time.perf_counter() - started
-            if computed and seconds > 0:
-                rate = computed / seconds
+            if done["tokens"] and seconds > 0:  # the piece's scored tokens (num_tokens), per second
+                rate = done["tokens"] / seconds
                 self.tokens_per_s = rate if self.tokens_per_s is None else 0.5 * (self.tokens_per_s + rate)
         return pa.table({key: [value] for key, value in counts.items()})
 
@@ -288,14 +287,13 @@ class _ScoreStage:
         """The batch in consecutive slices of about flush_s seconds of work at the measured speed
         (FIRST_PIECE_TOKENS before there is a measurement)."""
         tokens = [sum(len(s) for s in ids) for ids in batch.column("_ids").to_pylist()]
-        budget = FIRST_PIECE_TOKENS if self.tokens_per_s is None else max(1.0, self.tokens_per_s * self.flush_s)
         start, total = 0, 0
         for i, n in enumerate(tokens):
             total += n
-            if total >= budget:
+            # read again after each piece: the caller has scored it and updated tokens_per_s meanwhile
+            if total >= (FIRST_PIECE_TOKENS if self.tokens_per_s is None else self.tokens_per_s * self.flush_s):
                 yield batch.slice(start, i + 1 - start)
                 start, total = i + 1, 0
-                budget = FIRST_PIECE_TOKENS if self.tokens_per_s is None else max(1.0, self.tokens_per_s * self.flush_s)
         if start < batch.num_rows:
             yield batch.slice(start)
 
