@@ -157,8 +157,19 @@ class Ingress:
     # shape them, every key present). Errors are raised as ScoringErrors; the handle delivers them.
 
     async def score_inputs(self, model: str | None, conversations: list) -> list[float]:
-        target = self.service.resolve(model, ("reward",))
+        target = self.service.resolve(model, ("reward", "prm"))
         return (await self.service.submit(self.service.rewards_job(target, conversations))).scores
+
+    async def step_reward_items(self, model: str | None, items: list, aggregate: str | None = None
+                                ) -> list[dict[str, Any]]:
+        target = self.service.resolve(model, ("prm",))
+        rewards = await self.service.submit(self.service.rewards_job(target, items, "items", aggregate=aggregate))
+        return [r.model_dump() for r in schemas.step_results(rewards.step_results())]
+
+    async def rate_items(self, model: str | None, items: list, mode: str = "logits") -> list[dict[str, Any]]:
+        target = self.service.resolve(model, ("pointwise",))
+        rated = await self.service.submit(self.service.rate_job(target, items, mode))
+        return [r.model_dump() for r in schemas.rating_results(rated.results)]
 
     async def compare_items(self, model: str | None, items: list) -> list[dict[str, Any]]:
         target = self.service.resolve(model, ("reward", "critic"))

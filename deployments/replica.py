@@ -146,6 +146,6 @@ class ModelReplica:
         bos = self.model.encoder.bos_id if self.model.encoder.bos_id is not None else 0
         if self.lock.acquire(blocking=False):  # busy scoring is alive; don't queue behind it
             try:
-                self.model.runner.run("score" if self.spec.kind == "reward" else "verdicts", [[bos]])
+                self.model.runner.run("score" if self.spec.kind in ("reward", "prm") else "verdicts", [[bos]])
             finally:
                 self.lock.release()

@@ -185,7 +185,7 @@ def test_a_critic_whose_forward_scales_its_logits_is_read_through_its_own_forwar
     runner = critic.runner
     assert not runner.own_head
     reference = [v.prob_a for v in critic.judge(ITEMS)]
-    head = runner.lm_head
+    head = runner.lm.lm_head
     runner.model.set_output_embeddings(ScaledHead(head))  # what a logit_scale in the forward would do
     assert runner._check_head()
     runner.model.set_output_embeddings(head)

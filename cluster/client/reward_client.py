@@ -69,7 +69,8 @@ class HttpTransport:
     async def call(self, op: str, model: str | None, payload: dict[str, Any]) -> Any:
         import httpx
 
-        path = {"rewards": "/v1/rewards", "compare": "/v1/compare", "judge": "/v1/judge"}[op]
+        path = {"rewards": "/v1/rewards", "compare": "/v1/compare", "judge": "/v1/judge",
+                "step_rewards": "/v1/step_rewards", "rate": "/v1/rate"}[op]
         body = {"model": model, **payload} if model else payload
         try:
             response = await self._client().post(path, json=body)
@@ -126,7 +127,8 @@ class HandleTransport:
 
         if self.handle is None:
             self.handle = serve.get_app_handle(self.app_name)
-        method = {"rewards": "score_inputs", "compare": "compare_items", "judge": "judge_items"}[op]
+        method = {"rewards": "score_inputs", "compare": "compare_items", "judge": "judge_items",
+                  "step_rewards": "step_reward_items", "rate": "rate_items"}[op]
         try:
             return await getattr(self.handle, method).remote(model, **payload)
         except Exception as err:
@@ -201,6 +203,16 @@ class RewardClient:
         """A critic's verdicts on pairs, in input order."""
         return await self._map("judge", _as_list(items, "items"), "items", {"mode": mode, "debias": debias})
 
+    async def astep_rewards(self, items: Sequence[Any], aggregate: str | None = None) -> list[dict[str, Any]]:
+        """A process reward model's step rewards: items {prompt, steps} or {prompt, response} ->
+        {score, step_rewards, num_steps, weakest_step, ...}, in input order."""
+        extra = {"aggregate": aggregate} if aggregate is not None else {}
+        return await self._map("step_rewards", _as_list(items, "items"), "items", extra)
+
+    async def arate(self, items: Sequence[dict[str, str]], mode: str = "logits") -> list[dict[str, Any]]:
+        """A pointwise judge's ratings: items {prompt, response} -> {expected, rating, probs, ...}."""
+        return await self._map("rate", _as_list(items, "items"), "items", {"mode": mode})
+
     # -- sync API (same names, no prefix)
 
     def score(self, conversations):
@@ -214,6 +226,12 @@ class RewardClient:
 
     def judge(self, items, mode: str = "logits", debias: bool = False):
         return self._sync(self.ajudge(items, mode, debias))
+
+    def step_rewards(self, items, aggregate: str | None = None):
+        return self._sync(self.astep_rewards(items, aggregate))
+
+    def rate(self, items, mode: str = "logits"):
+        return self._sync(self.arate(items, mode))
 
     def close(self) -> None:
         """Stop the sync API's loop and close its connections (async users: `await aclose()`)."""
@@ -327,5 +345,5 @@ def _chars(item: Any) -> int:
     if isinstance(item, str):
         return len(item)
     if isinstance(item, dict):
-        return sum(len(v) for v in item.values() if isinstance(v, str))
+        return sum(_chars(v) for v in item.values() if isinstance(v, str | list | tuple))  # a prm's steps too
     return sum(_chars(x) for x in item) if isinstance(item, list | tuple) else 0

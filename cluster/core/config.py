@@ -16,12 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.core.errors import ConfigError, location
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
+RATING_FIELDS = ("input", "response")  # a pointwise judge's template; any other field comes from the item
+KINDS = ("reward", "critic", "prm", "pointwise")
+STEP_AGGREGATES = ("min", "last", "mean", "product")
+StepAggregate = Literal["min", "last", "mean", "product"]
 
 
 @cache
 def skywork_critic_template() -> str:
     """The Skywork-Critic judge prompt, verbatim (the format the model was trained on)."""
     return resources.files("cluster").joinpath("templates/skywork_critic.txt").read_text("utf-8")
+
+
+@cache
+def pointwise_template() -> str:
+    """The default pointwise judge prompt, adapted from MT-Bench's single-answer grading prompt
+    (FastChat's judge_prompts.jsonl, "single-v1"): the same instructions, but the rating asked for
+    first, so that one forward pass reads it (MT-Bench's own asks for an explanation first: use it
+    with mode="generate")."""
+    return resources.files("cluster").joinpath("templates/pointwise_rating.txt").read_text("utf-8")
 
 
 def format_validation_error(err: ValidationError, what: str) -> str:
@@ -38,7 +51,7 @@ def format_validation_error(err: ValidationError, what: str) -> str:
 
 
 def deployment_name(kind: str, name: str) -> str:
-    """The Serve deployment that serves model `name` (kind 'reward' or 'critic')."""
+    """The Serve deployment that serves model `name` (of kind 'reward', 'critic', 'prm' or 'pointwise')."""
     return f"{kind}-{name}".replace("/", "_").replace(":", "_")
 
 
@@ -63,7 +76,8 @@ class StrictModel(BaseModel):
 
 
 class ModelSpec(StrictModel):
-    """One reward model or critic.
+    """One reward model, critic (pairwise judge), process reward model (per-step rewards) or
+    pointwise judge (a rating on a scale).
 
     `path` is a hub id or a local directory written by `save_pretrained`. Defaults follow the model
     cards: raw logits, bf16 on GPU (fp32 on CPU), left truncation that keeps the end of the response.
@@ -71,7 +85,7 @@ class ModelSpec(StrictModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     path: str = Field(min_length=1)
-    kind: Literal["reward", "critic"]
+    kind: Literal["reward", "critic", "prm", "pointwise"]
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -95,10 +109,33 @@ class ModelSpec(StrictModel):
     reward_label: int | str | None = Field(None, description="one output label, by index or id2label name")
     reward_weights: list[float] | dict[str, float] | None = Field(
         None, description="the scalar reward as a weighted sum over the output labels")
-    # critic only
+    # critic and pointwise judge
     judge_template: str | None = None
-    verdicts: tuple[str, str] = ("[[A]]", "[[B]]")
+    system_prompt: str | None = Field(None, description="pointwise judge / prm: a system message before the prompt "
+                                      "(a prm's item or conversation may bring its own)")
     max_new_tokens: int = Field(64, ge=1, le=8192)
+    # critic only
+    verdicts: tuple[str, str] = ("[[A]]", "[[B]]")
+    # pointwise judge only: the rating strings (each read at one token), how the answer writes one, their values
+    ratings: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
+    rating_format: str = Field("[[{rating}]]", description="how the judge writes its rating, {rating} in it")
+    rating_values: tuple[float, ...] | None = Field(None, description="each rating's value (default: the "
+                                                    "rating strings read as numbers)")
+    # prm only: how a response becomes steps, how the steps are tagged and what is read at each tag
+    step_tag: str | None = Field(None, description="the token after each step where its reward is read "
+                                 "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
+    step_separator: str = Field("\n\n", min_length=1, description="splits a response given as one text into steps")
+    step_format: str = Field("{step}{tag}", description="one step as the model reads it (Math-Shepherd: "
+                             "'{step} {tag}')")
+    step_joiner: str = Field("", description="between formatted steps (Math-Shepherd: '\\n')")
+    prm_template: str | None = Field(None, description="None: the chat template renders system, prompt and the "
+                                     "tagged steps as the assistant turn (Qwen2.5-Math-PRM); else plain text with "
+                                     "{prompt} and {response} (Math-Shepherd: '{prompt} {response}')")
+    step_labels: tuple[str | int, str | int] | None = Field(
+        None, description="a causal-LM PRM: the (good, bad) tokens whose next-token probabilities at the tag give "
+        "P(good) / (P(good) + P(bad)); strings are tokenized as the Math-Shepherd card does, ints are token ids")
+    step_aggregate: StepAggregate = Field("min", description="one score from the step rewards (a request may "
+                                          "choose another)")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -110,31 +147,133 @@ class ModelSpec(StrictModel):
         if self.devices > 1 and self.device not in ("auto", "cuda"):
             raise ValueError(f"devices={self.devices} spreads the model over several GPUs; device must be "
                              f"'auto' or 'cuda', got {self.device!r}")
-        if self.kind == "reward":
+        self._check_kind_fields()
+        if self.kind in ("reward", "prm"):
             if self.judge_template is not None:
-                raise ValueError("judge_template is only for kind='critic'")
+                raise ValueError("judge_template is only for kind='critic' or 'pointwise'")
             if self.reward_label is not None and self.reward_weights is not None:
                 raise ValueError("set reward_label or reward_weights, not both")
         else:
             if self.reward_label is not None or self.reward_weights is not None:
-                raise ValueError("reward_label / reward_weights are for kind='reward'")
+                raise ValueError("reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)")
             if self.padding_side == "right":
-                raise ValueError("a critic reads the last position and generates: padding_side must be left")
+                raise ValueError(f"a {self.kind} reads the last position and generates: padding_side must be left")
+        if self.kind == "critic":
             if self.verdicts[0] == self.verdicts[1] or not all(self.verdicts):
                 raise ValueError("verdicts must be two different non-empty strings")
             if self.judge_template is not None:
                 check_judge_template(self.judge_template)
+        if self.kind == "pointwise":
+            check_ratings(self.ratings, self.rating_format, self.rating_values)
+            if self.judge_template is not None:
+                check_rating_template(self.judge_template)
+        if self.kind == "prm":
+            if self.reward_weights is not None:
+                raise ValueError("a prm's step reward is one label's probability: use reward_label (its positive "
+                                 "class), not reward_weights")
+            if self.padding_side == "left":
+                raise ValueError("a prm reads every step of a right-padded batch: padding_side must be auto or right")
+            check_step_fields(self)
         return self
+
+    def _check_kind_fields(self) -> None:
+        """A field of another kind set to other than its default is a mistake (it would be ignored): name it.
+        (Compared with the default, not "was it given": a spec's full dump must load again.)"""
+        own = {"critic": {"judge_template", "verdicts", "max_new_tokens"},
+               "pointwise": {"judge_template", "system_prompt", "max_new_tokens", "ratings", "rating_format",
+                             "rating_values"},
+               "prm": {"reward_label", "system_prompt", "step_tag", "step_separator", "step_format", "step_joiner",
+                       "prm_template", "step_labels", "step_aggregate"},
+               "reward": {"reward_label", "reward_weights"}}
+        elsewhere = set().union(*own.values()) - own[self.kind] - {"reward_label", "reward_weights",
+                                                                    "judge_template"}
+        fields = type(self).model_fields
+        misplaced = sorted(f for f in elsewhere if getattr(self, f) != fields[f].get_default(call_default_factory=True))
+        if misplaced:
+            owners = {f: [k for k, fields in own.items() if f in fields] for f in misplaced}
+            raise ValueError("; ".join(f"{f} is for kind {' or '.join(repr(k) for k in owners[f])}"
+                                       for f in misplaced) + f", not {self.kind!r}")
 
     @property
     def resolved_padding_side(self) -> str:
         if self.padding_side != "auto":
             return self.padding_side
-        return "left" if self.kind == "critic" else "right"
+        return "left" if self.kind in ("critic", "pointwise") else "right"
 
     @property
     def template(self) -> str:
-        return self.judge_template if self.judge_template is not None else skywork_critic_template()
+        if self.judge_template is not None:
+            return self.judge_template
+        return pointwise_template() if self.kind == "pointwise" else skywork_critic_template()
+
+    @property
+    def rating_numbers(self) -> tuple[float, ...]:
+        """Each rating's value, in scale order."""
+        return self.rating_values if self.rating_values is not None else tuple(float(r) for r in self.ratings)
+
+    @property
+    def rating_strings(self) -> tuple[str, ...]:
+        """Each rating as the judge writes it (`rating_format` filled in)."""
+        return tuple(self.rating_format.replace("{rating}", r) for r in self.ratings)
+
+
+def template_fields(template: str, what: str = "judge_template") -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as err:
+        raise ValueError(f"{what} is not a valid format string: {err}") from None
+
+
+def rating_extra_fields(template: str) -> tuple[str, ...]:
+    """The fields of a pointwise template that each item supplies itself (e.g. Prometheus' rubric)."""
+    return tuple(sorted(template_fields(template) - set(RATING_FIELDS)))
+
+
+def check_rating_template(template: str) -> None:
+    fields = template_fields(template)
+    missing = [f for f in RATING_FIELDS if f not in fields]
+    if missing:
+        raise ValueError(f"judge_template of a pointwise judge must use the fields {{input}} and {{response}} "
+                         f"(missing: {missing}); other fields are read from each item")
+    bad = sorted(f for f in fields if not f.isidentifier() or f in ("prompt",))
+    if bad:
+        raise ValueError(f"judge_template: field(s) {bad} cannot be item keys; use names such as {{rubric}}")
+
+
+def check_ratings(ratings: Sequence[str], rating_format: str, values: Sequence[float] | None) -> None:
+    if len(ratings) < 2 or any(not r for r in ratings) or len(set(ratings)) != len(ratings):
+        raise ValueError(f"ratings must be at least two different non-empty strings, got {list(ratings)}")
+    if rating_format.count("{rating}") != 1:
+        raise ValueError(f"rating_format must hold {{rating}} once, got {rating_format!r}")
+    if values is not None:
+        if len(values) != len(ratings):
+            raise ValueError(f"rating_values has {len(values)} values for {len(ratings)} ratings")
+        return
+    bad = []
+    for r in ratings:
+        try:
+            float(r)
+        except ValueError:
+            bad.append(r)
+    if bad:
+        raise ValueError(f"ratings {bad} are not numbers; give rating_values (one number per rating)")
+
+
+def check_step_fields(spec: ModelSpec) -> None:
+    if not spec.step_tag:
+        raise ValueError("a prm needs step_tag: the token after each step where its reward is read "
+                         "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
+    fields = template_fields(spec.step_format, "step_format")
+    if fields != {"step", "tag"}:
+        raise ValueError(f"step_format must use exactly {{step}} and {{tag}}, got {sorted(fields)}")
+    if not spec.step_format.rstrip().endswith("{tag}"):
+        raise ValueError(f"step_format must end with {{tag}} (the reward is read at the tag), got {spec.step_format!r}")
+    if spec.prm_template is not None:
+        fields = template_fields(spec.prm_template, "prm_template")
+        if fields != {"prompt", "response"}:
+            raise ValueError(f"prm_template must use exactly {{prompt}} and {{response}}, got {sorted(fields)}")
+    if spec.step_labels is not None and spec.step_labels[0] == spec.step_labels[1]:
+        raise ValueError(f"step_labels must be two different tokens (good, bad), got {list(spec.step_labels)}")
 
 
 def check_judge_template(template: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from cluster.core.results import Generated, Verdict
-from cluster.core.runner import CausalRunner, LoadedModel, Op
+from cluster.core.runner import CausalRunner, LMHead, LoadedModel, Op
 from cluster.core.tokenization import VerdictTokens
 
 
@@ -40,7 +40,7 @@ class CriticRunner(CausalRunner):
                  max_new_tokens: int, **kw):
         super().__init__(model, **kw)
         self.read_side = "right"
-        self.lm_head = model.get_output_embeddings()
+        self.lm = LMHead(model)
         self.max_new_tokens = max_new_tokens
         self.tokenizer = tokenizer
         self.verdict = verdict
@@ -68,14 +68,12 @@ class CriticRunner(CausalRunner):
     def read_index(self, seq: Sequence[int]) -> int:
         return len(seq) - 1
 
-    def readout(self, hidden: torch.Tensor) -> list[float]:
-        return self._prob_a(self._head(hidden))
+    def readout(self, hidden: torch.Tensor) -> list:
+        return self._answer(self.lm(hidden))
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head on [B, hidden], with the final soft-capping of models that have one (Gemma-2)."""
-        logits = self.lm_head(hidden).float()
-        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+    def _answer(self, last: torch.Tensor) -> list:
+        """The next-token logits where the answer is read ([B, vocab]) -> one output per row."""
+        return self._prob_a(last)
 
     def _prob_a(self, last: torch.Tensor) -> list[float]:
         # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
@@ -84,11 +82,7 @@ class CriticRunner(CausalRunner):
     def _check_head(self) -> bool:
         """Whether the model's own forward computes its last logits some other way than LM head +
         final soft-capping (a logit scale, a custom head): then the fast path calls its forward."""
-        probe = torch.tensor([[self.pad_id, *self.verdict.prefix]], device=self.device)
-        with torch.inference_mode():
-            own = self.model(input_ids=probe, use_cache=False, logits_to_keep=1).logits[0, -1].float()
-            ours = self._head(self.base(input_ids=probe, use_cache=False).last_hidden_state[:, -1])[0]
-        return not torch.allclose(own, ours, atol=1e-4 * max(1.0, own.abs().max().item()), rtol=1e-4)
+        return not self.lm.matches_forward(self.base, [self.pad_id, *self.verdict.prefix], self.device)
 
     def _own_head_verdicts(self, seqs: list[Sequence[int]]) -> list[float]:
         batch = self._pad(seqs, side="left")
@@ -96,7 +90,7 @@ class CriticRunner(CausalRunner):
         # the model's own head on one position per row
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-        return self._prob_a(out.logits[:, -1, :].float())
+        return self._answer(out.logits[:, -1, :].float())
 
     # -- slow path
 

@@ -1,4 +1,5 @@
-"""load_model(spec): ModelSpec -> RewardModel | CriticModel, through the real `from_pretrained`."""
+"""load_model(spec): ModelSpec -> RewardModel | CriticModel | PrmModel | PointwiseModel, through the
+real `from_pretrained`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from cluster.core.config import ModelSpec
 from cluster.core.critic import CriticModel, CriticRunner
 from cluster.core.errors import ConfigError, ModelLoadError
 from cluster.core.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
-from cluster.core.tokenization import ChatEncoder, load_tokenizer
+from cluster.core.tokenization import ChatEncoder, StepEncoder, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Soft-capped attention logits: SDPA would silently skip the capping (wrong scores).
@@ -127,9 +128,30 @@ def _hub_unreachable() -> str | None:
     return None
 
 
-def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
-    """Load a reward model or critic described by `spec` (a ModelSpec or a dict of its fields)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def is_causal(config) -> bool:
+    archs = list(getattr(config, "architectures", None) or [])
+    return bool(archs) and all(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+
+
+def auto_class(spec: ModelSpec, config):
+    """The Auto class the model's card loads it with."""
+    import transformers
+
+    if spec.kind == "reward":
+        return transformers.AutoModelForSequenceClassification
+    if spec.kind in ("critic", "pointwise") or is_causal(config):
+        return transformers.AutoModelForCausalLM
+    # a prm with a token-classification head: transformers' own class, or the remote code's own entry
+    # (Qwen2.5-Math-PRM's auto_map names AutoModel, which its card calls)
+    auto_map = getattr(config, "auto_map", None) or {}
+    if spec.trust_remote_code and "AutoModelForTokenClassification" not in auto_map and "AutoModel" in auto_map:
+        return transformers.AutoModel
+    return transformers.AutoModelForTokenClassification
+
+
+def load_model(spec: ModelSpec | dict[str, Any]):
+    """Load the model `spec` describes (a ModelSpec or a dict of its fields): a RewardModel,
+    CriticModel, PrmModel or PointwiseModel."""
 
     spec = ModelSpec.parse(spec)
     device = resolve_device(spec.device)
@@ -145,10 +167,12 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
         )
     check_head(spec, config)
     head = reward_head(spec, config) if spec.kind == "reward" else None
+    positive = prm_positive_label(spec, config) if spec.kind == "prm" and not is_causal(config) else None
 
     tokenizer = load_tokenizer(spec)
     encoder = ChatEncoder.for_spec(spec, tokenizer)
-    auto_cls = AutoModelForSequenceClassification if spec.kind == "reward" else AutoModelForCausalLM
+    step_labels = prm_step_labels(spec, tokenizer) if spec.kind == "prm" and is_causal(config) else None
+    auto_cls = auto_class(spec, config)
     placement = weight_placement(spec, config, device, dtype)
     try:
         model = auto_cls.from_pretrained(
@@ -170,7 +194,20 @@ def load_model(spec: ModelSpec | dict[str, Any]) -> RewardModel | CriticModel:
                        share_prefixes=spec.share_prefixes)
     if spec.kind == "reward":
         return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
+    if spec.kind == "prm":
+        from cluster.core.prm import PrmModel, StepRewardRunner
+
+        assert isinstance(encoder, StepEncoder)
+        runner_args["padding_side"] = "right"
+        return PrmModel(spec, encoder, StepRewardRunner(model, tag_id=encoder.tag_id, positive=positive,
+                                                        step_labels=step_labels, **runner_args))
     eos_ids = _eos_ids(model, tokenizer)
+    if spec.kind == "pointwise":
+        from cluster.core.rating import PointwiseModel, RatingRunner
+
+        runner = RatingRunner(model, tokenizer, encoder.rating_tokens, spec.rating_strings, eos_ids,
+                              spec.max_new_tokens, **runner_args)
+        return PointwiseModel(spec, encoder, runner)
     runner = CriticRunner(model, tokenizer, encoder.verdict_tokens, spec.verdicts, eos_ids, spec.max_new_tokens,
                           **runner_args)
     return CriticModel(spec, encoder, runner)
@@ -192,25 +229,81 @@ def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch
             f"model '{spec.name}': devices={spec.devices} but {visible} CUDA device(s) are visible here; "
             "serve it with replicas.num_gpus >= devices so Ray gives the replica that many GPUs"
         )
-    device_map = plan_placement(config, spec.kind, spec.devices, dtype, quantization=spec.quantization)
+    device_map = plan_placement(config, placement_kind(spec, config), spec.devices, dtype,
+                                quantization=spec.quantization)
     return {"device_map": device_map, "quantization_config": quantization}
+
+
+def placement_kind(spec: ModelSpec, config) -> str:
+    """The skeleton the placement planner builds: a causal LM, or a classifier (a prm's token
+    classifier has a sequence classifier's layers and a head as small)."""
+    return "reward" if spec.kind == "reward" or (spec.kind == "prm" and not is_causal(config)) else "critic"
+
+
+def prm_positive_label(spec: ModelSpec, config) -> int:
+    """A token-classifier prm's positive label: reward_label (index or name), else label 1 of two
+    (Qwen2.5-Math-PRM's card reads `[:, 1]`)."""
+    n = int(getattr(config, "num_labels", 2))
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+    if spec.reward_label is None:
+        if n != 2:
+            raise ConfigError(f"model '{spec.name}': a prm with {n} labels {labels}; name its positive label "
+                              "with reward_label")
+        return 1
+    index = labels.index(spec.reward_label) if spec.reward_label in labels else spec.reward_label
+    if not isinstance(index, int) or not 0 <= index < n:
+        raise ConfigError(f"model '{spec.name}': reward_label={spec.reward_label!r} is not one of its {n} labels "
+                          f"{labels} (or an index below {n})")
+    return index
+
+
+def prm_step_labels(spec: ModelSpec, tokenizer) -> tuple[int, int]:
+    """A causal-LM prm's (good, bad) token ids. Two strings are tokenized as the Math-Shepherd card
+    does (`tokenizer.encode(f"{good} {bad}")[1:]`, i.e. together, without special tokens); ids are
+    taken as given. Default: Math-Shepherd's '+' and '-'."""
+    good, bad = spec.step_labels or ("+", "-")
+    where = f"model '{spec.name}': step_labels"
+    if isinstance(good, str) and isinstance(bad, str):
+        ids = tokenizer(f"{good} {bad}", add_special_tokens=False)["input_ids"]
+        if len(ids) != 2:
+            raise ConfigError(f"{where} {[good, bad]!r} tokenize as {len(ids)} tokens together ({ids}), not one each; "
+                              "give the two token ids instead")
+        return ids[0], ids[1]
+    out = []
+    for label in (good, bad):
+        if isinstance(label, int):
+            if not 0 <= label < len(tokenizer):
+                raise ConfigError(f"{where}: token id {label} is outside the vocabulary (0..{len(tokenizer) - 1})")
+            out.append(label)
+            continue
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(f"{where}: {label!r} is {len(ids)} tokens; give its token id instead")
+        out.append(ids[0])
+    return out[0], out[1]
 
 
 def check_head(spec: ModelSpec, config) -> None:
     """A checkpoint of the other kind would load with a freshly initialised head and score noise,
     silently: refuse it by its declared architecture."""
     archs = list(getattr(config, "architectures", None) or [])
-    causal = bool(archs) and all(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    causal = is_causal(config)
     classifier = bool(archs) and all(a.endswith("ForSequenceClassification") for a in archs)
     if spec.kind == "reward" and causal:
         raise ModelLoadError(
             f"model '{spec.name}': {spec.path!r} is a causal LM checkpoint ({', '.join(archs)}) with no reward "
             "head; a reward model has one (a *ForSequenceClassification checkpoint). Use kind='critic' for a judge"
         )
-    if spec.kind == "critic" and classifier:
+    if spec.kind in ("critic", "pointwise") and classifier:
         raise ModelLoadError(
             f"model '{spec.name}': {spec.path!r} is a sequence classifier ({', '.join(archs)}), not a causal LM; "
             "use kind='reward'"
+        )
+    if spec.kind == "prm" and classifier:
+        raise ModelLoadError(
+            f"model '{spec.name}': {spec.path!r} is a sequence classifier ({', '.join(archs)}): one score per "
+            "sequence, not per step; use kind='reward'"
         )
 
 

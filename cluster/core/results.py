@@ -68,6 +68,84 @@ class Generated:
     prob_a: float | None
 
 
+@dataclass(frozen=True)
+class StepRewards:
+    """A process reward model's score of one solution: a reward per step (the probability that the
+    step is correct, read at its tag) and one score from them (the `aggregate`)."""
+
+    score: float  # the aggregate of step_rewards
+    step_rewards: list[float]
+    aggregate: str  # min | last | mean | product
+    truncated: bool = False  # always False: a prm's input is never cut (every step is read)
+    num_tokens: int = 0
+
+    @property
+    def weakest_step(self) -> int:
+        """The index of the lowest step reward (the first, on a tie)."""
+        return min(range(len(self.step_rewards)), key=self.step_rewards.__getitem__)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A pointwise judge's rating of one response.
+
+    mode="logits": `expected` is the probability-weighted rating over the scale, read in one forward
+    pass where the answer writes its rating; `rating` is the most probable one (the greedy choice).
+    mode="generate": `rating` is the rating the generated answer states (the last one it writes;
+    None if it writes none) and `expected` is read at that rating's token."""
+
+    expected: float | None
+    rating: float | None
+    probs: list[float] | None  # P(rating) over the scale, in the spec's order (sums to 1)
+    truncated: bool = False
+    text: str | None = None  # the generated answer (mode="generate")
+
+    @property
+    def score(self) -> float | None:
+        return self.expected if self.expected is not None else self.rating
+
+
+@dataclass(frozen=True)
+class GeneratedRating:
+    """A pointwise judge's greedy answer: its text, the index of the rating it states last (None if
+    none) and the scale's probabilities read at that rating's token (None if not found there)."""
+
+    text: str
+    choice: int | None
+    probs: list[float] | None
+
+
+def aggregate_steps(rewards: Sequence[float], how: str) -> float:
+    """One score from a solution's step rewards."""
+    if not rewards:
+        raise InvalidInput("a solution with no steps has no step rewards to aggregate")
+    if how == "min":
+        return min(rewards)
+    if how == "last":
+        return rewards[-1]
+    if how == "mean":
+        return math.fsum(rewards) / len(rewards)
+    if how == "product":
+        return math.prod(rewards)
+    raise InvalidInput(f"aggregate: must be one of min, last, mean, product, got {how!r}")
+
+
+STEP_AGGREGATES = ("min", "last", "mean", "product")
+
+
+def check_aggregate(how: str | None) -> str | None:
+    if how is not None and how not in STEP_AGGREGATES:
+        raise InvalidInput(f"aggregate: must be one of min, last, mean, product, got {how!r}")
+    return how
+
+
+def rating_of(probs: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """(expected rating, most probable rating) from the scale's probabilities."""
+    expected = math.fsum(p * v for p, v in zip(probs, values))
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return expected, values[best]
+
+
 def sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))

@@ -240,6 +240,29 @@ class CausalRunner(ForwardRunner):
         return self._read(hidden, reads)
 
 
+class LMHead:
+    """A causal LM's next-token logits computed on chosen hidden states only (not on every position
+    of a batch: [B, T, vocab] would dwarf the model's activations): the output embeddings, then the
+    final soft-capping of models that have one (Gemma-2). `matches_forward` checks once, at load,
+    that this is what the model's own forward computes (a logit scale or custom head would not be)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.lm_head = model.get_output_embeddings()
+        self.cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden).float()
+        return torch.tanh(logits / self.cap) * self.cap if self.cap else logits
+
+    def matches_forward(self, base, probe: list[int], device) -> bool:
+        ids = torch.tensor([probe], device=device)
+        with torch.inference_mode():
+            own = self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+            ours = self(base(input_ids=ids, use_cache=False).last_hidden_state[:, -1])[0]
+        return bool(torch.allclose(own, ours, atol=1e-4 * max(1.0, own.abs().max().item()), rtol=1e-4))
+
+
 class LoadedModel:
     """A spec with the encoder (text -> ids) and runner (ids -> outputs) it was loaded into, and
     the request core over the two (`service`): in-process calls take the same flow as a route."""

@@ -31,16 +31,31 @@ from cluster.core.errors import InvalidInput, ModelFailure, Overloaded, RequestT
 from cluster.core.results import (
     Comparison,
     Generated,
+    GeneratedRating,
+    Rating,
+    StepRewards,
     Verdict,
+    aggregate_steps,
+    check_aggregate,
     check_mode,
     combine,
     pair_comparisons,
     pair_conversations,
+    rating_of,
     winner_of,
 )
-from cluster.core.tokenization import Encoded, EncodeOptions, check_list, is_token_ids, validate_judge_item
+from cluster.core.tokenization import (
+    Encoded,
+    EncodeOptions,
+    check_list,
+    is_token_ids,
+    validate_judge_item,
+    validate_rating_item,
+)
 
-OPS = ("score", "verdicts", "generate")  # reward model; critic fast path (P(A)); critic slow path
+# reward model and prm (a reward per item / per step); critic and pointwise judge fast path (P(A) /
+# P(rating)); their slow path (generation)
+OPS = ("score", "verdicts", "generate")
 ENCODE_ONLY = "tokenize"  # a part that is encoded as reward inputs, never run (vLLM's /tokenize)
 UNLIMITED = 1 << 62
 
@@ -128,10 +143,16 @@ class Rewards:
     num_tokens: list[int]  # per item (an ensemble: summed over its members)
     values: list[list[float]] | None = None  # every output label, for a model with several
     raw: list[float] | None = None  # the model's scalar before shaping, when shaping changed it
+    steps: list[list[float]] | None = None  # a prm's step rewards (`scores` are their aggregates)
+    aggregate: str | None = None  # how a prm's scores aggregate its steps
 
     @property
     def tokens(self) -> int:
         return sum(self.num_tokens)
+
+    def step_results(self) -> list[StepRewards]:
+        return [StepRewards(score, steps, self.aggregate, truncated, n)
+                for score, steps, truncated, n in zip(self.scores, self.steps, self.truncated, self.num_tokens)]
 
 
 @dataclass(frozen=True)
@@ -142,8 +163,13 @@ class Judged:
     tokens: int
 
 
-def shaped_rewards(spec: ModelSpec, result: PartResult) -> Rewards:
-    """A model's rewards, with its own shaping (normalize, clip) when it has one."""
+def shaped_rewards(spec: ModelSpec, result: PartResult, aggregate: str | None = None) -> Rewards:
+    """A model's rewards, with its own shaping (normalize, clip) when it has one. A prm's reward is
+    its step rewards' aggregate (the request's choice, else its spec's)."""
+    if spec.kind == "prm":
+        how = aggregate or spec.step_aggregate
+        scores = [aggregate_steps(steps, how) for steps in result.outputs]
+        return Rewards(scores, result.truncated, result.num_tokens, steps=list(result.outputs), aggregate=how)
     scores = [s for s, _ in result.outputs]
     values = [v for _, v in result.outputs] if result.outputs and result.outputs[0][1] is not None else None
     shaping = getattr(spec, "shaping", None)
@@ -161,6 +187,7 @@ class RewardsJob:
     what: str = "conversations"
     members: tuple[ModelSpec, ...] = ()  # an ensemble's member models
     options: EncodeOptions | None = None
+    aggregate: str | None = None  # a prm's: how its step rewards become one score
 
     def parts(self) -> list[Part]:
         return [Part(m.name, "score", self.inputs, self.what, options=self.options)
@@ -168,7 +195,7 @@ class RewardsJob:
 
     def finish(self, results: list[PartResult]) -> Rewards:
         if not isinstance(self.target, Ensemble):
-            return shaped_rewards(self.target, results[0])
+            return shaped_rewards(self.target, results[0], self.aggregate)
         member = [shaped_rewards(m, r) for m, r in zip(self.members, results)]
         truncated = [any(flags) for flags in zip(*(r.truncated for r in member))]
         num_tokens = [sum(counts) for counts in zip(*(r.num_tokens for r in member))]
@@ -200,6 +227,40 @@ class JudgeJob:
         if isinstance(output, Generated):
             return Verdict(output.winner, output.prob_a, enc.truncated, output.text)
         return Verdict(winner_of(output), output, enc.truncated)
+
+
+@dataclass(frozen=True)
+class Rated:
+    """A pointwise judge's ratings, in input order."""
+
+    results: list[Rating]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class RateJob:
+    """A pointwise judge's ratings: logits (the expected rating over the scale at the rating token)
+    or generate (the rating the answer states last, and the scale read at its token)."""
+
+    model: str
+    items: list[dict[str, str]]
+    values: tuple[float, ...]  # each rating's value, in scale order
+    mode: str = "logits"
+
+    def parts(self) -> list[Part]:
+        return [Part(self.model, "verdicts" if self.mode == "logits" else "generate", self.items, "items")]
+
+    def finish(self, results: list[PartResult]) -> Rated:
+        r = results[0]
+        return Rated([self._rating(out, enc) for out, enc in zip(r.outputs, r.encoded)], r.tokens)
+
+    def _rating(self, output: list[float] | GeneratedRating, enc: Encoded) -> Rating:
+        if isinstance(output, GeneratedRating):
+            stated = self.values[output.choice] if output.choice is not None else None
+            expected = rating_of(output.probs, self.values)[0] if output.probs is not None else None
+            return Rating(expected, stated, output.probs, enc.truncated, output.text)
+        expected, best = rating_of(output, self.values)
+        return Rating(expected, best, output, enc.truncated)
 
 
 @dataclass(frozen=True)
@@ -461,14 +522,23 @@ class ScoringService:
     # -- jobs (validation happens here, once, whichever door the request came through)
 
     def rewards_job(self, target: ModelSpec | Ensemble, inputs: Any, what: str = "conversations",
-                    options: EncodeOptions | None = None) -> RewardsJob:
+                    options: EncodeOptions | None = None, aggregate: str | None = None) -> RewardsJob:
         items = check_list(inputs, what)
         self.check_count(len(items))
         members = tuple(self._models[m.model] for m in target.members) if isinstance(target, Ensemble) else ()
         if members and any(is_token_ids(item) for item in items):
             raise InvalidInput(f"{what}: token ids belong to one tokenizer; '{target.name}' is an ensemble of "
                                "several models: send text or conversations")
-        return RewardsJob(target, items, what, members, options)
+        return RewardsJob(target, items, what, members, options, check_aggregate(aggregate))
+
+    def rate_job(self, model: ModelSpec, items: Any, mode: str = "logits") -> RateJob:
+        from cluster.core.config import rating_extra_fields
+
+        mode = check_mode(mode)
+        extra = rating_extra_fields(model.template)
+        checked = [validate_rating_item(it, f"items[{i}]", extra) for i, it in enumerate(check_list(items, "items"))]
+        self.check_count(len(checked))
+        return RateJob(model.name, checked, model.rating_numbers, mode)
 
     def judge_job(self, model: ModelSpec, items: Any, mode: str = "logits", debias: bool = False) -> JudgeJob:
         mode = check_mode(mode)

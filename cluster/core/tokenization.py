@@ -69,6 +69,15 @@ DEFAULT_OPTIONS = EncodeOptions()
 
 
 @dataclass(frozen=True)
+class ChoiceTokens:
+    """Several answer strings (a pointwise judge's ratings as it writes them): their shared prefix
+    (e.g. `[[`) and, per string, the one token where it differs from all the others."""
+
+    prefix: list[int]
+    tokens: list[int]
+
+
+@dataclass(frozen=True)
 class VerdictTokens:
     """The verdict strings' shared prefix (e.g. `[[`) and the first token where they differ."""
 
@@ -162,6 +171,60 @@ def validate_judge_item(item: Any, where: str) -> dict[str, str]:
     return out
 
 
+def validate_rating_item(item: Any, where: str, extra_fields: Sequence[str] = ()) -> dict[str, str]:
+    """A pointwise judge's item: the prompt, the one response to rate, and any other field its
+    template names (e.g. Prometheus' rubric)."""
+    keys = ("prompt", "response", *extra_fields)
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"{where}: a rating item must be an object with {', '.join(keys)}")
+    out = {}
+    for key in keys:
+        if key not in item:
+            why = "" if key in ("prompt", "response") else " (this judge's template uses it)"
+            raise InvalidInput(f"{where}.{key}: missing{why}")
+        if not isinstance(item[key], str):
+            raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
+        out[key] = check_text(item[key], f"{where}.{key}")
+    unknown = sorted(map(str, set(item) - set(out)))
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected {', '.join(keys)})")
+    return out
+
+
+STEP_ITEM_KEYS = ("prompt", "steps", "response", "system")
+
+
+def validate_step_item(item: Mapping, where: str) -> tuple[str, list[str] | str, str | None]:
+    """A prm's item: {prompt, steps: [...]} or {prompt, response: "..."} (split by the model's
+    separator), and an optional system message. -> (prompt, steps or response, system)."""
+    unknown = sorted(map(str, set(item) - set(STEP_ITEM_KEYS)))
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected prompt, and steps or response; "
+                           "system is optional)")
+    if "prompt" not in item:
+        raise InvalidInput(f"{where}.prompt: missing")
+    for key in ("prompt", "system", "response"):
+        if key in item and not isinstance(item[key], str):
+            raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
+    if ("steps" in item) == ("response" in item):
+        raise InvalidInput(f"{where}: give the solution as steps (a list of strings) or as response (one text split "
+                           "at the model's step_separator), " + ("not both" if "steps" in item else "got neither"))
+    check_text(item["prompt"], f"{where}.prompt")
+    system = check_text(item["system"], f"{where}.system") if "system" in item else None
+    if "response" in item:
+        return item["prompt"], check_text(item["response"], f"{where}.response"), system
+    steps = item["steps"]
+    if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Sequence):
+        raise InvalidInput(f"{where}.steps: must be a list of strings, got {type(steps).__name__}")
+    if not steps:
+        raise InvalidInput(f"{where}.steps: empty; a solution needs at least one step")
+    for j, step in enumerate(steps):
+        if not isinstance(step, str):
+            raise InvalidInput(f"{where}.steps[{j}]: must be a string, got {type(step).__name__}")
+        check_text(step, f"{where}.steps[{j}]")
+    return item["prompt"], list(steps), system
+
+
 def is_token_ids(item: Any) -> bool:
     """A list of ints (not bools): an item the client tokenized itself."""
     return (isinstance(item, list | tuple) and len(item) > 0
@@ -199,6 +262,13 @@ class ChatEncoder:
         """Build the encoder a spec implies; loads only the tokenizer when none is given."""
         if tokenizer is None:
             tokenizer = load_tokenizer(spec)
+        if spec.kind == "prm":
+            return StepEncoder(tokenizer, spec)
+        if spec.kind == "pointwise":
+            if not tokenizer.chat_template:
+                raise ModelLoadError(f"model '{spec.name}': a pointwise judge needs a chat template and {spec.path} "
+                                     "has none")
+            return RatingEncoder(tokenizer, spec)
         if spec.kind == "critic":
             if not tokenizer.chat_template:
                 raise ModelLoadError(f"model '{spec.name}': a critic needs a chat template and {spec.path} has none")
@@ -389,8 +459,9 @@ class ChatEncoder:
         question = item["prompt"]
         full = len(encode(question))
         if len(encode("")) > limit:
+            responses = "the response" if "response" in item else "the two responses"
             raise InputTooLong(
-                f"{where}: the two responses and the judge instructions alone exceed this model's "
+                f"{where}: {responses} and the judge instructions alone exceed this model's "
                 f"limit of {limit} tokens; responses are never cut, so this item cannot be judged"
             )
         lo, hi = 1, len(question)  # cut question[:k]; find the smallest k that fits
@@ -411,6 +482,161 @@ class ChatEncoder:
         if n == len(a) or n == len(b):
             raise ConfigError(f"verdicts {verdicts}: one tokenizes as a prefix of the other; they cannot be told apart")
         return VerdictTokens(prefix=list(a[:n]), token_a=a[n], token_b=b[n])
+
+
+    def _choice_tokens(self, strings: Sequence[str], what: str) -> ChoiceTokens:
+        """The answer strings' shared prefix and the one token that tells each apart (e.g. `[[` and
+        the rating's digit). Strings that differ only later, or first at the same token, cannot be
+        read in one step: refused, naming them."""
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in strings]
+        n = 0
+        while all(len(x) > n for x in ids) and len({x[n] for x in ids}) == 1:
+            n += 1
+        short = [t for t, x in zip(strings, ids) if len(x) <= n]
+        if short:
+            raise ConfigError(f"{what}: {short[0]!r} tokenizes as the shared prefix of all the others; they cannot "
+                              "be told apart")
+        first: dict[int, str] = {}
+        for t, x in zip(strings, ids):
+            if x[n] in first:
+                raise ConfigError(
+                    f"{what}: {first[x[n]]!r} and {t!r} begin with the same token after their shared prefix, so one "
+                    "forward pass cannot tell them apart; use ratings that are one token each in this tokenizer "
+                    "(e.g. a 1-9 scale) or another rating_format")
+            first[x[n]] = t
+        return ChoiceTokens(prefix=list(ids[0][:n]), tokens=[x[n] for x in ids])
+
+
+class StepEncoder(ChatEncoder):
+    """A process reward model's inputs -> token ids with the step tag after each step.
+
+    An item is {prompt, steps} or {prompt, response} (split at `step_separator`; pieces that are only
+    whitespace are dropped), with an optional system message; or a conversation whose last message
+    is the solution (split the same way); or a text / token ids already holding the tags (vLLM's
+    /pooling). The solution is written as the card writes it: each step with its tag
+    (`step_format`), joined by `step_joiner`, as the assistant turn of the chat template
+    (Qwen2.5-Math-PRM) or into `prm_template` (Math-Shepherd: "{prompt} {response}"), then
+    tokenized as the card does (`tokenizer.encode`: its own special tokens). The tag id is the last
+    token of the tag alone (the cards' `encode(step_tag)[-1]`); each item must hold it exactly once per
+    step. A prm reads every step, so an input over max_length is refused, never cut."""
+
+    def __init__(self, tokenizer, spec: ModelSpec):
+        super().__init__(tokenizer, max_length=spec.max_length, truncation="error")
+        self.spec = spec
+        tag_ids = tokenizer(spec.step_tag, add_special_tokens=False)["input_ids"]
+        if not tag_ids:
+            raise ConfigError(f"model '{spec.name}': step_tag {spec.step_tag!r} tokenizes to nothing")
+        self.tag_id: int = tag_ids[-1]
+        if spec.prm_template is None and not tokenizer.chat_template:
+            raise ModelLoadError(f"model '{spec.name}': its tokenizer has no chat template; give prm_template (e.g. "
+                                 "'{prompt} {response}', as Math-Shepherd's card formats its input)")
+
+    def encode(self, op: str, inputs: Any, what: str = "items", swap: bool = False,
+               options: EncodeOptions | None = None) -> list[Encoded]:
+        options = options or DEFAULT_OPTIONS
+        items = check_list(inputs, what)
+        texts: list[str | list[int]] = []
+        steps: list[int | None] = []  # the number of tags each item must hold (None: as sent)
+        for i, item in enumerate(items):
+            where = _where(what, i)
+            if isinstance(item, Mapping) and "role" not in item:
+                prompt, solution, system = validate_step_item(item, where)
+                head = ([{"role": "system", "content": system}] if system is not None else []) + \
+                    [{"role": "user", "content": prompt}]
+                text, n = self._tagged(head, solution, where)
+            elif isinstance(item, str):
+                text, n = check_text(item, where), None
+                if not text:
+                    raise InvalidInput(f"{where}: the text is empty")
+            elif is_token_ids(item):
+                text, n = self._check_ids(item, where), None
+            else:
+                messages = validate_conversation(item, where, require_assistant_last=True)
+                text, n = self._tagged(messages[:-1], messages[-1]["content"], f"{where}[{len(messages) - 1}]")
+            texts.append(text)
+            steps.append(n)
+        limit = options.limit(self.max_length, what)
+        out = []
+        for i, (ids, n) in enumerate(zip(self._tokenize(texts, options.add_special_tokens), steps)):
+            where = _where(what, i)
+            found = ids.count(self.tag_id)
+            if n is not None and found != n:
+                raise InvalidInput(
+                    f"{where}: {n} step(s) but the step tag {self.spec.step_tag!r} (token {self.tag_id}) is found "
+                    f"{found} time(s) once tokenized; the text around a tag must not merge with it (check step_format)")
+            if found == 0:
+                raise InvalidInput(f"{where}: no step tag {self.spec.step_tag!r} (token {self.tag_id}) in it; a prm "
+                                   "reads a reward at each tag after a step (or send prompt and steps)")
+            if len(ids) > limit:
+                raise InputTooLong(f"{where}: {len(ids)} tokens, over this model's limit of {limit}; a prm reads every "
+                                   "step, so its input is never cut")
+            out.append(Encoded(ids, False, len(ids)))
+        return out
+
+    def split(self, response: str) -> list[str]:
+        """A solution given as one text -> its steps (pieces that are only whitespace dropped)."""
+        return [s for s in response.split(self.spec.step_separator) if s.strip()]
+
+    def _tagged(self, head: list[dict], solution: list[str] | str, where: str) -> tuple[str, int]:
+        """The card's text for a solution after `head` (system / user messages), and its step count."""
+        steps = self.split(solution) if isinstance(solution, str) else solution
+        if not steps:
+            raise InvalidInput(f"{where}: the response has no steps (nothing but whitespace between separators "
+                               f"{self.spec.step_separator!r})")
+        tag = self.spec.step_tag
+        for j, step in enumerate(steps):
+            if tag in step:
+                raise InvalidInput(f"{where}: step {j} contains the step tag {tag!r}; a step's own text must not")
+        response = self.spec.step_joiner.join(self.spec.step_format.format(step=s, tag=tag) for s in steps)
+        if self.spec.prm_template is not None:
+            users = [m["content"] for m in head if m["role"] == "user"]
+            if len(users) != 1 or len(head) != 1:
+                raise InvalidInput(f"{where}: this prm reads plain text ({self.spec.prm_template!r}): send one prompt, "
+                                   f"no system message (got roles {[m['role'] for m in head]})")
+            return self.spec.prm_template.format(prompt=users[0], response=response), len(steps)
+        if self.spec.system_prompt is not None and not any(m["role"] == "system" for m in head):
+            head = [{"role": "system", "content": self.spec.system_prompt}, *head]
+        messages = [*head, {"role": "assistant", "content": response}]
+        return self.render(messages, where, add_generation_prompt=False), len(steps)
+
+
+class RatingEncoder(ChatEncoder):
+    """A pointwise judge's items ({prompt, response} and any field its template adds) -> the judge
+    prompt as one user turn (after the spec's system prompt, if any) with the generation prompt,
+    tokenized as the critic card does (the template alone decides the special tokens)."""
+
+    def __init__(self, tokenizer, spec: ModelSpec):
+        from cluster.core.config import rating_extra_fields
+
+        super().__init__(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
+                         judge_template=spec.template, add_special_tokens=False)
+        self.system_prompt = spec.system_prompt
+        self.extra_fields = rating_extra_fields(spec.template)
+        self.rating_tokens = self._choice_tokens(spec.rating_strings, f"model '{spec.name}': ratings")
+        self.verdict_tokens = self.rating_tokens  # what the fast path appends (the shared prefix) and reads
+
+    def encode(self, op: str, inputs: Any, what: str = "items", swap: bool = False,
+               options: EncodeOptions | None = None) -> list[Encoded]:
+        if op in ("score", "tokenize"):
+            raise InvalidInput(f"{what}: a pointwise judge rates items {{prompt, response}}; it has no reward to score")
+        return self.encode_judge_items(inputs, what)
+
+    def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
+        checked = [validate_rating_item(item, _where(what, i), self.extra_fields)
+                   for i, item in enumerate(check_list(items, what))]
+        limit = self.max_length - len(self.rating_tokens.prefix)  # the fast path appends the prefix
+        texts = [self._judge_text(it, _where(what, i)) for i, it in enumerate(checked)]
+        encoded = self._encode_texts(texts, what, limit, allow_truncation=False)
+        for i, enc in enumerate(encoded):
+            if enc is None:
+                encoded[i] = self._shorten_judge_item(checked[i], _where(what, i), limit)
+        return encoded
+
+    def _judge_text(self, item: dict[str, str], where: str) -> str:
+        extra = {f: item[f] for f in self.extra_fields}
+        prompt = self.judge_template.format(input=item["prompt"], response=item["response"], **extra)
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
+        return self.render([*system, {"role": "user", "content": prompt}], where, add_generation_prompt=True)
 
 
 # Segment B of a text pair (token type 1, for encoders that embed token types, e.g. BERT/ELECTRA)

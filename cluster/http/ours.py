@@ -1,4 +1,5 @@
-"""Our own routes: /healthz, /v1/models, /v1/rewards, /v1/compare, /v1/judge."""
+"""Our own routes: /healthz, /v1/models, /v1/rewards, /v1/compare, /v1/judge, /v1/step_rewards
+(process reward models) and /v1/rate (pointwise judges)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def router(service: ScoringService) -> APIRouter:
     @r.get("/v1/models", response_model=schemas.ModelsResponse)
     async def models() -> JSONResponse:
         """Every served model and ensemble, in the OpenAI shape vLLM clients read (`data[i].id`)."""
-        defaults = {m.name for m in (service.default_model(k) for k in ("reward", "critic")) if m is not None}
+        defaults = {m.name for m in (service.default_model(k) for k in ("reward", "critic", "prm", "pointwise"))
+                    if m is not None}
         lengths = {m.name: m.max_length for m in service.models}
         now = int(time.time())
         cards = []
@@ -42,13 +44,30 @@ def router(service: ScoringService) -> APIRouter:
 
     @r.post("/v1/rewards", response_model=schemas.RewardsResponse)
     async def rewards(body: schemas.RewardsRequest) -> JSONResponse:
-        model = service.resolve(body.model, ("reward",))
+        """A reward per conversation; a prm's is the aggregate of its steps (the assistant message
+        split at its step_separator), with the step rewards beside."""
+        model = service.resolve(body.model, ("reward", "prm"))
         inputs = [c if isinstance(c, str) else [m.model_dump() for m in c] for c in body.conversations]
         result = await service.submit(service.rewards_job(model, inputs))
         labels = (await service.head(model.name))["labels"] if result.values is not None else None
         return ok(schemas.RewardsResponse(model=model.name, scores=result.scores, truncated=result.truncated,
                                           raw_scores=result.raw, values=result.values, labels=labels,
+                                          step_rewards=result.steps, aggregate=result.aggregate,
                                           usage=usage(result.tokens)))
+
+    @r.post("/v1/step_rewards", response_model=schemas.StepRewardsResponse)
+    async def step_rewards(body: schemas.StepRewardsRequest) -> JSONResponse:
+        model = service.resolve(body.model, ("prm",))
+        result = await service.submit(service.rewards_job(model, body.items, "items", aggregate=body.aggregate))
+        return ok(schemas.StepRewardsResponse(model=model.name, aggregate=result.aggregate, usage=usage(result.tokens),
+                                              results=schemas.step_results(result.step_results())))
+
+    @r.post("/v1/rate", response_model=schemas.RateResponse)
+    async def rate(body: schemas.RateRequest) -> JSONResponse:
+        model = service.resolve(body.model, ("pointwise",))
+        rated = await service.submit(service.rate_job(model, body.items, body.mode))
+        return ok(schemas.RateResponse(model=model.name, ratings=list(model.ratings), usage=usage(rated.tokens),
+                                       results=schemas.rating_results(rated.results)))
 
     @r.post("/v1/compare", response_model=schemas.CompareResponse)
     async def compare(body: schemas.CompareRequest) -> JSONResponse:

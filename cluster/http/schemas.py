@@ -12,8 +12,14 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from cluster.core.results import Mode, check_mode
-from cluster.core.tokenization import shown, unicode_problem, validate_conversation, validate_judge_item
+from cluster.core.results import STEP_AGGREGATES, Mode, check_mode
+from cluster.core.tokenization import (
+    shown,
+    unicode_problem,
+    validate_conversation,
+    validate_judge_item,
+    validate_step_item,
+)
 
 
 def _unicode(value: str) -> str:
@@ -121,6 +127,101 @@ class RewardsResponse(BaseModel):
     raw_scores: list[float] | None = None  # the model's logits, when shaping changed them
     values: list[list[float]] | None = None  # every output label per item, for a multi-output model
     labels: list[str] | None = None  # the names of those outputs (the model's id2label)
+    step_rewards: list[list[float]] | None = None  # a prm: each item's step rewards (`scores` aggregate them)
+    aggregate: str | None = None  # a prm: how `scores` aggregate the step rewards
+
+
+# ---------------------------------------------------------------- /v1/step_rewards (process reward models)
+
+
+def _step_items(value: Any) -> Any:
+    """The in-process checks on each item: {prompt, steps | response, system?} or a conversation."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                validate_step_item(item, f"items[{i}]")
+            elif not isinstance(item, str):
+                validate_conversation(item, f"items[{i}]", require_assistant_last=True)
+    return value
+
+
+def _aggregate(value: Any) -> Any:
+    if value is not None and value not in STEP_AGGREGATES:
+        raise ValueError(f"must be one of {', '.join(STEP_AGGREGATES)}, got {shown(value)}")
+    return value
+
+
+class StepRewardsRequest(Strict):
+    """Solutions to score step by step: {prompt, steps: [...]} or {prompt, response} (split at the
+    model's step_separator), with an optional system message; or conversations whose last message
+    is the solution; or texts already holding the model's step tags."""
+
+    model: ModelName | None = None
+    items: list[dict[str, Any] | list[Message] | str] = Field(min_length=1)
+    aggregate: str | None = None  # min | last | mean | product (default: the model's step_aggregate)
+
+    _checked = field_validator("items", mode="before")(_step_items)
+    _how = field_validator("aggregate", mode="before")(_aggregate)
+
+
+class StepResult(BaseModel):
+    score: float  # the aggregate of step_rewards
+    step_rewards: list[float]  # per step: the probability that the step is correct
+    num_steps: int
+    weakest_step: int  # the index of the lowest step reward
+    truncated: bool  # always false: a prm's input is never cut
+    num_tokens: int
+
+
+def step_results(results) -> list[StepResult]:
+    """The core's StepRewards in the shape every door answers (/v1/step_rewards, the handle API)."""
+    return [StepResult(score=r.score, step_rewards=r.step_rewards, num_steps=len(r.step_rewards),
+                       weakest_step=r.weakest_step, truncated=r.truncated, num_tokens=r.num_tokens)
+            for r in results]
+
+
+class StepRewardsResponse(BaseModel):
+    model: str
+    kind: Literal["prm"] = "prm"
+    aggregate: str
+    results: list[StepResult]
+    usage: Usage
+
+
+# ---------------------------------------------------------------- /v1/rate (pointwise judges)
+
+
+class RateRequest(Strict):
+    """Responses to rate one by one: {prompt, response} and any other field the judge's template
+    names (checked against the model's template by the service)."""
+
+    model: ModelName | None = None
+    items: list[dict[str, Any]] = Field(min_length=1)
+    mode: Mode = "logits"
+
+    _mode = field_validator("mode", mode="before")(check_mode)
+
+
+class RatingResult(BaseModel):
+    expected: float | None  # the probability-weighted rating (None: a generated answer stated none)
+    rating: float | None  # logits: the most probable rating; generate: the one the answer states last
+    probs: list[float] | None  # P(rating) over the scale, in `ratings` order
+    truncated: bool
+    text: str | None = None  # generate mode: the judge's answer
+
+
+def rating_results(results) -> list[RatingResult]:
+    """The core's Ratings in the shape every door answers (/v1/rate, the handle API)."""
+    return [RatingResult(expected=r.expected, rating=r.rating, probs=r.probs, truncated=r.truncated, text=r.text)
+            for r in results]
+
+
+class RateResponse(BaseModel):
+    model: str
+    kind: Literal["pointwise"] = "pointwise"
+    ratings: list[str]  # the scale, as the judge writes it
+    results: list[RatingResult]
+    usage: Usage
 
 
 # ---------------------------------------------------------------- /v1/compare and /v1/judge
@@ -217,7 +318,7 @@ class ModelCard(BaseModel):
     max_model_len: int
     permission: list[dict[str, Any]] = Field(default_factory=list)
     name: str
-    kind: Literal["reward", "critic"]
+    kind: Literal["reward", "critic", "prm", "pointwise"]
     max_length: int
     default: bool
     aliases: list[str] = Field(default_factory=list)  # other names requests may use (its path too)
