@@ -21,7 +21,11 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 def add_tiny_model_arguments(tiny: argparse.ArgumentParser) -> None:
     from cluster.tiny import ARCHES
 
-    tiny.add_argument("--kind", choices=["reward", "critic"], default="reward")
+    tiny.add_argument("--kind", choices=["reward", "critic", "prm"], default="reward",
+                      help="prm: a process reward model in a real PRM's format (see --style)")
+    tiny.add_argument("--style", choices=["qwen", "shepherd"], default=None,
+                      help="only for --kind prm: qwen (Qwen2.5-Math-PRM: <extra_0>, remote-code head; the default) "
+                           "or shepherd (math-shepherd: 'ки' tag, +/- next-token logits)")
     tiny.add_argument("--arch", choices=list(ARCHES), default="llama", help="model family")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--pad", choices=["separate", "eos", "none"], default="separate",
@@ -70,8 +74,16 @@ def demo_in_process(args: argparse.Namespace) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    from cluster.tiny import build_tiny_model
+    import sys
 
+    from cluster.tiny import build_tiny_model, build_tiny_prm
+
+    if args.kind == "prm":
+        print(build_tiny_prm(args.out, style=args.style or "qwen", seed=args.seed))
+        return 0
+    if args.style is not None:
+        print("error: --style is only for --kind prm", file=sys.stderr)
+        return 2
     out = build_tiny_model(
         args.out, kind=args.kind, arch=args.arch, template_bos=args.template_bos,
         tokenizer_adds_bos=args.tokenizer_bos, pad=args.pad, seed=args.seed,
