@@ -236,11 +236,11 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
 
     if arch not in ARCHES:
         raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
-    if kind not in ("reward", "critic"):
-        raise ValueError(f"kind must be 'reward' or 'critic', got {kind!r}")
-    if kind == "critic" and FAMILIES[arch].encoder:
-        raise ValueError(f"{arch} is an encoder; a critic is a causal LM")
-    if template_bos is None and kind == "critic" and arch == "llama":
+    if kind not in ("reward", "critic", "pointwise"):
+        raise ValueError(f"kind must be 'reward', 'critic' or 'pointwise', got {kind!r}")
+    if kind != "reward" and FAMILIES[arch].encoder:
+        raise ValueError(f"{arch} is an encoder; a {kind} judge is a causal LM")
+    if template_bos is None and kind != "reward" and arch == "llama":
         template_bos = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,9 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=stops, do_sample=False,
         )
-        if teach_steps:
+        if teach_steps and kind == "pointwise":
+            teach_rating_format(model, tokenizer, steps=teach_steps, seed=seed)
+        elif teach_steps:
             teach_verdict_format(model, tokenizer, steps=teach_steps, seed=seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -362,8 +364,6 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
     path and the fast path's agreement with generation are tested on; its judgement means nothing."""
     import random
 
-    import torch
-
     from cluster.core.config import skywork_critic_template
 
     rng = random.Random(seed)
@@ -372,12 +372,41 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
     for _ in range(16):
         a, b = rng.sample(TEACH_ANSWERS, 2)
         prompt = template.format(input=rng.choice(TEACH_QUESTIONS), response_a=a, response_b=b)
+        examples.append((prompt, "[[A]]" if len(a) >= len(b) else "[[B]]"))
+    _teach(model, tokenizer, examples, steps)
+
+
+def teach_rating_format(model, tokenizer, *, steps: int = 40, seed: int = 0) -> None:
+    """The pointwise twin of `teach_verdict_format`: the tiny judge answers the default pointwise
+    prompt with a short remark then a rating in MT-Bench's format ("... [[7]]"), higher for longer
+    answers, so the generate path has a rating to find at the end of its answer."""
+    import random
+
+    from cluster.core.config import pointwise_template
+
+    rng = random.Random(seed)
+    template = pointwise_template()
+    examples = []
+    for _ in range(16):
+        answer = rng.choice(TEACH_ANSWERS)
+        prompt = template.format(input=rng.choice(TEACH_QUESTIONS), response=answer)
+        rating = min(10, 2 + len(answer) // 5)
+        examples.append((prompt, f"{'Long' if rating > 5 else 'Short'} answer. [[{rating}]]"))
+    _teach(model, tokenizer, examples, steps)
+
+
+def _teach(model, tokenizer, examples: list[tuple[str, str]], steps: int) -> None:
+    """A few AdamW steps on (judge prompt as one user turn, answer then end of turn) pairs."""
+    import torch
+
+    pairs = []
+    for prompt, answer in examples:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the critic card's ids
-        answer = "[[A]]" if len(a) >= len(b) else "[[B]]"
         answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-        examples.append((prompt_ids, answer_ids))
+        pairs.append((prompt_ids, answer_ids))
+    examples = pairs
     width = max(len(p) + len(a) for p, a in examples)
     ids = torch.full((len(examples), width), tokenizer.eos_token_id)
     labels = torch.full((len(examples), width), -100)

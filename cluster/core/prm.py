@@ -43,7 +43,13 @@ class StepRewardRunner(ForwardRunner):
         return {"score": Op(self.step_rewards)}
 
     def describe_head(self) -> dict[str, Any]:
-        return {"labels": None, "problem_type": None, "step_tag_id": self.tag_id}
+        """The tag id, and the column of the step reward in vLLM's per-step rows: a two-label
+        classifier's rows are its labels' probabilities (positive = this column); a causal LM's are
+        [P(good), P(bad)] (vLLM's `returned_token_ids` order)."""
+        column = self.positive if self.step_labels is None else 0
+        labels = self.model.config.num_labels if self.step_labels is None else 2
+        return {"labels": None, "problem_type": None, "step_tag_id": self.tag_id, "reward_column": column,
+                "num_columns": labels}
 
     def step_rewards(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         """One forward pass over `seqs`; each one's rewards at its tags, in order."""

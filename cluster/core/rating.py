@@ -45,25 +45,35 @@ class RatingRunner(CriticRunner):
     def _generate_verdicts(self, seqs: list[Sequence[int]]) -> list[GeneratedRating]:
         out = []
         for gen in self._generate(seqs, self.max_new_tokens):
-            choice = self.parse_choice(gen.text)
-            read = gen.prob_a  # (choice, probs) found at the last rating token, or None
-            probs = read[1] if read is not None and read[0] == choice else None
-            out.append(GeneratedRating(gen.text, choice, probs))
+            match = self._last_rating(gen.text)
+            choice = self.verdicts.index(match.group(0)) if match else None
+            read = gen.prob_a  # (choice, probs, where its token ends in the text), or None
+            same = read is not None and match is not None and read[0] == choice and match.start() < read[2] <= match.end()
+            out.append(GeneratedRating(gen.text, choice, read[1] if same else None))
         return out
+
+    def _last_rating(self, text: str) -> re.Match | None:
+        matches = list(self.verdict_pattern.finditer(text))
+        return matches[-1] if matches else None
 
     def parse_choice(self, text: str) -> int | None:
         """The index of the last rating the text writes (None: it writes none)."""
-        matches = list(self.verdict_pattern.finditer(text))
-        return self.verdicts.index(matches[-1].group(0)) if matches else None
+        match = self._last_rating(text)
+        return self.verdicts.index(match.group(0)) if match else None
 
     def _prob_at_verdict(self, new_ids: list[int], step_logits: list[torch.Tensor]):
-        """(rating index, the scale's probabilities) at the last place the generated tokens hold the
-        prefix then a rating token; None if they never do."""
-        prefix, n = self.verdict.prefix, len(self.verdict.prefix)
-        for t in range(len(new_ids) - n - 1, -1, -1):
-            if new_ids[t:t + n] == prefix and new_ids[t + n] in self.verdict.tokens:
-                probs = self._answer(step_logits[t + n].float().unsqueeze(0))[0]
-                return self.verdict.tokens.index(new_ids[t + n]), probs
+        """(rating index, the scale's probabilities, where the token ends in the answer's text) at
+        the last generated rating token that follows the rating prefix in the text (the tokens of
+        `[[` after a space or a word need not be those of `[[` alone); None if there is none."""
+        prefix = self.tokenizer.decode(self.verdict.prefix)
+        cut = next((j for j, tok in enumerate(new_ids) if tok in self.eos_ids), len(new_ids))
+        for t in range(cut - 1, -1, -1):
+            if new_ids[t] not in self.verdict.tokens:
+                continue
+            text = self.tokenizer.decode(new_ids[:t + 1], skip_special_tokens=True)
+            if text.endswith(prefix + self.tokenizer.decode([new_ids[t]])):
+                probs = self._answer(step_logits[t].float().unsqueeze(0))[0]
+                return self.verdict.tokens.index(new_ids[t]), probs, len(text)
         return None
 
 

@@ -51,6 +51,7 @@ class EncodeOptions:
     add_special_tokens: bool | None = None  # None: as the card's computation (see the module docstring)
     any_role: bool = False  # messages with any role, the last one not necessarily the assistant's
     strip_padding: bool = False  # texts: drop padding decoded into the text (OpenRLHF <= 0.8 clients)
+    tagged: bool = False  # a prm's conversations already hold the step tags (vLLM's /pooling): rendered as sent
 
     def limit(self, max_length: int, what: str) -> int:
         if self.truncate == "none":
@@ -550,8 +551,11 @@ class StepEncoder(ChatEncoder):
                     raise InvalidInput(f"{where}: the text is empty")
             elif is_token_ids(item):
                 text, n = self._check_ids(item, where), None
+            elif options.tagged:  # the client wrote the tags itself: its messages through the template as sent
+                messages = validate_conversation(item, where, require_assistant_last=True, any_role=options.any_role)
+                text, n = self.render(messages, where, add_generation_prompt=False), None
             else:
-                messages = validate_conversation(item, where, require_assistant_last=True)
+                messages = validate_conversation(item, where, require_assistant_last=True, any_role=options.any_role)
                 text, n = self._tagged(messages[:-1], messages[-1]["content"], f"{where}[{len(messages) - 1}]")
             texts.append(text)
             steps.append(n)
