@@ -48,7 +48,8 @@ class RatingRunner(CriticRunner):
             match = self._last_rating(gen.text)
             choice = self.verdicts.index(match.group(0)) if match else None
             read = gen.prob_a  # (choice, probs, where its token ends in the text), or None
-            same = read is not None and match is not None and read[0] == choice and match.start() < read[2] <= match.end()
+            same = (read is not None and match is not None and read[0] == choice
+                    and match.start() < read[2] <= match.end())
             out.append(GeneratedRating(gen.text, choice, read[1] if same else None))
         return out
 
