@@ -11,6 +11,7 @@ computations (tests/prm_reference.py) within 1e-4 in fp32, batched, padded and l
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -281,7 +282,7 @@ def test_generate_mode_parses_the_last_rating_and_reads_its_token(judge, judge_d
     for item, r in zip(ITEMS, results):
         text, new_ids, step_logits = pointwise_reference_generate(judge_dir, reference_ids(judge_dir, item), 16)
         assert r.text == text
-        ratings = [int(m) for m in __import__("re").findall(r"\[\[(\d+)\]\]", text)]
+        ratings = [int(m) for m in re.findall(r"\[\[(\d+)\]\]", text)]
         assert r.rating == (float(ratings[-1]) if ratings else None)
         if r.probs is not None:  # read at the generated rating token: the logits there
             at = max(j for j, t in enumerate(new_ids) if t == tokens[int(r.rating) - 1])
