@@ -181,6 +181,15 @@ def test_shepherd_read_through_its_own_forward_is_the_same(shepherd, shepherd_di
         assert close(a.step_rewards, b.step_rewards)
 
 
+def test_step_numbers_from_the_format(shepherd_dir):
+    """Math-Shepherd's solutions number their steps ("Step 1: ..."): `{index}` writes the numbers."""
+    numbered = load_model({"name": "s", "path": shepherd_dir, "dtype": "float32", **SHEPHERD,
+                           "step_format": "Step {index}: {step} {tag}"})
+    q, steps = PROBLEMS[4]
+    r = numbered.step_rewards([{"prompt": q, "response": "\n\n".join(steps)}])[0]
+    assert close(r.step_rewards, shepherd_card_step_rewards(shepherd_dir, q, shepherd_output(steps)))
+
+
 def test_step_labels_given_as_token_ids_are_the_same(shepherd_dir, shepherd):
     tok = AutoTokenizer.from_pretrained(shepherd_dir)
     ids = tok.encode("+ -")[1:]  # the card's candidate_tokens
@@ -195,7 +204,7 @@ def test_step_labels_given_as_token_ids_are_the_same(shepherd_dir, shepherd):
 @pytest.mark.parametrize("fields, message", [
     ({"kind": "prm"}, r"a prm needs step_tag"),
     ({"kind": "prm", "step_tag": "x", "step_format": "{tag}{step}"}, r"step_format must end with \{tag\}"),
-    ({"kind": "prm", "step_tag": "x", "step_format": "{step}"}, r"step_format must use exactly \{step\} and \{tag\}"),
+    ({"kind": "prm", "step_tag": "x", "step_format": "{step}"}, r"step_format must use \{step\} and \{tag\}"),
     ({"kind": "prm", "step_tag": "x", "prm_template": "{question} {response}"}, r"prm_template must use exactly"),
     ({"kind": "prm", "step_tag": "x", "padding_side": "left"}, r"padding_side must be auto or right"),
     ({"kind": "reward", "step_tag": "x"}, r"step_tag is for kind 'prm', not 'reward'"),

@@ -125,8 +125,8 @@ class ModelSpec(StrictModel):
     step_tag: str | None = Field(None, description="the token after each step where its reward is read "
                                  "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
     step_separator: str = Field("\n\n", min_length=1, description="splits a response given as one text into steps")
-    step_format: str = Field("{step}{tag}", description="one step as the model reads it (Math-Shepherd: "
-                             "'{step} {tag}')")
+    step_format: str = Field("{step}{tag}", description="one step as the model reads it; {index} is its number "
+                             "from 1 (Math-Shepherd: 'Step {index}: {step} {tag}')")
     step_joiner: str = Field("", description="between formatted steps (Math-Shepherd: '\\n')")
     prm_template: str | None = Field(None, description="None: the chat template renders system, prompt and the "
                                      "tagged steps as the assistant turn (Qwen2.5-Math-PRM); else plain text with "
@@ -264,8 +264,9 @@ def check_step_fields(spec: ModelSpec) -> None:
         raise ValueError("a prm needs step_tag: the token after each step where its reward is read "
                          "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
     fields = template_fields(spec.step_format, "step_format")
-    if fields != {"step", "tag"}:
-        raise ValueError(f"step_format must use exactly {{step}} and {{tag}}, got {sorted(fields)}")
+    if not {"step", "tag"} <= fields <= {"step", "tag", "index"}:
+        raise ValueError(f"step_format must use {{step}} and {{tag}} (and may use {{index}}, the step's number from "
+                         f"1), got {sorted(fields)}")
     if not spec.step_format.rstrip().endswith("{tag}"):
         raise ValueError(f"step_format must end with {{tag}} (the reward is read at the tag), got {spec.step_format!r}")
     if spec.prm_template is not None:

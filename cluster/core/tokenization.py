@@ -591,7 +591,8 @@ class StepEncoder(ChatEncoder):
         for j, step in enumerate(steps):
             if tag in step:
                 raise InvalidInput(f"{where}: step {j} contains the step tag {tag!r}; a step's own text must not")
-        response = self.spec.step_joiner.join(self.spec.step_format.format(step=s, tag=tag) for s in steps)
+        response = self.spec.step_joiner.join(self.spec.step_format.format(step=s, tag=tag, index=j + 1)
+                                              for j, s in enumerate(steps))
         if self.spec.prm_template is not None:
             users = [m["content"] for m in head if m["role"] == "user"]
             if len(users) != 1 or len(head) != 1:
