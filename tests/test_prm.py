@@ -219,6 +219,26 @@ def test_bad_specs_are_named(fields, message):
         ModelSpec(name="m", path="/nowhere", **fields)
 
 
+def test_the_prm_and_judges_config_is_a_valid_serve_config():
+    """ray_config.prm-and-judges.yaml: Serve's schema and ours; each kind's fields as the README says."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.core.config import AppConfig
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.prm-and-judges.yaml").read_text())
+    [app] = ServeDeploySchema(**raw).applications
+    models = {m.name: m for m in AppConfig.parse(app.args).models}
+    assert models["qwen2.5-math-prm-7b"].trust_remote_code and models["qwen2.5-math-prm-7b"].step_tag == "<extra_0>"
+    shepherd = models["math-shepherd-mistral-7b-prm"]
+    assert shepherd.step_format.format(step="x = 1", tag="ки", index=2) == "Step 2: x = 1 ки"
+    prometheus = models["prometheus-7b-v2.0"].spec()
+    assert prometheus.rating_strings == ("[RESULT] 1", "[RESULT] 2", "[RESULT] 3", "[RESULT] 4", "[RESULT] 5")
+    assert prometheus.template.endswith("###Score Rubrics:\n{rubric}\n\n###Feedback: ")
+
+
 def test_a_full_dump_of_a_spec_loads_again():
     spec = ModelSpec(name="m", path="/x", kind="prm", step_tag="<extra_0>")
     assert ModelSpec(**spec.model_dump()) == spec
@@ -323,3 +343,14 @@ def test_template_fields_come_from_each_item(judge_dir):
 def test_aggregate_of_no_steps_is_refused():
     with pytest.raises(InvalidInput, match="no steps"):
         aggregate_steps([], "min")
+
+
+def test_the_readme_prm_and_judge_example_runs(tmp_path, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Process reward models and pointwise judges"):]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
+    exec(compile(code.replace("/tmp/readme-", str(tmp_path / "readme-")), "README.md (PRMs)", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("[0.") and lines[1].split()[-1] == "10"

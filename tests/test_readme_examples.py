@@ -66,12 +66,13 @@ def test_the_rl_example_runs_against_a_serve_app(served, capsys):
 
 
 def served_names() -> dict[str, dict[str, str]]:
-    """Where each name is served: the demo, ray_config.yaml, ray_config.all-seed-models.yaml ->
+    """Where each name is served: the demo, ray_config.yaml, ray_config.all-seed-models.yaml,
+    ray_config.prm-and-judges.yaml ->
     {model name: its path}."""
     from deployments.demo import demo_args
 
     configs = {"demo": {m["name"]: m["path"] for m in demo_args(Path("rm"), Path("critic"))["models"]}}
-    for file in ("ray_config.yaml", "ray_config.all-seed-models.yaml"):
+    for file in ("ray_config.yaml", "ray_config.all-seed-models.yaml", "ray_config.prm-and-judges.yaml"):
         [app] = yaml.safe_load((ROOT / file).read_text())["applications"]
         configs[file] = {m["name"]: m["path"] for m in app["args"]["models"]}
     return configs

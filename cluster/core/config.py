@@ -34,7 +34,7 @@ def pointwise_template() -> str:
     (FastChat's judge_prompts.jsonl, "single-v1"): the same instructions, but the rating asked for
     first, so that one forward pass reads it (MT-Bench's own asks for an explanation first: use it
     with mode="generate")."""
-    return resources.files("cluster").joinpath("templates/pointwise_rating.txt").read_text("utf-8")
+    return resources.files("cluster").joinpath("templates/pointwise_rating.txt").read_text("utf-8").rstrip("\n")
 
 
 def format_validation_error(err: ValidationError, what: str) -> str:
