@@ -21,8 +21,9 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 def add_tiny_model_arguments(tiny: argparse.ArgumentParser) -> None:
     from cluster.tiny import ARCHES
 
-    tiny.add_argument("--kind", choices=["reward", "critic", "prm"], default="reward",
-                      help="prm: a process reward model in a real PRM's format (see --style)")
+    tiny.add_argument("--kind", choices=["reward", "critic", "prm", "pointwise"], default="reward",
+                      help="prm: a process reward model in a real PRM's format (see --style); pointwise: a judge "
+                           "taught to answer '... [[N]]'")
     tiny.add_argument("--style", choices=["qwen", "shepherd"], default=None,
                       help="only for --kind prm: qwen (Qwen2.5-Math-PRM: <extra_0>, remote-code head; the default) "
                            "or shepherd (math-shepherd: 'ки' tag, +/- next-token logits)")
