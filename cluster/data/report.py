@@ -69,6 +69,17 @@ FEW_COMMON_ROWS = 0.9  # warn when two outputs share fewer than this share of th
 CHANCE = 50.0  # accuracy (%) of a coin flip on every comparison
 STAT_KEYS = ("count", "mean", "std", "min", "p5", "p50", "p95", "max")
 GROUP_COLORS = {"overall": "tab:gray", "RewardBench": "tab:purple", "RM-Bench": "tab:green", "subset": "tab:blue"}
+KIND_NAMES = {"reward": "reward model", "critic": "critic", "prm": "process reward model (prm)",
+              "pointwise": "pointwise judge"}
+STEP_COLUMNS = ("step_rewards", "chosen_step_rewards", "rejected_step_rewards")  # a process reward model's
+RATING_COLUMNS = ("rating_probs", "rating", "chosen_rating", "rejected_rating", "chosen_ratings", "rejected_ratings")
+SIDE_COLORS = {"solutions": "tab:blue", "chosen": "tab:green", "rejected": "tab:red"}
+STEP_BINS = 40  # step-reward histograms: bins over [0, 1]
+MIN_SOLUTIONS_PER_STEP = 5  # the step-number plot stops where fewer solutions have that many steps
+WEAK_THRESHOLDS = (0.2, 0.5, 0.8)  # shares of solutions whose weakest step reward is below these
+DEFAULT_STEP_SEPARATOR = "\n\n"  # the PRM spec's default step_separator, when run.json does not record one
+EXAMPLE_STEP_CHARS = 240  # a step's text in the examples is shortened to this many characters
+EXAMPLE_STEPS = 30  # steps shown per example solution (the weakest always among them)
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; padding: 0 1em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -82,6 +93,11 @@ table.examples td.values { white-space: nowrap; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; max-height: 16em; overflow: auto; min-width: 12em; }
 .warning { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 0.4em 0.8em; margin: 0.5em 0; }
 .note { color: #555; font-size: 0.9em; }
+ol.steps { margin: 0; padding-left: 2.2em; }
+ol.steps li { margin: 0.15em 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+ol.steps li.weakest { background: #fde2e1; outline: 1px solid #e06c66; }
+ol.steps .reward { font-family: monospace; color: #555; margin-right: 0.5em; }
+ol.steps li.weakest .reward { color: #b00; font-weight: 600; }
 figure { margin: 1em 0 2em; }
 figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; }
@@ -333,16 +349,34 @@ def write_report(table: pa.Table, out_html: str | Path, summary: dict | None = N
     `summary` is `cluster.data.metrics.summarize(table)`; pass it when you already have it. `run`
     (from `load_scored`) supplies what was measured; without it those fields read "not recorded".
     """
-    summary = summary if summary is not None else summarize(table)
+    summary = with_kind(summary if summary is not None else summarize(table), table, run)
     scored = scored_rows(table, summary)
     label = (run.run.get("model") or run.saved.get("model")) if run is not None else None
+    kind, extra = summary["kind"], []
+    aggregate = prm_aggregate(run) if kind == "prm" else None
     if summary["layout"] == "pairs":
-        plots = pair_plots(scored, summary, label)
-        shown = pair_examples(scored, summary["kind"], examples)
+        plots = pair_plots(scored, summary, label, aggregate)
+        shown = pair_examples(scored, kind, examples)
     else:
-        plots = score_plots(scored, label)
-        shown = score_examples(scored, examples)
-    page = render_page(title, run_facts(run, summary), summary, plots, shown)
+        plots = score_plots(scored, label, kind, aggregate)
+        shown = {} if kind == "prm" else score_examples(scored, examples)
+    if kind == "prm":
+        groups = prm_solutions(scored)
+        if groups:
+            extra.append(("Step rewards", step_rewards_html(groups, aggregate)))
+            step_plots = prm_plots(groups, label)
+            plots = step_plots + plots if summary["layout"] == "scores" else plots + step_plots
+            multi = "chosen_scores" in scored.column_names
+            shown = weakest_examples(scored, groups, examples, prm_separator(run), multi) | shown
+        else:
+            extra.append(("Step rewards", '<p class="note">This output has no step rewards.</p>'))
+    if kind == "pointwise" and summary["layout"] == "scores":
+        scale = rating_scale(scored, run)
+        plots = [rating_plot(scored, scale, label)] + plots
+        table_html = ratings_html(scored, scale)
+        if table_html:
+            extra.append(("Ratings", table_html))
+    page = render_page(title, run_facts(run, summary), summary, plots, shown, extra)
     return write_page(out_html, page)
 
 
@@ -376,23 +410,26 @@ class AxisRange(NamedTuple):
     degenerate: bool  # all values (nearly) equal: the range is padded around them
 
 
-def pair_plots(scored: pa.Table, summary: dict, label: str | None = None) -> list[Plot]:
+def pair_plots(scored: pa.Table, summary: dict, label: str | None = None, aggregate: str | None = None) -> list[Plot]:
     kind = summary["kind"]
-    return [accuracy_plot([(label or "model", summary)]), score_distribution_plot(scored, kind, label),
+    return [accuracy_plot([(label or "model", summary)]), score_distribution_plot(scored, kind, label, aggregate),
             margin_plot(scored, kind, label)]
 
 
-def score_plots(scored: pa.Table, label: str | None = None) -> list[Plot]:
+def score_plots(scored: pa.Table, label: str | None = None, kind: str = "reward",
+                aggregate: str | None = None) -> list[Plot]:
     scores = column_values(scored, "score") if "score" in scored.column_names else np.array([])
     figure, axes = new_figure()
     draw_histogram(axes, {"score": scores})
-    axes.set_xlabel("reward model score")
-    set_title(axes, label, "reward model scores")
-    plots = [Plot(f"Reward model score distribution ({count_finite(scores)} rows); the axis is fitted to the "
+    axis = score_axis_label(kind, aggregate)
+    axes.set_xlabel(axis)
+    what = {"prm": "PRM solution scores", "pointwise": "expected ratings"}.get(kind, "reward model scores")
+    set_title(axes, label, what)
+    plots = [Plot(f"{what[0].upper()}{what[1:]} distribution ({count_finite(scores)} rows); the axis is fitted to the "
                   "scores.", figure)]
     labels = subset_labels(scored)
     if labels is not None:
-        plots.append(subset_boxplot(scores, labels))
+        plots.append(subset_boxplot(scores, labels, axis))
     return plots
 
 
@@ -455,7 +492,8 @@ def accuracy_plot(series: list[tuple[str, dict]]) -> Plot:
     return Plot(caption, figure)
 
 
-def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = None) -> Plot:
+def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = None,
+                            aggregate: str | None = None) -> Plot:
     """Chosen vs rejected reward scores, overlaid; for a critic, its P(chosen wins) instead."""
     figure, axes = new_figure()
     probs = values_of_either(scored, "prob_chosen", "probs_chosen")
@@ -473,10 +511,11 @@ def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = Non
     chosen = chosen if chosen is not None else np.array([])
     rejected = rejected if rejected is not None else np.array([])
     draw_histogram(axes, {"chosen": chosen, "rejected": rejected})
-    axes.set_xlabel("reward model score")
-    set_title(axes, label, "reward model scores")
-    caption = (f"Reward model scores: {count_finite(chosen)} chosen and {count_finite(rejected)} rejected responses "
-               "(all responses of multi-response rows); the axis is fitted to the scores.")
+    axes.set_xlabel(score_axis_label(kind, aggregate))
+    what = {"prm": "PRM solution scores", "pointwise": "expected ratings"}.get(kind, "reward model scores")
+    set_title(axes, label, what)
+    caption = (f"{what[0].upper()}{what[1:]}: {count_finite(chosen)} chosen and {count_finite(rejected)} rejected "
+               "responses (all responses of multi-response rows); the axis is fitted to the scores.")
     return Plot(caption, figure)
 
 
@@ -486,7 +525,8 @@ def margin_plot(scored: pa.Table, kind: str, label: str | None = None) -> Plot:
     figure, axes = new_figure()
     fitted = draw_histogram(axes, {"margin": clipped}, marker=0.0)
     axes.set_xlabel(margin_axis_label(kind))
-    set_title(axes, label, "critic margins" if kind == "critic" else "reward margins")
+    set_title(axes, label, {"critic": "critic margins", "prm": "PRM score margins",
+                            "pointwise": "rating margins"}.get(kind, "reward margins"))
     caption = (f"Margin per row ({margin_meaning(kind)}; the mean over all comparisons for multi-response rows), "
                f"{len(clipped)} rows; rows at or left of 0 count as losses.{clip_note}"
                + range_note(clipped, fitted, 0.0, "0 (a tie)"))
@@ -494,6 +534,10 @@ def margin_plot(scored: pa.Table, kind: str, label: str | None = None) -> Plot:
 
 
 def margin_axis_label(kind: str) -> str:
+    if kind == "pointwise":
+        return "rating margin: chosen expected rating - rejected"
+    if kind == "prm":
+        return "PRM margin: chosen solution score - rejected"
     return ("critic margin: log-odds that chosen wins" if kind == "critic"
             else "reward margin: chosen score - rejected score")
 
@@ -513,7 +557,7 @@ def range_note(values: np.ndarray, fitted: AxisRange | None, marker: float, mark
     return ""
 
 
-def subset_boxplot(scores: np.ndarray, labels: np.ndarray) -> Plot:
+def subset_boxplot(scores: np.ndarray, labels: np.ndarray, axis: str = "reward model score") -> Plot:
     names = sorted(set(labels))
     groups = [finite(scores[labels == name]) for name in names]
     figure, axes = new_figure(height=4.5)
@@ -521,8 +565,8 @@ def subset_boxplot(scores: np.ndarray, labels: np.ndarray) -> Plot:
     # Labels set on the axis, not through boxplot's keywords, which were renamed in matplotlib 3.9/3.10.
     axes.set_xticks(np.arange(1, len(names) + 1), [matplotlib_safe(name) for name in names],
                     rotation=30, ha="right")
-    axes.set_ylabel("reward model score")
-    return Plot("Reward model scores per subset (box: quartiles; whiskers: 1.5 IQR).", figure)
+    axes.set_ylabel(axis)
+    return Plot(f"{axis[0].upper()}{axis[1:]} per subset (box: quartiles; whiskers: 1.5 IQR).", figure)
 
 
 def fitted_range(pooled: np.ndarray, marker: float | None = None) -> AxisRange:
@@ -632,6 +676,8 @@ def count_finite(values: np.ndarray) -> int:
 class Example:
     values: list[str]  # margin, scores or probabilities, subset, where the row came from
     texts: dict[str, str]  # column -> shortened text (prompt, chosen, rejected / conversation ...)
+    steps: list[tuple[str, float]] | None = None  # a PRM's solution: each step's text ("" if unknown) and reward
+    weakest: int | None = None  # the index of the weakest step, highlighted
 
 
 def pair_examples(scored: pa.Table, kind: str, count: int = EXAMPLES) -> dict[str, list[Example]]:
@@ -691,7 +737,10 @@ def score_example_rows(scored: pa.Table, indices: np.ndarray) -> list[Example]:
     for row in scored.take(pa.array(indices, pa.int64())).to_pylist():
         texts = {column: display_text(row[column])
                  for column in ("conversations", "messages", "prompt", "response") if column in row}
-        examples.append(Example([f"score {number(row.get('score'))}"] + row_origin(row), texts))
+        values = [f"score {number(row.get('score'))}"]
+        if row.get("rating") is not None:
+            values.append(f"most probable rating {number(row['rating'])}")
+        examples.append(Example(values + row_origin(row), texts))
     return examples
 
 
@@ -738,6 +787,469 @@ def shorten(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit].rstrip()}… [{len(text)} characters]"
+
+
+# ---------------------------------------------------------------- model kinds: process reward models, pointwise judges
+
+
+def table_kind(table: pa.Table, summary_kind: str | None = None, saved: dict | None = None) -> str:
+    """The model kind of a scored table: "prm" when it holds step rewards, "pointwise" when it holds a
+    judge's ratings, else what the summary (or summary.json) says ("reward", "critic", ...)."""
+    columns = set(table.column_names)
+    if summary_kind in ("prm", "pointwise"):
+        return summary_kind
+    if columns & set(STEP_COLUMNS):
+        return "prm"
+    if columns & set(RATING_COLUMNS):
+        return "pointwise"
+    saved_kind = (saved or {}).get("kind")
+    if summary_kind in (None, "reward") and saved_kind in ("prm", "pointwise"):
+        return saved_kind
+    return summary_kind or "reward"
+
+
+def with_kind(summary: dict, table: pa.Table, run: ScoredRun | None = None) -> dict:
+    """`summary` with its kind corrected to the table's (metrics may only know reward and critic)."""
+    kind = table_kind(table, summary.get("kind"), run.saved if run is not None else None)
+    return summary if kind == summary.get("kind") else {**summary, "kind": kind}
+
+
+def kind_name(kind: str | None) -> str:
+    return KIND_NAMES.get(str(kind), str(kind))
+
+
+def score_axis_label(kind: str | None, aggregate: str | None = None) -> str:
+    if kind == "prm":
+        return f"PRM solution score ({aggregate or 'aggregate'} of its step rewards)"
+    if kind == "pointwise":
+        return "judge's expected rating"
+    return "reward model score"
+
+
+@dataclass
+class Solutions:
+    """A PRM's scored solutions of one group (all of a plain table's, or a pair table's chosen or
+    rejected ones): each solution's step rewards, and where it is (row of the scored table, side,
+    position in the side's list of responses)."""
+
+    label: str  # "solutions", "chosen" or "rejected"
+    rewards: list[np.ndarray]
+    rows: list[int]
+    items: list[int]  # index within the row's list of responses (multi-response pairs), else 0
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(r) for r in self.rewards], dtype=np.int64)
+
+    @property
+    def all_rewards(self) -> np.ndarray:
+        return np.concatenate(self.rewards) if self.rewards else np.array([])
+
+    def weakest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reward, index, steps) of each solution's weakest step (the first on a tie, as the
+        pipeline's `weakest_step`), over the solutions with at least one step."""
+        kept = [r for r in self.rewards if len(r)]
+        return (np.array([float(r.min()) for r in kept]), np.array([int(np.argmin(r)) for r in kept], dtype=np.int64),
+                np.array([len(r) for r in kept], dtype=np.int64))
+
+
+def step_reward_list(value: Any) -> np.ndarray:
+    """One solution's step rewards as float64, nulls and non-finite values left out."""
+    values = np.array([np.nan if v is None else float(v) for v in value], dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def prm_solutions(scored: pa.Table) -> list[Solutions]:
+    """The solutions of a PRM table: one group for plain rows (`step_rewards`), chosen and rejected
+    for pairs (`chosen_step_rewards`, `rejected_step_rewards`; a list per response for multi-response
+    rows). A row with null step rewards (it errored) is left out; an empty list is a solution of 0 steps."""
+    if "step_rewards" in scored.column_names:
+        columns = [("solutions", "step_rewards")]
+    else:
+        columns = [(side, f"{side}_step_rewards") for side in ("chosen", "rejected")
+                   if f"{side}_step_rewards" in scored.column_names]
+    groups = []
+    for label, column in columns:
+        group = Solutions(label, [], [], [])
+        for row, value in enumerate(scored[column].to_pylist()):
+            if value is None:
+                continue
+            nested = bool(value) and all(item is None or isinstance(item, list | tuple) for item in value)
+            for item, rewards in enumerate(value if nested else [value]):
+                if rewards is not None:
+                    group.rewards.append(step_reward_list(rewards))
+                    group.rows.append(row)
+                    group.items.append(item)
+        groups.append(group)
+    return groups
+
+
+def step_statistics(group: Solutions) -> dict:
+    """The step-reward table's numbers for one group of solutions (None where there is nothing to average)."""
+    lengths, rewards = group.lengths, group.all_rewards
+    weakest, index, steps = group.weakest()
+    with_steps = len(weakest)
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(np.mean(mask)) if with_steps else None
+
+    return {
+        "solutions": len(group.rewards),
+        "empty": int(np.sum(lengths == 0)),
+        "steps": int(lengths.sum()),
+        "mean_steps": float(lengths.mean()) if lengths.size else None,
+        "mean_reward": float(rewards.mean()) if rewards.size else None,
+        "median_reward": float(np.median(rewards)) if rewards.size else None,
+        "mean_weakest": float(weakest.mean()) if with_steps else None,
+        "weakest_below": {threshold: share(weakest < threshold) for threshold in WEAK_THRESHOLDS},
+        "weakest_at": {"first": share((index == 0) & (steps > 1)),
+                       "middle": share((index > 0) & (index < steps - 1)),
+                       "last": share((index == steps - 1) & (steps > 1)),
+                       "only step": share(steps == 1)},
+    }
+
+
+def step_table_rows(stats: list[dict]) -> list[list[str]]:
+    """The step-reward table, one column per group (or per model in a comparison)."""
+    def cells(key: str, format_value) -> list[str]:
+        return [format_value(entry[key]) if entry is not None else "-" for entry in stats]
+
+    rows = [["solutions", *cells("solutions", str)], ["steps", *cells("steps", str)],
+            ["mean steps per solution", *cells("mean_steps", number)],
+            ["mean step reward", *cells("mean_reward", number)],
+            ["median step reward", *cells("median_reward", number)],
+            ["mean weakest-step reward", *cells("mean_weakest", number)]]
+    for threshold in WEAK_THRESHOLDS:
+        rows.append([f"weakest step < {threshold:g} (% of solutions)"]
+                    + [percent(entry["weakest_below"][threshold], 1) if entry is not None else "-" for entry in stats])
+    for where in ("first", "middle", "last", "only step"):
+        label = "solutions of one step (%)" if where == "only step" else f"weakest step is the {where} (%)"
+        rows.append([label] + [percent(entry["weakest_at"][where], 1) if entry is not None else "-" for entry in stats])
+    if any(entry is not None and entry["empty"] for entry in stats):
+        rows.append(["solutions with no steps (left out of the weakest-step rows)", *cells("empty", str)])
+    return rows
+
+
+def step_rewards_html(groups: list[Solutions], aggregate: str | None) -> str:
+    stats = [step_statistics(group) for group in groups]
+    table = html_table(["", *[group.label for group in groups]], step_table_rows(stats))
+    how = (f"a solution's score is the {aggregate} of its step rewards" if aggregate
+           else "how a solution's score aggregates its step rewards is not recorded (min by default)")
+    note = ('<p class="note">Step rewards are in (0, 1). The weakest step is a solution\'s lowest step reward '
+            "(the first, on a tie); first / middle / last is where it falls in solutions of two or more steps, "
+            f"and the shares are of the solutions with at least one step; {html.escape(how)}.</p>")
+    return table + "\n" + note
+
+
+def prm_aggregate(run: ScoredRun | None) -> str | None:
+    """The step aggregate the run used: run.json's model identity, else summary.json's steps block."""
+    if run is None:
+        return None
+    identity = run.manifest.get("model") if isinstance(run.manifest.get("model"), dict) else {}
+    steps = run.saved.get("steps") if isinstance(run.saved.get("steps"), dict) else {}
+    value = first_of(identity.get("step_aggregate"), steps.get("aggregate"), steps.get("step_aggregate"))
+    return str(value) if value else None
+
+
+def group_colors(groups: list[Solutions]) -> list[str]:
+    return [SIDE_COLORS.get(group.label, f"C{index}") for index, group in enumerate(groups)]
+
+
+def unit_edges(values: np.ndarray) -> np.ndarray:
+    """Histogram bins over [0, 1] (step rewards are probabilities), widened if a value falls outside."""
+    low = min(0.0, float(values.min())) if values.size else 0.0
+    high = max(1.0, float(values.max())) if values.size else 1.0
+    return np.linspace(low, high, STEP_BINS + 1)
+
+
+def step_histogram_plot(groups: list[Solutions], label: str | None = None, colors: list[str] | None = None,
+                        outline: bool = False) -> Plot:
+    """All step rewards (left) and each solution's weakest-step reward (right), on [0, 1]; one colour per group."""
+    figure = Figure(figsize=(9, 3.4), dpi=FIGURE_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, sharex=True)
+    colors = colors or group_colors(groups)
+    pooled = np.concatenate([group.all_rewards for group in groups]) if groups else np.array([])
+    edges = unit_edges(pooled)
+    for axes, title, values_of in ((left, "every step", lambda g: g.all_rewards),
+                                   (right, "weakest step of each solution", lambda g: g.weakest()[0])):
+        drawn = False
+        for group, color in zip(groups, colors):
+            values = values_of(group)
+            if values.size:
+                style = ({"histtype": "step", "linewidth": 1.5} if outline
+                         else {"alpha": 0.55 if len(groups) > 1 else 0.8})
+                axes.hist(values, bins=edges, color=color, label=f"{matplotlib_safe(group.label)} (n={values.size})",
+                          **style)
+                drawn = True
+        if not drawn:
+            axes.text(0.5, 0.5, "no step rewards", ha="center", va="center", transform=axes.transAxes)
+        else:
+            axes.legend(fontsize="small", loc="upper left")
+        axes.axvline(0.5, color="black", linewidth=0.8, linestyle=":")
+        axes.set_xlim(edges[0], edges[-1])
+        axes.set_xlabel("step reward")
+        axes.set_ylabel("count")
+        axes.set_title(title, fontsize="medium")
+    if label:
+        figure.suptitle(matplotlib_safe(f"{label}: step rewards"), fontsize="medium")
+    steps = sum(group.all_rewards.size for group in groups)
+    solutions = sum(len(group.weakest()[0]) for group in groups)
+    caption = (f"Step rewards: all {steps} steps (left) and the weakest step of each of {solutions} solutions "
+               "(right), on [0, 1]; the dotted line is 0.5.")
+    return Plot(caption, figure)
+
+
+def steps_by_index(rewards: list[np.ndarray], least: int) -> tuple[list[int], list[np.ndarray]]:
+    """Step numbers (1-based) and their rewards across solutions, up to the last step at least `least`
+    solutions reach."""
+    numbers, values = [], []
+    longest = max((len(r) for r in rewards), default=0)
+    for index in range(longest):
+        at = np.array([r[index] for r in rewards if len(r) > index])
+        if at.size < least:
+            break
+        numbers.append(index + 1)
+        values.append(at)
+    return numbers, values
+
+
+def step_index_plot(groups: list[Solutions], label: str | None = None, colors: list[str] | None = None) -> Plot:
+    """Mean step reward (line) and its interquartile band by step number, with how many solutions
+    reach each step underneath: do rewards fall as solutions go on?"""
+    figure = Figure(figsize=(8, 4.2), dpi=FIGURE_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    colors = colors or group_colors(groups)
+    solutions = max((len(group.rewards) for group in groups), default=0)
+    least = max(1, min(MIN_SOLUTIONS_PER_STEP, solutions))
+    shown_to, cut = 0, []
+    width = 0.8 / max(1, len(groups))
+    for offset, (group, color) in enumerate(zip(groups, colors)):
+        numbers_shown, values = steps_by_index(group.rewards, least)
+        if not numbers_shown:
+            continue
+        x = np.array(numbers_shown, dtype=np.float64)
+        means = np.array([v.mean() for v in values])
+        low, high = np.array([np.percentile(v, [25, 75]) for v in values]).T
+        top.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        top.plot(x, means, marker="o", markersize=3, color=color, label=f"{matplotlib_safe(group.label)}: mean")
+        bottom.bar(x - 0.4 + width * (offset + 0.5), [v.size for v in values], width=width, color=color, alpha=0.6)
+        shown_to = max(shown_to, numbers_shown[-1])
+        longest = int(group.lengths.max()) if len(group.rewards) else 0
+        if longest > numbers_shown[-1]:
+            cut.append(f"{group.label}: {longest}")
+    if shown_to == 0:
+        top.text(0.5, 0.5, "no step rewards", ha="center", va="center", transform=top.transAxes)
+    else:
+        top.legend(fontsize="small", loc="lower left")
+        top.set_xlim(0.4, shown_to + 0.6)
+        bottom.set_xticks(range(1, shown_to + 1) if shown_to <= 30 else bottom.get_xticks())
+    top.set_ylabel("step reward")
+    bottom.set_ylabel("solutions")
+    bottom.set_xlabel("step number")
+    if label:
+        top.set_title(matplotlib_safe(f"{label}: step reward by step number"), fontsize="medium")
+    caption = (f"Step reward by step number: the mean (line) and the interquartile band (25th to 75th percentile) "
+               f"of the step rewards at each step, over the solutions that have that many steps (bars below). "
+               f"Steps are shown while at least {least} solutions reach them")
+    caption += f"; longer solutions go on further ({', '.join(cut)} steps at most)." if cut else "."
+    return Plot(caption, figure)
+
+
+def step_count_plot(groups: list[Solutions], label: str | None = None, colors: list[str] | None = None) -> Plot:
+    """How many steps the solutions have: one bar per count, grouped by group."""
+    figure, axes = new_figure(height=3.0)
+    colors = colors or group_colors(groups)
+    longest = max((int(group.lengths.max()) for group in groups if len(group.rewards)), default=-1)
+    if longest < 0:
+        axes.text(0.5, 0.5, "no solutions", ha="center", va="center", transform=axes.transAxes)
+        return Plot("Number of steps per solution: no solutions.", figure)
+    counts = np.arange(longest + 1)
+    width = 0.8 / len(groups)
+    for offset, (group, color) in enumerate(zip(groups, colors)):
+        tally = np.bincount(group.lengths, minlength=longest + 1)
+        axes.bar(counts - 0.4 + width * (offset + 0.5), tally, width=width, color=color, alpha=0.8,
+                 label=f"{matplotlib_safe(group.label)} (n={len(group.rewards)})")
+    low = 0 if any(np.any(group.lengths == 0) for group in groups) else 1
+    axes.set_xlim(low - 0.6, longest + 0.6)
+    if longest - low <= 30:
+        axes.set_xticks(range(low, longest + 1))
+    axes.set_xlabel("steps in the solution")
+    axes.set_ylabel("solutions")
+    axes.legend(fontsize="small")
+    set_title(axes, label, "steps per solution")
+    means = [(group.label, number(float(group.lengths.mean()))) for group in groups if len(group.rewards)]
+    mean_text = (f"{means[0][1]} steps on average" if len(means) == 1
+                 else "mean: " + ", ".join(f"{name} {value}" for name, value in means))
+    return Plot(f"Number of steps per solution ({mean_text}).", figure)
+
+
+def prm_plots(groups: list[Solutions], label: str | None = None) -> list[Plot]:
+    return [step_histogram_plot(groups, label), step_index_plot(groups, label), step_count_plot(groups, label)]
+
+
+def solution_text(value: Any, item: int, multi: bool) -> Any:
+    """A pair side's solution `item` (multi-response rows hold a list per side)."""
+    if multi and isinstance(value, list | tuple) and item < len(value):
+        return value[item]
+    return value
+
+
+def solution_steps(value: Any, separator: str, count: int) -> list[str] | None:
+    """A solution's step texts: a list of steps as is; a text (or a message list's last message)
+    split at the model's step separator as the PRM did; None when they do not match `count` rewards."""
+    if isinstance(value, list | tuple) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")
+    if isinstance(value, list | tuple):
+        steps = ["" if step is None else str(step) for step in value]
+    elif isinstance(value, str):
+        steps = [piece for piece in value.split(separator) if piece.strip()]
+    else:
+        return None
+    return steps if len(steps) == count else None
+
+
+def weakest_examples(scored: pa.Table, groups: list[Solutions], count: int, separator: str,
+                     multi: bool = False) -> dict[str, list[Example]]:
+    """Per group, the solutions with the lowest weakest-step reward (ties: the earlier row first),
+    each step with its reward and the weakest marked."""
+    if count <= 0:
+        return {}
+    shown = {}
+    for group in groups:
+        candidates = [i for i, rewards in enumerate(group.rewards) if len(rewards)]
+        order = sorted(candidates, key=lambda i: (float(group.rewards[i].min()), group.rows[i], group.items[i]))[:count]
+        if not order:
+            continue
+        rows = scored.take(pa.array([group.rows[i] for i in order], pa.int64())).to_pylist()
+        examples = []
+        for i, row in zip(order, rows):
+            rewards = group.rewards[i]
+            weakest = int(np.argmin(rewards))
+            values = [f"weakest step {weakest + 1} of {len(rewards)}: {number(float(rewards[weakest]))}"]
+            if group.label == "solutions":
+                values.append(f"score {number(row.get('score'))}")
+                source = first_of(row.get("steps"), row.get("response"),
+                                  *(row.get(column) for column in ("conversations", "messages")))
+                texts = {"prompt": display_text(row.get("prompt"))} if "prompt" in row else {}
+            else:
+                values += [f"margin {number(row.get('margin'))}", f"chosen wins: {row.get('chosen_wins')}"]
+                source = solution_text(row.get(group.label), group.items[i], multi)
+                texts = {"prompt": display_text(row.get("prompt"))} if "prompt" in row else {}
+            values += row_origin(row)
+            texts = {key: value for key, value in texts.items() if value}
+            steps = solution_steps(source, separator, len(rewards))
+            if steps is None and source is not None:
+                texts["solution"] = display_text(source)
+            examples.append(Example(values, texts, steps=list(zip(steps or [""] * len(rewards), rewards.tolist())),
+                                    weakest=weakest))
+        heading = ("Solutions with the weakest steps" if group.label == "solutions"
+                   else f"{group.label.capitalize()} solutions with the weakest steps")
+        shown[heading] = examples
+    return shown
+
+
+def prm_separator(run: ScoredRun | None) -> str:
+    identity = run.manifest.get("model") if run is not None and isinstance(run.manifest.get("model"), dict) else {}
+    separator = identity.get("step_separator")
+    return separator if isinstance(separator, str) and separator else DEFAULT_STEP_SEPARATOR
+
+
+def rating_scale(scored: pa.Table, run: ScoredRun | None = None) -> np.ndarray | None:
+    """The judge's rating values in scale order: run.json's model identity (rating_values, else
+    ratings), else 1..n when every most probable rating is an integer in 1..n (n = the number of
+    probabilities per row), else the ratings seen."""
+    identity = run.manifest.get("model") if run is not None and isinstance(run.manifest.get("model"), dict) else {}
+    for key in ("rating_values", "ratings"):
+        try:
+            values = [float(value) for value in identity.get(key) or []]
+        except (TypeError, ValueError):
+            continue
+        if values:
+            return np.array(values)
+    seen = column_values(scored, "rating") if "rating" in scored.column_names else np.array([])
+    seen = np.unique(finite(seen))
+    widths = []
+    if "rating_probs" in scored.column_names and scored.num_rows:
+        widths = [len(value) for value in scored["rating_probs"].to_pylist() if value]
+    if widths and len(set(widths)) == 1:
+        scale = np.arange(1, widths[0] + 1, dtype=np.float64)
+        if np.all(np.isin(seen, scale)):
+            return scale
+    return seen if seen.size else None
+
+
+def rating_plot(scored: pa.Table, scale: np.ndarray | None, label: str | None = None) -> Plot:
+    """Expected ratings as a histogram (left) and the most probable rating as bars over the scale
+    (right), with the probability mass the judge put on each rating beside them."""
+    figure = Figure(figsize=(9, 3.4), dpi=FIGURE_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    expected = finite(column_values(scored, "score")) if "score" in scored.column_names else np.array([])
+    best = finite(column_values(scored, "rating")) if "rating" in scored.column_names else np.array([])
+    if expected.size:
+        low = min(float(expected.min()), float(scale.min())) if scale is not None and scale.size else expected.min()
+        high = max(float(expected.max()), float(scale.max())) if scale is not None and scale.size else expected.max()
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        left.hist(expected, bins=np.linspace(low, high, HISTOGRAM_BINS + 1), color="C0", alpha=0.8,
+                  label=f"expected rating (n={expected.size})")
+        left.legend(fontsize="small")
+    else:
+        left.text(0.5, 0.5, "no scored rows", ha="center", va="center", transform=left.transAxes)
+    left.set_xlabel("expected rating (sum of rating x probability)")
+    left.set_ylabel("rows")
+    positions = scale if scale is not None and scale.size else np.unique(best)
+    if positions.size:
+        counts = np.array([np.sum(best == value) for value in positions])
+        step = float(np.min(np.diff(positions))) if positions.size > 1 else 1.0
+        width = 0.4 * step
+        right.bar(positions - width / 2, counts, width=width, color="C0", alpha=0.8,
+                  label=f"most probable rating (n={best.size})")
+        mass = rating_mass(scored, positions.size)
+        if mass is not None:
+            right.bar(positions + width / 2, mass, width=width, color="C1", alpha=0.6,
+                      label="probability mass (rows)")
+        right.set_xticks(positions, [number(float(value)) for value in positions])
+        right.legend(fontsize="small")
+    else:
+        right.text(0.5, 0.5, "no ratings", ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("rating")
+    right.set_ylabel("rows")
+    if label:
+        figure.suptitle(matplotlib_safe(f"{label}: ratings"), fontsize="medium")
+    caption = (f"Pointwise judge's ratings of {expected.size} responses: the expected rating (left) and, over the "
+               "scale, how many responses had each rating as the most probable one, beside the judge's probability "
+               "mass on each rating summed over the responses (right).")
+    return Plot(caption, figure)
+
+
+def rating_mass(scored: pa.Table, width: int) -> np.ndarray | None:
+    """The rating probabilities summed over rows, when every row has one per scale value."""
+    if "rating_probs" not in scored.column_names:
+        return None
+    rows = [value for value in scored["rating_probs"].to_pylist() if value is not None]
+    if not rows or any(len(value) != width for value in rows):
+        return None
+    return np.nansum(np.array(rows, dtype=np.float64), axis=0)
+
+
+def ratings_html(scored: pa.Table, scale: np.ndarray | None) -> str:
+    """Per rating value: responses whose most probable rating it is, and the mean probability of it."""
+    if scale is None or not scale.size or "rating" not in scored.column_names:
+        return ""
+    best = column_values(scored, "rating")
+    known = best[np.isfinite(best)]
+    mass = rating_mass(scored, scale.size)
+    with_probs = sum(1 for value in scored["rating_probs"].to_pylist() if value is not None) if mass is not None else 0
+    rows = []
+    for index, value in enumerate(scale):
+        share = float(np.mean(known == value)) if known.size else None
+        mean_prob = float(mass[index] / with_probs) if mass is not None and with_probs else None
+        rows.append([number(float(value)), int(np.sum(known == value)), percent(share, 1),
+                     number(mean_prob) if mean_prob is not None else "-"])
+    return html_table(["rating", "most probable for (responses)", "share (%)", "mean probability"], rows)
 
 
 # ---------------------------------------------------------------- comparing outputs
@@ -858,7 +1370,7 @@ class Comparison:
 def compare(runs: list[ScoredRun], labels: list[str] | None = None) -> Comparison:
     """Summaries of each output, the pairwise agreements on common rows, and warnings about the corpora."""
     labels = compare_labels(runs, labels)
-    summaries = [summarize(run.table) for run in runs]
+    summaries = [with_kind(summarize(run.table), run.table, run) for run in runs]
     layouts = {label: summary["layout"] for label, summary in zip(labels, summaries)}
     if len(set(layouts.values())) > 1:
         described = ", ".join(f"{label}: {layout}" for label, layout in layouts.items())
@@ -905,6 +1417,7 @@ def comparison_plots(comparison: Comparison) -> list[Plot]:
         margins = [clip_infinities(column_values(table, "margin") if "margin" in table.column_names
                                    else np.array([]))[0] for table in scored]
         return [accuracy_plot(list(zip(labels, summaries))),
+                *comparison_step_plots(comparison, scored),
                 ecdf_plot(labels, [scaled_by_rms(values) for values in margins],
                           xlabel="margin / root mean square of its model's margins (> 0: chosen wins)",
                           caption="Margins of every model as cumulative distributions: the share of rows with a "
@@ -918,8 +1431,68 @@ def comparison_plots(comparison: Comparison) -> list[Plot]:
     return [overlaid_plot(labels, scores, xlabel="score, standardized per model ((score - mean) / std)",
                           caption="Scores of every model, standardized per model (reward models' scales differ) "
                                   "and drawn as densities."),
-            small_multiples(labels, scores, ["reward model score"] * len(labels), marker=None,
-                            caption="Scores of each model in its own units, each axis fitted to its data.")]
+            small_multiples(labels, scores, [score_axis_label(kind) for kind in kinds], marker=None,
+                            caption="Scores of each model in its own units, each axis fitted to its data."),
+            *comparison_step_plots(comparison, scored)]
+
+
+def comparison_groups(comparison: Comparison, scored: list[pa.Table] | None = None) -> list[list[Solutions]]:
+    """Per model, its PRM solutions (one group per side of a pair table), labelled with the model;
+    an empty list for a model with no step rewards."""
+    scored = scored or [scored_rows(run.table, summary) for run, summary in zip(comparison.runs, comparison.summaries)]
+    per_model = []
+    for label, table, summary in zip(comparison.labels, scored, comparison.summaries):
+        groups = prm_solutions(table) if summary["kind"] == "prm" else []
+        per_model.append([Solutions(label if group.label == "solutions" else f"{label}: {group.label}",
+                                    group.rewards, group.rows, group.items) for group in groups])
+    return per_model
+
+
+def comparison_step_plots(comparison: Comparison, scored: list[pa.Table]) -> list[Plot]:
+    """Overlaid step-reward and weakest-step histograms and step-number curves, one colour per model
+    (and side), for the models that have step rewards."""
+    groups = [group for groups in comparison_groups(comparison, scored) for group in groups]
+    if not groups:
+        return []
+    colors = [f"C{index}" for index in range(len(groups))]
+    return [step_histogram_plot(groups, colors=colors, outline=True), step_index_plot(groups, colors=colors)]
+
+
+def comparison_steps_html(comparison: Comparison) -> str:
+    """The step-reward table with one column per model (and side) that has step rewards, and a note
+    naming the models it does not apply to."""
+    kinds = [summary["kind"] for summary in comparison.summaries]
+    if "prm" not in kinds:
+        return ""
+    per_model = comparison_groups(comparison)
+    shown = [group for groups in per_model for group in groups]
+    parts = []
+    if shown:
+        parts.append(html_table(["", *[group.label for group in shown]],
+                                step_table_rows([step_statistics(group) for group in shown])))
+    missing = [f"{label} ({kind_name(kind)})" for label, kind, groups in zip(comparison.labels, kinds, per_model)
+               if not groups]
+    if missing:
+        parts.append(f'<p class="note">Step rewards apply to process reward models only; this part does not apply '
+                     f"to {html.escape(', '.join(missing))}.</p>")
+    return "\n".join(parts)
+
+
+def kinds_note(comparison: Comparison) -> str:
+    """Which parts of the page apply to which models, when their kinds differ or are not reward models."""
+    kinds = [summary["kind"] for summary in comparison.summaries]
+    if len(set(kinds)) == 1 and kinds[0] in ("reward", "critic"):
+        return ""
+    described = ", ".join(f"{label}: {kind_name(kind)}" for label, kind in zip(comparison.labels, kinds))
+    notes = [f"Model kinds: {described}."]
+    if len(set(kinds)) > 1:
+        notes.append("Their scores are on different scales (a PRM's solution score is in (0, 1), a pointwise "
+                     "judge's an expected rating, a reward model's unbounded): compare them by the correlations "
+                     "and the standardized plots, not by their raw values.")
+    if "pointwise" in kinds:
+        notes.append("A pointwise judge's rating distribution is in its own report (python -m cluster report OUT); "
+                     "here its expected ratings are its scores.")
+    return f'<p class="note">{html.escape(" ".join(notes))}</p>'
 
 
 def standardized(values: np.ndarray) -> np.ndarray:
@@ -985,10 +1558,12 @@ def small_multiples(labels: list[str], series: list[np.ndarray], xlabels: list[s
 
 
 def render_page(title: str, facts: dict[str, str], summary: dict, plots: list[Plot],
-                examples: dict[str, list[Example]]) -> str:
+                examples: dict[str, list[Example]], extra: list[tuple[str, str]] | None = None) -> str:
+    """The single report; `extra` is (heading, HTML) sections of the Results (a PRM's step rewards ...)."""
     sections = [f"<h1>{html.escape(title)}</h1>", "<h2>What was measured</h2>",
                 html_table(["", ""], [[name, value] for name, value in facts.items()], css="facts", head=False),
                 f'<p class="note">{html.escape(report_stamp())}</p>', "<h2>Results</h2>", summary_html(summary)]
+    sections += [f"<h3>{html.escape(heading)}</h3>\n{body}" for heading, body in extra or []]
     if plots:
         sections.append("<h2>Plots</h2>")
         sections.extend(plot_html(plot) for plot in plots)
@@ -1008,7 +1583,7 @@ def page_html(title: str, sections: list[str]) -> str:
 
 
 def summary_html(summary: dict) -> str:
-    kind = "reward model" if summary["kind"] == "reward" else summary["kind"]
+    kind = kind_name(summary["kind"])
     overview = [["rows", summary["rows"]], ["model kind", kind], ["layout", summary["layout"]],
                 ["scored", summary["scored"]], ["skipped (no result)", summary["skipped"]],
                 ["truncated", summary["truncated"]]]
@@ -1069,15 +1644,37 @@ def stat_cell(stats: dict, key: str) -> str:
 
 def examples_html(heading: str, examples: list[Example]) -> str:
     columns = list(dict.fromkeys(column for example in examples for column in example.texts))
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in ["#", "values", *columns])
+    with_steps = any(example.steps is not None for example in examples)
+    header = "".join(f"<th>{html.escape(name)}</th>"
+                     for name in ["#", "values", *columns, *(["steps (reward: text)"] if with_steps else [])])
     rows = []
     for index, example in enumerate(examples, 1):
         values = "<br>".join(html.escape(value) for value in example.values)
         texts = "".join(f'<td><div class="text">{html.escape(example.texts.get(column, ""))}</div></td>'
                         for column in columns)
+        if with_steps:
+            texts += f"<td>{steps_html(example)}</td>"
         rows.append(f'<tr><td>{index}</td><td class="values">{values}</td>{texts}</tr>')
     return f"<h3>{html.escape(heading)}</h3>\n<table class=\"examples\">\n<tr>{header}</tr>\n" + "\n".join(rows) + \
         "\n</table>"
+
+
+def steps_html(example: Example) -> str:
+    """A solution's steps as a numbered list, each with its reward; the weakest highlighted. Long
+    solutions show the first steps and the weakest one, with how many were left out."""
+    steps = example.steps or []
+    shown = list(range(min(len(steps), EXAMPLE_STEPS)))
+    if example.weakest is not None and example.weakest >= len(shown) and example.weakest < len(steps):
+        shown.append(example.weakest)
+    items = []
+    for index in shown:
+        text, reward = steps[index]
+        css = ' class="weakest"' if index == example.weakest else ""
+        items.append(f'<li value="{index + 1}"{css}><span class="reward">{html.escape(number(reward))}</span>'
+                     f"{html.escape(shorten(text, EXAMPLE_STEP_CHARS))}</li>")
+    more = len(steps) - len(shown)
+    note = f'<p class="note">{more} more steps not shown</p>' if more > 0 else ""
+    return f'<ol class="steps">{"".join(items)}</ol>{note}'
 
 
 def html_table(header: list[str], rows: list[list], css: str | None = None, head: bool = True) -> str:
@@ -1101,12 +1698,18 @@ def render_comparison_page(title: str, comparison: Comparison, plots: list[Plot]
                  html_table(["", *labels], [[name] + [fact[name] for fact in facts] for name in facts[0]],
                             css="facts"),
                  f'<p class="note">{html.escape(report_stamp())}</p>']
+    note = kinds_note(comparison)
+    if note:
+        sections.append(note)
     if comparison.layout == "pairs":
         sections += ["<h2>Accuracy (%) [95% bootstrap interval]</h2>", comparison_accuracy_html(comparison),
                      "<h2>Agreement on common rows</h2>", pair_agreement_html(comparison)]
     else:
         sections += ["<h2>Scores</h2>", comparison_scores_html(comparison),
                      "<h2>Agreement on common rows</h2>", score_agreement_html(comparison)]
+    steps = comparison_steps_html(comparison)
+    if steps:
+        sections += ["<h2>Step rewards</h2>", steps]
     if plots:
         sections.append("<h2>Plots</h2>")
         sections.extend(plot_html(plot) for plot in plots)
