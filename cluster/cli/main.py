@@ -1,4 +1,5 @@
-"""Command line: `python -m cluster COMMAND` (demo, tiny-model, score, filter, calibrate, report, bench*).
+"""Command line: `python -m cluster COMMAND` (demo, tiny-model, score, filter, filter-solutions, calibrate,
+report, bench*).
 
 Each command lives in its own module, imported only when that command runs: `--help` and a light
 command never pay for torch, Ray or the Serve layer.
@@ -23,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
               "cluster.cli.score", "add_score_arguments", "cmd_score", {}),
     "filter": ("keep the preference pairs a model agrees with (kept/dropped parquet)",
                "cluster.cli.score", "add_score_arguments", "cmd_filter", {"curate": True}),
+    "filter-solutions": ("keep the solutions whose weakest step a process reward model rates at least "
+                         "--min-step-reward (kept/dropped parquet)",
+                         "cluster.cli.score", "add_score_arguments", "cmd_filter_solutions", {"solutions": True}),
     "calibrate": ("a reward model's score mean/std on a corpus, for shaping.normalize",
                   "cluster.cli.score", "add_score_arguments", "cmd_calibrate", {"calibration": True}),
     "report": ("HTML report of a scoring output, or a comparison of several (same corpus)",

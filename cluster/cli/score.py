@@ -1,4 +1,4 @@
-"""`python -m cluster score|filter`: the pipeline's options as flags, generated from
+"""`python -m cluster score|filter|filter-solutions|calibrate`: the pipeline's options as flags, generated from
 `ScoringOptions` so the CLI, `score_corpus(...)` and `submit_scoring_job(...)` cannot drift apart."""
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False) -> None:
+def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False,
+                        solutions: bool = False) -> None:
     parser.add_argument("input", help="a parquet/JSONL/JSON file, a folder of them, or a glob")
     parser.add_argument("output", help="output folder (parts/, summary.json, errors.jsonl); rerun to resume")
     parser.add_argument("--model", required=True,
-                        help="a model directory or hub id (kind read from its config); with --via-serve, "
-                             "the served model's name; or a JSON object / .json file of ModelSpec fields")
+                        help="a model directory or hub id (kind read from its config: a reward model or critic); "
+                             "with --via-serve, the served model's name; or a JSON object / .json file of "
+                             "ModelSpec fields (a process reward model or pointwise judge needs one: kind 'prm' "
+                             "with its step_tag, or kind 'pointwise')")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output folder first")
     parser.add_argument("--address", help="Ray cluster to join: HOST:PORT, ray://..., or 'auto' (the one `ray start` "
                         "recorded on this machine); default: RAY_ADDRESS, else a fresh local cluster of this "
@@ -44,6 +47,9 @@ def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, c
     if curate:
         parser.add_argument("--min-margin", type=float, default=0.0,
                             help="keep a pair only if chosen beats rejected by at least this much")
+    if solutions:
+        parser.add_argument("--min-step-reward", type=float, default=0.5,
+                            help="keep a solution only if its weakest step's reward is at least this (default: 0.5)")
     for name, field in ScoringOptions.model_fields.items():
         default = field.default
         help_text = field.description or ""
@@ -277,6 +283,21 @@ def cmd_filter(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"kept {summary['kept']} pairs -> {summary['kept_file']}")
     print(f"dropped {summary['dropped']} pairs -> {summary['dropped_file']}")
+    _print_outputs(summary)
+    return 0
+
+
+def cmd_filter_solutions(args: argparse.Namespace) -> int:
+    from cluster.data.metrics import format_summary
+    from cluster.data.pipeline import filter_solutions
+
+    model = checked_model(args)
+    summary = _run_scoring(args, lambda: filter_solutions(
+        args.input, args.output, model, min_step_reward=args.min_step_reward, overwrite=args.overwrite,
+        **options_from_args(args)))
+    print(format_summary(summary))
+    print(f"kept {summary['kept']} solutions (weakest step >= {args.min_step_reward:g}) -> {summary['kept_file']}")
+    print(f"dropped {summary['dropped']} solutions -> {summary['dropped_file']}")
     _print_outputs(summary)
     return 0
 

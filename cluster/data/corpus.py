@@ -14,6 +14,17 @@ Pair results use one convention whatever the model: `margins[i*m + j]` is how mu
 beats rejected response j. For a reward model that is r_chosen - r_rejected; for a critic it is the
 log-odds of its verdict, log P(chosen) / P(rejected), so that sigmoid(margin) is P(chosen better)
 either way. Ties lose (RewardBench's rule): chosen wins only with margin > 0.
+
+The other two kinds score one response at a time, so their pairs are a reward model's (each side
+scored alone, margin = chosen - rejected):
+- a process reward model ("prm") scores a solution: `prompt` + `steps` (a list of strings) or
+  `response` (one text, split at the model's step_separator), optional `system`; or a conversation
+  whose last message is the solution. Its score is the aggregate of its step rewards (the spec's
+  step_aggregate); the rewards themselves are kept (`step_rewards`, `weakest_step`, ...). In pairs
+  each side is a response text or message list, as for a reward model.
+- a pointwise judge ("pointwise") rates `prompt` + `response` (strings; plus any field its
+  template names, read from the row's column of that name): its score is the expected rating over
+  its scale, `rating` the most probable one. In pairs both responses are rated.
 """
 
 from __future__ import annotations
@@ -21,11 +32,11 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster.core.errors import InvalidInput
-from cluster.core.results import debiased_prob_a, swap_ab
+from cluster.core.results import aggregate_steps, debiased_prob_a, rating_of, swap_ab
 from cluster.core.tokenization import validate_conversation
 
 SHAPES = ("conversations", "prompt_response", "pairs")
@@ -35,7 +46,12 @@ OUTPUT_COLUMNS = (
     "score", "chosen_score", "rejected_score", "chosen_scores", "rejected_scores", "prob_chosen", "probs_chosen",
     "margin", "margins", "win_rate", "chosen_wins", "truncated", "num_tokens", "source_file", "source_row", "error",
     "values", "chosen_values", "rejected_values",
+    # process reward models
+    "step_rewards", "num_steps", "weakest_step", "weakest_step_reward", "chosen_step_rewards", "rejected_step_rewards",
+    # pointwise judges
+    "rating", "rating_probs", "chosen_rating", "rejected_rating", "chosen_ratings", "rejected_ratings",
 )
+SOLO_KINDS = ("prm", "pointwise")  # score one response at a time, as a reward model does (their pairs too)
 # The pipeline's own columns between its stages (never written), also kept out of the input's way.
 STAGE_COLUMNS = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
 RESERVED_COLUMNS = frozenset(OUTPUT_COLUMNS + STAGE_COLUMNS)
@@ -79,22 +95,34 @@ class Layout:
     """What a corpus holds, decided once per run (so every output batch has the same columns)."""
 
     shape: str
-    kind: str  # "reward" | "critic"
+    kind: str  # "reward" | "critic" | "prm" | "pointwise"
     multi: bool = False  # pairs with lists of several responses per side
     conversation_column: str = "conversations"
     values: bool = False  # a multi-output reward model: every label's value per scored response too
+    step_aggregate: str | None = None  # a prm: how its step rewards become the score (min, last, mean, product)
+    rating_values: tuple[float, ...] | None = None  # a pointwise judge: each rating's value, in scale order
+    item_fields: tuple[str, ...] = ()  # a pointwise judge: the further fields its template reads from each row
 
     @property
     def result_columns(self) -> tuple[str, ...]:
         if self.shape != "pairs":
+            if self.kind == "prm":
+                return ("score", "step_rewards", "num_steps", "weakest_step", "weakest_step_reward", "truncated",
+                        "num_tokens")
+            if self.kind == "pointwise":
+                return ("score", "rating", "rating_probs", "truncated", "num_tokens")
             return ("score", "truncated", "num_tokens", *(("values",) if self.values else ()))
-        if self.kind == "reward":
+        if self.kind == "critic":
+            sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
+        else:
             sides = (("chosen_scores", "rejected_scores", "margins") if self.multi
                      else ("chosen_score", "rejected_score"))
-        else:
-            sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
         extra = ("win_rate",) if self.multi else ()
         vectors = ("chosen_values", "rejected_values") if self.values else ()
+        if self.kind == "prm":
+            vectors = ("chosen_step_rewards", "rejected_step_rewards")
+        elif self.kind == "pointwise":
+            vectors = ("chosen_ratings", "rejected_ratings") if self.multi else ("chosen_rating", "rejected_rating")
         return (*sides, "margin", *extra, "chosen_wins", "truncated", "num_tokens", *vectors)
 
 
@@ -104,14 +132,15 @@ def detect_shape(columns: Sequence[str], where: str) -> str:
         return "pairs"
     if any(c in cols for c in CONVERSATION_COLUMNS):
         return "conversations"
-    if {"prompt", "response"} <= cols:
+    if {"prompt", "response"} <= cols or {"prompt", "steps"} <= cols:  # steps: a prm's solution, as a list
         return "prompt_response"
     if cols & {"chosen", "rejected"}:  # half a pair: name the other half
         missing = ({"chosen", "rejected"} - cols).pop()
         raise InvalidInput(f"{where}: missing column {missing!r} (a preference pair needs 'chosen' and 'rejected')")
     raise InvalidInput(
         f"{where}: cannot tell the row shape from the columns {sorted(cols)}; expected 'conversations' "
-        "(a message list), 'prompt' + 'response', or 'prompt' + 'chosen' + 'rejected'"
+        "(a message list), 'prompt' + 'response' (a process reward model: or 'prompt' + 'steps'), or "
+        "'prompt' + 'chosen' + 'rejected'"
     )
 
 
@@ -123,6 +152,8 @@ def check_columns(columns: Sequence[str], shape: str, where: str) -> str | None:
             if name in cols:
                 return name
         raise InvalidInput(f"{where}: missing column 'conversations' (shape='conversations')")
+    if shape == "prompt_response" and {"prompt", "steps"} <= cols:  # a prm's solutions as lists of steps
+        return None
     needed = ("prompt", "response") if shape == "prompt_response" else ("chosen", "rejected")
     for name in needed:
         if name not in cols:
@@ -144,19 +175,31 @@ def _is_list(value: Any) -> bool:
 
 
 def row_units(row: Mapping[str, Any], layout: Layout, where: str) -> list:
-    """The conversations (reward model) or judge items (critic) one row asks to score, in the
-    order `row_result` expects them."""
+    """What one row asks to score, in the order `row_result` expects it: conversations (reward
+    model; a prm's solutions too, the last message the solution), a prm's items {prompt, steps or
+    response, system}, a pointwise judge's items {prompt, response, ...}, or a critic's judge items."""
     if layout.shape == "conversations":
+        if layout.kind == "pointwise":
+            raise InvalidInput(f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs, "
+                               "not conversations")
         return [_conversation(row.get(layout.conversation_column), f"{where}: {layout.conversation_column}")]
     if layout.shape == "prompt_response":
         if layout.kind == "critic":
             raise InvalidInput(f"{where}: a critic judges pairs; this corpus has no chosen/rejected columns")
+        if layout.kind == "prm":
+            return [_solution(row, where)]
+        if layout.kind == "pointwise":
+            return [_rating_item(row, _text(row.get("prompt"), f"{where}: prompt"),
+                                 _text(row.get("response"), f"{where}: response"), layout, where)]
         context = _context(row, where, required=True)
         return [context + [{"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]]
     chosen = _side(row, "chosen", layout, where)
     rejected = _side(row, "rejected", layout, where)
-    if layout.kind == "reward":
+    if layout.kind in ("reward", "prm"):
         return chosen + rejected
+    if layout.kind == "pointwise":
+        question = _question(row, chosen, where, "a pointwise judge")
+        return [_rating_item(row, question, _last_response(c), layout, where) for c in chosen + rejected]
     question = _question(row, chosen, where)
     items = []
     for c in chosen:
@@ -175,16 +218,61 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _context(row: Mapping[str, Any], where: str, required: bool) -> list[dict]:
-    """The prompt as leading messages: a string is one user turn; a message list is kept as is."""
+def _context(row: Mapping[str, Any], where: str, required: bool, system: bool = False) -> list[dict]:
+    """The prompt as leading messages: a string is one user turn; a message list is kept as is.
+    With `system` (a prm) the row's `system` column, when set, is the system message before them."""
     prompt = row.get("prompt")
     if prompt is None:
         if required:
             raise InvalidInput(f"{where}: prompt: missing")
         return []
     if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return validate_conversation(prompt, f"{where}: prompt", require_assistant_last=False)
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = validate_conversation(prompt, f"{where}: prompt", require_assistant_last=False)
+    if system and row.get("system") is not None:
+        if any(m["role"] == "system" for m in messages):
+            raise InvalidInput(f"{where}: system: the prompt's messages hold a system message already")
+        messages = [{"role": "system", "content": _text(row["system"], f"{where}: system")}, *messages]
+    return messages
+
+
+def _solution(row: Mapping[str, Any], where: str) -> dict | list[dict]:
+    """A prm's solution row: the item {prompt, steps or response, system} for a string prompt (steps
+    when the row has them, else its response), or the conversation prompt + response for a prompt
+    given as messages."""
+    prompt, steps = row.get("prompt"), row.get("steps")
+    if prompt is None:
+        raise InvalidInput(f"{where}: prompt: missing")
+    if not isinstance(prompt, str):
+        if steps is not None:
+            raise InvalidInput(f"{where}: steps: with the prompt given as messages, give the solution as one "
+                               "'response' text (split at the model's step_separator)")
+        return _context(row, where, required=True, system=True) + [
+            {"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]
+    item: dict[str, Any] = {"prompt": prompt}
+    if row.get("system") is not None:
+        item["system"] = _text(row["system"], f"{where}: system")
+    if steps is None:
+        item["response"] = _text(row.get("response"), f"{where}: response")
+        return item
+    if not _is_list(steps) or isinstance(steps, Mapping):
+        raise InvalidInput(f"{where}: steps: must be a list of strings, got {type(steps).__name__}")
+    if not steps:
+        raise InvalidInput(f"{where}: steps: empty; a solution needs at least one step")
+    item["steps"] = [_text(step, f"{where}: steps[{j}]") for j, step in enumerate(steps)]
+    return item
+
+
+def _rating_item(row: Mapping[str, Any], prompt: str, response: str, layout: Layout, where: str) -> dict[str, str]:
+    """A pointwise judge's item: the prompt, the response, and each further field its template
+    names, from the row's column of that name."""
+    item = {"prompt": prompt, "response": response}
+    for field in layout.item_fields:
+        if row.get(field) is None:
+            raise InvalidInput(f"{where}: {field}: missing (this judge's template uses it)")
+        item[field] = _text(row[field], f"{where}: {field}")
+    return item
 
 
 def _side(row: Mapping[str, Any], side: str, layout: Layout, where: str) -> list[list[dict]]:
@@ -195,30 +283,30 @@ def _side(row: Mapping[str, Any], side: str, layout: Layout, where: str) -> list
     if layout.multi:
         if not _is_list(value) or not value:
             raise InvalidInput(f"{at}: expected a non-empty list of responses, like the corpus's other rows")
-        return [_response(row, v, where, f"{at}[{i}]") for i, v in enumerate(value)]
+        return [_response(row, v, where, f"{at}[{i}]", layout.kind == "prm") for i, v in enumerate(value)]
     if _is_list(value) and value and not isinstance(value[0], Mapping):
         raise InvalidInput(f"{at}: a list of several responses, but the corpus's other rows hold one per side")
-    return [_response(row, value, where, at)]
+    return [_response(row, value, where, at, layout.kind == "prm")]
 
 
-def _response(row: Mapping[str, Any], value: Any, row_where: str, where: str) -> list[dict]:
+def _response(row: Mapping[str, Any], value: Any, row_where: str, where: str, system: bool = False) -> list[dict]:
     if isinstance(value, str):
-        return _context(row, row_where, required=True) + [{"role": "assistant", "content": value}]
+        return _context(row, row_where, required=True, system=system) + [{"role": "assistant", "content": value}]
     messages = validate_conversation(value, where, require_assistant_last=True)
     if messages[0]["role"] == "assistant":  # the response turn(s) only: the prompt comes first
-        return _context(row, row_where, required=True) + messages
+        return _context(row, row_where, required=True, system=system) + messages
     return messages  # a whole conversation, prompt included
 
 
-def _question(row: Mapping[str, Any], chosen: list[list[dict]], where: str) -> str:
-    """The critic's question: the prompt string, or the last user turn before the response."""
+def _question(row: Mapping[str, Any], chosen: list[list[dict]], where: str, judge: str = "a critic") -> str:
+    """The judge's question: the prompt string, or the last user turn before the response."""
     prompt = row.get("prompt")
     if isinstance(prompt, str):
         return prompt
     before = chosen[0][:-1]
     users = [m["content"] for m in before if m["role"] == "user"]
     if not users:
-        raise InvalidInput(f"{where}: prompt: a critic needs the question (a 'prompt' string or a user turn)")
+        raise InvalidInput(f"{where}: prompt: {judge} needs the question (a 'prompt' string or a user turn)")
     return users[-1]
 
 
@@ -263,12 +351,42 @@ def prob_chosen(prob_a: list[float], chosen_is_b: list[bool], n_items: int) -> l
     return [debiased_prob_a(prob_a[i], prob_a[n_items + i]) for i in range(n_items)]
 
 
-def row_result(layout: Layout, outputs: list[float], truncated: bool, num_tokens: int, *, n_chosen: int = 1,
+def solution_result(step_rewards: list[float], aggregate: str) -> dict[str, Any]:
+    """A prm's columns for one solution: the aggregate, the rewards, and the weakest step (the
+    first, on a tie: `StepRewards.weakest_step`)."""
+    weakest = min(range(len(step_rewards)), key=step_rewards.__getitem__)
+    return {"score": aggregate_steps(step_rewards, aggregate), "step_rewards": step_rewards,
+            "num_steps": len(step_rewards), "weakest_step": weakest, "weakest_step_reward": step_rewards[weakest]}
+
+
+def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, *, n_chosen: int = 1,
                chosen_is_b: list[bool] | None = None, debias: bool = False,
                values: list[list[float]] | None = None) -> dict[str, Any]:
     """A row's result columns from its units' outputs: reward scores (chosen first, then
-    rejected), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them.
+    rejected), a prm's step rewards or a pointwise judge's rating probabilities per unit (in the
+    same order), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them.
     `values`: a multi-output reward model's vectors, one per unit, in the order of `outputs`."""
+    if layout.kind == "prm":
+        solutions = [solution_result(list(steps), layout.step_aggregate or "min") for steps in outputs]
+        if layout.shape != "pairs":
+            return {**solutions[0], "truncated": truncated, "num_tokens": num_tokens}
+        steps = [s["step_rewards"] for s in solutions]
+        out = row_result(replace(layout, kind="reward"), [s["score"] for s in solutions], truncated, num_tokens,
+                         n_chosen=n_chosen)
+        chosen_steps, rejected_steps = steps[:n_chosen], steps[n_chosen:]
+        return {**out, "chosen_step_rewards": chosen_steps if layout.multi else chosen_steps[0],
+                "rejected_step_rewards": rejected_steps if layout.multi else rejected_steps[0]}
+    if layout.kind == "pointwise":
+        ratings = [rating_of(probs, layout.rating_values) for probs in outputs]
+        if layout.shape != "pairs":
+            return {"score": ratings[0][0], "rating": ratings[0][1], "rating_probs": list(outputs[0]),
+                    "truncated": truncated, "num_tokens": num_tokens}
+        out = row_result(replace(layout, kind="reward"), [expected for expected, _ in ratings], truncated,
+                         num_tokens, n_chosen=n_chosen)
+        best = [rating for _, rating in ratings]
+        if layout.multi:
+            return {**out, "chosen_ratings": best[:n_chosen], "rejected_ratings": best[n_chosen:]}
+        return {**out, "chosen_rating": best[0], "rejected_rating": best[1]}
     if layout.shape != "pairs":
         return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens,
                 **({"values": values[0]} if layout.values else {})}

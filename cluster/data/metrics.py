@@ -9,15 +9,22 @@ output columns of one of these layouts:
 - RM multi-response:     chosen_scores[k], rejected_scores[m], margins[k*m], margin, win_rate, chosen_wins, truncated
 - critic pairs:          prob_chosen, margin (log-odds, may be +-inf), chosen_wins, truncated
 - critic multi-response: probs_chosen[k*m], margins[k*m], margin, win_rate, chosen_wins, truncated
+- process reward model (prm): score (the aggregate), step_rewards[n], num_steps, weakest_step,
+  weakest_step_reward, truncated; its pairs: a reward model's columns plus chosen_step_rewards and
+  rejected_step_rewards (lists of lists with several responses per side)
+- pointwise judge: score (expected rating), rating (the most probable), rating_probs[scale], truncated;
+  its pairs: a reward model's columns (the expected ratings) plus chosen_rating / rejected_rating
+  (chosen_ratings / rejected_ratings with several responses per side)
 
 A row whose `chosen_wins` (pairs) or `score` (plain rows) is null errored upstream: it is counted as
 `skipped` and left out of every other number.
 
-The dict says what was measured in two keys: `kind`, the model kind ("reward", or "critic" when the
-table has verdict probabilities `prob_chosen`/`probs_chosen`), and `layout`, the table's shape
-("pairs" when it has `chosen_wins`, else "scores"). Accuracies carry 95% bootstrap intervals
-(`accuracy_ci`, per-subset `ci`, `rewardbench_ci`, RM-Bench `ci`): rows resampled with replacement,
-seeded, percentile interval; see `Bootstrap`.
+The dict says what was measured in two keys: `kind`, the model kind ("reward"; "critic" when the
+table has verdict probabilities `prob_chosen`/`probs_chosen`; "prm" when it has step rewards;
+"pointwise" when it has ratings), and `layout`, the table's shape ("pairs" when it has
+`chosen_wins`, else "scores"). A prm's summary adds `step_stats`, a pointwise judge's `rating_stats`.
+Accuracies carry 95% bootstrap intervals (`accuracy_ci`, per-subset `ci`, `rewardbench_ci`, RM-Bench
+`ci`): rows resampled with replacement, seeded, percentile interval; see `Bootstrap`.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ RM_BENCH_STYLES = 3  # concise, detailed plain, detailed markdown: RM-Bench's k 
 RM_BENCH_LEVELS = ("easy", "normal", "hard", "total")
 MISSING_SUBSET = "(missing)"  # key for rows whose subset is null
 CRITIC_COLUMNS = frozenset({"prob_chosen", "probs_chosen"})
+PRM_COLUMNS = frozenset({"step_rewards", "chosen_step_rewards"})
+POINTWISE_COLUMNS = frozenset({"rating_probs", "chosen_rating", "chosen_ratings"})
+WEAK_STEP = 0.5  # a step whose reward is below this is more likely wrong than right (step_stats)
 
 # Bootstrap intervals: resamples, two-sided level, seed (fixed, so a report is reproducible).
 BOOTSTRAP_RESAMPLES = 1000
@@ -67,19 +77,32 @@ CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 
 
-def summarize(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+def summarize(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              default_kind: str = "reward") -> dict:
     """Counts, accuracies (with bootstrap intervals), benchmark sections and score statistics.
 
     `resamples=0` leaves the intervals out (their keys hold None, `rewardbench_ci` is empty).
+    `default_kind`: the kind of a table with no result columns to tell it by (every row errored).
     """
     if "chosen_wins" in table.column_names:
         return summarize_pairs(table, resamples=resamples, seed=seed)
-    return summarize_scores(table)
+    return summarize_scores(table, default_kind)
 
 
-def model_kind(table: pa.Table) -> str:
-    """"critic" for a pairwise judge's table (verdict probabilities), else "reward"."""
-    return "critic" if CRITIC_COLUMNS & set(table.column_names) else "reward"
+RESULT_COLUMNS = frozenset({"score", "chosen_wins"})  # a table holding one of these has scored rows
+
+
+def model_kind(table: pa.Table, default: str = "reward") -> str:
+    """The model kind a table's columns show: "critic" (verdict probabilities), "prm" (step
+    rewards), "pointwise" (ratings), else "reward"; `default` for a table with no result columns."""
+    columns = set(table.column_names)
+    if CRITIC_COLUMNS & columns:
+        return "critic"
+    if PRM_COLUMNS & columns:
+        return "prm"
+    if POINTWISE_COLUMNS & columns:
+        return "pointwise"
+    return "reward" if RESULT_COLUMNS & columns else default
 
 
 # ---------------------------------------------------------------- pairs
@@ -125,6 +148,11 @@ def summarize_pairs(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, se
     reward_scores = pair_reward_scores(scored)
     if reward_scores is not None:  # reward models only: critics give no per-response score
         summary["score_stats"] = describe(reward_scores)
+    if summary["kind"] == "prm":  # both sides' solutions pooled
+        summary["step_stats"] = step_stats(
+            solution_steps(scored, "chosen_step_rewards") + solution_steps(scored, "rejected_step_rewards"))
+    if summary["kind"] == "pointwise":
+        summary["rating_stats"] = {side: rating_counts(scored, f"{side}_rating") for side in ("chosen", "rejected")}
     return summary
 
 
@@ -266,8 +294,9 @@ def pair_reward_scores(scored: pa.Table) -> np.ndarray | None:
 # ---------------------------------------------------------------- plain scores
 
 
-def summarize_scores(table: pa.Table) -> dict:
-    """Score statistics of a plain-rows table (a reward model's: critics only judge pairs).
+def summarize_scores(table: pa.Table, default_kind: str = "reward") -> dict:
+    """Score statistics of a plain-rows table (a reward model's, a prm's or a pointwise judge's:
+    critics only judge pairs).
 
     A table with no `score` column at all (a folder whose every row errored) counts its rows as skipped.
     """
@@ -278,7 +307,7 @@ def summarize_scores(table: pa.Table) -> dict:
         scored, scores = table.slice(0, 0), np.array([])
     summary: dict = {
         "rows": table.num_rows,
-        "kind": model_kind(table),
+        "kind": model_kind(table, default_kind),
         "layout": "scores",
         "scored": scored.num_rows,
         "skipped": int(table.num_rows - scored.num_rows),
@@ -290,7 +319,73 @@ def summarize_scores(table: pa.Table) -> dict:
         summary["per_subset"] = {
             name: describe(scores[subsets == name]) for name in sorted(set(subset_labels(table)))
         }
+    if summary["kind"] == "prm":
+        summary["step_stats"] = step_stats(solution_steps(scored, "step_rewards"))
+    if summary["kind"] == "pointwise":
+        summary["rating_stats"] = {**rating_counts(scored, "rating"), "mean_probs": mean_probs(scored)}
     return summary
+
+
+# ---------------------------------------------------------------- process reward models, pointwise judges
+
+
+def solution_steps(scored: pa.Table, column: str) -> list[list[float]]:
+    """Each solution's step rewards from a list column (a list of lists: several solutions per row)."""
+    if column not in scored.column_names:
+        return []
+    out = []
+    for value in scored[column].to_pylist():
+        if value is None:
+            continue
+        out += value if value and isinstance(value[0], list) else [value]
+    return out
+
+
+def step_stats(solutions: list[list[float]], threshold: float = WEAK_STEP) -> dict:
+    """A prm's step statistics: solutions, steps per solution, every step reward, each solution's
+    weakest step reward, and how many solutions have a step below `threshold` (their weakest)."""
+    solutions = [s for s in solutions if s]
+    weakest = np.array([min(s) for s in solutions], dtype=np.float64)
+    below = int((weakest < threshold).sum())
+    return {
+        "solutions": len(solutions),
+        "steps": int(sum(len(s) for s in solutions)),
+        "steps_per_solution": describe(np.array([len(s) for s in solutions], dtype=np.float64)),
+        "step_rewards": describe(np.array([r for s in solutions for r in s], dtype=np.float64)),
+        "weakest_step_rewards": describe(weakest),
+        "weak_threshold": threshold,
+        "weak_solutions": below,
+        "weak_share": below / len(solutions) if solutions else None,
+    }
+
+
+def rating_counts(scored: pa.Table, column: str) -> dict:
+    """A pointwise judge's most probable ratings: {"counts": {rating: rows}} in rating order, and
+    their mean; a list column (several responses per side) counts every response."""
+    plural = column + "s"
+    if column in scored.column_names:
+        values = column_values(scored, column)
+    elif plural in scored.column_names:
+        values = list_values(scored, plural)
+    else:
+        values = np.array([])
+    values = values[np.isfinite(values)]
+    distinct, counts = np.unique(values, return_counts=True)
+    return {"counts": {number_key(v): int(n) for v, n in zip(distinct, counts)},
+            "mean": float(values.mean()) if values.size else None}
+
+
+def mean_probs(scored: pa.Table) -> list[float] | None:
+    """The mean probability of each rating of the scale, over the scored rows."""
+    if "rating_probs" not in scored.column_names or scored.num_rows == 0:
+        return None
+    probs = np.array(scored["rating_probs"].to_pylist(), dtype=np.float64)
+    return [float(p) for p in probs.mean(axis=0)]
+
+
+def number_key(value: float) -> str:
+    """A rating as a JSON key: 7.0 -> "7", 2.5 -> "2.5"."""
+    return f"{float(value):g}"
 
 
 # ---------------------------------------------------------------- statistics
@@ -433,20 +528,52 @@ def format_summary(summary: dict) -> str:
     if "rm_bench" in summary:
         blocks.append(format_rm_bench(summary))
     if "score_stats" in summary:
-        blocks.append(format_stats("scores" if summary.get("layout") == "scores" else "scores (chosen + rejected)",
+        what = SCORE_MEANING.get(summary.get("kind"), "scores")
+        blocks.append(format_stats(what if summary.get("layout") == "scores" else f"{what} (chosen + rejected)",
                                    summary["score_stats"]))
     if summary.get("margin"):
         blocks.append(format_stats(f"margin ({margin_meaning(summary.get('kind'))})", summary["margin"]))
+    if summary.get("step_stats"):
+        blocks.append(format_step_stats(summary["step_stats"]))
+    if summary.get("rating_stats"):
+        blocks.append(format_rating_stats(summary["rating_stats"]))
     return "\n\n".join(blocks)
+
+
+KIND_NAMES = {"reward": "reward model", "critic": "critic", "prm": "process reward model",
+              "pointwise": "pointwise judge"}
+SCORE_MEANING = {"prm": "scores (aggregate of the step rewards)", "pointwise": "expected ratings"}
 
 
 def margin_meaning(kind: str | None) -> str:
     """What a row's margin is, for this model kind."""
+    if kind == "prm":
+        return "aggregate step reward chosen - rejected"
+    if kind == "pointwise":
+        return "expected rating chosen - rejected"
     return "critic log-odds that chosen wins" if kind == "critic" else "reward chosen - rejected"
 
 
+def format_step_stats(stats: dict) -> str:
+    keys = ["count", "mean", "std", "min", "p5", "p50", "p95", "max"]
+    rows = [[name] + [str(stats[key]["count"])] + [number(stats[key][k]) for k in keys[1:]]
+            for name, key in (("steps per solution", "steps_per_solution"), ("step reward", "step_rewards"),
+                              ("weakest step reward", "weakest_step_rewards"))]
+    table = format_table(f"steps ({stats['solutions']} solutions, {stats['steps']} steps)", ["", *keys], rows)
+    return (f"{table}\n  solutions with a step below {stats['weak_threshold']:g}: {stats['weak_solutions']} "
+            f"({percent(stats['weak_share'])}%)")
+
+
+def format_rating_stats(stats: dict) -> str:
+    sides = {"": stats} if "counts" in stats else stats
+    ratings = sorted({r for side in sides.values() for r in side["counts"]}, key=float)
+    rows = [[name or "rows", *(str(side["counts"].get(r, 0)) for r in ratings), number(side["mean"])]
+            for name, side in sides.items()]
+    return format_table("most probable rating", ["", *ratings, "mean"], rows)
+
+
 def format_overall(summary: dict) -> str:
-    kind = {"reward": "reward model", "critic": "critic"}.get(summary.get("kind"), str(summary.get("kind")))
+    kind = KIND_NAMES.get(summary.get("kind"), str(summary.get("kind")))
     lines = [
         f"rows {summary['rows']}  ({kind}, {summary.get('layout')}; scored {summary['scored']}, "
         f"skipped {summary['skipped']}, truncated {summary['truncated']})"

@@ -14,7 +14,12 @@
                     folder for its one progress display (cluster/data/progress.py).
 
 `score_dataset` is the lazy building block (Dataset in, Dataset out); `score_corpus` adds the files,
-the shards, resume, the errors file and the summary; `filter_pairs` is the curation recipe on top.
+the shards, resume, the errors file and the summary; `filter_pairs` (preference pairs) and
+`filter_solutions` (a process reward model's weakest step) are the curation recipes on top.
+
+Model kinds: a reward model, a critic (pairs only), a process reward model (kind "prm": a solution's
+step rewards and their aggregate) and a pointwise judge (kind "pointwise": a rating per response,
+read from the rating token's logits; the pipeline has no generate mode). See cluster/data/corpus.py.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -38,9 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from cluster.core.config import ModelSpec, StrictModel, deployment_name
+from cluster.core.config import KINDS, ModelSpec, StrictModel, deployment_name
 from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError, from_ray
 from cluster.data.corpus import (
+    SOLO_KINDS,
     STAGE_COLUMNS,
     Layout,
     aside,
@@ -72,11 +78,19 @@ RESULT_TYPES = {
     "prob_chosen": pa.float64(), "probs_chosen": pa.list_(pa.float64()), "margins": pa.list_(pa.float64()),
     "margin": pa.float64(), "win_rate": pa.float64(), "chosen_wins": pa.bool_(), "truncated": pa.bool_(),
     "num_tokens": pa.int64(), "values": pa.list_(pa.float64()),
+    # process reward models
+    "step_rewards": pa.list_(pa.float64()), "num_steps": pa.int64(), "weakest_step": pa.int64(),
+    "weakest_step_reward": pa.float64(),
+    # pointwise judges
+    "rating": pa.float64(), "rating_probs": pa.list_(pa.float64()), "chosen_rating": pa.float64(),
+    "rejected_rating": pa.float64(), "chosen_ratings": pa.list_(pa.float64()),
+    "rejected_ratings": pa.list_(pa.float64()),
 }
+SIDE_VECTORS = ("chosen_values", "rejected_values", "chosen_step_rewards", "rejected_step_rewards")
 
 
 def result_type(layout: Layout, name: str) -> pa.DataType:
-    if name in ("chosen_values", "rejected_values"):  # one vector per response on that side
+    if name in SIDE_VECTORS:  # one vector per response on that side
         return pa.list_(pa.list_(pa.float64())) if layout.multi else pa.list_(pa.float64())
     return RESULT_TYPES[name]
 MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
@@ -123,8 +137,9 @@ class ScoringOptions(StrictModel):
 
 
 def resolve_model(model: ModelSpec | Mapping[str, Any] | str, via_serve: str | None = None) -> ModelSpec:
-    """A ModelSpec, its fields, a model directory / hub id (kind read from its config), or with
-    via_serve the name of a model the Serve app serves (its spec then comes from the replica)."""
+    """A ModelSpec, its fields, a model directory / hub id (kind read from its config: a reward
+    model or a critic; a process reward model or pointwise judge needs a spec), or with via_serve
+    the name of a model the Serve app serves (its spec then comes from the replica)."""
     if via_serve is not None:
         name = model.name if isinstance(model, ModelSpec) else model["name"] if isinstance(model, Mapping) else model
         return served_model(via_serve, name)[0]
@@ -155,20 +170,37 @@ def _kind_from_config(path: str) -> str:
         return "reward"
     if any(a.endswith("ForCausalLM") or a.endswith("ForConditionalGeneration") for a in archs):
         return "critic"
+    if any(a.endswith(("ForTokenClassification", "ForProcessRewardModel")) for a in archs):
+        raise ModelLoadError(
+            f"{path!r}: its config (architectures={archs}) reads a value per token: a process reward model? "
+            "A path alone cannot say where its steps are read; pass a ModelSpec with kind='prm' and its step_tag "
+            "(e.g. {\"kind\": \"prm\", \"step_tag\": \"<extra_0>\"} for Qwen2.5-Math-PRM)")
     raise ModelLoadError(f"{path!r}: cannot tell from its config (architectures={archs}) whether it is a reward "
-                         "model or a critic; pass a ModelSpec with kind='reward' or 'critic'")
+                         "model or a critic; pass a ModelSpec with kind='reward' or 'critic' (a process reward "
+                         "model or a pointwise judge always needs a spec: kind='prm' or 'pointwise')")
 
 
 def _check_model(spec: ModelSpec) -> None:
     """Fail in the driver, naming the path, before any actor starts: config and tokenizer load."""
-    from cluster.core.loading import check_head, load_config, reward_head
+    from cluster.core.loading import (
+        check_head,
+        is_causal,
+        load_config,
+        prm_positive_label,
+        prm_step_labels,
+        reward_head,
+    )
     from cluster.core.tokenization import ChatEncoder
 
     config = load_config(spec)
     check_head(spec, config)
     if spec.kind == "reward":
         reward_head(spec, config)  # several output labels and no scalar chosen: say so now
-    ChatEncoder.for_spec(spec)
+    encoder = ChatEncoder.for_spec(spec)  # a prm: its step tag; a pointwise judge: its rating tokens
+    if spec.kind == "prm" and is_causal(config):  # the (good, bad) tokens its step reward reads
+        prm_step_labels(spec, encoder.tokenizer)
+    elif spec.kind == "prm":  # the label its step reward reads
+        prm_positive_label(spec, config)
 
 
 def served_model(app_name: str, model_name: str) -> tuple[ModelSpec, str, int]:
@@ -181,7 +213,7 @@ def served_model(app_name: str, model_name: str) -> tuple[ModelSpec, str, int]:
         raise ConfigError(f"via_serve={app_name!r}: cannot reach Ray Serve ({err})") from None
     if app is None:
         raise ConfigError(f"via_serve={app_name!r}: no such Serve application is running")
-    for kind in ("reward", "critic"):
+    for kind in KINDS:
         name = deployment_name(kind, model_name)
         if name in app.deployments:
             info = serve.get_deployment_handle(name, app_name=app_name).describe.remote().result()
@@ -233,6 +265,11 @@ class TokenizeStage:
 
     def _encode(self, row: dict, where: str) -> dict[str, Any]:
         units = row_units(row, self.layout, where)
+        if self.layout.kind in SOLO_KINDS:  # a prm's solutions / a pointwise judge's items, one unit each
+            op, what = ("score", "solution") if self.layout.kind == "prm" else ("verdicts", "rating item")
+            encoded = self.encoder.encode(op, units, f"{where}: {what}")
+            return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
+                    "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row)}
         if self.layout.kind == "critic":
             prompts, flags = critic_orders(units, self.debias)
             encoded = self.encoder.encode_judge_items(prompts, f"{where}: judge prompt")
@@ -260,7 +297,7 @@ class _ScoreStage:
     def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool,
                  out_dir: str | None = None, flush_s: float = FLUSH_S):
         self.kind = kind
-        self.op = "score" if kind == "reward" else "verdicts"
+        self.op = "score" if kind in ("reward", "prm") else "verdicts"  # a prm: step rewards; a judge: P(verdict)
         self.layout = Layout(**layout)
         self.debias = debias
         self.keep_errors = keep_errors  # on_error="skip": an `error` column, null for scored rows
@@ -349,7 +386,7 @@ class ServeStage(_ScoreStage):
 
     def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool, app_name: str,
                  deployment: str, call_tokens: int, model_name: str, out_dir: str | None = None,
-                 flush_s: float = FLUSH_S):
+                 flush_s: float = FLUSH_S, spec: dict[str, Any] | None = None):
         from ray import serve
 
         from cluster.core.local import LocalEncoder
@@ -357,7 +394,8 @@ class ServeStage(_ScoreStage):
         from deployments.handles import ReplicaBackend
 
         super().__init__(kind, layout, debias, keep_errors, out_dir, flush_s)
-        spec = ModelSpec(name=model_name, path="-", kind=kind)  # names the model to the core; never loaded here
+        # names the model to the core; never loaded here (the served spec: a prm's needs its step fields)
+        spec = ModelSpec(**spec) if spec is not None else ModelSpec(name=model_name, path="-", kind=kind)
         handle = serve.get_deployment_handle(deployment, app_name=app_name)
         backend = ReplicaBackend({model_name: handle}, {model_name: call_tokens}, blocking=True)
         self.model_name, self.service = model_name, ScoringService([spec], LocalEncoder({}), backend)
@@ -387,8 +425,22 @@ def _layout(columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, o
     conversation_column = check_columns(columns, shape, where) or "conversations"
     if spec.kind == "critic" and shape != "pairs":
         raise InvalidInput(f"{where}: a critic judges pairs (prompt + chosen + rejected); this is shape {shape!r}")
+    if spec.kind == "pointwise" and shape == "conversations":
+        raise InvalidInput(f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs (prompt + chosen + "
+                           "rejected), not conversations")
+    if shape == "prompt_response" and spec.kind != "prm" and "response" not in columns:
+        raise InvalidInput(f"{where}: missing column 'response' ('steps' is read by a process reward model only; "
+                           f"this model is kind {spec.kind!r})")
     multi = shape == "pairs" and is_multi(first_row)
-    return Layout(shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1)
+    kind_fields: dict[str, Any] = {}
+    if spec.kind == "prm":
+        kind_fields["step_aggregate"] = spec.step_aggregate
+    elif spec.kind == "pointwise":
+        from cluster.core.config import rating_extra_fields
+
+        kind_fields.update(rating_values=tuple(spec.rating_numbers), item_fields=rating_extra_fields(spec.template))
+    return Layout(shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1,
+                  **kind_fields)
 
 
 def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
@@ -423,7 +475,7 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
         _, deployment, call_tokens = served_model(opts.via_serve, spec.name)
         stage, kwargs, num_gpus, num_cpus = ServeStage, {
             "kind": spec.kind, "app_name": opts.via_serve, "deployment": deployment, "call_tokens": call_tokens,
-            "model_name": spec.name,
+            "model_name": spec.name, "spec": spec.model_dump(),
         }, 0, 0.1
     else:
         num_gpus = opts.num_gpus
@@ -799,7 +851,7 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
 
 
 def _score_corpus(input_path, output_path, model, overwrite: bool, opts: ScoringOptions,
-                  model_stage: type[_ScoreStage]) -> dict[str, Any]:
+                  model_stage: type[_ScoreStage], require: Callable[[Layout], None] | None = None) -> dict[str, Any]:
     import ray
     from ray.data import TaskPoolStrategy
 
@@ -813,6 +865,8 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     if not chunks:
         raise InvalidInput(f"{input_path}: the input holds no rows")
     layout = _corpus_layout(chunks, spec, opts)
+    if require is not None:  # a recipe's own check (filter_solutions: a prm's solutions), before anything runs
+        require(layout)
     out = Path(output_path)
     _prepare_output(out, {"model": _model_identity(spec), "shape": layout.shape, "debias": opts.debias,
                           "inputs": sorted({c["rel"] for c in chunks})}, overwrite)
@@ -860,7 +914,7 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
         "moved_columns": moved,
         "seconds": round(seconds, 3), "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
         "tokens_per_s": counts["tokens"] / seconds if seconds and counts["tokens"] else None,
-        **summarize(table),
+        **summarize(table, default_kind=spec.kind),
         "run": {"model": spec.name, "model_path": spec.path, "model_kind": spec.kind, "model_revision": spec.revision,
                 "input": os.path.abspath(str(input_path)), "inputs": sorted({c["rel"] for c in chunks}),
                 "started_at": started_at, "finished_at": _now(), "version": code_version(),
@@ -945,7 +999,17 @@ def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) ->
 def _model_identity(spec: ModelSpec) -> dict[str, Any]:
     """What decides the scores (not speed settings such as batch sizes)."""
     keep = ("path", "kind", "revision", "dtype", "max_length", "truncation", "judge_template", "verdicts")
+    # the new kinds' own fields, for those kinds only (a reward model's or critic's identity, and so
+    # the resumability of its existing output folders, is unchanged)
+    keep += IDENTITY_FIELDS.get(spec.kind, ())
     return {k: v for k, v in spec.model_dump(mode="json").items() if k in keep}
+
+
+IDENTITY_FIELDS = {
+    "prm": ("step_tag", "step_format", "step_joiner", "step_separator", "prm_template", "step_labels",
+            "step_aggregate", "system_prompt", "reward_label"),
+    "pointwise": ("ratings", "rating_format", "rating_values", "system_prompt"),
+}
 
 
 def _prepare_output(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
@@ -1077,6 +1141,43 @@ def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
             "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
 
 
+def filter_solutions(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                     model: ModelSpec | Mapping[str, Any] | str, *, min_step_reward: float = 0.5,
+                     overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Keep the solutions a process reward model finds no weak step in: every step's reward (the
+    weakest step's, `weakest_step_reward`) at least `min_step_reward`. Rows are solutions (prompt +
+    steps or response, or conversations); scores go to `output_path` (resumable, as score_corpus);
+    the rows to `kept.parquet` and `dropped.parquet` there, with their step rewards. Rows that
+    could not be scored are in errors.jsonl. `model` must be a prm (a ModelSpec or its fields)."""
+    if isinstance(min_step_reward, bool) or not isinstance(min_step_reward, int | float) \
+            or not 0.0 <= min_step_reward <= 1.0:
+        raise ConfigError(f"min_step_reward: a step reward is a probability, so a number in [0, 1]; got "
+                          f"{min_step_reward!r}")
+    opts = ScoringOptions.parse(options)
+    spec = resolve_model(model, opts.via_serve)
+    if spec.kind != "prm":
+        raise ConfigError(f"filter_solutions needs a process reward model (kind='prm'); model '{spec.name}' is kind "
+                          f"{spec.kind!r}")
+
+    def solutions(layout: Layout) -> None:
+        if layout.shape == "pairs":
+            raise InvalidInput(f"{input_path}: filter_solutions keeps or drops single solutions (prompt + steps or "
+                               "response, or conversations); this corpus holds pairs: use filter_pairs")
+
+    summary = _score_corpus(input_path, output_path, spec, overwrite, opts, ModelStage, require=solutions)
+    table = read_scores(output_path)
+    if "weakest_step_reward" in table.column_names:
+        keep = pc.fill_null(pc.greater_equal(table["weakest_step_reward"], pa.scalar(float(min_step_reward))), False)
+    else:  # nothing scored
+        keep = pa.array([False] * table.num_rows, pa.bool_())
+    out = Path(output_path)
+    kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
+    _write_atomic(out / "kept.parquet", kept)
+    _write_atomic(out / "dropped.parquet", dropped)
+    return {**summary, "min_step_reward": min_step_reward, "kept": kept.num_rows, "dropped": dropped.num_rows,
+            "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
+
+
 # ---------------------------------------------------------------- calibration (reward shaping)
 
 
@@ -1087,7 +1188,7 @@ def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
     `{"normalize": {"mean": ..., "std": ...}}`."""
     summary = score_corpus(input_path, output_path, model, **options)
     if summary["kind"] != "reward":
-        raise InvalidInput("calibrate measures a reward model's scores; this model is a critic")
+        raise InvalidInput(f"calibrate measures a reward model's scores; this model is a {summary['kind']}")
     stats = summary.get("score_stats") or {}
     if not stats.get("count") or not stats.get("std"):
         raise InvalidInput(f"{input_path}: too few finite scores to calibrate on ({stats.get('count', 0)})")

@@ -1,0 +1,316 @@
+"""The Ray Data pipeline with a process reward model (kind "prm") and a pointwise judge (kind
+"pointwise"), on the session's local cluster: every row scores as `load_model(spec).step_rewards` /
+`.rate` does in-process (fp32, 1e-4); the new list columns keep their types through the parquet
+shards; filter_solutions keeps exactly the solutions whose weakest step reaches the threshold (the
+API and the CLI); the summary's step and rating statistics; and the errors that name what is wrong
+before anything runs. Small models and corpora, one scoring run per corpus (module fixtures)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TOL
+
+from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
+from cluster.data.pipeline import _model_identity, filter_solutions, read_scores, resolve_model, score_corpus
+from cluster.tiny import build_tiny_prm
+
+ray = pytest.importorskip("ray")
+
+FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 4, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,
+        "num_gpus": 0}
+QUESTIONS = ["What is (2 + 3 - 1) * 2?", "Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
+             "Name a prime number.", "What is 9 * 2?", "How much does she make selling 13 eggs at $2 each?"]
+STEPS = [
+    ["To find the sum, we add 2 + 3 = 5.", "Then 5 - 1 = 4.", "So 4 * 2 = 8.", "The answer is \\boxed{8}."],
+    ["Janet's ducks lay 16 eggs per day.", "She eats 3, so 16 - 3 = 13 eggs are left.", "The answer is \\boxed{13}."],
+    ["7 is prime."],
+    ["9 * 2 = 18.", "The answer is: 18"],
+    ["She sells 13 eggs for $2 each.", "So she makes 9 * 2 = 18 dollars.", "The answer is: 18"],
+    ["Step 1: 16 - 3 = 13.", "Step 2: 13 * 2 = 26.", "Step 3: The answer is 26."],
+]
+SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+STEP_COLUMNS = {"score": pa.float64(), "step_rewards": pa.list_(pa.float64()), "num_steps": pa.int64(),
+                "weakest_step": pa.int64(), "weakest_step_reward": pa.float64()}
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- models (built once per module)
+
+
+@pytest.fixture(scope="module")
+def prm_spec(tmp_path_factory) -> dict:
+    path = build_tiny_prm(tmp_path_factory.mktemp("qwen-prm"), style="qwen")
+    return {"name": "prm", "path": str(path), "kind": "prm", "step_tag": "<extra_0>", "dtype": "float32",
+            "trust_remote_code": True}
+
+
+@pytest.fixture(scope="module")
+def prm(prm_spec):
+    return load_model(prm_spec)
+
+
+@pytest.fixture(scope="module")
+def judge_spec(model_dirs) -> dict:
+    path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
+    return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def judge(judge_spec):
+    return load_model(judge_spec)
+
+
+# ---------------------------------------------------------------- a prm over solutions (scores layout)
+
+
+def solution_rows() -> tuple[list[dict], list[dict]]:
+    """A parquet file of steps (a list column; a system message on some rows) and a JSONL file of
+    responses (one text, split at the model's separator), with one row that has no step at all."""
+    steps = [{"id": f"s{i}", "prompt": QUESTIONS[i % 5], "steps": STEPS[i % 6][i % 2:] or STEPS[i % 6],
+              "system": SYSTEM if i % 3 == 0 else None} for i in range(10)]
+    responses = [{"id": f"r{i}", "prompt": QUESTIONS[(i + 2) % 5], "response": "\n\n".join(STEPS[(i + 1) % 6])}
+                 for i in range(10)]
+    responses[4] = {"id": "r4", "prompt": QUESTIONS[0], "response": "\n\n  \n\n"}  # no step: the one bad row
+    return steps, responses
+
+
+def reference_item(row: dict) -> dict:
+    return {k: row[k] for k in ("prompt", "steps", "response", "system") if row.get(k) is not None}
+
+
+@pytest.fixture(scope="module")
+def prm_run(ray_cluster, tmp_path_factory, prm_spec, prm):
+    root = tmp_path_factory.mktemp("prm-run")
+    steps, responses = solution_rows()
+    write(root / "corpus" / "steps.parquet", steps)
+    write(root / "corpus" / "responses.jsonl", responses)
+    summary = score_corpus(root / "corpus", root / "out", prm_spec, on_error="skip", **FAST)
+    good = [r for r in responses if r["id"] != "r4"] + steps  # read_scores' order: by file, then row
+    expected = prm.step_rewards([reference_item(r) for r in good])
+    return {"root": root, "summary": summary, "rows": good, "expected": expected}
+
+
+def test_prm_step_rewards_match_in_process(prm_run):
+    table = read_scores(prm_run["root"] / "out")
+    expected = prm_run["expected"]
+    assert table["id"].to_pylist() == [r["id"] for r in prm_run["rows"]]  # 19 rows, input order, bad row out
+    for got, want in zip(table["step_rewards"].to_pylist(), expected):
+        assert close(got, want.step_rewards)
+    assert close(table["score"].to_pylist(), [e.score for e in expected])  # the spec's aggregate: min
+    assert table["num_steps"].to_pylist() == [len(e.step_rewards) for e in expected]
+    assert table["weakest_step"].to_pylist() == [e.weakest_step for e in expected]
+    assert close(table["weakest_step_reward"].to_pylist(), [min(e.step_rewards) for e in expected])
+    assert table["steps"].to_pylist() == [r.get("steps") for r in prm_run["rows"]]  # input columns carried
+    errors = (prm_run["root"] / "out" / "errors.jsonl").read_text().splitlines()
+    assert len(errors) == 1 and json.loads(errors[0])["source_row"] == 4 and "no steps" in errors[0]
+
+
+def test_prm_list_columns_keep_their_types_in_the_parquet_shards(prm_run):
+    for part in sorted((prm_run["root"] / "out" / "parts").glob("part-*.parquet")):
+        schema = pq.read_schema(part)
+        for name, typ in STEP_COLUMNS.items():
+            assert schema.field(name).type == typ, (part.name, name)
+
+
+def test_prm_summary_step_statistics(prm_run):
+    summary, expected = prm_run["summary"], prm_run["expected"]
+    on_disk = json.loads((prm_run["root"] / "out" / "summary.json").read_text())
+    weakest = [min(e.step_rewards) for e in expected]
+    for s in (summary, on_disk):
+        assert s["kind"] == "prm" and s["layout"] == "scores" and s["run"]["model_kind"] == "prm"
+        assert s["rows"] == s["scored"] == 19 and s["errors"] == 1
+        stats = s["step_stats"]
+        assert stats["solutions"] == 19 and stats["steps"] == sum(len(e.step_rewards) for e in expected)
+        assert stats["steps_per_solution"]["mean"] == pytest.approx(stats["steps"] / 19)
+        assert stats["step_rewards"]["mean"] == pytest.approx(
+            sum(sum(e.step_rewards) for e in expected) / stats["steps"], abs=TOL)
+        assert stats["weakest_step_rewards"]["mean"] == pytest.approx(sum(weakest) / 19, abs=TOL)
+        assert stats["weakest_step_rewards"]["p50"] is not None
+        assert stats["weak_solutions"] == sum(w < 0.5 for w in weakest)
+        assert stats["weak_share"] == pytest.approx(stats["weak_solutions"] / 19)
+
+
+def split_threshold(values: list[float]) -> float:
+    """A threshold between two of the values near the middle, clear of both by more than TOL."""
+    ordered = sorted(values)
+    gaps = [(ordered[i + 1] - ordered[i], i) for i in range(len(ordered) - 1)]
+    middle = [(gap, i) for gap, i in gaps if len(ordered) // 4 <= i < 3 * len(ordered) // 4]
+    gap, i = max(middle)
+    assert gap > 4 * TOL
+    return (ordered[i] + ordered[i + 1]) / 2
+
+
+def test_filter_solutions_keeps_the_solutions_whose_weakest_step_reaches_the_threshold(prm_run, prm_spec):
+    root, rows, expected = prm_run["root"], prm_run["rows"], prm_run["expected"]
+    threshold = split_threshold([min(e.step_rewards) for e in expected])
+    # the same arguments as the scoring run: it resumes (nothing to score again) and filters
+    summary = filter_solutions(root / "corpus", root / "out", prm_spec, min_step_reward=threshold,
+                               on_error="skip", **FAST)
+    kept, dropped = pq.read_table(root / "out" / "kept.parquet"), pq.read_table(root / "out" / "dropped.parquet")
+    want = [r["id"] for r, e in zip(rows, expected) if min(e.step_rewards) >= threshold]
+    assert kept["id"].to_pylist() == want and 0 < len(want) < len(rows)
+    assert sorted(kept["id"].to_pylist() + dropped["id"].to_pylist()) == sorted(r["id"] for r in rows)
+    assert summary["rows_scored_now"] == 0 and summary["errors"] == 1  # the bad row: in errors.jsonl, counted
+    assert summary["kept"] == len(want) and summary["dropped"] == len(rows) - len(want)
+    assert summary["min_step_reward"] == threshold
+    assert kept.schema.field("step_rewards").type == pa.list_(pa.float64())
+    assert all(w >= threshold for w in kept["weakest_step_reward"].to_pylist())
+    assert all(w < threshold for w in dropped["weakest_step_reward"].to_pylist())
+
+
+def test_cli_filter_solutions(prm_run, prm_spec, capsys):
+    from cluster.cli.main import main
+
+    root, expected = prm_run["root"], prm_run["expected"]
+    rc = main(["filter-solutions", str(root / "corpus"), str(root / "out"), "--model", json.dumps(prm_spec),
+               "--min-step-reward", "0", "--on-error", "skip", "--no-progress", "--batch-rows", "4",
+               "--num-cpus", "0.5", "--tokenizer-num-cpus", "0.25", "--num-gpus", "0"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"kept {len(expected)} solutions" in printed and "dropped 0 solutions" in printed
+    assert "process reward model" in printed and "weakest step reward" in printed
+
+
+# ---------------------------------------------------------------- a prm over preference pairs
+
+
+def test_prm_pairs_score_each_side_like_step_rewards(ray_cluster, tmp_path, prm_spec, prm):
+    rows = [{"id": f"p{i}", "prompt": QUESTIONS[i % 5], "chosen": "\n\n".join(STEPS[i % 6]),
+             "rejected": "\n\n".join(STEPS[(i + 3) % 6]), **({"system": SYSTEM} if i == 2 else {})}
+            for i in range(6)]
+    summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", prm_spec, **FAST)
+    table = read_scores(tmp_path / "out")
+
+    def item(row, side):
+        return {"prompt": row["prompt"], "response": row[side], **({"system": row["system"]} if "system" in row
+                                                                      else {})}
+
+    chosen = prm.step_rewards([item(r, "chosen") for r in rows])
+    rejected = prm.step_rewards([item(r, "rejected") for r in rows])
+    assert close(table["chosen_score"].to_pylist(), [c.score for c in chosen])
+    assert close(table["rejected_score"].to_pylist(), [r.score for r in rejected])
+    for got, want in zip(table["chosen_step_rewards"].to_pylist(), chosen):
+        assert close(got, want.step_rewards)
+    for got, want in zip(table["rejected_step_rewards"].to_pylist(), rejected):
+        assert close(got, want.step_rewards)
+    margins = [c.score - r.score for c, r in zip(chosen, rejected)]
+    assert close(table["margin"].to_pylist(), margins)
+    wins = table["chosen_wins"].to_pylist()
+    assert all(w == (m > 0) for w, m in zip(wins, margins) if abs(m) > TOL)
+    assert summary["kind"] == "prm" and summary["layout"] == "pairs"
+    assert summary["accuracy"] == pytest.approx(sum(wins) / len(wins))
+    assert summary["step_stats"]["solutions"] == 12
+    assert summary["step_stats"]["steps"] == sum(len(x.step_rewards) for x in chosen + rejected)
+
+
+# ---------------------------------------------------------------- a pointwise judge
+
+
+def test_pointwise_rates_rows_like_rate(ray_cluster, tmp_path, tiny_rubric_judge):
+    rows = [{"id": f"w{i}", "prompt": QUESTIONS[i % 5], "response": " ".join(STEPS[i % 6]),
+             "rubric": "Correctness." if i % 2 else "Clarity."} for i in range(8)]
+    spec, rubric = tiny_rubric_judge
+    summary = score_corpus(write(tmp_path / "rows.parquet", rows), tmp_path / "out", spec, **FAST)
+    table = read_scores(tmp_path / "out")
+    expected = rubric.rate([{k: r[k] for k in ("prompt", "response", "rubric")} for r in rows])
+    assert close(table["score"].to_pylist(), [e.expected for e in expected])
+    assert table["rating"].to_pylist() == [e.rating for e in expected]
+    for got, want in zip(table["rating_probs"].to_pylist(), expected):
+        assert close(got, want.probs)
+    assert table.schema.field("rating_probs").type == pa.list_(pa.float64())
+    assert summary["kind"] == "pointwise" and summary["layout"] == "scores"
+    counts = Counter(f"{e.rating:g}" for e in expected)
+    assert summary["rating_stats"]["counts"] == dict(sorted(counts.items(), key=lambda kv: float(kv[0])))
+    assert close(summary["rating_stats"]["mean_probs"],
+                 [sum(e.probs[j] for e in expected) / len(expected) for j in range(len(expected[0].probs))])
+    assert summary["score_stats"]["mean"] == pytest.approx(sum(e.expected for e in expected) / 8, abs=TOL)
+
+
+@pytest.fixture(scope="module")
+def tiny_rubric_judge(judge_spec):
+    """The judge with a template naming a further field, {rubric}: read from each row's column."""
+    template = ("Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\n"
+                "Rate the answer from 1 to 10 and write the rating as [[rating]].")
+    spec = {**judge_spec, "name": "pw-rubric", "judge_template": template}
+    return spec, load_model(spec)
+
+
+def test_pointwise_pairs_rate_both_responses(ray_cluster, tmp_path, judge_spec, judge):
+    rows = [{"id": f"q{i}", "subset": "math" if i % 2 else "chat", "prompt": QUESTIONS[i % 5],
+             "chosen": " ".join(STEPS[i % 6]), "rejected": STEPS[(i + 2) % 6][0]} for i in range(8)]
+    summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", judge_spec, **FAST)
+    table = read_scores(tmp_path / "out")
+    chosen = judge.rate([{"prompt": r["prompt"], "response": r["chosen"]} for r in rows])
+    rejected = judge.rate([{"prompt": r["prompt"], "response": r["rejected"]} for r in rows])
+    assert close(table["chosen_score"].to_pylist(), [c.expected for c in chosen])
+    assert close(table["rejected_score"].to_pylist(), [r.expected for r in rejected])
+    margins = [c.expected - r.expected for c, r in zip(chosen, rejected)]
+    assert close(table["margin"].to_pylist(), margins)
+    wins = table["chosen_wins"].to_pylist()
+    assert all(w == (m > 0) for w, m in zip(wins, margins) if abs(m) > TOL)
+    assert table["chosen_rating"].to_pylist() == [c.rating for c in chosen]
+    assert table["rejected_rating"].to_pylist() == [r.rating for r in rejected]
+    assert summary["kind"] == "pointwise" and summary["layout"] == "pairs"
+    assert summary["accuracy"] == pytest.approx(sum(wins) / 8)
+    assert set(summary["per_subset"]) == {"chat", "math"}
+    assert sum(summary["rating_stats"]["chosen"]["counts"].values()) == 8
+    assert summary["score_stats"]["count"] == 16
+
+
+# ---------------------------------------------------------------- said before anything runs (no Ray)
+
+
+def test_a_prm_or_pointwise_judge_needs_a_spec(prm_spec):
+    with pytest.raises(ModelLoadError, match="kind='prm' and its step_tag"):
+        resolve_model(prm_spec["path"])
+
+
+def test_filter_solutions_needs_a_prm_and_single_solutions(tmp_path, prm_spec, judge_spec):
+    pairs = write(tmp_path / "pairs.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(InvalidInput, match="holds pairs: use filter_pairs"):
+        filter_solutions(pairs, tmp_path / "o1", prm_spec, **FAST)
+    assert not (tmp_path / "o1").exists()
+    rows = write(tmp_path / "rows.jsonl", [{"prompt": "Q", "response": "a"}])
+    with pytest.raises(ConfigError, match="needs a process reward model"):
+        filter_solutions(rows, tmp_path / "o2", judge_spec, **FAST)
+    with pytest.raises(ConfigError, match="min_step_reward"):
+        filter_solutions(rows, tmp_path / "o3", prm_spec, min_step_reward=1.5, **FAST)
+
+
+def test_shapes_a_kind_cannot_read_are_named(tmp_path, judge_spec, rm_path):
+    conversations = write(tmp_path / "c.jsonl", [{"conversations": [{"role": "user", "content": "Q"},
+                                                                    {"role": "assistant", "content": "A"}]}])
+    with pytest.raises(InvalidInput, match="pointwise judge rates 'prompt' \\+ 'response' rows or pairs"):
+        score_corpus(conversations, tmp_path / "o1", judge_spec, **FAST)
+    steps = write(tmp_path / "s.jsonl", [{"prompt": "Q", "steps": ["a", "b"]}])
+    with pytest.raises(InvalidInput, match="'steps' is read by a process reward model only"):
+        score_corpus(steps, tmp_path / "o2", rm_path, **FAST)
+
+
+def test_model_identity_adds_the_new_kinds_fields_only_to_them(prm_spec, judge_spec, rm_path):
+    base = {"path", "kind", "revision", "dtype", "max_length", "truncation", "judge_template", "verdicts"}
+    assert set(_model_identity(ModelSpec(name="rm", path=rm_path, kind="reward"))) == base
+    assert set(_model_identity(ModelSpec(name="c", path=rm_path, kind="critic"))) == base
+    prm_identity = _model_identity(ModelSpec.parse(prm_spec))
+    assert {"step_tag", "step_format", "step_separator", "step_aggregate", "prm_template"} <= set(prm_identity)
+    assert prm_identity["step_tag"] == "<extra_0>"
+    assert {"ratings", "rating_format", "rating_values", "system_prompt"} <= set(
+        _model_identity(ModelSpec.parse(judge_spec)))
