@@ -18,7 +18,7 @@ from cluster.core.errors import ScoringError
 COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
     "demo": ("tiny models behind the Serve app on a local CPU cluster, over HTTP",
              "cluster.cli.commands", "add_demo_arguments", "run_demo", {}),
-    "tiny-model": ("write a tiny seeded reward model or critic to a directory",
+    "tiny-model": ("write a tiny seeded reward model, critic, process reward model or pointwise judge to a directory",
                    "cluster.cli.commands", "add_tiny_model_arguments", "run_tiny_model", {}),
     "score": ("score a parquet/JSONL corpus with Ray Data (resumable), print the summary",
               "cluster.cli.score", "add_score_arguments", "cmd_score", {}),
