@@ -34,18 +34,22 @@ _EXPORTS = {
     "pad_batch": "cluster.core.runner",
     "Verdict": "cluster.core.results", "Comparison": "cluster.core.results", "RewardResult": "cluster.core.results",
     "CriticModel": "cluster.core.critic", "RewardModel": "cluster.core.reward",
+    "PrmModel": "cluster.core.prm", "PointwiseModel": "cluster.core.rating",
+    "StepRewards": "cluster.core.results", "Rating": "cluster.core.results",
     "load_model": "cluster.core.loading",
     "RewardClient": "cluster.client.reward_client",
     "ScoringOptions": "cluster.data.pipeline", "filter_pairs": "cluster.data.pipeline",
+    "filter_solutions": "cluster.data.pipeline",
     "read_scores": "cluster.data.pipeline", "score_corpus": "cluster.data.pipeline",
     "score_dataset": "cluster.data.pipeline",
 }
 
 __all__ = [
     "ChatEncoder", "Comparison", "ConfigError", "CriticModel", "Encoded", "InputTooLong", "InvalidInput",
-    "ModelFailure", "ModelLoadError", "ModelSpec", "RewardClient", "RewardModel", "RewardResult", "ScoringError",
-    "ScoringOptions", "Verdict", "filter_pairs", "load_model", "pad_batch", "plan_batches", "read_scores",
-    "run_batched", "score_corpus", "score_dataset",
+    "ModelFailure", "ModelLoadError", "ModelSpec", "PointwiseModel", "PrmModel", "Rating", "RewardClient",
+    "RewardModel", "RewardResult", "ScoringError", "ScoringOptions", "StepRewards", "Verdict", "filter_pairs",
+    "filter_solutions", "load_model", "pad_batch", "plan_batches", "read_scores", "run_batched", "score_corpus",
+    "score_dataset",
 ]
 
 
@@ -69,8 +73,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from cluster.core.critic import CriticModel
     from cluster.core.errors import ConfigError, InputTooLong, InvalidInput, ModelFailure, ModelLoadError, ScoringError
     from cluster.core.loading import load_model
-    from cluster.core.results import Comparison, RewardResult, Verdict
+    from cluster.core.prm import PrmModel
+    from cluster.core.rating import PointwiseModel
+    from cluster.core.results import Comparison, Rating, RewardResult, StepRewards, Verdict
     from cluster.core.reward import RewardModel
     from cluster.core.runner import pad_batch
     from cluster.core.tokenization import ChatEncoder, Encoded
-    from cluster.data.pipeline import ScoringOptions, filter_pairs, read_scores, score_corpus, score_dataset
+    from cluster.data.pipeline import (
+        ScoringOptions,
+        filter_pairs,
+        filter_solutions,
+        read_scores,
+        score_corpus,
+        score_dataset,
+    )
