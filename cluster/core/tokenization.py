@@ -159,16 +159,22 @@ def validate_conversation(conv: Any, where: str, require_assistant_last: bool, a
 def validate_judge_item(item: Any, where: str) -> dict[str, str]:
     if not isinstance(item, Mapping):
         raise InvalidInput(f"{where}: a judge item must be an object with prompt, response_a, response_b")
+    return _text_fields(item, where, ("prompt", "response_a", "response_b"))
+
+
+def _text_fields(item: Mapping, where: str, keys: Sequence[str], required_by: Sequence[str] = ()) -> dict[str, str]:
+    """Exactly these string fields (`required_by`: the ones a template asks for, said so when missing)."""
     out = {}
-    for key in ("prompt", "response_a", "response_b"):
+    for key in keys:
         if key not in item:
-            raise InvalidInput(f"{where}.{key}: missing")
+            raise InvalidInput(f"{where}.{key}: missing" + (" (this judge's template uses it)"
+                                                            if key in required_by else ""))
         if not isinstance(item[key], str):
             raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
         out[key] = check_text(item[key], f"{where}.{key}")
     unknown = sorted(map(str, set(item) - set(out)))
     if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected prompt, response_a, response_b)")
+        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected {', '.join(keys)})")
     return out
 
 
@@ -178,18 +184,7 @@ def validate_rating_item(item: Any, where: str, extra_fields: Sequence[str] = ()
     keys = ("prompt", "response", *extra_fields)
     if not isinstance(item, Mapping):
         raise InvalidInput(f"{where}: a rating item must be an object with {', '.join(keys)}")
-    out = {}
-    for key in keys:
-        if key not in item:
-            why = "" if key in ("prompt", "response") else " (this judge's template uses it)"
-            raise InvalidInput(f"{where}.{key}: missing{why}")
-        if not isinstance(item[key], str):
-            raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
-        out[key] = check_text(item[key], f"{where}.{key}")
-    unknown = sorted(map(str, set(item) - set(out)))
-    if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected {', '.join(keys)})")
-    return out
+    return _text_fields(item, where, keys, required_by=extra_fields)
 
 
 STEP_ITEM_KEYS = ("prompt", "steps", "response", "system")
@@ -551,9 +546,12 @@ class StepEncoder(ChatEncoder):
                     raise InvalidInput(f"{where}: the text is empty")
             elif is_token_ids(item):
                 text, n = self._check_ids(item, where), None
-            elif options.tagged:  # the client wrote the tags itself: its messages through the template as sent
+            elif options.tagged:  # the client wrote the tags itself: its messages as sent, in the card's format
                 messages = validate_conversation(item, where, require_assistant_last=True, any_role=options.any_role)
-                text, n = self.render(messages, where, add_generation_prompt=False), None
+                if self.spec.prm_template is not None:  # the card's plain text, not a chat template
+                    text, n = self._plain(messages[:-1], messages[-1]["content"], where), None
+                else:
+                    text, n = self.render(messages, where, add_generation_prompt=False), None
             else:
                 messages = validate_conversation(item, where, require_assistant_last=True, any_role=options.any_role)
                 text, n = self._tagged(messages[:-1], messages[-1]["content"], f"{where}[{len(messages) - 1}]")
@@ -581,6 +579,14 @@ class StepEncoder(ChatEncoder):
         """A solution given as one text -> its steps (pieces that are only whitespace dropped)."""
         return [s for s in response.split(self.spec.step_separator) if s.strip()]
 
+    def _plain(self, head: list[dict], response: str, where: str) -> str:
+        """`prm_template` filled with the one user message before the solution and the tagged solution."""
+        users = [m["content"] for m in head if m["role"] == "user"]
+        if len(users) != 1 or len(head) != 1:
+            raise InvalidInput(f"{where}: this prm reads plain text ({self.spec.prm_template!r}): send one prompt, "
+                               f"no system message (got roles {[m['role'] for m in head]})")
+        return self.spec.prm_template.format(prompt=users[0], response=response)
+
     def _tagged(self, head: list[dict], solution: list[str] | str, where: str) -> tuple[str, int]:
         """The card's text for a solution after `head` (system / user messages), and its step count."""
         steps = self.split(solution) if isinstance(solution, str) else solution
@@ -594,11 +600,7 @@ class StepEncoder(ChatEncoder):
         response = self.spec.step_joiner.join(self.spec.step_format.format(step=s, tag=tag, index=j + 1)
                                               for j, s in enumerate(steps))
         if self.spec.prm_template is not None:
-            users = [m["content"] for m in head if m["role"] == "user"]
-            if len(users) != 1 or len(head) != 1:
-                raise InvalidInput(f"{where}: this prm reads plain text ({self.spec.prm_template!r}): send one prompt, "
-                                   f"no system message (got roles {[m['role'] for m in head]})")
-            return self.spec.prm_template.format(prompt=users[0], response=response), len(steps)
+            return self._plain(head, response, where), len(steps)
         if self.spec.system_prompt is not None and not any(m["role"] == "system" for m in head):
             head = [{"role": "system", "content": self.spec.system_prompt}, *head]
         messages = [*head, {"role": "assistant", "content": response}]

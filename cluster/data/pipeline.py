@@ -1133,12 +1133,16 @@ def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
     margins = table["margins"].to_pylist() if "margins" in table.column_names else [[m] for m in
                                                                                       table["margin"].to_pylist()]
     keep = pa.array([all(m > 0 and m >= min_margin for m in row) for row in margins], type=pa.bool_())
-    out = Path(output_path)
+    return {**summary, "min_margin": min_margin, **_split_kept(table, keep, Path(output_path))}
+
+
+def _split_kept(table: pa.Table, keep: pa.Array, out: Path) -> dict[str, Any]:
+    """The rows `keep` marks to kept.parquet, the others to dropped.parquet, in `out`: their counts and files."""
     kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
     _write_atomic(out / "kept.parquet", kept)
     _write_atomic(out / "dropped.parquet", dropped)
-    return {**summary, "min_margin": min_margin, "kept": kept.num_rows, "dropped": dropped.num_rows,
-            "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
+    return {"kept": kept.num_rows, "dropped": dropped.num_rows, "kept_file": str(out / "kept.parquet"),
+            "dropped_file": str(out / "dropped.parquet")}
 
 
 def filter_solutions(input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -1170,12 +1174,7 @@ def filter_solutions(input_path: str | os.PathLike, output_path: str | os.PathLi
         keep = pc.fill_null(pc.greater_equal(table["weakest_step_reward"], pa.scalar(float(min_step_reward))), False)
     else:  # nothing scored
         keep = pa.array([False] * table.num_rows, pa.bool_())
-    out = Path(output_path)
-    kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
-    _write_atomic(out / "kept.parquet", kept)
-    _write_atomic(out / "dropped.parquet", dropped)
-    return {**summary, "min_step_reward": min_step_reward, "kept": kept.num_rows, "dropped": dropped.num_rows,
-            "kept_file": str(out / "kept.parquet"), "dropped_file": str(out / "dropped.parquet")}
+    return {**summary, "min_step_reward": min_step_reward, **_split_kept(table, keep, Path(output_path))}
 
 
 # ---------------------------------------------------------------- calibration (reward shaping)
