@@ -8,14 +8,18 @@ conformance tests replay vLLM's example clients (tests/clients/test_vllm.py). Wh
 purpose:
 - token ids: the reward model card's (a doubled BOS collapsed, never one added), unless the client
   sets `add_special_tokens` itself;
-- `/pooling` answers the sequence's values (`task: classify`, or no task: raw values, as vLLM's
-  reward runner gave them); per-token output (`token_classify`) is not served here;
+- `/pooling` answers a reward model's sequence values (`task: classify`, or no task: raw values, as
+  vLLM's reward runner gave them); per-token output (`token_classify`) is served for a process
+  reward model only, as vLLM's STEP pooler answers it (one row per step tag, see `step_pooling`),
+  never a reward model's every token;
 - a one-label model's value is its shaped reward where the model has `shaping`.
 """
 
 from __future__ import annotations
 
+import struct
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -24,7 +28,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from cluster import __version__
 from cluster.core.config import Ensemble
-from cluster.core.errors import InvalidInput
+from cluster.core.errors import InvalidInput, ScoringError, UnknownModel
 from cluster.core.service import ScoringService, TokenizeJob
 from cluster.core.tokenization import EncodeOptions, check_text, shown, unpack_segments
 from cluster.http import sglang
@@ -228,7 +232,7 @@ class ClassificationResponse(BaseModel):
 class PoolingData(BaseModel):
     index: int
     object: str = "pooling"
-    data: list[float]
+    data: list[float] | list[list[float]]  # a prm: one row per step tag
 
 
 class PoolingResponse(BaseModel):
@@ -283,11 +287,83 @@ def _ok(body: BaseModel) -> JSONResponse:
     return JSONResponse(body.model_dump())
 
 
+def _f32(x: float) -> float:
+    """x as the float32 vLLM's pooler writes (its rows are float32 tensors' values)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+STEP_TASKS = ("token_classify", "encode")  # vLLM's task for a prm's STEP pooler ("encode" before v0.11)
+OTHER_KINDS = {"prm": "a process reward model: its step rewards are served by /pooling (task token_classify) and "
+                      "/v1/step_rewards",
+               "pointwise": "a pointwise judge: its ratings are served by /v1/rate",
+               "critic": "a critic: its verdicts are served by /v1/judge and /v1/compare"}
+
+
 def router(service: ScoringService) -> APIRouter:
     r = APIRouter()
 
-    async def pair_scores(body: PoolingParams, pairs: list[tuple[str, str]]) -> tuple[Any, list[float], int]:
-        model = service.resolve(body.model, ("reward",))
+    def reward_model(name: str | None, route: str):
+        """The reward model (or ensemble) a request names; a model of another kind is refused with
+        where its outputs are served."""
+        try:
+            return service.resolve(name, ("reward",))
+        except InvalidInput:
+            other = service.resolve(name, tuple(OTHER_KINDS))
+            raise InvalidInput(f"model '{other.name}' is {OTHER_KINDS[other.kind]}; {route} answers a reward "
+                               "model's values") from None
+
+    def named_prm(name: str | None):
+        """The prm a step task's request names (or the first prm served), else None."""
+        if name is None:
+            return service.default_model("prm")
+        try:
+            return service.resolve(name, ("prm",))
+        except ScoringError:
+            return None
+
+    def pooled_model(name: str | None):
+        """A reward model first (as before prms were served), else a prm of that name."""
+        try:
+            return service.resolve(name, ("reward",))
+        except (InvalidInput, UnknownModel) as err:
+            prm = named_prm(name)
+            if prm is None:
+                raise err from None
+            return prm
+
+    async def step_pooling(model, body: PoolingRequest, request: Request) -> JSONResponse:
+        """vLLM's STEP pooler (vllm-project/vllm@055e47c2 vllm/model_executor/layers/pooler/tokwise/methods.py
+        `StepPool`, its head's softmax by default: activations.py @1c713679 `PoolerClassify`): one
+        row per step tag, a two-label classifier's [P(label 0), P(label 1)] (Qwen2.5-Math-PRM:
+        [P(negative), P(positive)]) or a causal LM's [P(good), P(bad)] (Math-Shepherd's
+        `returned_token_ids`). The runner gives each step's reward p (the positive class's
+        probability), so a row is [1 - p, p] or [p, 1 - p]: equal to vLLM's softmax to float
+        rounding. Raw logits (`use_activation: false`) and heads of more than two labels are not
+        served: refused, never answered with something else."""
+        for flag in ("normalize", "softmax", "activation", "use_activation"):  # vLLM's precedence
+            if getattr(body, flag) is not None:
+                if not getattr(body, flag):
+                    raise InvalidInput(f"{flag}: false asks for raw logits; model '{model.name}' is a process reward "
+                                       "model served as its step probabilities (vLLM's default softmax rows), not "
+                                       f"its logits: leave {flag} out")
+                break
+        head = await service.head(model.name)
+        if head["num_columns"] != 2:
+            raise InvalidInput(f"model '{model.name}' is a process reward model with {head['num_columns']} labels; "
+                               "only its positive class's probability is served, so /pooling answers per-step rows "
+                               "for two-label prms only (use /v1/step_rewards)")
+        items, what = body.items()
+        options = replace(body.options(), tagged=True)  # the client wrote the step tags: rendered as sent
+        result = await service.submit(service.rewards_job(model, items, what, options))
+        column = head["reward_column"]
+        rows = [[[_f32(1.0 - p), p] if column == 1 else [p, _f32(1.0 - p)] for p in steps] for steps in result.steps]
+        return _ok(PoolingResponse(id=f"pool-{request_id(request)}", created=int(time.time()), model=model.name,
+                                   data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
+                                   usage=_usage(result.tokens)))
+
+    async def pair_scores(body: PoolingParams, pairs: list[tuple[str, str]],
+                          route: str) -> tuple[Any, list[float], int]:
+        model = reward_model(body.model, route)
         convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": d}] for q, d in pairs]
         result, rows, head = await label_values(service, model, convs, "pairs", body.options())
         if len(head["labels"]) > 1:
@@ -304,7 +380,7 @@ def router(service: ScoringService) -> APIRouter:
         SGLang's native form (`text` / `input_ids`) answers SGLang's `embedding` objects."""
         if body.sglang:
             return JSONResponse(await sglang.native_classify(service, body.text, body.input_ids, body.model, body.rid))
-        model = service.resolve(body.model, ("reward",))
+        model = reward_model(body.model, "/classify")
         items, what = body.items()
         result, rows, head = await label_values(service, model, items, what, body.options())
         if body.activation_on():
@@ -316,11 +392,27 @@ def router(service: ScoringService) -> APIRouter:
 
     @r.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
+        """A reward model's sequence values; a prm's per-step rows (vLLM's task token_classify)."""
+        if body.sglang:  # SGLang's native fields belong to its /classify
+            raise InvalidInput("text / input_ids are SGLang's /classify fields; /pooling takes input or messages")
+        if body.task in STEP_TASKS:
+            prm = named_prm(body.model)
+            if prm is not None:
+                return await step_pooling(prm, body, request)
         if body.task not in (None, "classify"):
             task = body.task if body.task.isprintable() and len(body.task) <= 80 else shown(body.task)  # vLLM's words
-            raise InvalidInput(f"Task {task} is not supported: this server answers a sequence's values "
-                               "(task classify); per-token output is not served")
-        model = service.resolve(body.model, ("reward",))
+            if service.default_model("prm") is None:
+                raise InvalidInput(f"Task {task} is not supported: this server answers a sequence's values "
+                                   "(task classify); per-token output is not served")
+            raise InvalidInput(f"Task {task} is not supported: this server answers a reward model's sequence values "
+                               "(task classify) and a process reward model's per-step rows (task token_classify); "
+                               "a reward model's per-token output is not served")
+        model = pooled_model(body.model)
+        if model.kind == "prm":
+            if body.task == "classify":
+                raise InvalidInput(f"Task classify is not supported by model '{model.name}': a process reward model "
+                                   "answers per-step rows (task token_classify)")
+            return await step_pooling(model, body, request)
         items, what = body.items()
         result, rows, head = await label_values(service, model, items, what, body.options())
         if body.activation_on(default=body.task == "classify"):
@@ -334,7 +426,7 @@ def router(service: ScoringService) -> APIRouter:
     async def score(body: ScoreRequest, request: Request) -> JSONResponse:
         """Each (text_1, text_2) pair scored as a prompt and its response: sigmoid(reward) unless
         `use_activation: false` (the raw reward)."""
-        model, scores, tokens = await pair_scores(body, body.pairs())
+        model, scores, tokens = await pair_scores(body, body.pairs(), "/score")
         return _ok(ScoreResponse(id=f"score-{request_id(request)}", created=int(time.time()), model=model.name,
                                  data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
                                  usage=_usage(tokens)))
@@ -348,7 +440,7 @@ def router(service: ScoringService) -> APIRouter:
             raise InvalidInput("At least one text_pair element must be given")
         checked_texts(body.query, "query")
         checked_texts(body.documents, "documents")
-        model, scores, tokens = await pair_scores(body, [(body.query, d) for d in body.documents])
+        model, scores, tokens = await pair_scores(body, [(body.query, d) for d in body.documents], "/rerank")
         results = sorted((RerankResult(index=i, document={"text": d}, relevance_score=s)
                           for i, (d, s) in enumerate(zip(body.documents, scores))),
                          key=lambda x: x.relevance_score, reverse=True)
