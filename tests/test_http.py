@@ -314,7 +314,8 @@ def test_openapi_documents_every_routes_body(inproc):
     spec = InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}).get("/openapi.json").json()
     posts = {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
     assert set(posts) == {"/v1/rewards", "/v1/compare", "/v1/judge", "/get_reward", "/classify", "/pooling",
-                          "/score", "/rerank", "/tokenize", "/v1/embeddings", "/v1/classify", "/predict"}
+                          "/score", "/rerank", "/tokenize", "/v1/embeddings", "/v1/classify", "/predict",
+                          "/v1/step_rewards", "/v1/rate"}
     for path, op in posts.items():
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.rsplit("/", 1)[-1] in spec["components"]["schemas"], path

@@ -58,7 +58,8 @@ def router(service: ScoringService) -> APIRouter:
     @r.post("/v1/step_rewards", response_model=schemas.StepRewardsResponse)
     async def step_rewards(body: schemas.StepRewardsRequest) -> JSONResponse:
         model = service.resolve(body.model, ("prm",))
-        result = await service.submit(service.rewards_job(model, body.items, "items", aggregate=body.aggregate))
+        items = [[m.model_dump() for m in it] if isinstance(it, list) else it for it in body.items]  # plain messages
+        result = await service.submit(service.rewards_job(model, items, "items", aggregate=body.aggregate))
         return ok(schemas.StepRewardsResponse(model=model.name, aggregate=result.aggregate, usage=usage(result.tokens),
                                               results=schemas.step_results(result.step_results())))
 
