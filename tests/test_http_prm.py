@@ -32,6 +32,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import InProcessClient
+from prm_reference import (
+    pointwise_reference_rating,
+    qwen_card_conversation,
+    qwen_card_step_rewards,
+    shepherd_card_step_rewards,
+)
 from transformers import AutoModel, AutoTokenizer
 
 from cluster.client.reward_client import RewardClient
@@ -40,12 +46,6 @@ from cluster.core.errors import InvalidInput
 from cluster.core.local import local_service
 from cluster.http.app import create_app
 from cluster.tiny import build_tiny_model, build_tiny_prm
-from tests.prm_reference import (
-    pointwise_reference_rating,
-    qwen_card_conversation,
-    qwen_card_step_rewards,
-    shepherd_card_step_rewards,
-)
 
 TOL = 1e-4
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."

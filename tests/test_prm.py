@@ -15,6 +15,12 @@ import re
 
 import pytest
 import torch
+from prm_reference import (
+    pointwise_reference_generate,
+    pointwise_reference_rating,
+    qwen_card_step_rewards,
+    shepherd_card_step_rewards,
+)
 from transformers import AutoTokenizer
 
 from cluster.core.config import ModelSpec, pointwise_template
@@ -22,12 +28,6 @@ from cluster.core.errors import ConfigError, InputTooLong, InvalidInput
 from cluster.core.loading import load_model
 from cluster.core.results import SCORE_TOLERANCE, aggregate_steps
 from cluster.tiny import build_tiny_model, build_tiny_prm
-from tests.prm_reference import (
-    pointwise_reference_generate,
-    pointwise_reference_rating,
-    qwen_card_step_rewards,
-    shepherd_card_step_rewards,
-)
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # solutions of different lengths and step counts, so batches pad and sort

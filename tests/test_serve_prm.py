@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import API_KEY, deploy
 
 from cluster.client.reward_client import RewardClient
 from cluster.core.loading import load_model
-from tests.conftest import API_KEY, deploy
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
