@@ -20,6 +20,8 @@ from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_m
 from cluster.data.pipeline import _model_identity, filter_solutions, read_scores, resolve_model, score_corpus
 from cluster.tiny import build_tiny_prm
 
+pytestmark = pytest.mark.slow  # a Ray Data suite: `pytest -m slow` (CI runs it after the default run)
+
 ray = pytest.importorskip("ray")
 
 FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 4, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,

@@ -12,7 +12,7 @@ from conftest import API_KEY, deploy
 from cluster.client.reward_client import RewardClient
 from cluster.core.loading import load_model
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]  # `pytest -m slow` (CI runs it)
 
 APP, PREFIX = "scoring-prm", "/prm"
 SHEPHERD = {"step_tag": "ки", "step_format": "Step {index}: {step} {tag}", "step_joiner": "\n",
