@@ -81,6 +81,14 @@ ROUTES: dict[tuple[str, str], list] = {
         {"model": "judge", "items": [ITEM], "mode": "generate", "debias": True},
         {"items": [ITEM, ITEM], "mode": "logits", "debias": True},
     ],
+    ("POST", "/v1/step_rewards"): [
+        {"items": [{"prompt": "What is 2 + 2?", "steps": ["2 + 2 = 4.", "The answer is 4."]}]},
+        {"model": "prm", "items": [{"prompt": "q", "response": "a\n\nb", "system": "s"}, CONV], "aggregate": "mean"},
+    ],
+    ("POST", "/v1/rate"): [
+        {"items": [{"prompt": "What is 2 + 2?", "response": "4"}]},
+        {"model": "rater", "items": [{"prompt": "q", "response": "a"}], "mode": "generate"},
+    ],
     ("POST", "/get_reward"): [
         {"query": [TEXT, TEXT + " more"]},
         {"query": []},
@@ -101,6 +109,8 @@ ROUTES: dict[tuple[str, str], list] = {
         {"input": TEXT},
         {"input": [TEXT, "b"], "task": "classify"},
         {"messages": SYSTEM_CONV, "softmax": False},
+        {"model": "prm", "input": "What is 2 + 2? 2 + 2 = 4.<extra_0>The answer is 4.<extra_0>",
+         "task": "token_classify"},
     ],
     ("POST", "/score"): [
         {"text_1": "What is 2 + 2?", "text_2": ["4", "5"]},
@@ -139,7 +149,8 @@ OPEN_PATHS = {"/healthz", "/health"}
 HTML_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc"}
 
 GROUPS = {  # path -> the protocol module that serves it (its error style)
-    **dict.fromkeys(["/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge"], "ours"),
+    **dict.fromkeys(["/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge", "/v1/step_rewards",
+                     "/v1/rate"], "ours"),
     "/get_reward": "openrlhf",
     **dict.fromkeys(["/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
                      "/tokenize", "/health", "/version"], "vllm"),
@@ -309,13 +320,31 @@ def error_message(style: str, status: int, body) -> str:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(inproc):
-    """The `inproc` fixture's app (the Serve app's HTTP layer and config over the tiny models)."""
-    app = inproc["app"]
+def fuzz_app(inproc, tmp_path_factory):
+    """The Serve app's HTTP layer and config over the tiny models (`inproc`'s), plus a process reward
+    model and a pointwise judge, so that every route has a model to answer it."""
+    from conftest import app_args
+
+    from cluster.core.config import AppConfig
+    from cluster.core.local import local_service
+    from cluster.http.app import create_app
+    from cluster.tiny import build_tiny_model, build_tiny_prm
+
+    extra = tmp_path_factory.mktemp("fuzz-prm")
+    args = app_args(*inproc["paths"])
+    args["models"] += [
+        {"name": "prm", "path": str(build_tiny_prm(extra / "prm", style="qwen")), "kind": "prm",
+         "trust_remote_code": True, "step_tag": "<extra_0>", "max_length": 512, "max_batch_tokens": 2048},
+        {"name": "rater", "path": str(build_tiny_model(extra / "rater", kind="pointwise")), "kind": "pointwise",
+         "max_length": 1024, "max_batch_tokens": 2048, "max_new_tokens": 8},
+    ]
+    config = AppConfig.parse(args)
+    app = create_app(local_service(config), api_keys=config.api_keys, max_request_bytes=config.max_request_bytes,
+                     trusted_networks=config.trusted_networks)
     models_dir = str(Path(inproc["paths"][0]).parent)
     repo = str(Path(cluster.__file__).resolve().parents[1])
-    internal = [repo, models_dir, str(Path(models_dir).parent), sys.prefix, sys.base_prefix,
-                sysconfig.get_paths()["purelib"], "site-packages"]
+    internal = [repo, models_dir, str(Path(models_dir).parent), str(extra), str(extra.parent), sys.prefix,
+                sys.base_prefix, sysconfig.get_paths()["purelib"], "site-packages"]
     return app, internal
 
 
