@@ -125,3 +125,31 @@ def test_the_handle_api_through_reward_client(prm_app):
         rated = client.rate(RATE)
     assert [r["expected"] for r in rated] == pytest.approx([w.expected for w in prm_app["local"]["judge"].rate(RATE)],
                                                            abs=TOL)
+
+
+def test_ray_data_via_serve_scores_prm_and_judge_rows_like_in_process(prm_app, tmp_path):
+    """A corpus scored on the served replicas (`via_serve`) equals the in-process models: the PRM's
+    list columns and the judge's expected rating, rating and probabilities."""
+    import json
+
+    from cluster.data.pipeline import read_scores, score_corpus
+
+    fast = {"progress": False, "batch_rows": 2, "rows_per_shard": 2, "tokenizer_num_cpus": 0.25, "num_cpus": 0.25,
+            "num_gpus": 0, "via_serve": APP}
+    rows = [{"id": f"s{i}", **item} for i, item in enumerate(ITEMS * 2)]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = score_corpus(tmp_path / "steps.jsonl", tmp_path / "prm", "shepherd-prm", **fast)
+    table, want = read_scores(tmp_path / "prm"), prm_app["local"]["shepherd-prm"].step_rewards(ITEMS * 2)
+    assert summary["kind"] == "prm" and table["id"].to_pylist() == [r["id"] for r in rows]
+    assert all(close(g, w.step_rewards) for g, w in zip(table["step_rewards"].to_pylist(), want))
+    assert close(table["score"].to_pylist(), [w.score for w in want])
+    assert table["weakest_step"].to_pylist() == [w.weakest_step for w in want]
+
+    rated = [{"id": f"r{i}", **item} for i, item in enumerate(RATE * 2)]
+    (tmp_path / "rate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rated))
+    summary = score_corpus(tmp_path / "rate.jsonl", tmp_path / "pw", "judge", **fast)
+    table, want = read_scores(tmp_path / "pw"), prm_app["local"]["judge"].rate(RATE * 2)
+    assert summary["kind"] == "pointwise"
+    assert close(table["score"].to_pylist(), [w.expected for w in want])
+    assert table["rating"].to_pylist() == [w.rating for w in want]
+    assert all(close(g, w.probs) for g, w in zip(table["rating_probs"].to_pylist(), want))
