@@ -346,7 +346,12 @@ class ChatEncoder:
         checked = [validate_judge_item(item, _where(what, i)) for i, item in enumerate(check_list(items, what))]
         if swap:
             checked = [swap_ab(it) for it in checked]
-        limit = self.max_length - len(self.verdict_tokens.prefix)  # the fast path appends the prefix
+        return self._encode_judge_texts(checked, what, self.verdict_tokens.prefix)
+
+    def _encode_judge_texts(self, checked: list[dict[str, str]], what: str, prefix: list[int]) -> list[Encoded]:
+        """Judge prompts of checked items, each leaving room for the answer prefix the fast path
+        appends; one too long is shortened by its response (`_shorten_judge_item`)."""
+        limit = self.max_length - len(prefix)
         texts = [self._judge_text(it, _where(what, i)) for i, it in enumerate(checked)]
         encoded = self._encode_texts(texts, what, limit, allow_truncation=False)
         for i, enc in enumerate(encoded):
@@ -631,13 +636,7 @@ class RatingEncoder(ChatEncoder):
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
         checked = [validate_rating_item(item, _where(what, i), self.extra_fields)
                    for i, item in enumerate(check_list(items, what))]
-        limit = self.max_length - len(self.rating_tokens.prefix)  # the fast path appends the prefix
-        texts = [self._judge_text(it, _where(what, i)) for i, it in enumerate(checked)]
-        encoded = self._encode_texts(texts, what, limit, allow_truncation=False)
-        for i, enc in enumerate(encoded):
-            if enc is None:
-                encoded[i] = self._shorten_judge_item(checked[i], _where(what, i), limit)
-        return encoded
+        return self._encode_judge_texts(checked, what, self.rating_tokens.prefix)
 
     def _judge_text(self, item: dict[str, str], where: str) -> str:
         extra = {f: item[f] for f in self.extra_fields}
