@@ -43,6 +43,7 @@ def test_in_process_demo_scores_and_judges(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_serve_demo_answers_every_route_over_http(tmp_path):
     """The README's main command, with --once: a local Ray cluster, the Serve app, real HTTP."""
     import socket

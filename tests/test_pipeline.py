@@ -227,6 +227,7 @@ def test_summary_rewardbench_sections_and_ties(ray_cluster, tmp_path, rm_path, r
 # ---------------------------------------------------------------- resume after a killed run
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_killed_run_resumes_without_loss_or_duplicates(ray_cluster, tmp_path, rm_path, rm):
     n = 400
     rows = [{"id": i, "prompt": PROMPTS[i % 8] * (1 + i % 3), "response": GOOD[(i * 5) % 8]} for i in range(n)]
@@ -691,6 +692,7 @@ def _alive(pid: int) -> bool:
 # ---------------------------------------------------------------- notebook and Ray Jobs
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, monkeypatch):
     """examples/score_corpus.ipynb in a real Jupyter kernel, joined to this cluster; its last cell
     submits the same run as a Ray Job through the dashboard and compares the summaries."""
@@ -736,6 +738,7 @@ def test_readme_pipeline_example_runs(ray_cluster):
 # ---------------------------------------------------------------- other model families
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_multi_output_model_gets_list_columns(ray_cluster, tmp_path, model_dirs):
     """A HelpSteer2-style model: the chosen scalar in score columns, every label in list columns."""
     from cluster.tiny import HELPSTEER2_LABELS

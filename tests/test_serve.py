@@ -157,6 +157,7 @@ def test_one_replica_per_gpu(served):
     assert gpu_ids[0] != gpu_ids[1]
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_a_third_gpu_replica_waits(served):
     from cluster.core.config import ServedModel
     from deployments.app import replica_deployment
@@ -280,6 +281,7 @@ def test_custom_metrics_are_exported(served):
     assert 'model="rm"' in text
 
 
+@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
 def test_two_node_cluster_places_one_replica_per_node(reward_dir):
     """ray.cluster_utils.Cluster with one fake GPU per node, in its own process."""
     import json
