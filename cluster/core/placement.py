@@ -46,7 +46,7 @@ QUANT_EXTRA = "pip install '.[quant]'"
 DEFAULT_HEADROOM = 0.10
 
 # A decoder layer's entry in the maps we return ends in its index: "model.layers.12".
-_LAYER_INDEX = re.compile(r"\.(\d+)$")
+_LAYER_INDEX = re.compile(r"\.(\d+)\Z")
 
 
 def plan_placement(

@@ -319,13 +319,18 @@ class ChatEncoder:
         prompts and right-padded responses decoded with the special tokens. Leading runs of pad/EOS
         tokens go; a trailing run goes too, but one EOS is kept where the run held one (the server
         appended one; its clients always wrote one after the response). Text without padding is
-        returned unchanged."""
+        returned unchanged.
+
+        Only the text's true ends count (`\\A`, `\\Z`): padding is the last thing a padded text
+        holds, so a text that ends in anything else, a newline or a space after an EOS included
+        (every ChatML template ends `<|im_end|>\\n`), has no trailing padding. (`$` would also match
+        before a final newline and eat the `<|im_end|>` before it: the score read at another token.)"""
         marks = [t for t in {self.tokenizer.pad_token, self.tokenizer.eos_token} if t]
         if not marks:
             return text
         either = "|".join(re.escape(t) for t in sorted(marks, key=len, reverse=True))
-        text = re.sub(f"^(?:{either})+", "", text)
-        tail = re.search(f"(?:{either})+$", text)
+        text = re.sub(rf"\A(?:{either})+", "", text)
+        tail = re.search(rf"(?:{either})+\Z", text)
         if tail is None:
             return text
         eos = self.tokenizer.eos_token
