@@ -50,7 +50,8 @@ FAMILIES = {
     "llama3": (dict(arch="llama"), None, "<|eot_id|>, tokenizer adds BOS"),
     "gemma2": (dict(arch="gemma2"), None, "<end_of_turn>\\n, BOS in template and tokenizer"),
     "mistral": (dict(arch="mistral"), None, "</s>, no pad token"),
-    "trailing-whitespace": (dict(arch="llama", pad="eos"), TRAILING_WHITESPACE_TEMPLATE, "<|eot_id|>\\n\\n, pad == EOS"),
+    "trailing-whitespace": (dict(arch="llama", pad="eos"), TRAILING_WHITESPACE_TEMPLATE,
+                            "<|eot_id|>\\n\\n, pad == EOS"),
 }
 NO_SYSTEM = {"gemma2", "mistral"}  # their templates refuse a system turn, as the real ones do
 
