@@ -1,7 +1,10 @@
 """Scoring cluster: reward models and critics that match their model cards exactly.
 
 The package's layers (see the README's Layout):
-    cluster.core    the request core: specs, errors, tokenization, batching, runners, the scoring service
+    cluster.core    the request core: specs, errors, input checks, batching plans, results, the scoring
+                    service (no torch, no Ray, no FastAPI)
+    cluster.kinds   one module per model kind (reward, critic, prm, pointwise): what is kind-specific
+    cluster.engine  torch: encoders, runners, loading, placement, the in-process backend
     cluster.http    the HTTP routes over the core (FastAPI, no Ray)
     cluster.data    Ray Data pipeline, corpus shapes, metrics, reports, Ray Jobs
     cluster.client  RewardClient and the RL frameworks' reward functions
@@ -15,13 +18,9 @@ pyarrow; `load_model` and the pipeline import them when first used.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("scoring-cluster")
-except PackageNotFoundError:  # a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+from cluster.core.version import __version__  # noqa: F401 - the package's version
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -29,14 +28,14 @@ _EXPORTS = {
     "InputTooLong": "cluster.core.errors", "InvalidInput": "cluster.core.errors",
     "ModelFailure": "cluster.core.errors", "ModelLoadError": "cluster.core.errors",
     "ModelSpec": "cluster.core.config",
-    "ChatEncoder": "cluster.core.tokenization", "Encoded": "cluster.core.tokenization",
+    "ChatEncoder": "cluster.engine.encoders", "Encoded": "cluster.core.inputs",
     "plan_batches": "cluster.core.batching", "run_batched": "cluster.core.batching",
-    "pad_batch": "cluster.core.runner",
+    "pad_batch": "cluster.engine.runner",
     "Verdict": "cluster.core.results", "Comparison": "cluster.core.results", "RewardResult": "cluster.core.results",
-    "CriticModel": "cluster.core.critic", "RewardModel": "cluster.core.reward",
-    "PrmModel": "cluster.core.prm", "PointwiseModel": "cluster.core.rating",
+    "CriticModel": "cluster.engine.critic", "RewardModel": "cluster.engine.reward",
+    "PrmModel": "cluster.engine.prm", "PointwiseModel": "cluster.engine.rating",
     "StepRewards": "cluster.core.results", "Rating": "cluster.core.results",
-    "load_model": "cluster.core.loading",
+    "load_model": "cluster.engine.loading",
     "RewardClient": "cluster.client.reward_client",
     "ScoringOptions": "cluster.data.pipeline", "filter_pairs": "cluster.data.pipeline",
     "filter_solutions": "cluster.data.pipeline",
@@ -70,15 +69,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from cluster.client.reward_client import RewardClient
     from cluster.core.batching import plan_batches, run_batched
     from cluster.core.config import ModelSpec
-    from cluster.core.critic import CriticModel
     from cluster.core.errors import ConfigError, InputTooLong, InvalidInput, ModelFailure, ModelLoadError, ScoringError
-    from cluster.core.loading import load_model
-    from cluster.core.prm import PrmModel
-    from cluster.core.rating import PointwiseModel
+    from cluster.core.inputs import Encoded
     from cluster.core.results import Comparison, Rating, RewardResult, StepRewards, Verdict
-    from cluster.core.reward import RewardModel
-    from cluster.core.runner import pad_batch
-    from cluster.core.tokenization import ChatEncoder, Encoded
     from cluster.data.pipeline import (
         ScoringOptions,
         filter_pairs,
@@ -87,3 +80,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         score_corpus,
         score_dataset,
     )
+    from cluster.engine.critic import CriticModel
+    from cluster.engine.encoders import ChatEncoder
+    from cluster.engine.loading import load_model
+    from cluster.engine.prm import PrmModel
+    from cluster.engine.rating import PointwiseModel
+    from cluster.engine.reward import RewardModel
+    from cluster.engine.runner import pad_batch

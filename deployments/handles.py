@@ -1,5 +1,5 @@
 """The request core's encoder and backend over Serve deployment handles (the Serve layer's twins of
-cluster/core/local.py): the ingress and the Ray Data pipeline's `via_serve` stage both use them,
+cluster/engine/local.py): the ingress and the Ray Data pipeline's `via_serve` stage both use them,
 so the call a replica receives is built here and nowhere else.
 
 Every failure that crossed Ray comes back as `from_ray` reads it: the ScoringError a replica or the
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.core.errors import Overloaded, from_ray
+from cluster.core.inputs import Encoded
 from cluster.core.service import Call, Part
-from cluster.core.tokenization import Encoded
 
 
 def replica_call(seqs: list[list[int]]) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from ray.serve import metrics
 
 from cluster.core.batching import call_cost
 from cluster.core.config import BATCH_MAX_TOKENS, BATCH_WAIT_TIMEOUT_S, ModelSpec
-from cluster.core.loading import load_model
-from cluster.core.runner import Ran
+from cluster.engine.loading import load_model
+from cluster.engine.runner import Ran
 
 
 def count_tokens(calls: list[dict[str, Any]]) -> int:

@@ -12,7 +12,8 @@ from typing import Any
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ModelFailure, ScoringError, UnknownModel
-from cluster.core.tokenization import ChatEncoder, EncodeOptions
+from cluster.core.inputs import EncodeOptions
+from cluster.engine.encoders import ChatEncoder
 
 logger = logging.getLogger("ray.serve")
 

@@ -341,7 +341,7 @@ def inproc(model_dirs, reward_dir, critic_dir):
     """The Serve app's HTTP layer and request core over the same models and config as `served`,
     loaded in this process (`local_service`): routes tested in-process, no Ray."""
     from cluster.core.config import AppConfig
-    from cluster.core.local import local_service
+    from cluster.engine.loading import local_service
     from cluster.http.app import create_app
     from cluster.tiny import HELPSTEER2_LABELS
 

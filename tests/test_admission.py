@@ -177,9 +177,9 @@ def test_a_call_that_timed_out_on_load_is_not_run_again_per_job():
 def test_an_unexpected_failure_in_one_job_stays_that_jobs():
     """A tokenizer bug met by one request's input, or one job's result that cannot be shaped,
     fails that request alone (an unexpected error is its 500; the others are answered)."""
-    from cluster.core.local import LocalEncoder
+    from cluster.core.inputs import Encoded
     from cluster.core.service import RewardsJob
-    from cluster.core.tokenization import Encoded
+    from cluster.engine.local import LocalEncoder
 
     class Encoder:
         def encode(self, op, inputs, what, swap, options):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cluster.core.batching import padding_efficiency, plan_batches, run_batched
-from cluster.core.runner import pad_batch
+from cluster.engine.runner import pad_batch
 
 
 def random_lengths(n, seed=0):

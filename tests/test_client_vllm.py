@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 from conftest import API_KEY, TOL
 
+from cluster.core.inputs import EncodeOptions
 from cluster.core.results import sigmoid
-from cluster.core.tokenization import EncodeOptions
 
 requests = pytest.importorskip("requests")
 

@@ -295,7 +295,7 @@ def test_a_wrong_model_path_is_one_line_naming_the_path_before_ray_starts(tmp_pa
 def test_a_hub_id_without_network_fails_at_once_naming_hf_hub_offline(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from cluster.core import loading
+    from cluster.engine import loading
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once

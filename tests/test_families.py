@@ -19,8 +19,8 @@ import torch
 from conftest import TOL, _hf_reward
 
 from cluster import ConfigError, InvalidInput, ModelSpec, load_model
-from cluster.core.reward import LastTokenRunner, OwnForwardRunner
-from cluster.core.tokenization import unpack_segments
+from cluster.core.inputs import unpack_segments
+from cluster.engine.reward import LastTokenRunner, OwnForwardRunner
 
 # family -> (build_tiny_model kwargs, what is different about it)
 FAMILIES = {

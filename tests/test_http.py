@@ -337,7 +337,7 @@ class FakeEncoder:
 
     def encode(self, parts):
         from cluster.core.errors import InvalidInput
-        from cluster.core.tokenization import Encoded
+        from cluster.core.inputs import Encoded
 
         self.calls.append(parts)
         out = []
@@ -707,7 +707,8 @@ def test_request_truncation_options(reward_dir):
     from transformers import AutoTokenizer
 
     from cluster.core.errors import InputTooLong, InvalidInput
-    from cluster.core.tokenization import ChatEncoder, EncodeOptions
+    from cluster.core.inputs import EncodeOptions
+    from cluster.engine.encoders import ChatEncoder
 
     tok = AutoTokenizer.from_pretrained(reward_dir("llama"))
     encoder = ChatEncoder(tok, max_length=16, truncation="error")

@@ -43,7 +43,7 @@ from transformers import AutoModel, AutoTokenizer
 from cluster.client.reward_client import RewardClient
 from cluster.core.config import AppConfig, pointwise_template
 from cluster.core.errors import InvalidInput
-from cluster.core.local import local_service
+from cluster.engine.loading import local_service
 from cluster.http.app import create_app
 from cluster.tiny import build_tiny_model, build_tiny_prm
 

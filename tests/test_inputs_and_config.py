@@ -162,7 +162,7 @@ def test_the_all_seed_models_config_places_every_seed_model():
     from transformers import Gemma2Config, LlamaConfig, Qwen3Config
 
     from cluster.core.config import AppConfig
-    from cluster.core.placement import layers_per_device, plan_placement
+    from cluster.engine.placement import layers_per_device, plan_placement
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.all-seed-models.yaml").read_text())
     [app] = ServeDeploySchema(**raw).applications

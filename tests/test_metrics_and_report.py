@@ -17,14 +17,13 @@ import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 import cluster
+from cluster.core.version import code_version, git_commit
 from cluster.data.metrics import REWARDBENCH_SECTIONS, Bootstrap, format_summary, summarize
 from cluster.data.report import (
     accuracy_plot,
     add_arguments,
-    code_version,
     display_text,
     fitted_range,
-    git_commit,
     load_scored,
     main,
     margin_plot,

@@ -718,7 +718,7 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
 
 
 def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
-    from cluster.data.jobs import submit_scoring_job
+    from cluster.cli.jobs import submit_scoring_job
 
     # the job's own error line, from its logs (the input is checked first, before Ray starts)
     with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*error: .*missing.jsonl: no input files"):

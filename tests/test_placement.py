@@ -1,4 +1,4 @@
-"""cluster.core.placement: device maps for one replica over several GPUs, weight bytes, 8-bit configs.
+"""cluster.engine.placement: device maps for one replica over several GPUs, weight bytes, 8-bit configs.
 
 CPU only and fast: every model here is an empty skeleton (meta tensors), GPUs are just keys of
 `max_memory`, so the real Llama-3.1-70B shape is planned in well under a second.
@@ -13,9 +13,9 @@ from accelerate.utils import compute_module_sizes
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.accelerate import expand_device_map
 
-from cluster.core import placement
+from cluster.engine import placement
 from cluster.core.errors import ConfigError
-from cluster.core.placement import layers_per_device, plan_placement, quantization_config, weights_bytes
+from cluster.engine.placement import layers_per_device, plan_placement, quantization_config, weights_bytes
 
 # nvidia-smi's totals for an H100 80GB (81559 MiB) and an H200 (143771 MiB); torch's total_memory is a
 # little lower (~0.5 GB on an H100), which changes none of the results below.

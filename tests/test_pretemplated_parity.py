@@ -82,7 +82,7 @@ def servers(model_dirs):
 
     from cluster import ModelSpec, load_model
     from cluster.core.config import AppConfig
-    from cluster.core.local import local_service
+    from cluster.engine.loading import local_service
     from cluster.http.app import create_app
 
     out = {}

@@ -25,8 +25,8 @@ from transformers import AutoTokenizer
 
 from cluster.core.config import ModelSpec, pointwise_template
 from cluster.core.errors import ConfigError, InputTooLong, InvalidInput
-from cluster.core.loading import load_model
 from cluster.core.results import SCORE_TOLERANCE, aggregate_steps
+from cluster.engine.loading import load_model
 from cluster.tiny import build_tiny_model, build_tiny_prm
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."

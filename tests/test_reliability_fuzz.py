@@ -326,7 +326,7 @@ def fuzz_app(inproc, tmp_path_factory):
     from conftest import app_args
 
     from cluster.core.config import AppConfig
-    from cluster.core.local import local_service
+    from cluster.engine.loading import local_service
     from cluster.http.app import create_app
     from cluster.tiny import build_tiny_model, build_tiny_prm
 
@@ -752,7 +752,7 @@ class FaultyEncoder:
         self.encoder = encoder
 
     def encode(self, parts):
-        raise RuntimeError('boom in /work/cluster/core/tokenization.py: File "x.py", line 1')
+        raise RuntimeError('boom in /work/cluster/engine/encoders.py: File "x.py", line 1')
 
 
 def test_an_unexpected_exception_fails_the_fuzzer(fuzz_app, inproc):

@@ -17,7 +17,7 @@ from conftest import (
 
 from cluster import InputTooLong, ModelSpec, load_model
 from cluster.core.results import sigmoid
-from cluster.core.reward import read_position
+from cluster.engine.reward import read_position
 
 
 def load_rm(path, **kw):

@@ -10,7 +10,7 @@ import pytest
 from conftest import API_KEY, deploy
 
 from cluster.client.reward_client import RewardClient
-from cluster.core.loading import load_model
+from cluster.engine.loading import load_model
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]  # `pytest -m slow` (CI runs it)
 

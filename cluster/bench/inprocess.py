@@ -99,13 +99,6 @@ def positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if args.lengths or args.workload == "grpo":
-        from cluster.bench import rl
-
-        return rl.run_lengths(args) if args.lengths else rl.run_grpo(args)
     corpus = load_corpus(args.data, args.items, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-rm-") as tmp:
         rm = build_model(Path(tmp), corpus.texts, args.max_batch_tokens, args.seed)
@@ -193,7 +186,7 @@ def conversation(prompt: str, response: str) -> Conversation:
 
 def build_model(tmp: Path, texts: list[str], max_batch_tokens: int, seed: int):
     from cluster.core.config import ModelSpec
-    from cluster.core.loading import load_model
+    from cluster.engine.loading import load_model
     from cluster.tiny import build_tiny_model
 
     path = build_tiny_model(tmp, kind="reward", arch="llama", corpus=texts, seed=seed, **MODEL_SHAPE)

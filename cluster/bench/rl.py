@@ -29,7 +29,7 @@ import torch
 
 from cluster.bench.inprocess import MODEL_SHAPE, pseudo_words, score_one_at_a_time
 from cluster.core.results import SCORE_TOLERANCE
-from cluster.core.runner import CPU_PASS_TOKENS
+from cluster.engine.runner import CPU_PASS_TOKENS
 
 LENGTHS = (256, 1024, 2048, 4096, 8192)
 TOKENS_PER_LENGTH = 16384  # items per length: this many tokens, at least 2 items
@@ -171,7 +171,7 @@ def grpo_conversations(rng: random.Random, lexicon: list[str], weights: list[flo
 
 def build(seed: int, texts: list[str] | None):
     from cluster.core.config import ModelSpec
-    from cluster.core.loading import load_model
+    from cluster.engine.loading import load_model
     from cluster.tiny import build_tiny_model
 
     if texts is None:

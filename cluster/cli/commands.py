@@ -49,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def demo_in_process(args: argparse.Namespace) -> int:
     """Build a tiny reward model and critic, score a handful of conversations, judge one pair."""
     from cluster.core.config import ModelSpec
-    from cluster.core.loading import load_model
+    from cluster.engine.loading import load_model
     from cluster.tiny import DEMO_CONVERSATIONS, DEMO_PAIR, build_demo_models
 
     rm_dir, critic_dir = build_demo_models(Path(args.models_dir or tempfile.mkdtemp(prefix="scoring-demo-")))

@@ -32,9 +32,9 @@ COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
     "report": ("HTML report of a scoring output, or a comparison of several (same corpus)",
                "cluster.data.report", "add_arguments", "main", {}),
     "bench": ("in-process throughput: model card loop vs fixed batches vs ours",
-              "cluster.bench.inprocess", "add_arguments", "run", {}),
+              "cluster.bench.command", "add_arguments", "run", {}),
     "bench-serve": ("HTTP load on the CPU app: cross-request batching vs none",
-                    "deployments.bench_serve", "add_arguments", "run", {}),
+                    "cluster.bench.serve", "add_arguments", "run", {}),
     "bench-pipeline": ("Ray Data pipeline throughput: 1 and 2 actors vs fixed batches",
                        "cluster.bench.pipeline", "add_arguments", "run", {}),
 }

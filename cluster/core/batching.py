@@ -4,7 +4,7 @@ The budget counts what the model really computes for a padded batch: longest ite
 Sorting by length (longest first, so an out-of-memory shows up on the first batch rather than the
 last) keeps items of similar length together, so padding stays small. This is the one batching
 component the in-process, Serve and Ray Data paths share (no torch here: padding is the
-runner's, cluster/core/runner.py).
+runner's, cluster/engine/runner.py).
 """
 
 from __future__ import annotations

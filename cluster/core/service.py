@@ -28,6 +28,14 @@ from typing import Any, Protocol
 from cluster.core.batching import plan_batches, plan_calls
 from cluster.core.config import Ensemble, ModelSpec
 from cluster.core.errors import InvalidInput, ModelFailure, Overloaded, RequestTooLarge, ScoringError, UnknownModel
+from cluster.core.inputs import (
+    Encoded,
+    EncodeOptions,
+    check_list,
+    is_token_ids,
+    validate_judge_item,
+    validate_rating_item,
+)
 from cluster.core.results import (
     Comparison,
     Generated,
@@ -43,14 +51,6 @@ from cluster.core.results import (
     pair_conversations,
     rating_of,
     winner_of,
-)
-from cluster.core.tokenization import (
-    Encoded,
-    EncodeOptions,
-    check_list,
-    is_token_ids,
-    validate_judge_item,
-    validate_rating_item,
 )
 
 # reward model and prm (a reward per item / per step); critic and pointwise judge fast path (P(A) /

@@ -36,8 +36,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster.core.errors import InvalidInput
+from cluster.core.inputs import validate_conversation
 from cluster.core.results import aggregate_steps, debiased_prob_a, rating_of, swap_ab
-from cluster.core.tokenization import validate_conversation
 
 SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
@@ -45,6 +44,7 @@ from pydantic import Field, model_validator
 
 from cluster.core.config import KINDS, ModelSpec, StrictModel, deployment_name
 from cluster.core.errors import ConfigError, InvalidInput, ModelLoadError, ScoringError, from_ray
+from cluster.core.version import code_version
 from cluster.data.corpus import (
     SOLO_KINDS,
     STAGE_COLUMNS,
@@ -162,7 +162,7 @@ def _name_from_path(path: str) -> str:
 
 
 def _kind_from_config(path: str) -> str:
-    from cluster.core.loading import load_config
+    from cluster.engine.loading import load_config
 
     config = load_config(ModelSpec(name=_name_from_path(path), path=path, kind="reward"), label="model")
     archs = getattr(config, "architectures", None) or []
@@ -182,7 +182,8 @@ def _kind_from_config(path: str) -> str:
 
 def _check_model(spec: ModelSpec) -> None:
     """Fail in the driver, naming the path, before any actor starts: config and tokenizer load."""
-    from cluster.core.loading import (
+    from cluster.engine.encoders import ChatEncoder
+    from cluster.engine.loading import (
         check_head,
         is_causal,
         load_config,
@@ -190,7 +191,6 @@ def _check_model(spec: ModelSpec) -> None:
         prm_step_labels,
         reward_head,
     )
-    from cluster.core.tokenization import ChatEncoder
 
     config = load_config(spec)
     check_head(spec, config)
@@ -237,7 +237,7 @@ class TokenizeStage:
     """Rows -> token ids per row (internal columns), with the shared ChatEncoder."""
 
     def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, on_error: str):
-        from cluster.core.tokenization import ChatEncoder
+        from cluster.engine.encoders import ChatEncoder
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.layout = Layout(**layout)
@@ -372,7 +372,7 @@ class ModelStage(_ScoreStage):
                  out_dir: str | None = None, flush_s: float = FLUSH_S):
         import torch
 
-        from cluster.core.loading import load_model
+        from cluster.engine.loading import load_model
 
         super().__init__(spec["kind"], layout, debias, keep_errors, out_dir, flush_s)
         torch.set_num_threads(max(1, threads))
@@ -389,8 +389,8 @@ class ServeStage(_ScoreStage):
                  flush_s: float = FLUSH_S, spec: dict[str, Any] | None = None):
         from ray import serve
 
-        from cluster.core.local import LocalEncoder
         from cluster.core.service import ScoringService
+        from cluster.engine.local import LocalEncoder
         from deployments.handles import ReplicaBackend
 
         super().__init__(kind, layout, debias, keep_errors, out_dir, flush_s)
@@ -452,7 +452,7 @@ def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:
 
         handle = serve.get_deployment_handle(deployment_name("reward", spec.name), app_name=via_serve)
         return list(handle.describe.remote().result()["labels"])
-    from cluster.core.loading import load_config, reward_head
+    from cluster.engine.loading import load_config, reward_head
 
     return list(reward_head(spec, load_config(spec)).labels)
 
@@ -926,23 +926,6 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def code_version() -> dict[str, str | None]:
-    """This package's version and, from a git checkout, its commit (None elsewhere)."""
-    from importlib import metadata
-
-    try:
-        package = metadata.version("scoring-cluster")
-    except metadata.PackageNotFoundError:
-        package = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
-        git = commit.stdout.strip() if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    return {"package": package, "git": git or None}
 
 
 class Interrupted(KeyboardInterrupt):

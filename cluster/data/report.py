@@ -22,7 +22,6 @@ import html
 import io
 import json
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import combinations
@@ -37,6 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cluster.core.errors import InvalidInput
+from cluster.core.version import DISTRIBUTION, code_version
 from cluster.data.metrics import (
     RM_BENCH_LEVELS,
     Bootstrap,
@@ -55,7 +55,6 @@ from cluster.data.metrics import (
 
 DEFAULT_TITLE = "Scoring report"
 COMPARE_TITLE = "Scoring comparison"
-DISTRIBUTION = "scoring-cluster"  # pyproject's [project] name
 NOT_RECORDED = "not recorded"
 HISTOGRAM_BINS = 40
 FIGURE_DPI = 100
@@ -212,32 +211,6 @@ def first_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- what was measured
-
-
-def code_version() -> dict:
-    """This process's code: {"package": version, "git": short commit or None}."""
-    import cluster
-
-    package = getattr(cluster, "__version__", None)
-    if package is None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            package = version(DISTRIBUTION)
-        except PackageNotFoundError:
-            package = "unknown"
-    return {"package": str(package), "git": git_commit(Path(cluster.__file__).parent)}
-
-
-def git_commit(directory: Path) -> str | None:
-    """`git rev-parse --short HEAD` in `directory`; None when git or the repository is not there."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True,
-                              text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
 
 
 def format_version(version: Any) -> str:

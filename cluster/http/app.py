@@ -36,7 +36,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster import __version__
 from cluster.core.errors import (
     ConfigError,
     InvalidInput,
@@ -49,6 +48,7 @@ from cluster.core.errors import (
     location,
 )
 from cluster.core.service import ScoringService
+from cluster.core.version import __version__
 from cluster.http import schemas
 
 logger = logging.getLogger("ray.serve")

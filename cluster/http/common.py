@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.core.config import Ensemble, ModelSpec
+from cluster.core.inputs import EncodeOptions
 from cluster.core.results import sigmoid
 from cluster.core.service import Rewards, ScoringService
-from cluster.core.tokenization import EncodeOptions
 
 ONE_LABEL = {"labels": ["LABEL_0"], "problem_type": None}
 

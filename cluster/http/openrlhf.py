@@ -18,8 +18,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from cluster.core.inputs import EncodeOptions
 from cluster.core.service import ScoringService
-from cluster.core.tokenization import EncodeOptions
 from cluster.http import schemas
 from cluster.http.schemas import ok
 

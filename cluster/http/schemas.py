@@ -12,14 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from cluster.core.inputs import shown, unicode_problem, validate_conversation, validate_judge_item, validate_step_item
 from cluster.core.results import STEP_AGGREGATES, Mode, check_mode
-from cluster.core.tokenization import (
-    shown,
-    unicode_problem,
-    validate_conversation,
-    validate_judge_item,
-    validate_step_item,
-)
 
 
 def _unicode(value: str) -> str:
@@ -64,7 +58,7 @@ class JudgeItem(Strict):
     response_b: str
 
 
-# The in-process checks (cluster/core/tokenization.py) run first on what our routes take, so a bad
+# The in-process checks (cluster/engine/encoders.py) run first on what our routes take, so a bad
 # conversation or judge item is named over HTTP in the words `load_model(...).score` uses
 # (`conversations[1][0].role: unknown role 'bot' ...`). They raise InvalidInput, whose message
 # names the whole location; the app's validation handler repeats it as is (app.describe). The

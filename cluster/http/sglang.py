@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse
 from pydantic import model_validator
 
 from cluster.core.errors import InvalidInput
+from cluster.core.inputs import EncodeOptions, check_text, shown
 from cluster.core.service import ScoringService
-from cluster.core.tokenization import EncodeOptions, check_text, shown
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
 from cluster.http.schemas import Lenient, ModelName, usage

@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, field_validator
 
 from cluster.core.errors import InvalidInput
+from cluster.core.inputs import EncodeOptions
 from cluster.core.service import ScoringService
-from cluster.core.tokenization import EncodeOptions
 from cluster.http.common import classify_activation, label_values
 from cluster.http.schemas import Lenient, ModelName
 

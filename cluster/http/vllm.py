@@ -26,11 +26,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
-from cluster import __version__
 from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput, ScoringError, UnknownModel
+from cluster.core.inputs import EncodeOptions, check_text, shown, unpack_segments
 from cluster.core.service import ScoringService, TokenizeJob
-from cluster.core.tokenization import EncodeOptions, check_text, shown, unpack_segments
+from cluster.core.version import __version__
 from cluster.http import sglang
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label

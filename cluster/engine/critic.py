@@ -7,7 +7,7 @@ comparison greedy generation makes at that step, without generating.
 Slow path (mode="generate", op "generate"): greedy generation, parse `[[A]]`/`[[B]]`; an output
 with no verdict is reported as such (winner None), never guessed.
 debias=True runs both orders and averages prob_a (cluster/core/results.py: `combine`).
-The fast path reads like a reward model (cluster/core/runner.py: CausalRunner): right padding with
+The fast path reads like a reward model (cluster/engine/runner.py: CausalRunner): right padding with
 no mask, the LM head (and Gemma-2's final soft-capping) on the read positions only, the two
 orders' shared judge-prompt prefix computed once. A model whose own forward computes its logits
 some other way (checked once at load) is read through its own forward instead.
@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from cluster.core.inputs import VerdictTokens
 from cluster.core.results import Generated, Verdict
-from cluster.core.runner import CausalRunner, LMHead, LoadedModel, Op
-from cluster.core.tokenization import VerdictTokens
+from cluster.engine.local import LoadedModel
+from cluster.engine.runner import CausalRunner, LMHead, Op
 
 
 @dataclass(frozen=True)

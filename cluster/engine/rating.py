@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from cluster.core.critic import CriticRunner
+from cluster.core.inputs import ChoiceTokens
 from cluster.core.results import GeneratedRating, Rating
-from cluster.core.runner import LoadedModel
-from cluster.core.tokenization import ChoiceTokens
+from cluster.engine.critic import CriticRunner
+from cluster.engine.local import LoadedModel
 
 
 class RatingRunner(CriticRunner):

@@ -22,7 +22,8 @@ import torch
 
 from cluster.core.errors import ModelFailure
 from cluster.core.results import StepRewards
-from cluster.core.runner import ForwardRunner, LMHead, LoadedModel, Op
+from cluster.engine.local import LoadedModel
+from cluster.engine.runner import ForwardRunner, LMHead, Op
 
 
 class StepRewardRunner(ForwardRunner):

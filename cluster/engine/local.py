@@ -4,10 +4,14 @@ deployment handles, are in deployments/handles.py."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
-from cluster.core.service import Call, Part
-from cluster.core.tokenization import ChatEncoder, Encoded
+from cluster.core.config import ModelSpec
+from cluster.core.inputs import Encoded
+from cluster.core.service import Call, Part, ScoringService
+from cluster.engine.encoders import ChatEncoder
+from cluster.engine.runner import ForwardRunner
 
 
 class LocalEncoder:
@@ -47,15 +51,22 @@ class LocalBackend:
         return self.runners[model].describe_head()
 
 
-def local_service(config) -> Any:
-    """Every model of an AppConfig loaded in this process, behind the request core: the Serve
-    app's logic with no Ray. The tests run the HTTP routes over it (`create_app(local_service(...))`);
-    its forward passes run on the event loop's thread, so it is for tests and light local use,
-    not a server under load."""
-    from cluster.core.loading import load_model
-    from cluster.core.service import ScoringService
+class LoadedModel:
+    """A spec with the encoder (text -> ids) and runner (ids -> outputs) it was loaded into, and
+    the request core over the two (`service`): in-process calls take the same flow as a route."""
 
-    loaded = {m.name: load_model(m.spec()) for m in config.models}
-    return ScoringService(config.models, LocalEncoder({n: m.encoder for n, m in loaded.items()}),
-                          LocalBackend({n: m.runner for n, m in loaded.items()}), ensembles=config.ensembles,
-                          max_items=config.max_items_per_request)
+    kind: str
+
+    def __init__(self, spec: ModelSpec, encoder: ChatEncoder, runner: ForwardRunner):
+        self.spec = spec
+        self.encoder = encoder
+        self.runner = runner
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @cached_property
+    def service(self) -> Any:
+        return ScoringService([self.spec], LocalEncoder({self.name: self.encoder}),
+                              LocalBackend({self.name: self.runner}))

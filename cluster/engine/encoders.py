@@ -23,217 +23,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ConfigError, InputTooLong, InvalidInput, ModelLoadError
+from cluster.core.inputs import (
+    DEFAULT_OPTIONS,
+    ChoiceTokens,
+    Encoded,
+    EncodeOptions,
+    VerdictTokens,
+    check_list,
+    check_text,
+    is_token_ids,
+    item_location,
+    pack_segments,
+    shown,
+    shown_int,
+    validate_conversation,
+    validate_judge_item,
+    validate_rating_item,
+    validate_step_item,
+)
 from cluster.core.results import swap_ab
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Encoded:
-    ids: list[int]
-    truncated: bool = False
-    original_length: int = 0  # tokens before truncation
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    """A request's own tokenization settings, where a protocol lets its client choose them (vLLM's
-    `truncate_prompt_tokens` and `add_special_tokens`, TEI's `truncate`); the model's spec decides
-    whatever is left as None. Only reward inputs take options; judge items always follow the card."""
-
-    # "error" | "left" (keep the end) | "right" (keep the start) | k: keep the last k | "none": no limit
-    truncate: str | int | None = None
-    add_special_tokens: bool | None = None  # None: as the card's computation (see the module docstring)
-    any_role: bool = False  # messages with any role, the last one not necessarily the assistant's
-    strip_padding: bool = False  # texts: drop padding decoded into the text (OpenRLHF <= 0.8 clients)
-    tagged: bool = False  # a prm's conversations already hold the step tags (vLLM's /pooling): rendered as sent
-
-    def limit(self, max_length: int, what: str) -> int:
-        if self.truncate == "none":
-            return 1 << 62
-        if isinstance(self.truncate, int) and not isinstance(self.truncate, bool):
-            if not 1 <= self.truncate:
-                raise InvalidInput(f"{what}: truncate_prompt_tokens must be at least 1, got {shown_int(self.truncate)}")
-            if self.truncate > max_length:
-                raise InvalidInput(f"{what}: truncate_prompt_tokens ({shown_int(self.truncate)}) is larger than this "
-                                   f"model's max_length ({max_length})")
-            return self.truncate
-        return max_length
-
-
-DEFAULT_OPTIONS = EncodeOptions()
-
-
-@dataclass(frozen=True)
-class ChoiceTokens:
-    """Several answer strings (a pointwise judge's ratings as it writes them): their shared prefix
-    (e.g. `[[`) and, per string, the one token where it differs from all the others."""
-
-    prefix: list[int]
-    tokens: list[int]
-
-
-@dataclass(frozen=True)
-class VerdictTokens:
-    """The verdict strings' shared prefix (e.g. `[[`) and the first token where they differ."""
-
-    prefix: list[int]
-    token_a: int
-    token_b: int
-
-
-# ---------------------------------------------------------------- validation (input -> messages)
-
-
-def _where(field: str, index: int | None) -> str:
-    return field if index is None else f"{field}[{index}]"
-
-
-SHOWN_CHARS = 80  # the most of a client's own value an error message repeats
-
-
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """A client's value as an error message repeats it: its repr (lone surrogates escaped, so the
-    message is always valid UTF-8), cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def shown_int(n: int) -> str:
-    """An integer as an error message repeats it; one of thousands of digits by its size."""
-    return str(n) if abs(n) < 10**24 else f"{'-' if n < 0 else ''}a {len(str(abs(n)))}-digit number"
-
-
-def unicode_problem(text: str) -> str | None:
-    """What makes `text` not valid Unicode, or None. JSON lets a client send a lone UTF-16
-    surrogate (`"\\ud800"`), which no tokenizer (nor UTF-8, nor an answer that repeats it) can take."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return (f"not valid Unicode: a lone surrogate {text[err.start]!r} at character {err.start} (a "
-                "\\ud800-\\udfff escape must be one of a high-low pair)")
-    return None
-
-
-def check_text(text: str, where: str) -> str:
-    """Text that can be tokenized: valid Unicode."""
-    problem = unicode_problem(text)
-    if problem is not None:
-        raise InvalidInput(f"{where}: {problem}")
-    return text
-
-
-def validate_conversation(conv: Any, where: str, require_assistant_last: bool, any_role: bool = False) -> list[dict]:
-    """Check one conversation and return it as plain `{"role", "content"}` dicts."""
-    if isinstance(conv, str | bytes) or not isinstance(conv, Sequence):
-        raise InvalidInput(f"{where}: a conversation must be a list of messages, got {type(conv).__name__}")
-    if len(conv) == 0:
-        raise InvalidInput(f"{where}: the conversation is empty")
-    messages = []
-    for j, msg in enumerate(conv):
-        at = f"{where}[{j}]"
-        if not isinstance(msg, Mapping):
-            raise InvalidInput(f"{at}: a message must be an object with 'role' and 'content', got {type(msg).__name__}")
-        role, content = msg.get("role"), msg.get("content")
-        if any_role and isinstance(role, str) and role:
-            check_text(role, f"{at}.role")
-        elif role not in ROLES:
-            raise InvalidInput(f"{at}.role: unknown role {shown(role)} (expected one of {', '.join(ROLES)})")
-        if not isinstance(content, str):
-            raise InvalidInput(f"{at}.content: must be a string, got {type(content).__name__}")
-        check_text(content, f"{at}.content")
-        messages.append({"role": role, "content": content})
-    if require_assistant_last and not any_role and messages[-1]["role"] != "assistant":
-        raise InvalidInput(
-            f"{where}: the last message must be the assistant's response to score, "
-            f"got role {messages[-1]['role']!r}"
-        )
-    return messages
-
-
-def validate_judge_item(item: Any, where: str) -> dict[str, str]:
-    if not isinstance(item, Mapping):
-        raise InvalidInput(f"{where}: a judge item must be an object with prompt, response_a, response_b")
-    return _text_fields(item, where, ("prompt", "response_a", "response_b"))
-
-
-def _text_fields(item: Mapping, where: str, keys: Sequence[str], required_by: Sequence[str] = ()) -> dict[str, str]:
-    """Exactly these string fields (`required_by`: the ones a template asks for, said so when missing)."""
-    out = {}
-    for key in keys:
-        if key not in item:
-            raise InvalidInput(f"{where}.{key}: missing" + (" (this judge's template uses it)"
-                                                            if key in required_by else ""))
-        if not isinstance(item[key], str):
-            raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
-        out[key] = check_text(item[key], f"{where}.{key}")
-    unknown = sorted(map(str, set(item) - set(out)))
-    if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected {', '.join(keys)})")
-    return out
-
-
-def validate_rating_item(item: Any, where: str, extra_fields: Sequence[str] = ()) -> dict[str, str]:
-    """A pointwise judge's item: the prompt, the one response to rate, and any other field its
-    template names (e.g. Prometheus' rubric)."""
-    keys = ("prompt", "response", *extra_fields)
-    if not isinstance(item, Mapping):
-        raise InvalidInput(f"{where}: a rating item must be an object with {', '.join(keys)}")
-    return _text_fields(item, where, keys, required_by=extra_fields)
-
-
-STEP_ITEM_KEYS = ("prompt", "steps", "response", "system")
-
-
-def validate_step_item(item: Mapping, where: str) -> tuple[str, list[str] | str, str | None]:
-    """A prm's item: {prompt, steps: [...]} or {prompt, response: "..."} (split by the model's
-    separator), and an optional system message. -> (prompt, steps or response, system)."""
-    unknown = sorted(map(str, set(item) - set(STEP_ITEM_KEYS)))
-    if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected prompt, and steps or response; "
-                           "system is optional)")
-    if "prompt" not in item:
-        raise InvalidInput(f"{where}.prompt: missing")
-    for key in ("prompt", "system", "response"):
-        if key in item and not isinstance(item[key], str):
-            raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
-    if ("steps" in item) == ("response" in item):
-        raise InvalidInput(f"{where}: give the solution as steps (a list of strings) or as response (one text split "
-                           "at the model's step_separator), " + ("not both" if "steps" in item else "got neither"))
-    check_text(item["prompt"], f"{where}.prompt")
-    system = check_text(item["system"], f"{where}.system") if "system" in item else None
-    if "response" in item:
-        return item["prompt"], check_text(item["response"], f"{where}.response"), system
-    steps = item["steps"]
-    if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Sequence):
-        raise InvalidInput(f"{where}.steps: must be a list of strings, got {type(steps).__name__}")
-    if not steps:
-        raise InvalidInput(f"{where}.steps: empty; a solution needs at least one step")
-    for j, step in enumerate(steps):
-        if not isinstance(step, str):
-            raise InvalidInput(f"{where}.steps[{j}]: must be a string, got {type(step).__name__}")
-        check_text(step, f"{where}.steps[{j}]")
-    return item["prompt"], list(steps), system
-
-
-def is_token_ids(item: Any) -> bool:
-    """A list of ints (not bools): an item the client tokenized itself."""
-    return (isinstance(item, list | tuple) and len(item) > 0
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in item))
-
-
-def check_list(items: Any, what: str) -> list:
-    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
-        raise InvalidInput(f"{what}: expected a list, got {type(items).__name__}")
-    return list(items)
-
-
-# ---------------------------------------------------------------- the encoder
 
 
 class ChatEncoder:
@@ -294,23 +106,23 @@ class ChatEncoder:
         texts: list[str | tuple[str, str] | list[int]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
-                check_text(item, _where(what, i))
+                check_text(item, item_location(what, i))
                 text = self.strip_padding(item) if options.strip_padding else item
                 if not text:
-                    raise InvalidInput(f"{_where(what, i)}: the text is empty" + (
+                    raise InvalidInput(f"{item_location(what, i)}: the text is empty" + (
                         " once its padding and EOS tokens are stripped" if item else ""))
                 texts.append(text)
             elif isinstance(item, list) and not item and what in ("input", "input_ids"):
-                raise InvalidInput(f"{_where(what, i)}: an empty list: no token ids (nor messages) to score")
+                raise InvalidInput(f"{item_location(what, i)}: an empty list: no token ids (nor messages) to score")
             elif is_token_ids(item):
-                texts.append(self._check_ids(item, _where(what, i)))
+                texts.append(self._check_ids(item, item_location(what, i)))
             else:
-                messages = validate_conversation(item, _where(what, i), require_assistant_last=True,
+                messages = validate_conversation(item, item_location(what, i), require_assistant_last=True,
                                                  any_role=options.any_role)
                 if self.text_pairs:
-                    texts.append(self._text_pair(messages, _where(what, i)))
+                    texts.append(self._text_pair(messages, item_location(what, i)))
                 else:
-                    texts.append(self.render(messages, _where(what, i), add_generation_prompt=False))
+                    texts.append(self.render(messages, item_location(what, i), add_generation_prompt=False))
         return self._encode_texts(texts, what, options.limit(self.max_length, what), options=options)
 
     def strip_padding(self, text: str) -> str:
@@ -348,7 +160,7 @@ class ChatEncoder:
         """Critic inputs: the judge prompt as one user turn, with the generation prompt."""
         if self.judge_template is None or self.verdict_tokens is None:
             raise ConfigError("this encoder belongs to a reward model; judge items need a critic")
-        checked = [validate_judge_item(item, _where(what, i)) for i, item in enumerate(check_list(items, what))]
+        checked = [validate_judge_item(item, item_location(what, i)) for i, item in enumerate(check_list(items, what))]
         if swap:
             checked = [swap_ab(it) for it in checked]
         return self._encode_judge_texts(checked, what, self.verdict_tokens.prefix)
@@ -357,11 +169,11 @@ class ChatEncoder:
         """Judge prompts of checked items, each leaving room for the answer prefix the fast path
         appends; one too long is shortened by its response (`_shorten_judge_item`)."""
         limit = self.max_length - len(prefix)
-        texts = [self._judge_text(it, _where(what, i)) for i, it in enumerate(checked)]
+        texts = [self._judge_text(it, item_location(what, i)) for i, it in enumerate(checked)]
         encoded = self._encode_texts(texts, what, limit, allow_truncation=False)
         for i, enc in enumerate(encoded):
             if enc is None:
-                encoded[i] = self._shorten_judge_item(checked[i], _where(what, i), limit)
+                encoded[i] = self._shorten_judge_item(checked[i], item_location(what, i), limit)
         return encoded
 
     def render(self, messages: list[dict], where: str, add_generation_prompt: bool) -> str:
@@ -422,7 +234,7 @@ class ChatEncoder:
                 out.append(Encoded(ids, False, len(ids)))
             elif truncation == "error":
                 raise InputTooLong(
-                    f"{_where(what, i)}: {len(ids)} tokens, over this model's limit of {limit}"
+                    f"{item_location(what, i)}: {len(ids)} tokens, over this model's limit of {limit}"
                     + (" (truncation='error'; use truncation='left' to keep the end instead)"
                        if options.truncate is None else "")
                 )
@@ -544,7 +356,7 @@ class StepEncoder(ChatEncoder):
         texts: list[str | list[int]] = []
         steps: list[int | None] = []  # the number of tags each item must hold (None: as sent)
         for i, item in enumerate(items):
-            where = _where(what, i)
+            where = item_location(what, i)
             if isinstance(item, Mapping) and "role" not in item:
                 prompt, solution, system = validate_step_item(item, where)
                 head = ([{"role": "system", "content": system}] if system is not None else []) + \
@@ -570,7 +382,7 @@ class StepEncoder(ChatEncoder):
         limit = options.limit(self.max_length, what)
         out = []
         for i, (ids, n) in enumerate(zip(self._tokenize(texts, options.add_special_tokens), steps)):
-            where = _where(what, i)
+            where = item_location(what, i)
             found = ids.count(self.tag_id)
             if n is not None and found != n:
                 raise InvalidInput(
@@ -639,7 +451,7 @@ class RatingEncoder(ChatEncoder):
         return self.encode_judge_items(inputs, what)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
-        checked = [validate_rating_item(item, _where(what, i), self.extra_fields)
+        checked = [validate_rating_item(item, item_location(what, i), self.extra_fields)
                    for i, item in enumerate(check_list(items, what))]
         return self._encode_judge_texts(checked, what, self.rating_tokens.prefix)
 
@@ -648,21 +460,6 @@ class RatingEncoder(ChatEncoder):
         prompt = self.judge_template.format(input=item["prompt"], response=item["response"], **extra)
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         return self.render([*system, {"role": "user", "content": prompt}], where, add_generation_prompt=True)
-
-
-# Segment B of a text pair (token type 1, for encoders that embed token types, e.g. BERT/ELECTRA)
-# travels inside the id: id + SEGMENT_B. Only a runner built for such a model unpacks it; any other
-# consumer fails loudly on the out-of-range id rather than scoring the pair as one segment.
-SEGMENT_B = 1 << 32
-
-
-def pack_segments(ids: Sequence[int], type_ids: Sequence[int]) -> list[int]:
-    return [i + SEGMENT_B if t else i for i, t in zip(ids, type_ids)]
-
-
-def unpack_segments(seq: Sequence[int]) -> tuple[list[int], list[int]]:
-    """-> (token ids, token type ids)."""
-    return [i % SEGMENT_B for i in seq], [int(i >= SEGMENT_B) for i in seq]
 
 
 def load_tokenizer(spec: ModelSpec):

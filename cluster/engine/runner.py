@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from cluster.core.batching import PrefixGroup, padding_efficiency, plan_batches, shared_prefix_groups
-from cluster.core.config import ModelSpec
 from cluster.core.errors import ModelFailure
-from cluster.core.tokenization import ChatEncoder
 
 
 @dataclass
@@ -261,27 +257,3 @@ class LMHead:
             own = self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
             ours = self(base(input_ids=ids, use_cache=False).last_hidden_state[:, -1])[0]
         return bool(torch.allclose(own, ours, atol=1e-4 * max(1.0, own.abs().max().item()), rtol=1e-4))
-
-
-class LoadedModel:
-    """A spec with the encoder (text -> ids) and runner (ids -> outputs) it was loaded into, and
-    the request core over the two (`service`): in-process calls take the same flow as a route."""
-
-    kind: str
-
-    def __init__(self, spec: ModelSpec, encoder: ChatEncoder, runner: ForwardRunner):
-        self.spec = spec
-        self.encoder = encoder
-        self.runner = runner
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @cached_property
-    def service(self) -> Any:
-        from cluster.core.local import LocalBackend, LocalEncoder
-        from cluster.core.service import ScoringService
-
-        return ScoringService([self.spec], LocalEncoder({self.name: self.encoder}),
-                              LocalBackend({self.name: self.runner}))

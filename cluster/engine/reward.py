@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from cluster.core.errors import ModelFailure
+from cluster.core.inputs import unpack_segments
 from cluster.core.results import Comparison, RewardResult
-from cluster.core.runner import CausalRunner, ForwardRunner, LoadedModel, Op
-from cluster.core.tokenization import unpack_segments
+from cluster.engine.local import LoadedModel
+from cluster.engine.runner import CausalRunner, ForwardRunner, Op
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,15 @@ from typing import Any
 import torch
 
 from cluster.core.config import ModelSpec
-from cluster.core.critic import CriticModel, CriticRunner
 from cluster.core.errors import ConfigError, ModelLoadError
-from cluster.core.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
-from cluster.core.tokenization import ChatEncoder, StepEncoder, load_tokenizer
+from cluster.core.service import ScoringService
+from cluster.engine.critic import CriticModel, CriticRunner
+from cluster.engine.encoders import ChatEncoder, StepEncoder, load_tokenizer
+from cluster.engine.local import LocalBackend, LocalEncoder
+from cluster.engine.placement import plan_placement, quantization_config
+from cluster.engine.prm import PrmModel, StepRewardRunner
+from cluster.engine.rating import PointwiseModel, RatingRunner
+from cluster.engine.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Soft-capped attention logits: SDPA would silently skip the capping (wrong scores).
@@ -195,7 +200,6 @@ def load_model(spec: ModelSpec | dict[str, Any]):
     if spec.kind == "reward":
         return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
     if spec.kind == "prm":
-        from cluster.core.prm import PrmModel, StepRewardRunner
 
         assert isinstance(encoder, StepEncoder)
         runner_args["padding_side"] = "right"
@@ -203,7 +207,6 @@ def load_model(spec: ModelSpec | dict[str, Any]):
                                                         step_labels=step_labels, **runner_args))
     eos_ids = _eos_ids(model, tokenizer)
     if spec.kind == "pointwise":
-        from cluster.core.rating import PointwiseModel, RatingRunner
 
         runner = RatingRunner(model, tokenizer, encoder.rating_tokens, spec.rating_strings, eos_ids,
                               spec.max_new_tokens, **runner_args)
@@ -218,7 +221,6 @@ def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch
     a balanced layer map over `spec.devices` GPUs, and/or a quantization config."""
     if spec.devices == 1 and spec.quantization is None:
         return {}
-    from cluster.core.placement import plan_placement, quantization_config
 
     quantization = quantization_config(spec.quantization, device.type)
     if spec.devices == 1:
@@ -391,3 +393,14 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if ids is None:
         return []
     return [int(i) for i in (ids if isinstance(ids, list | tuple) else [ids])]
+
+
+def local_service(config) -> Any:
+    """Every model of an AppConfig loaded in this process, behind the request core: the Serve
+    app's logic with no Ray. The tests run the HTTP routes over it (`create_app(local_service(...))`);
+    its forward passes run on the event loop's thread, so it is for tests and light local use,
+    not a server under load."""
+    loaded = {m.name: load_model(m.spec()) for m in config.models}
+    return ScoringService(config.models, LocalEncoder({n: m.encoder for n, m in loaded.items()}),
+                          LocalBackend({n: m.runner for n, m in loaded.items()}), ensembles=config.ensembles,
+                          max_items=config.max_items_per_request)
