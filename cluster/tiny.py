@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cluster.kinds import KINDS, kind_of
+
 ARCHES = ("llama", "gemma2", "qwen2", "qwen3", "mistral", "smollm", "gpt_neox", "bert", "deberta_v2")
 
 SAMPLE_TEXT = [
@@ -193,7 +195,7 @@ def build_config(arch: str, tokenizer, *, kind: str, pad: str, hidden: int = 64,
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
                   pad_token_id=pad_id, tie_word_embeddings=False)
-    if kind == "reward":
+    if kind_of(kind).head == "sequence":
         labels = labels or ("LABEL_0",)
         common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={name: i for i, name in enumerate(labels)})
@@ -236,11 +238,12 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
 
     if arch not in ARCHES:
         raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
-    if kind not in ("reward", "critic", "pointwise"):
+    head = kind_of(kind).head if kind in KINDS else None
+    if head not in ("sequence", "next_token"):  # a prm: build_tiny_prm
         raise ValueError(f"kind must be 'reward', 'critic' or 'pointwise', got {kind!r}")
-    if kind != "reward" and FAMILIES[arch].encoder:
+    if head == "next_token" and FAMILIES[arch].encoder:
         raise ValueError(f"{arch} is an encoder; a {kind} judge is a causal LM")
-    if template_bos is None and kind != "reward" and arch == "llama":
+    if template_bos is None and head == "next_token" and arch == "llama":
         template_bos = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,9 +251,9 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
                                 pad=pad, corpus=corpus, vocab_size=vocab_size)
     config = build_config(arch, tokenizer, kind=kind, pad=pad, **config_overrides)
     torch.manual_seed(seed)
-    auto_cls = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
+    auto_cls = AutoModelForSequenceClassification if head == "sequence" else AutoModelForCausalLM
     model = auto_cls.from_config(config)
-    if kind == "reward":
+    if head == "sequence":
         # a larger head than the default init spreads scores out, so ordering checks mean something
         head = model.score if hasattr(model, "score") else model.classifier  # decoders / encoders
         torch.nn.init.normal_(head.weight, std=1.0)
@@ -260,10 +263,9 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=stops, do_sample=False,
         )
-        if teach_steps and kind == "pointwise":
-            teach_rating_format(model, tokenizer, steps=teach_steps, seed=seed)
-        elif teach_steps:
-            teach_verdict_format(model, tokenizer, steps=teach_steps, seed=seed)
+        if teach_steps:  # a judge answers in its format: a rating or a verdict
+            teach = teach_rating_format if kind_of(kind).rates else teach_verdict_format
+            teach(model, tokenizer, steps=teach_steps, seed=seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -364,7 +366,7 @@ def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) ->
     path and the fast path's agreement with generation are tested on; its judgement means nothing."""
     import random
 
-    from cluster.core.config import skywork_critic_template
+    from cluster.kinds.critic import skywork_critic_template
 
     rng = random.Random(seed)
     template = skywork_critic_template()
@@ -382,7 +384,7 @@ def teach_rating_format(model, tokenizer, *, steps: int = 40, seed: int = 0) -> 
     answers, so the generate path has a rating to find at the end of its answer."""
     import random
 
-    from cluster.core.config import pointwise_template
+    from cluster.kinds.pointwise import pointwise_template
 
     rng = random.Random(seed)
     template = pointwise_template()

@@ -22,6 +22,7 @@ from cluster.core.batching import call_cost
 from cluster.core.config import BATCH_MAX_TOKENS, BATCH_WAIT_TIMEOUT_S, ModelSpec
 from cluster.engine.loading import load_model
 from cluster.engine.runner import Ran
+from cluster.kinds import kind_of
 
 
 def count_tokens(calls: list[dict[str, Any]]) -> int:
@@ -127,7 +128,7 @@ class ModelReplica:
     def describe(self) -> dict[str, Any]:
         """What a caller that tokenizes for itself (the Ray Data pipeline's via_serve) needs: the
         spec, and the most tokens one call may carry (@serve.batch rejects a bigger call)."""
-        head = self.model.runner.describe_head() if self.spec.kind == "reward" else {"labels": None}
+        head = self.model.runner.describe_head() if kind_of(self.spec).head == "sequence" else {"labels": None}
         return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching["batch_max_tokens"]),
                 "labels": head["labels"], "problem_type": head.get("problem_type")}
 
@@ -146,6 +147,6 @@ class ModelReplica:
         bos = self.model.encoder.bos_id if self.model.encoder.bos_id is not None else 0
         if self.lock.acquire(blocking=False):  # busy scoring is alive; don't queue behind it
             try:
-                self.model.runner.run("score" if self.spec.kind in ("reward", "prm") else "verdicts", [[bos]])
+                self.model.runner.run(kind_of(self.spec).fast_op, [[bos]])
             finally:
                 self.lock.release()

@@ -7,7 +7,7 @@ import torch
 from conftest import card_generate, card_judge_ids, card_next_token_logits
 
 from cluster import InputTooLong, InvalidInput, ModelSpec, load_model
-from cluster.core.config import skywork_critic_template
+from cluster.kinds.critic import skywork_critic_template
 
 ITEMS = [
     {"prompt": "What is the capital of France?", "response_a": "The capital of France is Paris.",

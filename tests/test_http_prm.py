@@ -41,10 +41,11 @@ from prm_reference import (
 from transformers import AutoModel, AutoTokenizer
 
 from cluster.client.reward_client import RewardClient
-from cluster.core.config import AppConfig, pointwise_template
+from cluster.core.config import AppConfig
 from cluster.core.errors import InvalidInput
 from cluster.engine.loading import local_service
 from cluster.http.app import create_app
+from cluster.kinds.pointwise import pointwise_template
 from cluster.tiny import build_tiny_model, build_tiny_prm
 
 TOL = 1e-4

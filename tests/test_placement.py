@@ -13,8 +13,8 @@ from accelerate.utils import compute_module_sizes
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.accelerate import expand_device_map
 
-from cluster.engine import placement
 from cluster.core.errors import ConfigError
+from cluster.engine import placement
 from cluster.engine.placement import layers_per_device, plan_placement, quantization_config, weights_bytes
 
 # nvidia-smi's totals for an H100 80GB (81559 MiB) and an H200 (143771 MiB); torch's total_memory is a

@@ -23,10 +23,11 @@ from prm_reference import (
 )
 from transformers import AutoTokenizer
 
-from cluster.core.config import ModelSpec, pointwise_template
+from cluster.core.config import ModelSpec
 from cluster.core.errors import ConfigError, InputTooLong, InvalidInput
 from cluster.core.results import SCORE_TOLERANCE, aggregate_steps
 from cluster.engine.loading import load_model
+from cluster.kinds.pointwise import pointwise_template
 from cluster.tiny import build_tiny_model, build_tiny_prm
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."

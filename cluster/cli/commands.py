@@ -77,9 +77,10 @@ def demo_in_process(args: argparse.Namespace) -> int:
 def run_tiny_model(args: argparse.Namespace) -> int:
     import sys
 
+    from cluster.kinds import kind_of
     from cluster.tiny import build_tiny_model, build_tiny_prm
 
-    if args.kind == "prm":
+    if kind_of(args.kind).steps:  # its own builder, in a real PRM's two styles
         print(build_tiny_prm(args.out, style=args.style or "qwen", seed=args.seed))
         return 0
     if args.style is not None:

@@ -5,36 +5,20 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import string
 from collections.abc import Mapping, Sequence
-from functools import cache
-from importlib import resources
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.core.errors import ConfigError, location
+from cluster.kinds import KINDS as KINDS_BY_NAME
+from cluster.kinds import NAMES, kind_of
 
-JUDGE_FIELDS = ("input", "response_a", "response_b")
-RATING_FIELDS = ("input", "response")  # a pointwise judge's template; any other field comes from the item
-KINDS = ("reward", "critic", "prm", "pointwise")
+KINDS = NAMES
+FIXED_PADDING = {"left": "a {kind} reads the last position and generates: padding_side must be left",
+                 "right": "a {kind} reads every step of a right-padded batch: padding_side must be auto or right"}
 STEP_AGGREGATES = ("min", "last", "mean", "product")
 StepAggregate = Literal["min", "last", "mean", "product"]
-
-
-@cache
-def skywork_critic_template() -> str:
-    """The Skywork-Critic judge prompt, verbatim (the format the model was trained on)."""
-    return resources.files("cluster").joinpath("templates/skywork_critic.txt").read_text("utf-8")
-
-
-@cache
-def pointwise_template() -> str:
-    """The default pointwise judge prompt, adapted from MT-Bench's single-answer grading prompt
-    (FastChat's judge_prompts.jsonl, "single-v1"): the same instructions, but the rating asked for
-    first, so that one forward pass reads it (MT-Bench's own asks for an explanation first: use it
-    with mode="generate")."""
-    return resources.files("cluster").joinpath("templates/pointwise_rating.txt").read_text("utf-8").rstrip("\n")
 
 
 def format_validation_error(err: ValidationError, what: str) -> str:
@@ -85,7 +69,7 @@ class ModelSpec(StrictModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     path: str = Field(min_length=1)
-    kind: Literal["reward", "critic", "prm", "pointwise"]
+    kind: Literal[NAMES]
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -148,43 +132,19 @@ class ModelSpec(StrictModel):
             raise ValueError(f"devices={self.devices} spreads the model over several GPUs; device must be "
                              f"'auto' or 'cuda', got {self.device!r}")
         self._check_kind_fields()
-        if self.kind in ("reward", "prm"):
-            if self.judge_template is not None:
-                raise ValueError("judge_template is only for kind='critic' or 'pointwise'")
-            if self.reward_label is not None and self.reward_weights is not None:
-                raise ValueError("set reward_label or reward_weights, not both")
-        else:
-            if self.reward_label is not None or self.reward_weights is not None:
-                raise ValueError("reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)")
-            if self.padding_side == "right":
-                raise ValueError(f"a {self.kind} reads the last position and generates: padding_side must be left")
-        if self.kind == "critic":
-            if self.verdicts[0] == self.verdicts[1] or not all(self.verdicts):
-                raise ValueError("verdicts must be two different non-empty strings")
-            if self.judge_template is not None:
-                check_judge_template(self.judge_template)
-        if self.kind == "pointwise":
-            check_ratings(self.ratings, self.rating_format, self.rating_values)
-            if self.judge_template is not None:
-                check_rating_template(self.judge_template)
-        if self.kind == "prm":
-            if self.reward_weights is not None:
-                raise ValueError("a prm's step reward is one label's probability: use reward_label (its positive "
-                                 "class), not reward_weights")
-            if self.padding_side == "left":
-                raise ValueError("a prm reads every step of a right-padded batch: padding_side must be auto or right")
-            check_step_fields(self)
+        kind = kind_of(self)
+        if "reward_label" not in kind.fields and (self.reward_label is not None or self.reward_weights is not None):
+            raise ValueError("reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)")
+        if kind.fixed_padding and self.padding_side not in ("auto", kind.padding_side):
+            raise ValueError(FIXED_PADDING[kind.padding_side].format(kind=kind.name))
+        kind.check(self)
         return self
 
     def _check_kind_fields(self) -> None:
         """A field of another kind set to other than its default is a mistake (it would be ignored): name it.
-        (Compared with the default, not "was it given": a spec's full dump must load again.)"""
-        own = {"critic": {"judge_template", "verdicts", "max_new_tokens"},
-               "pointwise": {"judge_template", "system_prompt", "max_new_tokens", "ratings", "rating_format",
-                             "rating_values"},
-               "prm": {"reward_label", "system_prompt", "step_tag", "step_separator", "step_format", "step_joiner",
-                       "prm_template", "step_labels", "step_aggregate"},
-               "reward": {"reward_label", "reward_weights"}}
+        (Compared with the default, not "was it given": a spec's full dump must load again.) Each kind
+        declares its own fields (cluster/kinds)."""
+        own = {name: k.fields for name, k in KINDS_BY_NAME.items()}
         elsewhere = set().union(*own.values()) - own[self.kind] - {"reward_label", "reward_weights",
                                                                     "judge_template"}
         fields = type(self).model_fields
@@ -198,13 +158,16 @@ class ModelSpec(StrictModel):
     def resolved_padding_side(self) -> str:
         if self.padding_side != "auto":
             return self.padding_side
-        return "left" if self.kind in ("critic", "pointwise") else "right"
+        return kind_of(self).padding_side
 
     @property
     def template(self) -> str:
         if self.judge_template is not None:
             return self.judge_template
-        return pointwise_template() if self.kind == "pointwise" else skywork_critic_template()
+        default = kind_of(self).template
+        if default is None:
+            raise AttributeError(f"a {self.kind} has no judge template")
+        return default()
 
     @property
     def rating_numbers(self) -> tuple[float, ...]:
@@ -215,80 +178,6 @@ class ModelSpec(StrictModel):
     def rating_strings(self) -> tuple[str, ...]:
         """Each rating as the judge writes it (`rating_format` filled in)."""
         return tuple(self.rating_format.replace("{rating}", r) for r in self.ratings)
-
-
-def template_fields(template: str, what: str = "judge_template") -> set[str]:
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise ValueError(f"{what} is not a valid format string: {err}") from None
-
-
-def rating_extra_fields(template: str) -> tuple[str, ...]:
-    """The fields of a pointwise template that each item supplies itself (e.g. Prometheus' rubric)."""
-    return tuple(sorted(template_fields(template) - set(RATING_FIELDS)))
-
-
-def check_rating_template(template: str) -> None:
-    fields = template_fields(template)
-    missing = [f for f in RATING_FIELDS if f not in fields]
-    if missing:
-        raise ValueError(f"judge_template of a pointwise judge must use the fields {{input}} and {{response}} "
-                         f"(missing: {missing}); other fields are read from each item")
-    bad = sorted(f for f in fields if not f.isidentifier() or f in ("prompt",))
-    if bad:
-        raise ValueError(f"judge_template: field(s) {bad} cannot be item keys; use names such as {{rubric}}")
-
-
-def check_ratings(ratings: Sequence[str], rating_format: str, values: Sequence[float] | None) -> None:
-    if len(ratings) < 2 or any(not r for r in ratings) or len(set(ratings)) != len(ratings):
-        raise ValueError(f"ratings must be at least two different non-empty strings, got {list(ratings)}")
-    if rating_format.count("{rating}") != 1:
-        raise ValueError(f"rating_format must hold {{rating}} once, got {rating_format!r}")
-    if values is not None:
-        if len(values) != len(ratings):
-            raise ValueError(f"rating_values has {len(values)} values for {len(ratings)} ratings")
-        return
-    bad = []
-    for r in ratings:
-        try:
-            float(r)
-        except ValueError:
-            bad.append(r)
-    if bad:
-        raise ValueError(f"ratings {bad} are not numbers; give rating_values (one number per rating)")
-
-
-def check_step_fields(spec: ModelSpec) -> None:
-    if not spec.step_tag:
-        raise ValueError("a prm needs step_tag: the token after each step where its reward is read "
-                         "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
-    fields = template_fields(spec.step_format, "step_format")
-    if not {"step", "tag"} <= fields <= {"step", "tag", "index"}:
-        raise ValueError(f"step_format must use {{step}} and {{tag}} (and may use {{index}}, the step's number from "
-                         f"1), got {sorted(fields)}")
-    if not spec.step_format.rstrip().endswith("{tag}"):
-        raise ValueError(f"step_format must end with {{tag}} (the reward is read at the tag), got {spec.step_format!r}")
-    if spec.prm_template is not None:
-        fields = template_fields(spec.prm_template, "prm_template")
-        if fields != {"prompt", "response"}:
-            raise ValueError(f"prm_template must use exactly {{prompt}} and {{response}}, got {sorted(fields)}")
-    if spec.step_labels is not None and spec.step_labels[0] == spec.step_labels[1]:
-        raise ValueError(f"step_labels must be two different tokens (good, bad), got {list(spec.step_labels)}")
-
-
-def check_judge_template(template: str) -> None:
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise ValueError(f"judge_template is not a valid format string: {err}") from None
-    missing = [f for f in JUDGE_FIELDS if f not in fields]
-    extra = sorted(fields - set(JUDGE_FIELDS))
-    if missing or extra:
-        raise ValueError(
-            f"judge_template must use exactly the fields {{input}}, {{response_a}}, {{response_b}}"
-            f" (missing: {missing or 'none'}, unexpected: {extra or 'none'})"
-        )
 
 
 # ---------------------------------------------------------------- the Serve app (deployments/)
@@ -406,7 +295,7 @@ class ServedModel(ModelSpec):
 
     @model_validator(mode="after")
     def _fits(self) -> ServedModel:
-        if self.shaping is not None and self.kind != "reward":
+        if self.shaping is not None and not kind_of(self).scalar_reward:
             raise ValueError("shaping applies to reward models only")
         if self.devices > 1 and self.replicas.num_gpus < self.devices:
             raise ValueError(f"devices={self.devices}: replicas.num_gpus ({self.replicas.num_gpus}) must be >= "

@@ -52,6 +52,8 @@ from cluster.core.results import (
     rating_of,
     winner_of,
 )
+from cluster.kinds import kind_of
+from cluster.kinds.pointwise import rating_extra_fields
 
 # reward model and prm (a reward per item / per step); critic and pointwise judge fast path (P(A) /
 # P(rating)); their slow path (generation)
@@ -166,7 +168,7 @@ class Judged:
 def shaped_rewards(spec: ModelSpec, result: PartResult, aggregate: str | None = None) -> Rewards:
     """A model's rewards, with its own shaping (normalize, clip) when it has one. A prm's reward is
     its step rewards' aggregate (the request's choice, else its spec's)."""
-    if spec.kind == "prm":
+    if kind_of(spec).steps:
         how = aggregate or spec.step_aggregate
         scores = [aggregate_steps(steps, how) for steps in result.outputs]
         return Rewards(scores, result.truncated, result.num_tokens, steps=list(result.outputs), aggregate=how)
@@ -532,8 +534,6 @@ class ScoringService:
         return RewardsJob(target, items, what, members, options, check_aggregate(aggregate))
 
     def rate_job(self, model: ModelSpec, items: Any, mode: str = "logits") -> RateJob:
-        from cluster.core.config import rating_extra_fields
-
         mode = check_mode(mode)
         extra = rating_extra_fields(model.template)
         checked = [validate_rating_item(it, f"items[{i}]", extra) for i, it in enumerate(check_list(items, "items"))]
@@ -548,7 +548,7 @@ class ScoringService:
         """A critic judges the pairs (logits); a reward model or ensemble compares their rewards
         (`what` names the pair conversations in errors)."""
         checked = self._judge_items(items)
-        if target.kind == "critic":
+        if kind_of(target).judges_pairs:
             return JudgeJob(target.name, checked)
         return CompareJob(self.rewards_job(target, pair_conversations(checked), what))
 

@@ -38,6 +38,7 @@ from typing import Any
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import validate_conversation
 from cluster.core.results import aggregate_steps, debiased_prob_a, rating_of, swap_ab
+from cluster.kinds import KINDS, kind_of
 
 SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")
@@ -51,7 +52,7 @@ OUTPUT_COLUMNS = (
     # pointwise judges
     "rating", "rating_probs", "chosen_rating", "rejected_rating", "chosen_ratings", "rejected_ratings",
 )
-SOLO_KINDS = ("prm", "pointwise")  # score one response at a time, as a reward model does (their pairs too)
+SOLO_KINDS = tuple(k.name for k in KINDS.values() if k.one_response_at_a_time)  # their pairs too, as an RM does
 # The pipeline's own columns between its stages (never written), also kept out of the input's way.
 STAGE_COLUMNS = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
 RESERVED_COLUMNS = frozenset(OUTPUT_COLUMNS + STAGE_COLUMNS)
@@ -104,24 +105,31 @@ class Layout:
     item_fields: tuple[str, ...] = ()  # a pointwise judge: the further fields its template reads from each row
 
     @property
+    def unit(self) -> str:
+        """What one scored unit is, as the kind declares it (cluster/kinds): "reward" (a
+        conversation's reward), "pair" (a pair judged in one prompt), "steps" (a solution's step
+        rewards), "rating" (a response's rating). The data layer knows units, not kinds."""
+        return kind_of(self.kind).unit
+
+    @property
     def result_columns(self) -> tuple[str, ...]:
         if self.shape != "pairs":
-            if self.kind == "prm":
+            if self.unit == "steps":
                 return ("score", "step_rewards", "num_steps", "weakest_step", "weakest_step_reward", "truncated",
                         "num_tokens")
-            if self.kind == "pointwise":
+            if self.unit == "rating":
                 return ("score", "rating", "rating_probs", "truncated", "num_tokens")
             return ("score", "truncated", "num_tokens", *(("values",) if self.values else ()))
-        if self.kind == "critic":
+        if self.unit == "pair":
             sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
         else:
             sides = (("chosen_scores", "rejected_scores", "margins") if self.multi
                      else ("chosen_score", "rejected_score"))
         extra = ("win_rate",) if self.multi else ()
         vectors = ("chosen_values", "rejected_values") if self.values else ()
-        if self.kind == "prm":
+        if self.unit == "steps":
             vectors = ("chosen_step_rewards", "rejected_step_rewards")
-        elif self.kind == "pointwise":
+        elif self.unit == "rating":
             vectors = ("chosen_ratings", "rejected_ratings") if self.multi else ("chosen_rating", "rejected_rating")
         return (*sides, "margin", *extra, "chosen_wins", "truncated", "num_tokens", *vectors)
 
@@ -179,25 +187,25 @@ def row_units(row: Mapping[str, Any], layout: Layout, where: str) -> list:
     model; a prm's solutions too, the last message the solution), a prm's items {prompt, steps or
     response, system}, a pointwise judge's items {prompt, response, ...}, or a critic's judge items."""
     if layout.shape == "conversations":
-        if layout.kind == "pointwise":
+        if layout.unit == "rating":
             raise InvalidInput(f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs, "
                                "not conversations")
         return [_conversation(row.get(layout.conversation_column), f"{where}: {layout.conversation_column}")]
     if layout.shape == "prompt_response":
-        if layout.kind == "critic":
+        if layout.unit == "pair":
             raise InvalidInput(f"{where}: a critic judges pairs; this corpus has no chosen/rejected columns")
-        if layout.kind == "prm":
+        if layout.unit == "steps":
             return [_solution(row, where)]
-        if layout.kind == "pointwise":
+        if layout.unit == "rating":
             return [_rating_item(row, _text(row.get("prompt"), f"{where}: prompt"),
                                  _text(row.get("response"), f"{where}: response"), layout, where)]
         context = _context(row, where, required=True)
         return [context + [{"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]]
     chosen = _side(row, "chosen", layout, where)
     rejected = _side(row, "rejected", layout, where)
-    if layout.kind in ("reward", "prm"):
+    if layout.unit in ("reward", "steps"):
         return chosen + rejected
-    if layout.kind == "pointwise":
+    if layout.unit == "rating":
         question = _question(row, chosen, where, "a pointwise judge")
         return [_rating_item(row, question, _last_response(c), layout, where) for c in chosen + rejected]
     question = _question(row, chosen, where)
@@ -283,10 +291,10 @@ def _side(row: Mapping[str, Any], side: str, layout: Layout, where: str) -> list
     if layout.multi:
         if not _is_list(value) or not value:
             raise InvalidInput(f"{at}: expected a non-empty list of responses, like the corpus's other rows")
-        return [_response(row, v, where, f"{at}[{i}]", layout.kind == "prm") for i, v in enumerate(value)]
+        return [_response(row, v, where, f"{at}[{i}]", layout.unit == "steps") for i, v in enumerate(value)]
     if _is_list(value) and value and not isinstance(value[0], Mapping):
         raise InvalidInput(f"{at}: a list of several responses, but the corpus's other rows hold one per side")
-    return [_response(row, value, where, at, layout.kind == "prm")]
+    return [_response(row, value, where, at, layout.unit == "steps")]
 
 
 def _response(row: Mapping[str, Any], value: Any, row_where: str, where: str, system: bool = False) -> list[dict]:
@@ -366,7 +374,7 @@ def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, 
     rejected), a prm's step rewards or a pointwise judge's rating probabilities per unit (in the
     same order), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them.
     `values`: a multi-output reward model's vectors, one per unit, in the order of `outputs`."""
-    if layout.kind == "prm":
+    if layout.unit == "steps":
         solutions = [solution_result(list(steps), layout.step_aggregate or "min") for steps in outputs]
         if layout.shape != "pairs":
             return {**solutions[0], "truncated": truncated, "num_tokens": num_tokens}
@@ -376,7 +384,7 @@ def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, 
         chosen_steps, rejected_steps = steps[:n_chosen], steps[n_chosen:]
         return {**out, "chosen_step_rewards": chosen_steps if layout.multi else chosen_steps[0],
                 "rejected_step_rewards": rejected_steps if layout.multi else rejected_steps[0]}
-    if layout.kind == "pointwise":
+    if layout.unit == "rating":
         ratings = [rating_of(probs, layout.rating_values) for probs in outputs]
         if layout.shape != "pairs":
             return {"score": ratings[0][0], "rating": ratings[0][1], "rating_probs": list(outputs[0]),
@@ -390,7 +398,7 @@ def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, 
     if layout.shape != "pairs":
         return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens,
                 **({"values": values[0]} if layout.values else {})}
-    if layout.kind == "reward":
+    if layout.unit == "reward":
         chosen, rejected = outputs[:n_chosen], outputs[n_chosen:]
         margins = [c - r for c in chosen for r in rejected]
         sides = ({"chosen_scores": chosen, "rejected_scores": rejected, "margins": margins} if layout.multi

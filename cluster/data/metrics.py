@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cluster.kinds import KINDS, unit_of
+
 # RewardBench v1 sections, from allenai/reward-bench `rewardbench/constants.py` (SUBSET_MAPPING),
 # read at commit a32e272b3e018467f742a1b4d18c4cc3d0317d31.
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -148,10 +150,10 @@ def summarize_pairs(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, se
     reward_scores = pair_reward_scores(scored)
     if reward_scores is not None:  # reward models only: critics give no per-response score
         summary["score_stats"] = describe(reward_scores)
-    if summary["kind"] == "prm":  # both sides' solutions pooled
+    if unit_of(summary["kind"]) == "steps":  # both sides' solutions pooled
         summary["step_stats"] = step_stats(
             solution_steps(scored, "chosen_step_rewards") + solution_steps(scored, "rejected_step_rewards"))
-    if summary["kind"] == "pointwise":
+    if unit_of(summary["kind"]) == "rating":
         summary["rating_stats"] = {side: rating_counts(scored, f"{side}_rating") for side in ("chosen", "rejected")}
     return summary
 
@@ -319,9 +321,9 @@ def summarize_scores(table: pa.Table, default_kind: str = "reward") -> dict:
         summary["per_subset"] = {
             name: describe(scores[subsets == name]) for name in sorted(set(subset_labels(table)))
         }
-    if summary["kind"] == "prm":
+    if unit_of(summary["kind"]) == "steps":
         summary["step_stats"] = step_stats(solution_steps(scored, "step_rewards"))
-    if summary["kind"] == "pointwise":
+    if unit_of(summary["kind"]) == "rating":
         summary["rating_stats"] = {**rating_counts(scored, "rating"), "mean_probs": mean_probs(scored)}
     return summary
 
@@ -528,7 +530,8 @@ def format_summary(summary: dict) -> str:
     if "rm_bench" in summary:
         blocks.append(format_rm_bench(summary))
     if "score_stats" in summary:
-        what = SCORE_MEANING.get(summary.get("kind"), "scores")
+        kind = KINDS.get(summary.get("kind"))
+        what = kind.score_label if kind else "scores"
         blocks.append(format_stats(what if summary.get("layout") == "scores" else f"{what} (chosen + rejected)",
                                    summary["score_stats"]))
     if summary.get("margin"):
@@ -542,16 +545,10 @@ def format_summary(summary: dict) -> str:
 
 KIND_NAMES = {"reward": "reward model", "critic": "critic", "prm": "process reward model",
               "pointwise": "pointwise judge"}
-SCORE_MEANING = {"prm": "scores (aggregate of the step rewards)", "pointwise": "expected ratings"}
-
-
 def margin_meaning(kind: str | None) -> str:
     """What a row's margin is, for this model kind."""
-    if kind == "prm":
-        return "aggregate step reward chosen - rejected"
-    if kind == "pointwise":
-        return "expected rating chosen - rejected"
-    return "critic log-odds that chosen wins" if kind == "critic" else "reward chosen - rejected"
+    known = KINDS.get(kind) if isinstance(kind, str) else None
+    return known.margin_label if known else KINDS["reward"].margin_label
 
 
 def format_step_stats(stats: dict) -> str:

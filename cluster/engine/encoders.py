@@ -46,6 +46,8 @@ from cluster.core.inputs import (
     validate_step_item,
 )
 from cluster.core.results import swap_ab
+from cluster.kinds import kind_of
+from cluster.kinds.pointwise import rating_extra_fields
 
 
 class ChatEncoder:
@@ -70,16 +72,14 @@ class ChatEncoder:
         """Build the encoder a spec implies; loads only the tokenizer when none is given."""
         if tokenizer is None:
             tokenizer = load_tokenizer(spec)
-        if spec.kind == "prm":
+        kind = kind_of(spec)
+        if kind.needs_chat_template and not tokenizer.chat_template:
+            raise ModelLoadError(f"model '{spec.name}': {kind.title} needs a chat template and {spec.path} has none")
+        if kind.encoder == "steps":
             return StepEncoder(tokenizer, spec)
-        if spec.kind == "pointwise":
-            if not tokenizer.chat_template:
-                raise ModelLoadError(f"model '{spec.name}': a pointwise judge needs a chat template and {spec.path} "
-                                     "has none")
+        if kind.encoder == "rating":
             return RatingEncoder(tokenizer, spec)
-        if spec.kind == "critic":
-            if not tokenizer.chat_template:
-                raise ModelLoadError(f"model '{spec.name}': a critic needs a chat template and {spec.path} has none")
+        if kind.encoder == "judge":
             # the critic card tokenizes with apply_chat_template(tokenize=True): no special tokens added
             return cls(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
                        verdicts=spec.verdicts, judge_template=spec.template, add_special_tokens=False)
@@ -435,8 +435,6 @@ class RatingEncoder(ChatEncoder):
     tokenized as the critic card does (the template alone decides the special tokens)."""
 
     def __init__(self, tokenizer, spec: ModelSpec):
-        from cluster.core.config import rating_extra_fields
-
         super().__init__(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
                          judge_template=spec.template, add_special_tokens=False)
         self.system_prompt = spec.system_prompt

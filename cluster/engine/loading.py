@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,11 +16,12 @@ from cluster.core.errors import ConfigError, ModelLoadError
 from cluster.core.service import ScoringService
 from cluster.engine.critic import CriticModel, CriticRunner
 from cluster.engine.encoders import ChatEncoder, StepEncoder, load_tokenizer
-from cluster.engine.local import LocalBackend, LocalEncoder
+from cluster.engine.local import LoadedModel, LocalBackend, LocalEncoder
 from cluster.engine.placement import plan_placement, quantization_config
 from cluster.engine.prm import PrmModel, StepRewardRunner
 from cluster.engine.rating import PointwiseModel, RatingRunner
 from cluster.engine.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
+from cluster.kinds import kind_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Soft-capped attention logits: SDPA would silently skip the capping (wrong scores).
@@ -142,9 +145,10 @@ def auto_class(spec: ModelSpec, config):
     """The Auto class the model's card loads it with."""
     import transformers
 
-    if spec.kind == "reward":
+    head = kind_of(spec).head
+    if head == "sequence":
         return transformers.AutoModelForSequenceClassification
-    if spec.kind in ("critic", "pointwise") or is_causal(config):
+    if head == "next_token" or is_causal(config):
         return transformers.AutoModelForCausalLM
     # a prm with a token-classification head: transformers' own class, or the remote code's own entry
     # (Qwen2.5-Math-PRM's auto_map names AutoModel, which its card calls)
@@ -171,12 +175,13 @@ def load_model(spec: ModelSpec | dict[str, Any]):
             f"max_position_embeddings={max_positions}"
         )
     check_head(spec, config)
-    head = reward_head(spec, config) if spec.kind == "reward" else None
-    positive = prm_positive_label(spec, config) if spec.kind == "prm" and not is_causal(config) else None
+    kind = kind_of(spec)
+    head = reward_head(spec, config) if kind.head == "sequence" else None
+    positive = prm_positive_label(spec, config) if kind.head == "steps" and not is_causal(config) else None
 
     tokenizer = load_tokenizer(spec)
     encoder = ChatEncoder.for_spec(spec, tokenizer)
-    step_labels = prm_step_labels(spec, tokenizer) if spec.kind == "prm" and is_causal(config) else None
+    step_labels = prm_step_labels(spec, tokenizer) if kind.head == "steps" and is_causal(config) else None
     auto_cls = auto_class(spec, config)
     placement = weight_placement(spec, config, device, dtype)
     try:
@@ -197,23 +202,54 @@ def load_model(spec: ModelSpec | dict[str, Any]):
     runner_args = dict(name=spec.name, pad_id=pad_id, padding_side=spec.resolved_padding_side,
                        max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size,
                        share_prefixes=spec.share_prefixes)
-    if spec.kind == "reward":
-        return RewardModel(spec, encoder, reward_runner(spec, model, tokenizer, head, runner_args))
-    if spec.kind == "prm":
+    parts = Loaded(spec, config, tokenizer, model, encoder, runner_args, head=head, positive=positive,
+                   step_labels=step_labels)
+    return LOADERS[kind.name](parts)
 
-        assert isinstance(encoder, StepEncoder)
-        runner_args["padding_side"] = "right"
-        return PrmModel(spec, encoder, StepRewardRunner(model, tag_id=encoder.tag_id, positive=positive,
-                                                        step_labels=step_labels, **runner_args))
-    eos_ids = _eos_ids(model, tokenizer)
-    if spec.kind == "pointwise":
 
-        runner = RatingRunner(model, tokenizer, encoder.rating_tokens, spec.rating_strings, eos_ids,
-                              spec.max_new_tokens, **runner_args)
-        return PointwiseModel(spec, encoder, runner)
-    runner = CriticRunner(model, tokenizer, encoder.verdict_tokens, spec.verdicts, eos_ids, spec.max_new_tokens,
-                          **runner_args)
-    return CriticModel(spec, encoder, runner)
+@dataclass
+class Loaded:
+    """What every kind's model is built from: the spec, the checkpoint's config, tokenizer and
+    weights, the encoder, the runner's common arguments, and what loading read for this kind."""
+
+    spec: ModelSpec
+    config: Any
+    tokenizer: Any
+    model: Any
+    encoder: ChatEncoder
+    runner_args: dict[str, Any]
+    head: RewardHead | None = None
+    positive: int | None = None
+    step_labels: tuple[int, int] | None = None
+
+
+def _reward_model(p: Loaded) -> RewardModel:
+    return RewardModel(p.spec, p.encoder, reward_runner(p.spec, p.model, p.tokenizer, p.head, p.runner_args))
+
+
+def _prm_model(p: Loaded) -> PrmModel:
+    assert isinstance(p.encoder, StepEncoder)
+    runner = StepRewardRunner(p.model, tag_id=p.encoder.tag_id, positive=p.positive, step_labels=p.step_labels,
+                              **(p.runner_args | {"padding_side": "right"}))
+    return PrmModel(p.spec, p.encoder, runner)
+
+
+def _pointwise_model(p: Loaded) -> PointwiseModel:
+    runner = RatingRunner(p.model, p.tokenizer, p.encoder.rating_tokens, p.spec.rating_strings,
+                          _eos_ids(p.model, p.tokenizer), p.spec.max_new_tokens, **p.runner_args)
+    return PointwiseModel(p.spec, p.encoder, runner)
+
+
+def _critic_model(p: Loaded) -> CriticModel:
+    runner = CriticRunner(p.model, p.tokenizer, p.encoder.verdict_tokens, p.spec.verdicts,
+                          _eos_ids(p.model, p.tokenizer), p.spec.max_new_tokens, **p.runner_args)
+    return CriticModel(p.spec, p.encoder, runner)
+
+
+# each kind's loaded-model class and runner, by kind name (cluster/kinds)
+LOADERS: dict[str, Callable[[Loaded], LoadedModel]] = {
+    "reward": _reward_model, "critic": _critic_model, "prm": _prm_model, "pointwise": _pointwise_model,
+}
 
 
 def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -239,7 +275,8 @@ def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch
 def placement_kind(spec: ModelSpec, config) -> str:
     """The skeleton the placement planner builds: a causal LM, or a classifier (a prm's token
     classifier has a sequence classifier's layers and a head as small)."""
-    return "reward" if spec.kind == "reward" or (spec.kind == "prm" and not is_causal(config)) else "critic"
+    head = kind_of(spec).head
+    return "reward" if head == "sequence" or (head == "steps" and not is_causal(config)) else "critic"
 
 
 def prm_positive_label(spec: ModelSpec, config) -> int:
@@ -292,17 +329,18 @@ def check_head(spec: ModelSpec, config) -> None:
     archs = list(getattr(config, "architectures", None) or [])
     causal = is_causal(config)
     classifier = bool(archs) and all(a.endswith("ForSequenceClassification") for a in archs)
-    if spec.kind == "reward" and causal:
+    head = kind_of(spec).head
+    if head == "sequence" and causal:
         raise ModelLoadError(
             f"model '{spec.name}': {spec.path!r} is a causal LM checkpoint ({', '.join(archs)}) with no reward "
             "head; a reward model has one (a *ForSequenceClassification checkpoint). Use kind='critic' for a judge"
         )
-    if spec.kind in ("critic", "pointwise") and classifier:
+    if head == "next_token" and classifier:
         raise ModelLoadError(
             f"model '{spec.name}': {spec.path!r} is a sequence classifier ({', '.join(archs)}), not a causal LM; "
             "use kind='reward'"
         )
-    if spec.kind == "prm" and classifier:
+    if head == "steps" and classifier:
         raise ModelLoadError(
             f"model '{spec.name}': {spec.path!r} is a sequence classifier ({', '.join(archs)}): one score per "
             "sequence, not per step; use kind='reward'"

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from cluster.core.errors import ConfigError, ModelLoadError
+from cluster.kinds import kind_of
 
-KINDS = ("reward", "critic")
 QUANTIZATIONS = ("int8", "fp8")
 QUANT_EXTRA = "pip install '.[quant]'"
 
@@ -210,8 +210,10 @@ def quantization_config(name: str | None, device_type: str):
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ConfigError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    try:
+        kind_of(kind)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_quantization_name(name: str | None) -> None:
@@ -271,7 +273,8 @@ def _build_skeleton(config, kind: str, dtype: torch.dtype) -> torch.nn.Module:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    auto_cls = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
+    # a skeleton has a sequence classifier's head or an LM head (a prm's token classifier: as small)
+    auto_cls = AutoModelForSequenceClassification if kind_of(kind).head != "next_token" else AutoModelForCausalLM
     try:
         # from_config writes into the config it is given (dtype, attention implementation): keep the
         # caller's clean for the from_pretrained that follows.

@@ -35,6 +35,7 @@ from cluster.http import sglang
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
 from cluster.http.schemas import Lenient, ModelName, Usage, usage
+from cluster.kinds import kind_of
 
 ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 405: "MethodNotAllowed",
                413: "RequestTooLarge", 500: "InternalServerError", 503: "ServiceUnavailableError"}
@@ -408,7 +409,7 @@ def router(service: ScoringService) -> APIRouter:
                                "(task classify) and a process reward model's per-step rows (task token_classify); "
                                "a reward model's per-token output is not served")
         model = pooled_model(body.model)
-        if model.kind == "prm":
+        if kind_of(model).steps:
             if body.task == "classify":
                 raise InvalidInput(f"Task classify is not supported by model '{model.name}': a process reward model "
                                    "answers per-step rows (task token_classify)")

@@ -1,0 +1,87 @@
+"""What a model kind is to the rest of the code: its ops, its spec fields and checks, how its
+inputs are encoded and its weights read, its corpus outputs. One `Kind` per module in this
+package; cluster/kinds/__init__.py lists them. Nothing here imports torch, Ray or FastAPI."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Op(StrEnum):
+    """What a replica runs for a call. A str, so an op is its name on the wire and in stats."""
+
+    SCORE = "score"  # one forward pass: a reward per item (reward model), per step (prm)
+    VERDICTS = "verdicts"  # one forward pass: P(verdict) (critic), P(rating) (pointwise judge)
+    GENERATE = "generate"  # a judge writes its answer (critic, pointwise judge)
+
+
+# how the engine reads a kind's weights: a sequence classifier's head, a causal LM's next-token
+# distribution, or a prm's per-step head (a token classifier or a causal LM read at each tag)
+Head = Literal["sequence", "next_token", "steps"]
+# which encoder turns an item into ids (cluster/engine/encoders.py)
+EncoderStyle = Literal["chat", "judge", "rating", "steps"]
+# what one scored unit of a corpus is: a conversation with a reward, a pair judged in one prompt,
+# a solution with step rewards, a response with a rating
+Unit = Literal["reward", "pair", "steps", "rating"]
+
+
+def no_check(spec: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    title: str  # "a reward model": how errors name it
+    summary: str  # what it answers, for errors and docs
+    fields: frozenset[str]  # spec fields only kinds that list them use (another kind: a ConfigError)
+    fast_op: Op  # the one-forward-pass op its replicas run (and a health check touches)
+    head: Head
+    encoder: EncoderStyle
+    unit: Unit
+    padding_side: Literal["left", "right"]  # "auto" resolves to this
+    fixed_padding: bool = False  # padding_side may not be set to the other side
+    needs_chat_template: bool = False
+    ops: tuple[Op, ...] = ()
+    generates: bool = False  # has a generate mode (a judge)
+    template: Callable[[], str] | None = None  # the default judge prompt
+    check: Callable[[Any], None] = field(default=no_check)  # kind-specific spec checks (ValueError)
+    margin_label: str = "reward chosen - rejected"  # what a pair's margin means in a corpus's metrics
+    score_label: str = "scores"  # what a corpus's `score` column holds
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def scalar_reward(self) -> bool:
+        """Answers one reward per conversation that shaping (normalize, clip) applies to."""
+        return self.unit == "reward"
+
+    @property
+    def judges_pairs(self) -> bool:
+        """A pair is judged in one prompt (P(A)), not compared by two rewards."""
+        return self.unit == "pair"
+
+    @property
+    def steps(self) -> bool:
+        return self.unit == "steps"
+
+    @property
+    def rates(self) -> bool:
+        return self.unit == "rating"
+
+    @property
+    def one_response_at_a_time(self) -> bool:
+        """Scores one response per unit, as a reward model does (its pairs too: two units)."""
+        return self.unit in ("steps", "rating")
+
+
+def template_fields(template: str, what: str = "judge_template") -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as err:
+        raise ValueError(f"{what} is not a valid format string: {err}") from None

@@ -1,0 +1,45 @@
+"""Pairwise critics (Skywork-Critic): which of two responses is better, `[[A]]` or `[[B]]`, read from
+one forward pass (P(A)) or generated."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from cluster.kinds.base import Kind, Op, template_fields
+
+JUDGE_FIELDS = ("input", "response_a", "response_b")
+
+
+@cache
+def skywork_critic_template() -> str:
+    """The Skywork-Critic judge prompt, verbatim (the format the model was trained on)."""
+    return resources.files("cluster").joinpath("templates/skywork_critic.txt").read_text("utf-8")
+
+
+def check_judge_template(template: str) -> None:
+    fields = template_fields(template)
+    missing = [f for f in JUDGE_FIELDS if f not in fields]
+    extra = sorted(fields - set(JUDGE_FIELDS))
+    if missing or extra:
+        raise ValueError(
+            f"judge_template must use exactly the fields {{input}}, {{response_a}}, {{response_b}}"
+            f" (missing: {missing or 'none'}, unexpected: {extra or 'none'})"
+        )
+
+
+def check(spec: Any) -> None:
+    if spec.verdicts[0] == spec.verdicts[1] or not all(spec.verdicts):
+        raise ValueError("verdicts must be two different non-empty strings")
+    if spec.judge_template is not None:
+        check_judge_template(spec.judge_template)
+
+
+KIND = Kind(
+    name="critic", title="a critic", summary="a pairwise critic: [[A]] or [[B]]",
+    fields=frozenset({"judge_template", "verdicts", "max_new_tokens"}),
+    fast_op=Op.VERDICTS, ops=(Op.VERDICTS, Op.GENERATE), head="next_token", encoder="judge", unit="pair",
+    padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
+    template=skywork_critic_template, check=check, margin_label="critic log-odds that chosen wins",
+)
