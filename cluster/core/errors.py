@@ -102,6 +102,16 @@ def http_status(err: BaseException) -> int:
     return 500
 
 
+# Ray's exceptions, known by class name and module so that the request core never imports Ray: Serve's
+# back-pressure, and a replica or actor that died or restarted mid-call (their subclasses included)
+RAY_BACKPRESSURE = frozenset({"BackPressureError"})
+RAY_LOST = frozenset({"DeploymentUnavailableError", "RayActorError", "ActorUnavailableError"})
+
+
+def _ray_error(err: BaseException, names: frozenset[str]) -> bool:
+    return any(c.__name__ in names and c.__module__.startswith("ray.") for c in type(err).__mro__)
+
+
 def from_ray(err: BaseException, model: str | None = None, *, transient: bool = True) -> BaseException:
     """A failure that crossed Ray, as the error the caller should meet (the one place that reads
     Ray's wrappers; Serve's ingress and handles, RewardClient's handle transport and the pipeline
@@ -114,21 +124,16 @@ def from_ray(err: BaseException, model: str | None = None, *, transient: bool = 
     - else the underlying cause, unwrapped.
     """
     import re
-    import sys
 
     cause = err
     while getattr(cause, "cause", None) is not None and cause is not cause.cause:  # RayTaskError chain
         cause = cause.cause
     if isinstance(cause, ScoringError):
         return cause
-    if transient and "ray" in sys.modules:  # only a process that imported Ray can hold Ray's exceptions
-        from ray import exceptions as ray_errors
-        from ray.serve import exceptions as serve_errors
-
-        if isinstance(cause, serve_errors.BackPressureError) or isinstance(err, serve_errors.BackPressureError):
+    if transient:
+        if _ray_error(cause, RAY_BACKPRESSURE) or _ray_error(err, RAY_BACKPRESSURE):
             return Overloaded("the model's queue is full; retry after a moment")
-        lost = (serve_errors.DeploymentUnavailableError, ray_errors.RayActorError, ray_errors.ActorUnavailableError)
-        if isinstance(cause, lost) or isinstance(err, lost):
+        if _ray_error(cause, RAY_LOST) or _ray_error(err, RAY_LOST):
             who = f"a replica of model '{model}'" if model else "a replica"
             return Overloaded(f"{who} became unavailable; retry")
     match = re.search(r"cluster\.core\.errors\.(\w+): (.+)", str(err))
