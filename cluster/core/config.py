@@ -6,13 +6,13 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.core.errors import ConfigError, location
 from cluster.kinds import KINDS as KINDS_BY_NAME
-from cluster.kinds import NAMES, kind_of
+from cluster.kinds import NAMES, critic, kind_of, pointwise, prm, reward
 
 KINDS = NAMES
 FIXED_PADDING = {"left": "a {kind} reads the last position and generates: padding_side must be left",
@@ -25,8 +25,16 @@ def format_validation_error(err: ValidationError, what: str) -> str:
     """One line per problem, naming the field as every message does: `AppConfig.models[0].dtype: ...`."""
     lines = []
     for e in err.errors():
-        loc = location(e["loc"])
-        if e["type"] == "extra_forbidden":
+        # a discriminated union's member (`models[0].reward.dtype`) is not part of the body's shape
+        parts = e["loc"]
+        loc = location([p for i, p in enumerate(parts) if not (p in NAMES and i and isinstance(parts[i - 1], int))])
+        # the one discriminated union is a config's served models: its errors read as a ServedModel's
+        if e["type"] == "union_tag_invalid":
+            lines.append(f"{what}.{loc}: ServedModel.kind: Input should be "
+                         f"{', '.join(repr(n) for n in NAMES[:-1])} or {NAMES[-1]!r}")
+        elif e["type"] == "union_tag_not_found":
+            lines.append(f"{what}.{loc}: ServedModel.kind: Field required")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{what}: unknown field '{loc}'")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -48,7 +56,8 @@ class StrictModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, type(self).__name__)) from None
+            raise ConfigError(format_validation_error(err, getattr(type(self), "error_name", type(self).__name__))
+                              ) from None
 
     @classmethod
     def parse(cls, data: Any):
@@ -89,37 +98,36 @@ class ModelSpec(StrictModel):
     # 70B model in bf16 is ~141 GB); 8-bit / FP8 weights through transformers' quantization configs
     devices: int = Field(1, ge=1, le=64, description="GPUs one model replica spans")
     quantization: Literal["int8", "fp8"] | None = None
-    # reward models with several outputs (attribute / multi-objective heads): the scalar reward
-    reward_label: int | str | None = Field(None, description="one output label, by index or id2label name")
-    reward_weights: list[float] | dict[str, float] | None = Field(
-        None, description="the scalar reward as a weighted sum over the output labels")
-    # critic and pointwise judge
-    judge_template: str | None = None
-    system_prompt: str | None = Field(None, description="pointwise judge / prm: a system message before the prompt "
-                                      "(a prm's item or conversation may bring its own)")
-    max_new_tokens: int = Field(64, ge=1, le=8192)
-    # critic only
-    verdicts: tuple[str, str] = ("[[A]]", "[[B]]")
-    # pointwise judge only: the rating strings (each read at one token), how the answer writes one, their values
-    ratings: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
-    rating_format: str = Field("[[{rating}]]", description="how the judge writes its rating, {rating} in it")
-    rating_values: tuple[float, ...] | None = Field(None, description="each rating's value (default: the "
-                                                    "rating strings read as numbers)")
-    # prm only: how a response becomes steps, how the steps are tagged and what is read at each tag
-    step_tag: str | None = Field(None, description="the token after each step where its reward is read "
-                                 "(Qwen2.5-Math-PRM: '<extra_0>'; Math-Shepherd: 'ки')")
-    step_separator: str = Field("\n\n", min_length=1, description="splits a response given as one text into steps")
-    step_format: str = Field("{step}{tag}", description="one step as the model reads it; {index} is its number "
-                             "from 1 (Math-Shepherd: 'Step {index}: {step} {tag}')")
-    step_joiner: str = Field("", description="between formatted steps (Math-Shepherd: '\\n')")
-    prm_template: str | None = Field(None, description="None: the chat template renders system, prompt and the "
-                                     "tagged steps as the assistant turn (Qwen2.5-Math-PRM); else plain text with "
-                                     "{prompt} and {response} (Math-Shepherd: '{prompt} {response}')")
-    step_labels: tuple[str | int, str | int] | None = Field(
-        None, description="a causal-LM PRM: the (good, bad) tokens whose next-token probabilities at the tag give "
-        "P(good) / (P(good) + P(bad)); strings are tokenized as the Math-Shepherd card does, ints are token ids")
-    step_aggregate: StepAggregate = Field("min", description="one score from the step rewards (a request may "
-                                          "choose another)")
+    # each kind's own fields: cluster/kinds/<kind>.py (`ModelSpec(kind=...)` builds that kind's class)
+
+    _by_kind: ClassVar[dict[str, type]] = {}
+    error_name: ClassVar[str] = "ModelSpec"
+
+    def __new__(cls, *args: Any, **data: Any):
+        concrete = cls.__dict__.get("_by_kind", {}).get(data.get("kind"))
+        return super().__new__(concrete or cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_kinds_fields(cls, data: Any) -> Any:
+        """A field of another kind set to other than its default is a mistake (it would be ignored): name
+        it. Its default is dropped (a full dump of an older, all-kinds spec loads again)."""
+        kind = KINDS_BY_NAME.get(data.get("kind")) if isinstance(data, dict) else None
+        if kind is None or cls.__dict__.get("_by_kind"):  # not yet a kind's class: the kind's error comes
+            return data
+        kept, misplaced = {}, []
+        for key, value in data.items():
+            owners = [k for k in KINDS_BY_NAME.values() if key in k.fields]
+            if key in cls.model_fields or not owners:
+                kept[key] = value
+            elif value != owners[0].spec_fields.model_fields[key].get_default(call_default_factory=True):
+                if key in kind.refused:
+                    raise ValueError(kind.refused[key])
+                misplaced.append((key, owners))
+        if misplaced:
+            raise ValueError("; ".join(f"{f} is for kind {' or '.join(repr(k.name) for k in owners)}"
+                                       for f, owners in misplaced) + f", not {kind.name!r}")
+        return kept
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -131,28 +139,11 @@ class ModelSpec(StrictModel):
         if self.devices > 1 and self.device not in ("auto", "cuda"):
             raise ValueError(f"devices={self.devices} spreads the model over several GPUs; device must be "
                              f"'auto' or 'cuda', got {self.device!r}")
-        self._check_kind_fields()
         kind = kind_of(self)
-        if "reward_label" not in kind.fields and (self.reward_label is not None or self.reward_weights is not None):
-            raise ValueError("reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)")
         if kind.fixed_padding and self.padding_side not in ("auto", kind.padding_side):
             raise ValueError(FIXED_PADDING[kind.padding_side].format(kind=kind.name))
         kind.check(self)
         return self
-
-    def _check_kind_fields(self) -> None:
-        """A field of another kind set to other than its default is a mistake (it would be ignored): name it.
-        (Compared with the default, not "was it given": a spec's full dump must load again.) Each kind
-        declares its own fields (cluster/kinds)."""
-        own = {name: k.fields for name, k in KINDS_BY_NAME.items()}
-        elsewhere = set().union(*own.values()) - own[self.kind] - {"reward_label", "reward_weights",
-                                                                    "judge_template"}
-        fields = type(self).model_fields
-        misplaced = sorted(f for f in elsewhere if getattr(self, f) != fields[f].get_default(call_default_factory=True))
-        if misplaced:
-            owners = {f: [k for k, fields in own.items() if f in fields] for f in misplaced}
-            raise ValueError("; ".join(f"{f} is for kind {' or '.join(repr(k) for k in owners[f])}"
-                                       for f in misplaced) + f", not {self.kind!r}")
 
     @property
     def resolved_padding_side(self) -> str:
@@ -160,24 +151,7 @@ class ModelSpec(StrictModel):
             return self.padding_side
         return kind_of(self).padding_side
 
-    @property
-    def template(self) -> str:
-        if self.judge_template is not None:
-            return self.judge_template
-        default = kind_of(self).template
-        if default is None:
-            raise AttributeError(f"a {self.kind} has no judge template")
-        return default()
 
-    @property
-    def rating_numbers(self) -> tuple[float, ...]:
-        """Each rating's value, in scale order."""
-        return self.rating_values if self.rating_values is not None else tuple(float(r) for r in self.ratings)
-
-    @property
-    def rating_strings(self) -> tuple[str, ...]:
-        """Each rating as the judge writes it (`rating_format` filled in)."""
-        return tuple(self.rating_format.replace("{rating}", r) for r in self.ratings)
 
 
 # ---------------------------------------------------------------- the Serve app (deployments/)
@@ -287,6 +261,8 @@ class Ensemble(StrictModel):
 class ServedModel(ModelSpec):
     """A ModelSpec plus how to deploy it."""
 
+    error_name: ClassVar[str] = "ServedModel"
+
     replicas: ReplicaSettings = ReplicaSettings()
     shaping: Shaping | None = Field(None, description="reward models: normalize/clip what the routes return")
     aliases: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
@@ -347,7 +323,7 @@ class IngressSettings(StrictModel):
 class AppConfig(StrictModel):
     """`build_app(args)`: what `ray_config.yaml` passes as `args`."""
 
-    models: list[ServedModel] = Field(min_length=1)
+    models: list[AnyServedModel] = Field(min_length=1)
     api_keys: list[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
         default_factory=list, description="a key or 'sha256:<hex digest of the key>' (keeps the key itself out of "
         "the config Serve stores); also from api_keys_file, SCORING_API_KEYS (comma-separated) and "
@@ -448,3 +424,48 @@ def api_key_digests(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
             raise ConfigError("API keys: a 'sha256:' key must be followed by the 64 hex digits of the key's SHA-256 "
                               "digest")
     return list(dict.fromkeys(key_digest(k) for k in keys))
+
+
+# ---------------------------------------------------------------- each kind's classes
+# `ModelSpec(kind=...)` and `ServedModel(kind=...)` build these: the shared fields plus the kind's
+# own (cluster/kinds/<kind>.py); a config's `models` list is their union, told apart by `kind`.
+
+
+class RewardSpec(ModelSpec, reward.Fields):
+    kind: Literal["reward"]
+
+
+class CriticSpec(ModelSpec, critic.Fields):
+    kind: Literal["critic"]
+
+
+class PrmSpec(ModelSpec, prm.Fields):
+    kind: Literal["prm"]
+
+
+class PointwiseSpec(ModelSpec, pointwise.Fields):
+    kind: Literal["pointwise"]
+
+
+class ServedReward(ServedModel, reward.Fields):
+    kind: Literal["reward"]
+
+
+class ServedCritic(ServedModel, critic.Fields):
+    kind: Literal["critic"]
+
+
+class ServedPrm(ServedModel, prm.Fields):
+    kind: Literal["prm"]
+
+
+class ServedPointwise(ServedModel, pointwise.Fields):
+    kind: Literal["pointwise"]
+
+
+ModelSpec._by_kind = {c.model_fields["kind"].annotation.__args__[0]: c
+                      for c in (RewardSpec, CriticSpec, PrmSpec, PointwiseSpec)}
+ServedModel._by_kind = {c.model_fields["kind"].annotation.__args__[0]: c
+                        for c in (ServedReward, ServedCritic, ServedPrm, ServedPointwise)}
+AnyServedModel = Annotated[ServedReward | ServedCritic | ServedPrm | ServedPointwise, Field(discriminator="kind")]
+AppConfig.model_rebuild()

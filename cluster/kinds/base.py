@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 
 class Op(StrEnum):
     """What a replica runs for a call. A str, so an op is its name on the wire and in stats."""
@@ -38,7 +40,7 @@ class Kind:
     name: str
     title: str  # "a reward model": how errors name it
     summary: str  # what it answers, for errors and docs
-    fields: frozenset[str]  # spec fields only kinds that list them use (another kind: a ConfigError)
+    spec_fields: type[BaseModel]  # its own spec fields (ModelSpec is the fields every kind shares + these)
     fast_op: Op  # the one-forward-pass op its replicas run (and a health check touches)
     head: Head
     encoder: EncoderStyle
@@ -50,11 +52,17 @@ class Kind:
     generates: bool = False  # has a generate mode (a judge)
     template: Callable[[], str] | None = None  # the default judge prompt
     check: Callable[[Any], None] = field(default=no_check)  # kind-specific spec checks (ValueError)
+    # another kind's field given to this kind with a value: the message that says why it has no place here
+    refused: dict[str, str] = field(default_factory=dict)
     margin_label: str = "reward chosen - rejected"  # what a pair's margin means in a corpus's metrics
     score_label: str = "scores"  # what a corpus's `score` column holds
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(self.spec_fields.model_fields)
 
     @property
     def scalar_reward(self) -> bool:
@@ -85,3 +93,16 @@ def template_fields(template: str, what: str = "judge_template") -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as err:
         raise ValueError(f"{what} is not a valid format string: {err}") from None
+
+
+class JudgeFields(BaseModel):
+    """The spec fields of a judge that writes its answer: a critic, a pointwise judge."""
+
+    judge_template: str | None = Field(None, description="the judge prompt (default: the kind's own)")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="generate mode: the most tokens the judge writes")
+
+
+SYSTEM_PROMPT = ("pointwise judge / prm: a system message before the prompt (a prm's item or conversation may "
+                 "bring its own)")
+JUDGE_TEMPLATE_ONLY = "judge_template is only for kind='critic' or 'pointwise'"
+REWARD_LABEL_ONLY = "reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)"

@@ -7,7 +7,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from cluster.kinds.base import Kind, Op, template_fields
+from pydantic import Field
+
+from cluster.kinds.base import REWARD_LABEL_ONLY, JudgeFields, Kind, Op, template_fields
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
 
@@ -29,6 +31,14 @@ def check_judge_template(template: str) -> None:
         )
 
 
+class Fields(JudgeFields):
+    verdicts: tuple[str, str] = Field(("[[A]]", "[[B]]"), description="what the critic writes for A and for B")
+
+    @property
+    def template(self) -> str:
+        return self.judge_template if self.judge_template is not None else skywork_critic_template()
+
+
 def check(spec: Any) -> None:
     if spec.verdicts[0] == spec.verdicts[1] or not all(spec.verdicts):
         raise ValueError("verdicts must be two different non-empty strings")
@@ -38,7 +48,7 @@ def check(spec: Any) -> None:
 
 KIND = Kind(
     name="critic", title="a critic", summary="a pairwise critic: [[A]] or [[B]]",
-    fields=frozenset({"judge_template", "verdicts", "max_new_tokens"}),
+    spec_fields=Fields, refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
     fast_op=Op.VERDICTS, ops=(Op.VERDICTS, Op.GENERATE), head="next_token", encoder="judge", unit="pair",
     padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
     template=skywork_critic_template, check=check, margin_label="critic log-odds that chosen wins",

@@ -8,7 +8,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from cluster.kinds.base import Kind, Op, template_fields
+from pydantic import Field
+
+from cluster.kinds.base import REWARD_LABEL_ONLY, SYSTEM_PROMPT, JudgeFields, Kind, Op, template_fields
 
 RATING_FIELDS = ("input", "response")  # a pointwise judge's template; any other field comes from the item
 
@@ -57,6 +59,29 @@ def check_ratings(ratings: Sequence[str], rating_format: str, values: Sequence[f
         raise ValueError(f"ratings {bad} are not numbers; give rating_values (one number per rating)")
 
 
+class Fields(JudgeFields):
+    system_prompt: str | None = Field(None, description=SYSTEM_PROMPT)
+    # the rating strings (each read at one token), how the answer writes one, their values
+    ratings: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
+    rating_format: str = Field("[[{rating}]]", description="how the judge writes its rating, {rating} in it")
+    rating_values: tuple[float, ...] | None = Field(None, description="each rating's value (default: the "
+                                                    "rating strings read as numbers)")
+
+    @property
+    def template(self) -> str:
+        return self.judge_template if self.judge_template is not None else pointwise_template()
+
+    @property
+    def rating_numbers(self) -> tuple[float, ...]:
+        """Each rating's value, in scale order."""
+        return self.rating_values if self.rating_values is not None else tuple(float(r) for r in self.ratings)
+
+    @property
+    def rating_strings(self) -> tuple[str, ...]:
+        """Each rating as the judge writes it (`rating_format` filled in)."""
+        return tuple(self.rating_format.replace("{rating}", r) for r in self.ratings)
+
+
 def check(spec: Any) -> None:
     check_ratings(spec.ratings, spec.rating_format, spec.rating_values)
     if spec.judge_template is not None:
@@ -65,8 +90,7 @@ def check(spec: Any) -> None:
 
 KIND = Kind(
     name="pointwise", title="a pointwise judge", summary="a pointwise judge: a rating on a scale",
-    fields=frozenset({"judge_template", "system_prompt", "max_new_tokens", "ratings", "rating_format",
-                      "rating_values"}),
+    spec_fields=Fields, refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
     fast_op=Op.VERDICTS, ops=(Op.VERDICTS, Op.GENERATE), head="next_token", encoder="rating", unit="rating",
     padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
     template=pointwise_template, check=check, margin_label="expected rating chosen - rejected",
