@@ -19,9 +19,10 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 
 
 def add_tiny_model_arguments(tiny: argparse.ArgumentParser) -> None:
+    from cluster.kinds import NAMES
     from cluster.tiny import ARCHES
 
-    tiny.add_argument("--kind", choices=["reward", "critic", "prm", "pointwise"], default="reward",
+    tiny.add_argument("--kind", choices=NAMES, default="reward",
                       help="prm: a process reward model in a real PRM's format (see --style); pointwise: a judge "
                            "taught to answer '... [[N]]'")
     tiny.add_argument("--style", choices=["qwen", "shepherd"], default=None,

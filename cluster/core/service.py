@@ -52,12 +52,12 @@ from cluster.core.results import (
     rating_of,
     winner_of,
 )
-from cluster.kinds import kind_of
+from cluster.kinds import Op, kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
 # reward model and prm (a reward per item / per step); critic and pointwise judge fast path (P(A) /
 # P(rating)); their slow path (generation)
-OPS = ("score", "verdicts", "generate")
+OPS = tuple(Op)
 ENCODE_ONLY = "tokenize"  # a part that is encoded as reward inputs, never run (vLLM's /tokenize)
 UNLIMITED = 1 << 62
 

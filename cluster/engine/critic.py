@@ -25,7 +25,8 @@ import torch
 from cluster.core.inputs import VerdictTokens
 from cluster.core.results import Generated, Verdict
 from cluster.engine.local import LoadedModel
-from cluster.engine.runner import CausalRunner, LMHead, Op
+from cluster.engine.runner import CausalRunner, LMHead, RunnerOp
+from cluster.kinds import Op
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,14 @@ class CriticRunner(CausalRunner):
         self.eos_ids = eos_ids
         self.own_head = self._check_head()
 
-    def ops(self) -> dict[str, Op]:
+    def ops(self) -> dict[str, RunnerOp]:
         if self.own_head:  # the model's own forward, left-padded (see `_check_head`)
-            return {"verdicts": Op(self._own_head_verdicts), "generate": self._generate_op}
-        return {"verdicts": Op(self.read_rows, read_limit=self.read_index), "generate": self._generate_op}
+            return {Op.VERDICTS: RunnerOp(self._own_head_verdicts), Op.GENERATE: self._generate_op}
+        return {Op.VERDICTS: RunnerOp(self.read_rows, read_limit=self.read_index), Op.GENERATE: self._generate_op}
 
     @property
-    def _generate_op(self) -> Op:
-        return Op(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
+    def _generate_op(self) -> RunnerOp:
+        return RunnerOp(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
 
     def run(self, op: str, seqs):
         if op == "verdicts":  # the verdict strings' shared prefix (`[[`) after each judge prompt

@@ -23,7 +23,8 @@ import torch
 from cluster.core.errors import ModelFailure
 from cluster.core.results import StepRewards
 from cluster.engine.local import LoadedModel
-from cluster.engine.runner import ForwardRunner, LMHead, Op
+from cluster.engine.runner import ForwardRunner, LMHead, RunnerOp
+from cluster.kinds import Op
 
 
 class StepRewardRunner(ForwardRunner):
@@ -40,8 +41,8 @@ class StepRewardRunner(ForwardRunner):
             self.lm = LMHead(model)
             self.own_head = not self.lm.matches_forward(self.base, [self.pad_id, tag_id], self.device)
 
-    def ops(self) -> dict[str, Op]:
-        return {"score": Op(self.step_rewards)}
+    def ops(self) -> dict[str, RunnerOp]:
+        return {Op.SCORE: RunnerOp(self.step_rewards)}
 
     def describe_head(self) -> dict[str, Any]:
         """The tag id, and the column of the step reward in vLLM's per-step rows: a two-label

@@ -30,7 +30,8 @@ from cluster.core.errors import ModelFailure
 from cluster.core.inputs import unpack_segments
 from cluster.core.results import Comparison, RewardResult
 from cluster.engine.local import LoadedModel
-from cluster.engine.runner import CausalRunner, ForwardRunner, Op
+from cluster.engine.runner import CausalRunner, ForwardRunner, RunnerOp
+from cluster.kinds import Op
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class RewardRunner(ForwardRunner):
     def num_labels(self) -> int:
         return len(self.reward_head.labels)
 
-    def ops(self) -> dict[str, Op]:
-        return {"score": Op(self._rewards)}
+    def ops(self) -> dict[str, RunnerOp]:
+        return {Op.SCORE: RunnerOp(self._rewards)}
 
     def describe_head(self) -> dict[str, Any]:
         """The output labels and the config's problem type (vLLM's classify activation reads it)."""
@@ -110,8 +111,8 @@ class LastTokenRunner(RewardRunner, CausalRunner):
         self.head = model.score
         self.score_pad_id = model.config.get_text_config().pad_token_id
 
-    def ops(self) -> dict[str, Op]:
-        return {"score": Op(self.read_rows, read_limit=self.read_index)}
+    def ops(self) -> dict[str, RunnerOp]:
+        return {Op.SCORE: RunnerOp(self.read_rows, read_limit=self.read_index)}
 
     def read_index(self, seq: Sequence[int]) -> int:
         return read_position(seq, self.score_pad_id)

@@ -63,7 +63,7 @@ class Ran:
 
 
 @dataclass(frozen=True)
-class Op:
+class RunnerOp:
     """What a runner does for one op: one forward pass over some sequences, an item's token cost in
     the plan, and, for ops that read one position per item of a causal model, the longest prefix an
     item may share with others (None: this op never shares)."""
@@ -93,7 +93,7 @@ class ForwardRunner:
         self.share_prefixes = share_prefixes
         self.device = next(model.parameters()).device
 
-    def ops(self) -> dict[str, Op]:
+    def ops(self) -> dict[str, RunnerOp]:
         raise NotImplementedError
 
     @property

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from cluster.core.service import ScoringService
 from cluster.http import schemas
 from cluster.http.schemas import ok, usage
+from cluster.kinds import NAMES
 
 
 def router(service: ScoringService) -> APIRouter:
@@ -23,7 +24,7 @@ def router(service: ScoringService) -> APIRouter:
     @r.get("/v1/models", response_model=schemas.ModelsResponse)
     async def models() -> JSONResponse:
         """Every served model and ensemble, in the OpenAI shape vLLM clients read (`data[i].id`)."""
-        defaults = {m.name for m in (service.default_model(k) for k in ("reward", "critic", "prm", "pointwise"))
+        defaults = {m.name for m in (service.default_model(k) for k in NAMES)
                     if m is not None}
         lengths = {m.name: m.max_length for m in service.models}
         now = int(time.time())
