@@ -103,6 +103,11 @@ class ModelSpec(StrictModel):
     _by_kind: ClassVar[dict[str, type]] = {}
     error_name: ClassVar[str] = "ModelSpec"
 
+    @classmethod
+    def of_kind(cls, kind: str) -> type[ModelSpec]:
+        """The class `cls(kind=kind, ...)` builds: the shared fields and that kind's own."""
+        return cls.__dict__["_by_kind"][kind_of(kind).name]
+
     def __new__(cls, *args: Any, **data: Any):
         concrete = cls.__dict__.get("_by_kind", {}).get(data.get("kind"))
         return super().__new__(concrete or cls)
