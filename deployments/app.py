@@ -7,6 +7,8 @@ One tokenizer deployment (CPU, autoscaled), one replica deployment per model (it
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -46,8 +48,6 @@ def ingress_options(settings: IngressSettings) -> dict[str, Any]:
     if settings.max_replicas > settings.min_replicas:
         autoscaling = {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                        "target_ongoing_requests": settings.target_ongoing_requests}
-    if not settings.fast_path:  # the per-request path before issue 13, as deployed then (bench-serve's baseline)
-        return dict(name="ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
     return dict(
         name="ingress",
         num_replicas=None if autoscaling else settings.min_replicas,
@@ -57,13 +57,30 @@ def ingress_options(settings: IngressSettings) -> dict[str, Any]:
     )
 
 
-def replica_deployment(model: ServedModel):
-    return serve.deployment(ModelReplica, **replica_options(model)).bind(model.spec().model_dump())
+def replica_deployment(model: ServedModel, replica_class: type = ModelReplica):
+    return serve.deployment(replica_class, **replica_options(model)).bind(model.spec().model_dump())
 
 
 def build_app(args: dict[str, Any]):
     """Validate `args` (AppConfig; unknown keys rejected) and bind the deployment graph."""
     config = AppConfig.parse(args)
+    # bench-serve's baselines are deployed by import_path cluster.bench.serve_baselines:build_app; a
+    # config that asks for one still deploys here, the production way (the same scores)
+    baselines = ["ingress.fast_path: false"] if not config.ingress.fast_path else []
+    baselines += [f"models[{k}].replicas.cross_request_batching: false" for k, m in enumerate(config.models)
+                  if not m.replicas.cross_request_batching]
+    if baselines:
+        logging.getLogger("ray.serve").warning(
+            "%s: a benchmark baseline, deployed by import_path cluster.bench.serve_baselines:build_app; "
+            "deployments.app:build_app deploys the production ingress and replicas", ", ".join(baselines))
+    return bind_app(config)
+
+
+def bind_app(config: AppConfig, *, ingress_class: type = Ingress, ingress_opts: dict[str, Any] | None = None,
+             replica_class: Callable[[ServedModel], type] = lambda model: ModelReplica):
+    """The deployment graph of a validated config: the tokenizer, one replica deployment per model
+    (of `replica_class(model)`) and the ingress (`ingress_class`, deployed with `ingress_opts`,
+    by default `ingress_options(config.ingress)`)."""
     specs = [m.spec().model_dump() for m in config.models]
     tok = config.tokenizer
     tokenizer = serve.deployment(
@@ -73,8 +90,8 @@ def build_app(args: dict[str, Any]):
         ray_actor_options={"num_cpus": tok.num_cpus},
         max_ongoing_requests=64,
     ).bind(specs)
-    replicas = {m.name: replica_deployment(m) for m in config.models}
-    ingress = serve.deployment(Ingress, **ingress_options(config.ingress))
+    replicas = {m.name: replica_deployment(m, replica_class(m)) for m in config.models}
+    ingress = serve.deployment(ingress_class, **(ingress_opts or ingress_options(config.ingress)))
     # the keys reach the ingress as digests only: Serve stores a deployment's arguments
     return ingress.bind(config.model_dump() | {"api_keys": [key_digest(k) for k in config.api_keys]},
                         tokenizer, replicas)

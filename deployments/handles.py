@@ -4,8 +4,8 @@ so the call a replica receives is built here and nowhere else.
 
 Every failure that crossed Ray comes back as `from_ray` reads it: the ScoringError a replica or the
 tokenizer raised, or Overloaded for back-pressure and a replica lost mid-call, which the backend
-waits out (admission: a window of calls in flight per model, refused calls sent again) until its
-deadline.
+waits out (admission: a window of calls in flight per model, refused calls sent again after the
+pauses of cluster/core/retry.py) until its deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster.core.errors import Overloaded, from_ray
 from cluster.core.inputs import Encoded
+from cluster.core.retry import Backoff, GaveUp, retry_async, retry_sync
 from cluster.core.service import Call, Part
 
 
@@ -32,10 +33,19 @@ PAUSE_S = (0.05, 1.0)  # a refused call is sent again after a jittered pause gro
 _RNG = random.Random()
 
 
-def pause(attempt: int, rng: random.Random = _RNG) -> float:
-    """The wait before sending a refused call again: doubling from PAUSE_S[0] to PAUSE_S[1],
+def pauses() -> Backoff:
+    """The pauses before sending a refused call again: doubling from PAUSE_S[0] to PAUSE_S[1],
     jittered (x0.5 to x1.5) so the callers refused together do not come back together."""
-    return min(PAUSE_S[1], PAUSE_S[0] * 2 ** attempt) * (0.5 + rng.random())
+    return Backoff(*PAUSE_S, jitter=(0.5, 1.5))
+
+
+def pause(attempt: int, rng: random.Random = _RNG) -> float:
+    """The wait before sending a refused call again for the `attempt`-th time (from 0)."""
+    return pauses().delay(attempt, rng)
+
+
+class _NoRoom(Exception):
+    """The deadline passed while a call waited for room in its model's window."""
 
 
 async def sent_until_taken(send: Callable[[], Awaitable], timeout_s: float, gate: asyncio.Semaphore | None = None,
@@ -44,28 +54,43 @@ async def sent_until_taken(send: Callable[[], Awaitable], timeout_s: float, gate
     sent again). Sent when `gate` has room; sent again after a `pause` while it is refused for
     back-pressure or loses its replica (Overloaded, as `from_ray` reads it), until `timeout_s`."""
     loop = asyncio.get_running_loop()
-    deadline, last, attempt = loop.time() + timeout_s, None, 0
-    while True:
+    deadline = loop.time() + timeout_s
+    refused: list[BaseException] = []  # the refusals sent again, in order
+
+    async def once() -> Any:
         if gate is not None:
             try:
                 async with asyncio.timeout_at(deadline):
                     await gate.acquire()
             except TimeoutError:
-                return last, True, attempt
+                raise _NoRoom from None
         try:
-            return await send(), False, attempt
+            return await send()
         except Exception as err:  # noqa: BLE001 - the failure is the caller's to hand on
-            last = from_ray(err, model)
-            if not isinstance(last, Overloaded):
-                return last, False, attempt
+            failure = from_ray(err, model)
+            if isinstance(failure, Overloaded):
+                raise failure from None  # sent again
+            return failure
         finally:
             if gate is not None:
                 gate.release()
-        wait = pause(attempt)
-        if loop.time() + wait >= deadline:
-            return last, True, attempt
-        attempt += 1
-        await asyncio.sleep(wait)
+
+    try:
+        out = await retry_async(once, retry_on=Overloaded, backoff=pauses(), deadline=deadline, clock=loop.time,
+                                rng=_RNG, on_retry=lambda err, _: refused.append(err))
+    except GaveUp as end:
+        return end.last, True, end.retries
+    except _NoRoom:
+        return (refused[-1] if refused else None), True, len(refused)
+    return out, False, len(refused)
+
+
+class _Refused(Exception):
+    """A wave of blocking calls had `count` calls refused: they go out again after a pause."""
+
+    def __init__(self, count: int):
+        super().__init__(f"{count} call(s) refused")
+        self.count = count
 
 
 class HandleEncoder:
@@ -108,12 +133,10 @@ class ReplicaBackend:
     twice is answered the same), until `timeout_s` after it was first tried; then Overloaded (503)
     names the limit. Any other failure is the call's at once."""
 
-    def __init__(self, handles: dict[str, Any], call_tokens: dict[str, int], *, alone: frozenset[str] = frozenset(),
-                 blocking: bool = False, windows: dict[str, int] | None = None,
-                 timeout_s: float = ADMISSION_TIMEOUT_S):
+    def __init__(self, handles: dict[str, Any], call_tokens: dict[str, int], *, blocking: bool = False,
+                 windows: dict[str, int] | None = None, timeout_s: float = ADMISSION_TIMEOUT_S):
         self.handles = handles
         self.budgets = call_tokens
-        self.alone = alone  # models with cross_request_batching off: one forward per call (the baseline)
         self.blocking = blocking  # a synchronous caller (a Ray Data stage): run() waits itself
         self.windows = dict(windows or {})
         self.timeout_s = timeout_s
@@ -124,11 +147,8 @@ class ReplicaBackend:
         return self.budgets.get(model)
 
     def _send(self, call: Call):
-        method = call.op  # the replica's methods are named after the ops: score, verdicts, generate
-        if call.model in self.alone and call.op != "generate":
-            method += "_alone"
-        self.stats["calls"] += 1
-        return getattr(self.handles[call.model], method).remote(replica_call(call.seqs))
+        self.stats["calls"] += 1  # the replica's methods are named after the ops: score, verdicts, generate
+        return getattr(self.handles[call.model], call.op).remote(replica_call(call.seqs))
 
     def _gave_up(self, call: Call, last: BaseException | None) -> Overloaded:
         self.stats["gave_up"] += 1
@@ -161,37 +181,44 @@ class ReplicaBackend:
         model, all of a wave in flight before the first wait; refused ones go in a later wave."""
         out: list = [None] * len(calls)
         todo = list(range(len(calls)))
-        deadline = time.monotonic() + self.timeout_s
         last: dict[int, BaseException] = {}
-        attempt = 0
-        while todo:
-            wave, later, taken = [], [], {}
+
+        def waves() -> list:
+            """Waves until the calls are answered, or until one has refusals (raised as _Refused:
+            they and the calls not yet sent go out after a pause)."""
+            nonlocal todo
+            while todo:
+                wave, later, taken = [], [], {}
+                for i in todo:
+                    model = calls[i].model
+                    room = self.windows.get(model) or len(todo)
+                    (wave if taken.get(model, 0) < room else later).append(i)
+                    taken[model] = taken.get(model, 0) + 1
+                responses = [(i, self._send(calls[i])) for i in wave]
+                refused = []
+                for i, response in responses:
+                    try:
+                        out[i] = response.result()
+                    except Exception as err:  # noqa: BLE001
+                        out[i] = from_ray(err, calls[i].model)
+                        if isinstance(out[i], Overloaded):
+                            last[i] = out[i]
+                            refused.append(i)
+                todo = sorted(refused + later)
+                if refused:
+                    raise _Refused(len(refused))
+            return out
+
+        def resent(refused: BaseException, _pause: float) -> None:
+            self.stats["resent"] += refused.count
+
+        try:
+            return retry_sync(waves, retry_on=_Refused, backoff=pauses(), deadline=time.monotonic() + self.timeout_s,
+                              rng=_RNG, on_retry=resent)
+        except GaveUp:
             for i in todo:
-                model = calls[i].model
-                room = self.windows.get(model) or len(todo)
-                (wave if taken.get(model, 0) < room else later).append(i)
-                taken[model] = taken.get(model, 0) + 1
-            responses = [(i, self._send(calls[i])) for i in wave]
-            refused = []
-            for i, response in responses:
-                try:
-                    out[i] = response.result()
-                except Exception as err:  # noqa: BLE001
-                    out[i] = from_ray(err, calls[i].model)
-                    if isinstance(out[i], Overloaded):
-                        last[i] = out[i]
-                        refused.append(i)
-            todo = sorted(refused + later)
-            if refused:
-                wait = pause(attempt)
-                attempt += 1
-                if time.monotonic() + wait >= deadline:
-                    for i in todo:
-                        out[i] = self._gave_up(calls[i], last.get(i))
-                    return out
-                self.stats["resent"] += len(refused)
-                time.sleep(wait)
-        return out
+                out[i] = self._gave_up(calls[i], last.get(i))
+            return out
 
     async def head(self, model: str) -> dict[str, Any]:
         info = await self.handles[model].describe.remote()

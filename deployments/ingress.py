@@ -9,8 +9,9 @@ then results back per job in input order.
 
 A flow starts as soon as one of `gather_max_flows` slots is free, with every job queued by then (up
 to `gather_max_requests`): a lone request waits for nothing, and under load the queue fills while
-the flows in flight run, so one-sample requests share their RPCs. `ingress.fast_path: false` keeps
-the path before issue 13 (`@serve.batch` of 64 with a 2 ms wait and 4 flows) for bench-serve.
+the flows in flight run, so one-sample requests share their RPCs. (The path before issue 13,
+`@serve.batch` of 64 with a 2 ms wait and 4 flows, is bench-serve's baseline:
+cluster/bench/serve_baselines.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.core.config import AppConfig, api_key_digests
+from cluster.core.config import AppConfig, IngressSettings, api_key_digests
 from cluster.core.service import ScoringService
 from cluster.http import schemas
 from cluster.http.app import create_app, warn_if_open
@@ -117,24 +118,23 @@ class Ingress:
         models = self.config.models
         settings = self.config.ingress
         backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
-                                 alone=frozenset(m.name for m in models if not m.replicas.cross_request_batching),
                                  windows={m.name: m.replicas.window() for m in models},
                                  timeout_s=settings.admission_timeout_s)
         self.backend = backend
-        self.fast_path = settings.fast_path
-        gather = self._gathered
-        if self.fast_path:
-            gather = Gatherer(self._run_flow, settings.gather_max_requests, settings.gather_max_flows,
-                              settings.gather_wait_timeout_s)
-        self.gatherer = gather if self.fast_path else None
+        self.gatherer = self.gathering(settings)
         encoder = HandleEncoder(tokenizer, settings.admission_timeout_s)
         self.service = ScoringService(models, encoder, backend, ensembles=self.config.ensembles,
-                                      max_items=self.config.max_items_per_request, gather=gather)
+                                      max_items=self.config.max_items_per_request, gather=self.gatherer)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,
                           trusted_networks=self.config.trusted_networks, docs=self.config.docs,
                           body_timeout_s=self.config.body_timeout_s)
+
+    def gathering(self, settings: IngressSettings) -> Callable[[Any], Awaitable[Any]]:
+        """How concurrent jobs are gathered into flows: `await gather(job)` -> that job's result."""
+        return Gatherer(self._run_flow, settings.gather_max_requests, settings.gather_max_flows,
+                        settings.gather_wait_timeout_s)
 
     async def _run_flow(self, jobs: list) -> list:
         """Concurrent requests to this ingress replica share one flow: RPCs, not items or
@@ -142,15 +142,9 @@ class Ingress:
         error, not the flow's."""
         return await self.service.arun(jobs)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
-    async def _gathered(self, jobs: list) -> list:
-        """The gathering before issue 13 (`ingress.fast_path: false`, bench-serve's baseline)."""
-        return await self.service.arun(jobs)
-
     def get_stats(self) -> dict[str, Any]:
-        """Flows run by this replica's gatherer (fast path) and the jobs they held."""
-        gathered = dict(self.gatherer.stats) if self.gatherer is not None else {}
-        return {**gathered, "admission": dict(self.backend.stats)}
+        """Flows run by this replica's gatherer and the jobs they held."""
+        return {**self.gatherer.stats, "admission": dict(self.backend.stats)}
 
     # -- the Python API for deployment handles (RewardClient.handle): the routes' jobs without
     # HTTP, answering what the routes answer (`scores`; `results` as /v1/compare and /v1/judge

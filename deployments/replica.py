@@ -81,13 +81,6 @@ class ModelReplica:
         """Critic fast path: P(A) for each call's judge prompts."""
         return await self._gathered(calls, "verdicts")
 
-    async def score_alone(self, call: dict[str, Any]) -> list[tuple[float, list[float] | None]]:
-        """One forward per request, no gathering (cross_request_batching: false, the baseline)."""
-        return (await self._gathered([call], "score"))[0]
-
-    async def verdicts_alone(self, call: dict[str, Any]) -> list[float]:
-        return (await self._gathered([call], "verdicts"))[0]
-
     async def generate(self, call: dict[str, Any]) -> list:
         """Critic slow path: greedy generation (not gathered: each call is already a batch; not in
         the scoring metrics, which count forward passes)."""

@@ -15,6 +15,13 @@ from cluster.kinds import NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+MODELS_DOC = (ROOT / "docs" / "models.md").read_text()  # the manual's page on the kinds (moved from the README)
+
+
+def python_block(text: str, heading: str | None = None) -> str:
+    """The first Python block of `text`, or of its section `heading`."""
+    section = text[text.index(heading):] if heading else text
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
 def run_cli(*args, timeout=300):
@@ -134,12 +141,27 @@ def test_no_parser_matches_options_by_prefix():
         parser.parse_args(["tiny-model", "--out", "x", "--ki", "critic"])
 
 
-def test_readme_python_example_runs(tmp_path, capsys):
-    [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)[:1]
+@pytest.mark.parametrize("where", ["README.md", "docs/models.md (Python API)"])
+def test_readme_python_example_runs(where, tmp_path, capsys):
+    """The README's one Python example (the four kinds), and the manual's Python API example."""
+    code = python_block(README) if where == "README.md" else python_block(MODELS_DOC, "## Python API")
     code = code.replace("/tmp/readme-", str(tmp_path / "readme-"))
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, where, "exec"), {})
     printed = capsys.readouterr().out
     assert re.search(r"^\[-?\d", printed, flags=re.M)  # the scores line
+
+
+def test_every_readme_code_block_is_one_a_test_runs():
+    """The README holds three code blocks, each run by a test: the two commands (the test command is
+    .ci/run's, below; the demo command is what test_serve_demo_answers_every_route_over_http runs,
+    with --once), the Python example (above) and the curl (tests/test_readme_examples.py)."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash"], "a new README block needs a test that runs it"
+    commands = blocks[0][1]
+    assert re.search(r"^# 1\. install and run the demo.*\n(#.*\n)*.*&& python -m cluster demo$", commands, flags=re.M)
+    assert "# 2. install and run the tests" in commands
+    assert blocks[1][1] == python_block(README)
+    assert blocks[2][1].startswith("curl ")
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -153,7 +175,11 @@ def test_readme_test_command_is_what_ci_runs():
 
 @pytest.mark.parametrize("field", ["max_length", "max_batch_tokens", "truncation", "judge_template"])
 def test_readme_documents_model_spec_fields(field):
-    assert any(field in ModelSpec.of_kind(k).model_fields for k in NAMES) and f"`{field}`" in README
+    """A spec field (shared, or a kind's own) is explained in docs/models.md's ModelSpec table (every
+    field is also in the generated docs/configuration.md: tests/test_config_reference.py)."""
+    assert any(field in ModelSpec.of_kind(k).model_fields for k in NAMES)
+    table = MODELS_DOC[MODELS_DOC.index("### ModelSpec"):MODELS_DOC.index("## Process reward models")]
+    assert f"`{field}`" in table
 
 
 def test_light_entry_points_import_neither_torch_nor_pyarrow():

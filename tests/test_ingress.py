@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from cluster.bench.serve import client_counts
+from cluster.bench.serve_baselines import ingress_options
 from cluster.core.config import AppConfig, ConfigError, IngressSettings
 from cluster.core.errors import InvalidInput
-from deployments.app import ingress_options
 from deployments.ingress import Gatherer
 
 MODEL = {"name": "rm", "path": "/models/rm", "kind": "reward"}

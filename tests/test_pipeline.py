@@ -729,10 +729,10 @@ def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
 def test_readme_pipeline_example_runs(ray_cluster):
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "corpora.md").read_text()  # moved from the README
     section = readme.split("## Scoring corpora (Ray Data)", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-    exec(compile(code, "README.md (Scoring corpora)", "exec"), {})
+    exec(compile(code, "docs/corpora.md (Scoring corpora)", "exec"), {})
 
 
 # ---------------------------------------------------------------- other model families

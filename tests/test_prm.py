@@ -349,9 +349,9 @@ def test_aggregate_of_no_steps_is_refused():
 def test_the_readme_prm_and_judge_example_runs(tmp_path, capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "models.md").read_text()  # moved from the README
     section = readme[readme.index("## Process reward models and pointwise judges"):]
     [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
-    exec(compile(code.replace("/tmp/readme-", str(tmp_path / "readme-")), "README.md (PRMs)", "exec"), {})
+    exec(compile(code.replace("/tmp/readme-", str(tmp_path / "readme-")), "docs/models.md (PRMs)", "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("[0.") and lines[1].split()[-1] == "10"

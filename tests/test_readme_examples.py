@@ -1,10 +1,14 @@
-"""The README's RewardClient example runs against a Serve app, and every model an example names is
-one that the demo or a shipped Serve config serves (and under the same path)."""
+"""The README's curl answers from the app, the RewardClient example (docs/rl.md) runs against a Serve
+app, and every model an example of the README or docs/ names is one that the demo or a shipped Serve
+config serves (and under the same path)."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -12,6 +16,9 @@ from conftest import API_KEY, TOL
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+RL_DOC = (ROOT / "docs" / "rl.md").read_text()  # the RewardClient example moved here from the README
+# the README and the manual: every page with examples
+DOCS = README + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
 
 # the example's two settings lines: the demo's values as written (a comment gives a cluster's)
 SETTINGS = re.compile(r'^URL, API_KEY = "(?P<url>[^"]+)", (?P<key>\S+)\n'
@@ -19,9 +26,46 @@ SETTINGS = re.compile(r'^URL, API_KEY = "(?P<url>[^"]+)", (?P<key>\S+)\n'
 
 
 def rl_example() -> str:
-    """The first Python block of the section "Rewards for RL training"."""
-    section = README[README.index("## Rewards for RL training"):]
+    """The first Python block of docs/rl.md's section "Rewards for RL training"."""
+    section = RL_DOC[RL_DOC.index("## Rewards for RL training"):]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def readme_curl() -> list[str]:
+    """The README's curl command, as the shell splits it."""
+    block = re.search(r"^```bash\n(curl .*?)^```", README, flags=re.S | re.M).group(1)
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def test_the_readme_curl_is_written_for_the_demo():
+    """As written, it talks to `python -m cluster demo`: its default port, no key, its reward model."""
+    from cluster.cli.main import build_parser
+
+    args = readme_curl()
+    url = next(a for a in args if a.startswith("http"))
+    port = build_parser("demo").parse_args(["demo"]).port
+    assert urlsplit(url).netloc == f"127.0.0.1:{port}" and urlsplit(url).path == "/v1/rewards"
+    assert json.loads(args[args.index("-d") + 1])["model"] == demo_models()["reward"]
+    # nothing but what the test below sends: -s, headers, the body, the URL
+    flags = [a for i, a in enumerate(args[1:], 1) if a.startswith("-") and args[i - 1] not in ("-H", "-d")]
+    assert set(flags) <= {"-s", "-H", "-d"}, flags
+
+
+def test_the_readme_curl_answers_from_the_app(live):
+    """Its request, sent as curl sends it (its URL's path, headers and body; the test app's address,
+    key and reward model `rm` for the demo's), is answered with the card's rewards."""
+    import httpx
+
+    args = readme_curl()
+    url = next(a for a in args if a.startswith("http"))
+    headers = dict(h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H"))
+    body = json.loads(args[args.index("-d") + 1]) | {"model": "rm"}
+    reply = httpx.post(live["keyed"] + urlsplit(url).path, content=json.dumps(body), timeout=60,
+                       headers=headers | {"Authorization": f"Bearer {API_KEY}"})
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["scores"] == pytest.approx(live["models"]["rm"].score(body["conversations"]), abs=TOL)
+    assert answer["truncated"] == [False] * len(body["conversations"])
 
 
 def demo_models() -> dict[str, str]:
@@ -49,7 +93,7 @@ def test_the_rl_example_runs_against_a_serve_app(served, capsys):
     code = code.replace(settings.group(0), f'URL, API_KEY = "http://127.0.0.1:{served["port"]}", "{API_KEY}"\n'
                                            'RM, CRITIC = "rm", "judge"\n')
     names: dict = {"__name__": "readme_example"}
-    exec(compile(code, "README.md (Rewards for RL training)", "exec"), names)
+    exec(compile(code, "docs/rl.md (Rewards for RL training)", "exec"), names)
 
     rm, judge = served["models"]["rm"], served["models"]["judge"]
     assert names["rewards"] == pytest.approx(rm.score(names["conversations"]), abs=TOL)
@@ -79,14 +123,15 @@ def served_names() -> dict[str, dict[str, str]]:
 
 
 def readme_model_names() -> tuple[set[str], list[dict]]:
-    """Every model name the README's examples use: `model="..."`, `"model": "..."`, model ids quoted
-    or in backticks (the RL example's settings and the comment giving a cluster's), and the YAML
-    examples' models and ensemble members; plus the YAML examples' model entries (name and path)."""
-    names = set(re.findall(r'\bmodel\s*=\s*"([^"]+)"', README)) | set(re.findall(r'"model"\s*:\s*"([^"]+)"', README))
+    """Every model name the examples of the README and docs/ use: `model="..."`, `"model": "..."`,
+    model ids quoted or in backticks (the RL example's settings and the comment giving a cluster's),
+    and the YAML examples' models and ensemble members; plus the YAML examples' model entries (name
+    and path)."""
+    names = set(re.findall(r'\bmodel\s*=\s*"([^"]+)"', DOCS)) | set(re.findall(r'"model"\s*:\s*"([^"]+)"', DOCS))
     names = {n for n in names if "://" not in n}  # huggingface_hub's InferenceClient(model=URL) is a URL
-    names |= set(re.findall(r"[`\"]((?:skywork|tiny)-[a-z0-9.-]+)[`\"]", README))
+    names |= set(re.findall(r"[`\"]((?:skywork|tiny)-[a-z0-9.-]+)[`\"]", DOCS))
     entries = []
-    for block in re.findall(r"```yaml\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```yaml\n(.*?)```", DOCS, flags=re.S):
         doc = yaml.safe_load(block) or {}
         entries += doc.get("models", [])
         names |= {m["name"] for m in doc.get("models", [])}

@@ -3,7 +3,8 @@
 The three methods score the same token ids in the same run, so tokenization (timed on its own) is
 left out and the ratios measure batching alone:
   1. the model card's loop: one conversation per forward pass of the HF model, no padding;
-  2. fixed batches of 16 in arrival order, right-padded to each batch's longest item;
+  2. fixed batches of 16 in arrival order, right-padded to each batch's longest item
+     (cluster/bench/baselines.py: score_batch);
   3. ours: `RewardRunner.run` (the runners' public entry point), length-sorted batches under a
      padded-token budget; its padding efficiency is read from the plan the runner reports it ran.
 The same run checks that ours equals the model card's scores (fp32, abs diff <= 1e-4).
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.bench.baselines import score_batch
 from cluster.core.results import SCORE_TOLERANCE
 
 DEFAULT_DATA = Path("../shared/data/rm-bench")
@@ -240,7 +242,7 @@ def score_one_at_a_time(model, seqs: Sequence[Sequence[int]]) -> list[float]:
 
 def score_fixed_batches(runner, seqs: Sequence[Sequence[int]], batches: list[list[int]]) -> list[float]:
     """Our forward pass (same padding and read position) on batches taken as they arrive."""
-    return [score for batch in batches for score in runner.score_batch([seqs[i] for i in batch])]
+    return [score for batch in batches for score in score_batch(runner, [seqs[i] for i in batch])]
 
 
 def warm_up(rm, seqs: list[list[int]]) -> None:

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from cluster.bench.baselines import score_batch
 from cluster.bench.inprocess import (
     DEFAULT_DATA,
     MAX_LENGTH,
@@ -35,7 +36,7 @@ class FixedBatchStage(ModelStage):
     def forward(self, seqs: list[list[int]]) -> list[tuple[float, None]]:
         runner = self.model.runner  # (scalar, no label vector) per sequence, as ModelStage gives
         batches = (seqs[i:i + FIXED_BATCH] for i in range(0, len(seqs), FIXED_BATCH))
-        return [(s, None) for batch in batches for s in runner.score_batch(batch)]
+        return [(s, None) for batch in batches for s in score_batch(runner, batch)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 def deploy(model_dir: Path, batching: bool, port: int) -> None:
     from ray import serve
 
-    from deployments.app import build_app
+    from cluster.bench.serve_baselines import build_app  # cross_request_batching: false is a baseline
 
     args = {
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.2},
@@ -375,8 +375,8 @@ def run_legs(leg: str, model_dir: str, conversations: list, counts: list[int], a
     import ray
     from ray import serve
 
+    from cluster.bench.serve_baselines import build_app  # fast_path: false is a baseline
     from cluster.client.reward_client import RewardClient
-    from deployments.app import build_app
 
     bodies = [json.dumps({"conversations": [c]}).encode() for c in conversations]
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -29,6 +29,7 @@ from typing import Any
 
 from cluster.core import errors
 from cluster.core.errors import Overloaded, ScoringError
+from cluster.core.retry import Backoff, GaveUp, retry_async
 
 RETRYABLE_STATUS = (502, 503, 504)
 ERROR_BY_CODE = {cls.code: cls for cls in vars(errors).values()
@@ -300,29 +301,27 @@ class RewardClient:
         return [x for part in parts for x in part]
 
     async def _with_retries(self, op: str, payload: dict, deadline: float) -> list:
-        attempt = 0
-        while True:
+        async def once() -> list:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Overloaded(f"no answer within the {self.deadline_s:.0f}s deadline")
             self.stats["calls"] += 1
-            try:
-                return await asyncio.wait_for(self.transport.call(op, self.model, payload), timeout=left)
-            except (TimeoutError, Retryable) as err:
-                reason = str(err) or "timed out"
-                attempt += 1
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                delay *= 0.5 + self.rng.random() / 2  # jitter: many rollout workers must not retry in step
-                retry_after = getattr(err, "retry_after", None)
-                if retry_after is not None and delay < retry_after:
-                    # never sooner than Retry-After, and spread over half as long again: a server's
-                    # fixed Retry-After would otherwise bring every refused worker back in step
-                    delay = retry_after * (1 + self.rng.random() / 2)
-                if time.monotonic() + delay >= deadline:
-                    raise Overloaded(f"gave up after {attempt} attempt(s) within the {self.deadline_s:.0f}s "
-                                     f"deadline; last failure: {reason}") from None
-                self.stats["retries"] += 1
-                await self.sleep(delay)
+            return await asyncio.wait_for(self.transport.call(op, self.model, payload), timeout=left)
+
+        def retried(_failure: BaseException, _pause: float) -> None:
+            self.stats["retries"] += 1
+
+        # jittered x0.5 to x1: many rollout workers must not retry in step; a longer Retry-After
+        # wins, spread over half as long again (cluster/core/retry.py: Backoff)
+        backoff = Backoff(self.backoff_s, self.max_backoff_s, jitter=(0.5, 1.0))
+        try:
+            return await retry_async(once, retry_on=(TimeoutError, Retryable), backoff=backoff, deadline=deadline,
+                                     clock=time.monotonic, sleep=self.sleep, rng=self.rng,
+                                     retry_after=lambda err: getattr(err, "retry_after", None), on_retry=retried)
+        except GaveUp as end:
+            reason = str(end.last) or "timed out"
+            raise Overloaded(f"gave up after {end.attempts} attempt(s) within the {self.deadline_s:.0f}s "
+                             f"deadline; last failure: {reason}") from None
 
 
 def _located(message: str, key: str, field: str, start: int, stop: int) -> str:

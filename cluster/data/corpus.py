@@ -38,7 +38,7 @@ from typing import Any
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import validate_conversation
 from cluster.core.results import aggregate_steps, debiased_prob_a, rating_of, swap_ab
-from cluster.kinds import KINDS, kind_of
+from cluster.kinds import kind_of
 
 SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")
@@ -52,7 +52,6 @@ OUTPUT_COLUMNS = (
     # pointwise judges
     "rating", "rating_probs", "chosen_rating", "rejected_rating", "chosen_ratings", "rejected_ratings",
 )
-SOLO_KINDS = tuple(k.name for k in KINDS.values() if k.one_response_at_a_time)  # their pairs too, as an RM does
 # The pipeline's own columns between its stages (never written), also kept out of the input's way.
 STAGE_COLUMNS = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
 RESERVED_COLUMNS = frozenset(OUTPUT_COLUMNS + STAGE_COLUMNS)

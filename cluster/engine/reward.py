@@ -85,12 +85,6 @@ class RewardRunner(ForwardRunner):
         """Scalar rewards (raw logits by default) for token-id sequences, in input order."""
         return [score for score, _ in self.rewards_ids(seqs)]
 
-    def score_batch(self, seqs: Sequence[Sequence[int]]) -> list[float]:
-        """Scalar rewards from one forward pass over exactly these sequences, in this order, with
-        no planning (the benchmarks' fixed-batch baselines)."""
-        with torch.inference_mode():
-            return [score for score, _ in self._rewards(list(seqs))]
-
     def _rewards(self, seqs: list[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
         return self._shape(self._forward(seqs))
 
@@ -119,9 +113,6 @@ class LastTokenRunner(RewardRunner, CausalRunner):
 
     def readout(self, hidden: torch.Tensor) -> list[tuple[float, list[float] | None]]:
         return self._shape(self.head(hidden).float().tolist())
-
-    def _rewards(self, seqs: list[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
-        return self.read_rows(seqs)
 
 
 class OwnForwardRunner(RewardRunner):

@@ -3,6 +3,7 @@ the loaded-model base class that pairs a spec with its encoder and runner."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -169,6 +170,13 @@ class PrefixLayer(DynamicLayer):
                 torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2))
 
 
+def cache_argument(base) -> str:
+    """The keyword a decoder's forward takes its key/value cache in: `cache` from transformers 5.24
+    (`past_key_values` is deprecated there, removed in 5.40), `past_key_values` in earlier releases
+    and in remote code written for them."""
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class CausalRunner(ForwardRunner):
     """Runners that read one position per item from a causal decoder's last hidden states (a
     reward model's last non-pad token; a critic's verdict position). Two ways to pad, both exact:
@@ -186,6 +194,7 @@ class CausalRunner(ForwardRunner):
         super().__init__(model, **kw)
         self.base = getattr(model, model.base_model_prefix)
         self.read_side = self.padding_side  # how read passes pad (a critic generates with left, reads with right)
+        self.cache_arg = cache_argument(self.base)
 
     def read_index(self, seq: Sequence[int]) -> int:
         """The position whose output is read."""
@@ -216,7 +225,7 @@ class CausalRunner(ForwardRunner):
         p = group.prefix
         prefix_ids = torch.tensor([list(seqs[group.members[0]][:p])], device=self.device)
         cache = DynamicCache()
-        self.base(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+        self.base(input_ids=prefix_ids, use_cache=True, **{self.cache_arg: cache})
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         del cache
         rests = [lengths[i] - p for i in group.members]
@@ -232,7 +241,7 @@ class CausalRunner(ForwardRunner):
         cache = DynamicCache()
         cache.layers = [PrefixLayer(k, v) for k, v in layers]
         batch = self._pad(rests, side="right")
-        hidden = self.base(input_ids=batch.input_ids, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = self.base(input_ids=batch.input_ids, use_cache=True, **{self.cache_arg: cache}).last_hidden_state
         return self._read(hidden, reads)
 
 

@@ -36,6 +36,17 @@ def no_check(spec: Any) -> None:
 
 
 @dataclass(frozen=True)
+class ReportText:
+    """How a corpus report (cluster/data/report) names a kind's numbers."""
+
+    name: str = "reward model"
+    score_axis: str = "reward model score"  # {aggregate}: a prm's aggregate of its step rewards
+    scores: str = "reward model scores"
+    margins: str = "reward margins"
+    margin_axis: str = "reward margin: chosen score - rejected score"
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     title: str  # "a reward model": how errors name it
@@ -56,6 +67,7 @@ class Kind:
     refused: dict[str, str] = field(default_factory=dict)
     margin_label: str = "reward chosen - rejected"  # what a pair's margin means in a corpus's metrics
     score_label: str = "scores"  # what a corpus's `score` column holds
+    report: ReportText = field(default_factory=ReportText)
 
     def __str__(self) -> str:
         return self.name

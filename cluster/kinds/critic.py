@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cluster.kinds.base import REWARD_LABEL_ONLY, JudgeFields, Kind, Op, template_fields
+from cluster.kinds.base import REWARD_LABEL_ONLY, JudgeFields, Kind, Op, ReportText, template_fields
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
 
@@ -52,4 +52,5 @@ KIND = Kind(
     fast_op=Op.VERDICTS, ops=(Op.VERDICTS, Op.GENERATE), head="next_token", encoder="judge", unit="pair",
     padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
     template=skywork_critic_template, check=check, margin_label="critic log-odds that chosen wins",
+    report=ReportText(name="critic", margins="critic margins", margin_axis="critic margin: log-odds that chosen wins"),
 )

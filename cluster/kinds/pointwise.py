@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cluster.kinds.base import REWARD_LABEL_ONLY, SYSTEM_PROMPT, JudgeFields, Kind, Op, template_fields
+from cluster.kinds.base import REWARD_LABEL_ONLY, SYSTEM_PROMPT, JudgeFields, Kind, Op, ReportText, template_fields
 
 RATING_FIELDS = ("input", "response")  # a pointwise judge's template; any other field comes from the item
 
@@ -95,4 +95,6 @@ KIND = Kind(
     padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
     template=pointwise_template, check=check, margin_label="expected rating chosen - rejected",
     score_label="expected ratings",
+    report=ReportText(name="pointwise judge", score_axis="judge's expected rating", scores="expected ratings",
+                      margins="rating margins", margin_axis="rating margin: chosen expected rating - rejected"),
 )

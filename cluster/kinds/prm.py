@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from cluster.kinds.base import JUDGE_TEMPLATE_ONLY, SYSTEM_PROMPT, Kind, Op, template_fields
+from cluster.kinds.base import JUDGE_TEMPLATE_ONLY, SYSTEM_PROMPT, Kind, Op, ReportText, template_fields
 
 StepAggregate = Literal["min", "last", "mean", "product"]
 
@@ -60,4 +60,8 @@ KIND = Kind(
     fast_op=Op.SCORE, ops=(Op.SCORE,), head="steps", encoder="steps", unit="steps", padding_side="right",
     fixed_padding=True, check=check, margin_label="aggregate step reward chosen - rejected",
     score_label="scores (aggregate of the step rewards)",
+    report=ReportText(name="process reward model (prm)",
+                      score_axis="PRM solution score ({aggregate} of its step rewards)",
+                      scores="PRM solution scores", margins="PRM score margins",
+                      margin_axis="PRM margin: chosen solution score - rejected"),
 )
