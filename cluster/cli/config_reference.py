@@ -1,6 +1,6 @@
 """The configuration reference, docs/configuration.md, rendered from the pydantic models themselves
 (name, type and constraints, default, description of every field), so it cannot drift from them:
-tests/test_config_reference.py regenerates it and compares.
+tests/unit/test_config_reference.py regenerates it and compares.
 
     python -m cluster.cli.config_reference > docs/configuration.md
 
@@ -28,7 +28,7 @@ means. Generated from the pydantic models by
 
     {COMMAND}
 
-so edit the models (`Field(description=...)`), not this page: `tests/test_config_reference.py`
+so edit the models (`Field(description=...)`), not this page: `tests/unit/test_config_reference.py`
 fails when the two differ. Unknown keys are refused everywhere, with a message naming the field.
 How the pieces are used:
 [serving.md](serving.md) (the app config), [models.md](models.md) (the kinds),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
+ROOT = REPO
 
 # layer -> the layers its modules may import (their own included). The request core and the kinds
 # know nothing above them; the engine is torch under the core; the front doors sit on both.

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
+from helpers import REPO
 from test_pipeline import BAD, FAST, GOOD, PROMPTS, close, turn, write
 
 from cluster import ModelLoadError, ModelSpec
@@ -26,7 +27,7 @@ from cluster.data.pipeline import read_scores, score_corpus, score_dataset
 from cluster.data.progress import RunProgress
 
 ray = pytest.importorskip("ray")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 RM_BENCH = ROOT.parent / "shared" / "data" / "rm-bench"  # optional: the real files, when present
 
 

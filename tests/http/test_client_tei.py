@@ -8,7 +8,7 @@ calls a TEI classifier, huggingface_hub's InferenceClient.text_classification
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL
+from helpers import API_KEY, CONVERSATIONS, TOL
 
 from cluster.core.results import sigmoid
 

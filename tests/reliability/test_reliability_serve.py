@@ -23,7 +23,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL, deploy
+from helpers import API_KEY, CONVERSATIONS, TOL, deploy
 
 from cluster import ModelSpec, RewardClient, load_model
 

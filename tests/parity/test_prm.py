@@ -15,6 +15,7 @@ import re
 
 import pytest
 import torch
+from helpers import REPO
 from prm_reference import (
     pointwise_reference_generate,
     pointwise_reference_rating,
@@ -222,14 +223,13 @@ def test_bad_specs_are_named(fields, message):
 
 def test_the_prm_and_judges_config_is_a_valid_serve_config():
     """ray_config.prm-and-judges.yaml: Serve's schema and ours; each kind's fields as the README says."""
-    from pathlib import Path
 
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     from cluster.core.config import AppConfig
 
-    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.prm-and-judges.yaml").read_text())
+    raw = yaml.safe_load((REPO / "ray_config.prm-and-judges.yaml").read_text())
     [app] = ServeDeploySchema(**raw).applications
     models = {m.name: m for m in AppConfig.parse(app.args).models}
     assert models["qwen2.5-math-prm-7b"].trust_remote_code and models["qwen2.5-math-prm-7b"].step_tag == "<extra_0>"
@@ -347,9 +347,8 @@ def test_aggregate_of_no_steps_is_refused():
 
 
 def test_the_readme_prm_and_judge_example_runs(tmp_path, capsys):
-    from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "docs" / "models.md").read_text()  # moved from the README
+    readme = (REPO / "docs" / "models.md").read_text()  # moved from the README
     section = readme[readme.index("## Process reward models and pointwise judges"):]
     [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
     exec(compile(code.replace("/tmp/readme-", str(tmp_path / "readme-")), "docs/models.md (PRMs)", "exec"), {})

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import API_KEY, TOL, LiveServer, card_score
+from helpers import API_KEY, TOL, LiveServer, card_score
 from test_client_openrlhf import SingleTurnAgentExecutor, read_reward
 from test_client_verl import RewardLoopWorker
 from test_client_vllm import post_http_request

@@ -14,13 +14,13 @@ import random
 
 import pytest
 import torch
-from conftest import TOL, card_ids, card_score_ids
+from helpers import TOL, card_ids, card_score_ids
 from test_critic import ITEMS, card_prob_a, load_critic, swap
 
 from cluster import ModelSpec, load_model
 from cluster.core.batching import MIN_SHARED_PREFIX, call_cost, plan_calls, shared_prefix_groups
 
-DECODERS = {  # build_tiny_model kwargs per family (tests/test_families.py has the why of each)
+DECODERS = {  # build_tiny_model kwargs per family (tests/parity/test_families.py has the why of each)
     "llama": dict(arch="llama"),
     "gemma2": dict(arch="gemma2"),  # sliding window 32, smaller than the shared prefixes here
     "qwen2": dict(arch="qwen2"),

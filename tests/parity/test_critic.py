@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import card_generate, card_judge_ids, card_next_token_logits
+from helpers import card_generate, card_judge_ids, card_next_token_logits
 
 from cluster import InputTooLong, InvalidInput, ModelSpec, load_model
 from cluster.kinds.critic import skywork_critic_template

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import API_KEY, deploy
+from helpers import API_KEY, deploy
 
 from cluster.client.reward_client import RewardClient
 from cluster.engine.loading import load_model

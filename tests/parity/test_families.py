@@ -16,7 +16,7 @@ import random
 
 import pytest
 import torch
-from conftest import TOL, _hf_reward
+from helpers import TOL, _hf_reward
 
 from cluster import ConfigError, InvalidInput, ModelSpec, load_model
 from cluster.core.inputs import unpack_segments

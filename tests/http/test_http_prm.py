@@ -31,7 +31,7 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import InProcessClient
+from helpers import InProcessClient
 from prm_reference import (
     pointwise_reference_rating,
     qwen_card_conversation,

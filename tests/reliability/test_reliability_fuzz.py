@@ -12,7 +12,7 @@ Every response, whatever was sent, must be:
   the tiny models' directory), and with a bounded message (no wholesale echo of the input).
 
 Reproducible (hypothesis derandomized, no example database); the figures are printed at the end
-of the run (tests/conftest.py `figures`). Run with `pytest -m reliability tests/test_reliability_fuzz.py`.
+of the run (tests/conftest.py `figures`). Run with `pytest -m reliability tests/reliability/test_reliability_fuzz.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS
+from helpers import API_KEY, CONVERSATIONS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -323,7 +323,7 @@ def error_message(style: str, status: int, body) -> str:
 def fuzz_app(inproc, tmp_path_factory):
     """The Serve app's HTTP layer and config over the tiny models (`inproc`'s), plus a process reward
     model and a pointwise judge, so that every route has a model to answer it."""
-    from conftest import app_args
+    from helpers import app_args
 
     from cluster.core.config import AppConfig
     from cluster.engine.loading import local_service

@@ -1,5 +1,5 @@
 """The Serve app on a local Ray cluster with two fake GPUs: every route answers as the same app
-in-process (tests/test_http.py tests the routes themselves, with no Ray), replicas pin one per
+in-process (tests/http/test_http.py tests the routes themselves, with no Ray), replicas pin one per
 GPU, concurrent requests batch together, overload is a 503, reconfigure, metrics, two nodes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL, TRUSTED_CLIENT, app_args, deploy
+from helpers import API_KEY, CONVERSATIONS, REPO, TOL, TRUSTED_CLIENT, app_args, deploy
 
 from cluster import ModelSpec, load_model
 
@@ -52,7 +52,7 @@ ROUTES = [
     ("POST", "/classify", {"model": "rm-attrs", "messages": CONVERSATIONS[0]}),
     ("POST", "/v1/rewards", {"conversations": [[{"role": "bot", "content": "x"}]]}),
     ("POST", "/v1/judge", {"model": "rm-mix", "items": ITEMS}),
-    # the other protocols' routes (tests/test_client_*.py replay their clients in-process)
+    # the other protocols' routes (tests/http/test_client_*.py replay their clients in-process)
     ("POST", "/get_reward", {"query": []}),
     ("POST", "/classify", {"model": "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2", "input": [[5, 6, 7], "hello"],
                            "truncate_prompt_tokens": 2}),
@@ -207,7 +207,7 @@ def test_one_sample_requests_of_a_group_share_its_prompt(served):
     """GRPO's n responses to a prompt, sent one per request (OpenRLHF's agent executor): gathered at
     the ingress and the replica, the prompt is computed once per pass, and every request still gets
     its own item's card score."""
-    from conftest import card_ids, card_score_ids
+    from helpers import card_ids, card_score_ids
     from test_shared_prefix import grpo_batch
 
     convs = grpo_batch("llama", seed=3, groups=2, n=8, prompt_words=40, response_words=15)
@@ -287,9 +287,8 @@ def test_two_node_cluster_places_one_replica_per_node(reward_dir):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, str(root / "tests" / "two_node_cluster.py"), str(reward_dir("llama"))],
                           capture_output=True, text=True, timeout=600, env=env, cwd=root)

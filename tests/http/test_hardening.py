@@ -9,7 +9,7 @@ import hashlib
 import logging
 
 import pytest
-from conftest import API_KEY, InProcessClient
+from helpers import API_KEY, InProcessClient
 
 from cluster.core.config import AppConfig, ConfigError, api_key_digests
 from cluster.http.app import create_app, route_path

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL
+from helpers import API_KEY, CONVERSATIONS, REPO, TOL
 
 from cluster.client.reward_client import RewardClient
 from cluster.core.errors import InvalidInput, Overloaded, UnknownModel
@@ -247,7 +247,7 @@ def make_client(served, transport: str, model: str, **options) -> RewardClient:
     return RewardClient.handle("scoring", model=model, **options)
 
 
-@pytest.mark.reliability  # with tests/test_reliability_serve.py's SIGKILLs: a fault-injection test
+@pytest.mark.reliability  # with tests/reliability/test_reliability_serve.py's SIGKILLs: a fault-injection test
 @pytest.mark.parametrize("transport", ["handle", "http"])
 def test_a_replica_killed_mid_stream_loses_no_reward(served, transport):
     """Ten callers stream batches while one of the two RM replicas is killed: every call still gets
@@ -386,9 +386,8 @@ def test_calibrate_measures_mean_and_std(served, tmp_path, capsys):
 
 @pytest.mark.parametrize("transport", ["handle", "http", "naive"])
 def test_ppo_reward_loop_example_small(served, transport):
-    from pathlib import Path
 
-    spec_path = Path(__file__).resolve().parents[1] / "examples" / "ppo_reward_loop.py"
+    spec_path = REPO / "examples" / "ppo_reward_loop.py"
     run_loop = load_file(spec_path, "run_loop")
     corpus = CONVERSATIONS * 3
     stats = run_loop(corpus, transport, actors=2, steps=2, batch_size=5, url=f"http://127.0.0.1:{served['port']}",

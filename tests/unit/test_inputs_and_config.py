@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONVERSATIONS
+from helpers import CONVERSATIONS, REPO
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
 from cluster.core.errors import HTTP_STATUS, ScoringError, http_status
@@ -132,14 +132,13 @@ def test_every_error_class_has_one_status():
 
 
 def test_ray_config_yaml_is_a_valid_serve_config_for_build_app():
-    from pathlib import Path
 
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     from cluster.core.config import AppConfig
 
-    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.yaml").read_text())
+    raw = yaml.safe_load((REPO / "ray_config.yaml").read_text())
     schema = ServeDeploySchema(**raw)
     [app] = schema.applications
     assert app.import_path == "deployments.app:build_app"
@@ -154,7 +153,6 @@ def test_ray_config_yaml_is_a_valid_serve_config_for_build_app():
 def test_the_all_seed_models_config_places_every_seed_model():
     """Five seed models, each planned onto the GPUs its replica asks for (80 GB cards, the file's
     stated target), from the real architectures' shapes (empty weights: nothing is allocated)."""
-    from pathlib import Path
 
     import torch
     import yaml
@@ -164,7 +162,7 @@ def test_the_all_seed_models_config_places_every_seed_model():
     from cluster.core.config import AppConfig
     from cluster.engine.placement import layers_per_device, plan_placement
 
-    raw = yaml.safe_load((Path(__file__).parent.parent / "ray_config.all-seed-models.yaml").read_text())
+    raw = yaml.safe_load((REPO / "ray_config.all-seed-models.yaml").read_text())
     [app] = ServeDeploySchema(**raw).applications
     models = {m.path: m for m in AppConfig.parse(app.args).models}
     llama8b = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

@@ -10,7 +10,7 @@ fate sharing plus the CLI's watchdog, cluster/cli/reaper.py).
 The runs use a RAY_TMPDIR whose ray_current_cluster names an address where nothing listens: a CLI
 that joined "the cluster a previous `ray start` recorded" instead of starting its own would fail.
 
-Run with `pytest -m reliability tests/test_reliability_pipeline.py`; the figures are printed at the
+Run with `pytest -m reliability tests/reliability/test_reliability_pipeline.py`; the figures are printed at the
 end of the run (tests/conftest.py `figures`).
 """
 
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TOL, free_port
+from helpers import REPO, TOL, free_port
 from test_pipeline import BAD, GOOD, PROMPTS  # the pipeline tests' corpus words
 
 from cluster.data.pipeline import read_scores
 
 pytestmark = pytest.mark.reliability
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 ROWS = 300
 OPTIONS = ["--no-progress", "--rows-per-shard", "20", "--batch-rows", "10"]  # 15 read chunks, 30 shards
 KILL_AT = (0, 0.4, 0.75)  # fraction of the rows committed (0: the first shard) when the run is killed

@@ -12,7 +12,7 @@ README's option for header-less clients); a key in `Authorization: Bearer` works
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL
+from helpers import API_KEY, CONVERSATIONS, TOL
 
 requests = pytest.importorskip("requests")
 CONVS = CONVERSATIONS[:3]

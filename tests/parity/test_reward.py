@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REWARD_VARIANTS,
     TOL,
     card_ids,

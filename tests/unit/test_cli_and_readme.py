@@ -6,14 +6,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from cluster import ModelSpec, load_model
 from cluster.kinds import NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 README = (ROOT / "README.md").read_text()
 MODELS_DOC = (ROOT / "docs" / "models.md").read_text()  # the manual's page on the kinds (moved from the README)
 
@@ -154,7 +154,7 @@ def test_readme_python_example_runs(where, tmp_path, capsys):
 def test_every_readme_code_block_is_one_a_test_runs():
     """The README holds three code blocks, each run by a test: the two commands (the test command is
     .ci/run's, below; the demo command is what test_serve_demo_answers_every_route_over_http runs,
-    with --once), the Python example (above) and the curl (tests/test_readme_examples.py)."""
+    with --once), the Python example (above) and the curl (tests/ray/test_readme_examples.py)."""
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
     assert [lang for lang, _ in blocks] == ["bash", "python", "bash"], "a new README block needs a test that runs it"
     commands = blocks[0][1]
@@ -176,7 +176,7 @@ def test_readme_test_command_is_what_ci_runs():
 @pytest.mark.parametrize("field", ["max_length", "max_batch_tokens", "truncation", "judge_template"])
 def test_readme_documents_model_spec_fields(field):
     """A spec field (shared, or a kind's own) is explained in docs/models.md's ModelSpec table (every
-    field is also in the generated docs/configuration.md: tests/test_config_reference.py)."""
+    field is also in the generated docs/configuration.md: tests/unit/test_config_reference.py)."""
     assert any(field in ModelSpec.of_kind(k).model_fields for k in NAMES)
     table = MODELS_DOC[MODELS_DOC.index("### ModelSpec"):MODELS_DOC.index("## Process reward models")]
     assert f"`{field}`" in table

@@ -19,7 +19,7 @@ import logging
 from functools import partial
 
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL
+from helpers import API_KEY, CONVERSATIONS, TOL
 
 aiohttp = pytest.importorskip("aiohttp")
 logger = logging.getLogger("verl-replay")

@@ -27,7 +27,7 @@ import re
 from itertools import cycle
 
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL
+from helpers import API_KEY, CONVERSATIONS, TOL
 
 aiohttp = pytest.importorskip("aiohttp")
 requests = pytest.importorskip("requests")

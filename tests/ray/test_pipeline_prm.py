@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TOL
+from helpers import TOL
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
 from cluster.data.pipeline import _model_identity, filter_solutions, read_scores, resolve_model, score_corpus

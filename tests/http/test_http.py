@@ -1,7 +1,7 @@
 """The HTTP front door in-process (no Ray): every route, auth, limits and errors through
 `httpx.ASGITransport` over the request core, with the tiny models loaded in this process
 (`local_service`, the `inproc` fixture) or with fake backends. The same app runs behind Serve
-(tests/test_serve.py checks the two answer alike)."""
+(tests/ray/test_serve.py checks the two answer alike)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import re
 
 import pytest
-from conftest import API_KEY, CONVERSATIONS, TOL, InProcessClient, conversations_for
+from helpers import API_KEY, CONVERSATIONS, TOL, InProcessClient, conversations_for
 
 from cluster import ModelSpec, load_model
 from cluster.core.results import sigmoid
@@ -564,7 +564,7 @@ def test_api_key_in_the_query_string_or_as_basic_auth_and_never_logged(inproc, c
 
     anonymous = InProcessClient(inproc["app"])
     body = {"conversations": [CONVERSATIONS[0]]}
-    from conftest import API_KEY
+    from helpers import API_KEY
 
     assert anonymous.post(f"/v1/rewards?api_key={API_KEY}", json=body).status_code == 200
     basic = base64.b64encode(f"openrlhf:{API_KEY}".encode()).decode()

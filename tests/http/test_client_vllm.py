@@ -17,7 +17,7 @@ Answers are the vLLM server's shapes, with the card's rewards (activation as vLL
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY, TOL
+from helpers import API_KEY, TOL
 
 from cluster.core.inputs import EncodeOptions
 from cluster.core.results import sigmoid

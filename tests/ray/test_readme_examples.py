@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import API_KEY, TOL
+from helpers import API_KEY, REPO, TOL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 README = (ROOT / "README.md").read_text()
 RL_DOC = (ROOT / "docs" / "rl.md").read_text()  # the RewardClient example moved here from the README
 # the README and the manual: every page with examples

@@ -4,14 +4,14 @@ must cover every field a config may set. No Ray."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal, get_args
 
+from helpers import REPO
 from pydantic import BaseModel, Field
 
 from cluster.cli.config_reference import COMMAND, default_sections, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DOC = ROOT / "docs" / "configuration.md"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CONVERSATIONS, TOL
+from helpers import CONVERSATIONS, REPO, TOL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -235,7 +235,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(ray_cluster, tmp_path, rm
     opts = ["--rows-per-shard", "8", "--batch-rows", "4", "--no-progress", "--num-cpus", "0.5", "--num-gpus", "0",
             "--tokenizer-num-cpus", "0.25"]
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cluster", "score", str(corpus), str(out), "--model", rm_path,
          "--address", ray_cluster["address"], *opts], env=env, start_new_session=True,
@@ -669,7 +669,7 @@ def test_watchdog_ends_what_a_sigkilled_command_left(tmp_path):
         "time.sleep(2.5)  # the watchdog notes descendants every second\n"
         "print(plain.pid, bare.pid, orphan, watchdog.pid, flush=True)\n"
         "time.sleep(300)\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env, start_new_session=True)
     *children, watchdog = [int(p) for p in proc.stdout.readline().split()]
     assert all(_alive(p) for p in children)
@@ -698,7 +698,7 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
     submits the same run as a Ray Job through the dashboard and compares the summaries."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
     monkeypatch.setenv("SCORING_JOB_ADDRESS", ray_cluster["dashboard"])
     monkeypatch.setenv("PYTHONPATH", str(root))
@@ -729,7 +729,7 @@ def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
 def test_readme_pipeline_example_runs(ray_cluster):
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "corpora.md").read_text()  # moved from the README
+    readme = (REPO / "docs" / "corpora.md").read_text()  # moved from the README
     section = readme.split("## Scoring corpora (Ray Data)", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     exec(compile(code, "docs/corpora.md (Scoring corpora)", "exec"), {})
