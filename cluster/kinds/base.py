@@ -8,6 +8,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -59,9 +60,6 @@ class Kind:
     padding_side: Literal["left", "right"]  # "auto" resolves to this
     fixed_padding: bool = False  # padding_side may not be set to the other side
     needs_chat_template: bool = False
-    ops: tuple[Op, ...] = ()
-    generates: bool = False  # has a generate mode (a judge)
-    template: Callable[[], str] | None = None  # the default judge prompt
     check: Callable[[Any], None] = field(default=no_check)  # kind-specific spec checks (ValueError)
     # another kind's field given to this kind with a value: the message that says why it has no place here
     refused: dict[str, str] = field(default_factory=dict)
@@ -72,7 +70,7 @@ class Kind:
     def __str__(self) -> str:
         return self.name
 
-    @property
+    @cached_property
     def fields(self) -> frozenset[str]:
         return frozenset(self.spec_fields.model_fields)
 

@@ -91,9 +91,9 @@ def check(spec: Any) -> None:
 KIND = Kind(
     name="pointwise", title="a pointwise judge", summary="a pointwise judge: a rating on a scale",
     spec_fields=Fields, refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
-    fast_op=Op.VERDICTS, ops=(Op.VERDICTS, Op.GENERATE), head="next_token", encoder="rating", unit="rating",
-    padding_side="left", fixed_padding=True, needs_chat_template=True, generates=True,
-    template=pointwise_template, check=check, margin_label="expected rating chosen - rejected",
+    fast_op=Op.VERDICTS, head="next_token", encoder="rating", unit="rating",
+    padding_side="left", fixed_padding=True, needs_chat_template=True,
+    check=check, margin_label="expected rating chosen - rejected",
     score_label="expected ratings",
     report=ReportText(name="pointwise judge", score_axis="judge's expected rating", scores="expected ratings",
                       margins="rating margins", margin_axis="rating margin: chosen expected rating - rejected"),

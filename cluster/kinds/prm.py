@@ -57,7 +57,7 @@ KIND = Kind(
     refused={"judge_template": JUDGE_TEMPLATE_ONLY,
              "reward_weights": "a prm's step reward is one label's probability: use reward_label (its positive "
                                "class), not reward_weights"},
-    fast_op=Op.SCORE, ops=(Op.SCORE,), head="steps", encoder="steps", unit="steps", padding_side="right",
+    fast_op=Op.SCORE, head="steps", encoder="steps", unit="steps", padding_side="right",
     fixed_padding=True, check=check, margin_label="aggregate step reward chosen - rejected",
     score_label="scores (aggregate of the step rewards)",
     report=ReportText(name="process reward model (prm)",

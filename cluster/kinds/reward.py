@@ -25,6 +25,6 @@ def check(spec: Any) -> None:
 KIND = Kind(
     name="reward", title="a reward model", summary="a reward model: one scalar per conversation",
     spec_fields=Fields, refused={"judge_template": JUDGE_TEMPLATE_ONLY},
-    fast_op=Op.SCORE, ops=(Op.SCORE,), head="sequence", encoder="chat", unit="reward", padding_side="right",
+    fast_op=Op.SCORE, head="sequence", encoder="chat", unit="reward", padding_side="right",
     check=check,
 )
