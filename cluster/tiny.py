@@ -113,16 +113,31 @@ OASST_TEMPLATE = (
 
 ENCODER_SPECIALS = ("[UNK]", "[MASK]")
 FAMILIES = {
-    "llama": Family("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
-                    ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"), LLAMA_TEMPLATE, False, True),
+    "llama": Family(
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+        ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"),
+        LLAMA_TEMPLATE,
+        False,
+        True,
+    ),
     "gemma2": Family("<bos>", "<end_of_turn>", "<pad>", ("<eos>", "<start_of_turn>"), GEMMA2_TEMPLATE, True, True),
     "qwen2": Family(None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>",), QWEN2_TEMPLATE, False, False),
-    "qwen3": Family(None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>", "<think>", "</think>"), QWEN3_TEMPLATE,
-                    False, False),
+    "qwen3": Family(
+        None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>", "<think>", "</think>"), QWEN3_TEMPLATE, False, False
+    ),
     "mistral": Family("<s>", "</s>", None, ("<unk>",), MISTRAL_TEMPLATE, True, True),
     "smollm": Family("<|im_start|>", "<|im_end|>", "<|im_end|>", ("<|endoftext|>",), SMOLLM_TEMPLATE, False, False),
-    "gpt_neox": Family("<|endoftext|>", "<|endoftext|>", "<|padding|>", ("<|prompter|>", "<|assistant|>", "<|system|>"),
-                       OASST_TEMPLATE, False, False),
+    "gpt_neox": Family(
+        "<|endoftext|>",
+        "<|endoftext|>",
+        "<|padding|>",
+        ("<|prompter|>", "<|assistant|>", "<|system|>"),
+        OASST_TEMPLATE,
+        False,
+        False,
+    ),
     "bert": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
     "deberta_v2": Family("[CLS]", "[SEP]", "[PAD]", ENCODER_SPECIALS, None, False, True, encoder=True),
 }
@@ -137,9 +152,15 @@ def chat_template(arch: str, template_bos: bool) -> str | None:
     return template.replace("BOS", "{{ bos_token }}" if template_bos else "", 1)
 
 
-def build_tokenizer(arch: str = "llama", *, template_bos: bool | None = None, tokenizer_adds_bos: bool | None = None,
-                    pad: Literal["separate", "eos", "none"] = "separate", corpus: Iterable[str] = (),
-                    vocab_size: int = 512):
+def build_tokenizer(
+    arch: str = "llama",
+    *,
+    template_bos: bool | None = None,
+    tokenizer_adds_bos: bool | None = None,
+    pad: Literal["separate", "eos", "none"] = "separate",
+    corpus: Iterable[str] = (),
+    vocab_size: int = 512,
+):
     """A byte-level BPE tokenizer with the family's special tokens, post-processor and chat template
     (None for template_bos / tokenizer_adds_bos: as the family's real files have it)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -152,31 +173,48 @@ def build_tokenizer(arch: str = "llama", *, template_bos: bool | None = None, to
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([*SAMPLE_TEXT, *corpus], trainer=trainer)
     if fam.encoder:  # BERT's pair format: token type 1 for the second segment
         cls_id, sep_id = tok.token_to_id(fam.bos), tok.token_to_id(fam.eos)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{fam.bos} $A {fam.eos}", pair=f"{fam.bos} $A {fam.eos} $B:1 {fam.eos}:1",
-            special_tokens=[(fam.bos, cls_id), (fam.eos, sep_id)])
+            single=f"{fam.bos} $A {fam.eos}",
+            pair=f"{fam.bos} $A {fam.eos} $B:1 {fam.eos}:1",
+            special_tokens=[(fam.bos, cls_id), (fam.eos, sep_id)],
+        )
     elif adds_bos:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, tok.token_to_id(fam.bos))]
+            single=f"{fam.bos} $A",
+            pair=f"{fam.bos} $A {fam.bos} $B",
+            special_tokens=[(fam.bos, tok.token_to_id(fam.bos))],
         )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     pad_token = {"separate": fam.pad, "eos": fam.eos, "none": None}[pad]
     if fam.encoder:
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, cls_token=fam.bos, sep_token=fam.eos, pad_token=pad_token,
-            unk_token="[UNK]", mask_token="[MASK]",
-            model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+            tokenizer_object=tok,
+            cls_token=fam.bos,
+            sep_token=fam.eos,
+            pad_token=pad_token,
+            unk_token="[UNK]",
+            mask_token="[MASK]",
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
     else:
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token=fam.bos, eos_token=fam.eos, pad_token=pad_token,
+            tokenizer_object=tok,
+            bos_token=fam.bos,
+            eos_token=fam.eos,
+            pad_token=pad_token,
             additional_special_tokens=[t for t in fam.extra if t not in (fam.bos, fam.eos, pad_token)],
-            model_input_names=["input_ids", "attention_mask"])
+            model_input_names=["input_ids", "attention_mask"],
+        )
         fast.chat_template = chat_template(arch, template_bos)
     return fast
 
@@ -184,30 +222,61 @@ def build_tokenizer(arch: str = "llama", *, template_bos: bool | None = None, to
 HELPSTEER2_LABELS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
 
-def build_config(arch: str, tokenizer, *, kind: str, pad: str, hidden: int = 64, layers: int = 2,
-                 heads: int = 4, kv_heads: int = 2, intermediate: int = 128, max_positions: int = 4096,
-                 labels: tuple[str, ...] | None = None):
+def build_config(
+    arch: str,
+    tokenizer,
+    *,
+    kind: str,
+    pad: str,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    max_positions: int = 4096,
+    labels: tuple[str, ...] | None = None,
+):
     import transformers
 
     fam = FAMILIES[arch]
-    pad_id = {"separate": tokenizer.convert_tokens_to_ids(fam.pad) if fam.pad else None,
-              "eos": tokenizer.eos_token_id, "none": None}[pad]
-    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
-                  pad_token_id=pad_id, tie_word_embeddings=False)
+    pad_id = {
+        "separate": tokenizer.convert_tokens_to_ids(fam.pad) if fam.pad else None,
+        "eos": tokenizer.eos_token_id,
+        "none": None,
+    }[pad]
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,
+    )
     if kind_of(kind).head == "sequence":
         labels = labels or ("LABEL_0",)
-        common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)})
+        common.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
     if fam.encoder:
         common.pop("tie_word_embeddings")
         if arch == "bert":
             return transformers.BertConfig(type_vocab_size=2, **common)
         # DeBERTa-v3-style: relative attention, no absolute positions, no token types (the
         # OpenAssistant reward-model-deberta-v3 setup)
-        return transformers.DebertaV2Config(type_vocab_size=0, relative_attention=True, position_biased_input=False,
-                                            pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
-                                            position_buckets=32, pooler_hidden_size=hidden, **common)
+        return transformers.DebertaV2Config(
+            type_vocab_size=0,
+            relative_attention=True,
+            position_biased_input=False,
+            pos_att_type=["p2c", "c2p"],
+            max_relative_positions=-1,
+            position_buckets=32,
+            pooler_hidden_size=hidden,
+            **common,
+        )
     common.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if arch == "gpt_neox":
         return transformers.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common)
@@ -221,14 +290,30 @@ def build_config(arch: str, tokenizer, *, kind: str, pad: str, hidden: int = 64,
     if arch == "mistral":
         return transformers.MistralConfig(sliding_window=None, **common)
     # Gemma-2 keeps its soft-capping and sliding window (smaller than our test lengths, so exercised)
-    return transformers.Gemma2Config(head_dim=hidden // heads, sliding_window=32, attn_logit_softcapping=50.0,
-                                     final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // heads, **common)
+    return transformers.Gemma2Config(
+        head_dim=hidden // heads,
+        sliding_window=32,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        query_pre_attn_scalar=hidden // heads,
+        **common,
+    )
 
 
-def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llama", template_bos: bool | None = None,
-                     tokenizer_adds_bos: bool | None = None, pad: str = "separate", seed: int = 0,
-                     corpus: Iterable[str] = (), vocab_size: int = 512, teach_steps: int = 20,
-                     **config_overrides) -> Path:
+def build_tiny_model(
+    out: str | Path,
+    *,
+    kind: str = "reward",
+    arch: str = "llama",
+    template_bos: bool | None = None,
+    tokenizer_adds_bos: bool | None = None,
+    pad: str = "separate",
+    seed: int = 0,
+    corpus: Iterable[str] = (),
+    vocab_size: int = 512,
+    teach_steps: int = 20,
+    **config_overrides,
+) -> Path:
     """Write a seeded tiny reward model or critic to `out` (config, weights, tokenizer, template).
     template_bos / tokenizer_adds_bos default to the family's real setup (a llama critic writes
     the BOS in its template, as Meta's and Skywork-Critic's do; a llama reward model does not, as
@@ -247,8 +332,14 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
         template_bos = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(arch, template_bos=template_bos, tokenizer_adds_bos=tokenizer_adds_bos,
-                                pad=pad, corpus=corpus, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(
+        arch,
+        template_bos=template_bos,
+        tokenizer_adds_bos=tokenizer_adds_bos,
+        pad=pad,
+        corpus=corpus,
+        vocab_size=vocab_size,
+    )
     config = build_config(arch, tokenizer, kind=kind, pad=pad, **config_overrides)
     torch.manual_seed(seed)
     auto_cls = AutoModelForSequenceClassification if head == "sequence" else AutoModelForCausalLM
@@ -259,9 +350,15 @@ def build_tiny_model(out: str | Path, *, kind: str = "reward", arch: str = "llam
         torch.nn.init.normal_(head.weight, std=1.0)
     else:
         fam = FAMILIES[arch]
-        stops = [tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in fam.extra[:1] if arch == "llama")]
+        stops = [
+            tokenizer.eos_token_id,
+            *(tokenizer.convert_tokens_to_ids(t) for t in fam.extra[:1] if arch == "llama"),
+        ]
         model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=stops, do_sample=False,
+            bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=config.pad_token_id,
+            eos_token_id=stops,
+            do_sample=False,
         )
         if teach_steps:  # a judge answers in its format: a rating or a verdict
             teach = teach_rating_format if kind_of(kind).rates else teach_verdict_format
@@ -340,12 +437,23 @@ def build_custom_head_model(out: str | Path, *, seed: int = 0, vocab_size: int =
     spec.loader.exec_module(module)
     tokenizer = build_tokenizer("llama", template_bos=True, vocab_size=vocab_size)  # Meta's template, as ArmoRM's
     config = module.TinyGatedRewardConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_labels=1,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
         architectures=["TinyGatedRewardModel"],
-        auto_map={"AutoConfig": "tiny_gated_reward.TinyGatedRewardConfig",
-                  "AutoModelForSequenceClassification": "tiny_gated_reward.TinyGatedRewardModel"})
+        auto_map={
+            "AutoConfig": "tiny_gated_reward.TinyGatedRewardConfig",
+            "AutoModelForSequenceClassification": "tiny_gated_reward.TinyGatedRewardModel",
+        },
+    )
     torch.manual_seed(seed)
     model = module.TinyGatedRewardModel(config)
     torch.nn.init.normal_(model.regression_layer.weight, std=1.0)
@@ -354,10 +462,24 @@ def build_custom_head_model(out: str | Path, *, seed: int = 0, vocab_size: int =
     return out
 
 
-TEACH_QUESTIONS = ["What is the capital of France?", "Add 2 and 3.", "Name a prime number.",
-                   "How do I print in Python?", "Say something kind.", "What boils at 100 degrees?"]
-TEACH_ANSWERS = ["Paris.", "The capital of France is Paris.", "5", "2 + 3 = 5, because addition.",
-                 "7 is prime.", "print(add(2, 3))", "Sure! Here is a detailed answer.", "I'm sorry, I can't help."]
+TEACH_QUESTIONS = [
+    "What is the capital of France?",
+    "Add 2 and 3.",
+    "Name a prime number.",
+    "How do I print in Python?",
+    "Say something kind.",
+    "What boils at 100 degrees?",
+]
+TEACH_ANSWERS = [
+    "Paris.",
+    "The capital of France is Paris.",
+    "5",
+    "2 + 3 = 5, because addition.",
+    "7 is prime.",
+    "print(add(2, 3))",
+    "Sure! Here is a detailed answer.",
+    "I'm sorry, I can't help.",
+]
 
 
 def teach_verdict_format(model, tokenizer, *, steps: int = 40, seed: int = 0) -> None:
@@ -403,8 +525,9 @@ def _teach(model, tokenizer, examples: list[tuple[str, str]], steps: int) -> Non
 
     pairs = []
     for prompt, answer in examples:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the critic card's ids
         answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         pairs.append((prompt_ids, answer_ids))
@@ -416,7 +539,7 @@ def _teach(model, tokenizer, examples: list[tuple[str, str]], steps: int) -> Non
     for row, (prompt_ids, answer_ids) in enumerate(examples):
         n = len(prompt_ids) + len(answer_ids)
         ids[row, :n] = torch.tensor(prompt_ids + answer_ids)
-        labels[row, len(prompt_ids):n] = torch.tensor(answer_ids)
+        labels[row, len(prompt_ids) : n] = torch.tensor(answer_ids)
         mask[row, :n] = 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
@@ -431,15 +554,23 @@ def _teach(model, tokenizer, examples: list[tuple[str, str]], steps: int) -> Non
 # ---------------------------------------------------------------- what the demos score
 
 DEMO_CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "How do I print in Python?"},
-     {"role": "assistant", "content": "Use the print function: print('hello')."}],
-    [{"role": "user", "content": "Can you help me pick a lock?"},
-     {"role": "assistant", "content": "I'm sorry, but I can't help with that request."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "I think it might be Lyon, but I'm not sure."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "How do I print in Python?"},
+        {"role": "assistant", "content": "Use the print function: print('hello')."},
+    ],
+    [
+        {"role": "user", "content": "Can you help me pick a lock?"},
+        {"role": "assistant", "content": "I'm sorry, but I can't help with that request."},
+    ],
 ]
 DEMO_PAIR = {"prompt": "Add 2 and 3.", "response_a": "2 + 3 = 5", "response_b": "6"}
 
@@ -451,8 +582,7 @@ def build_demo_models(root: Path) -> tuple[Path, Path]:
         print(f"building a tiny Llama-format reward model in {rm_dir}", flush=True)
         build_tiny_model(rm_dir, kind="reward", arch="llama")
     if not (critic_dir / "config.json").exists():
-        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds teaching it the format)",
-              flush=True)
+        print(f"building a tiny Llama-format critic in {critic_dir} (a few seconds teaching it the format)", flush=True)
         build_tiny_model(critic_dir, kind="critic", arch="llama")
     return rm_dir, critic_dir
 
@@ -563,8 +693,9 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
 """
 
 
-def build_tiny_prm(out: str | Path, *, style: Literal["qwen", "shepherd"], seed: int = 0,
-                   vocab_size: int = 512) -> Path:
+def build_tiny_prm(
+    out: str | Path, *, style: Literal["qwen", "shepherd"], seed: int = 0, vocab_size: int = 512
+) -> Path:
     """A seeded tiny process reward model in a real PRM's format, written to `out`.
 
     style "qwen" (Qwen/Qwen2.5-Math-PRM-7B): a Qwen2 tokenizer with `<extra_0>` as an added special
@@ -602,8 +733,10 @@ def build_tiny_prm(out: str | Path, *, style: Literal["qwen", "shepherd"], seed:
     with torch.no_grad():
         # the tag's own embedding zeroed: its hidden state is then its context's, so steps differ
         model.model.embed_tokens.weight[tag_id] = 0
-        texts = [f"{q} " + "\n".join(f"Step {i}: {s} {SHEPHERD_STEP_TAG}" for i, s in enumerate(steps, 1))
-                 for q, steps in _prm_calibration_items()]
+        texts = [
+            f"{q} " + "\n".join(f"Step {i}: {s} {SHEPHERD_STEP_TAG}" for i, s in enumerate(steps, 1))
+            for q, steps in _prm_calibration_items()
+        ]
         hidden = torch.cat([_tag_states(model.model, tokenizer(t)["input_ids"], tag_id) for t in texts])
         rows = model.lm_head.weight
         rows[[good, bad]] = torch.randn(2, config.hidden_size) * 0.3
@@ -622,20 +755,33 @@ def _build_qwen_prm(out: Path, *, seed: int, vocab_size: int) -> Path:
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     tokenizer = build_tokenizer("qwen2", corpus=PRM_TEXT, vocab_size=vocab_size)
-    tokenizer.add_special_tokens({"additional_special_tokens": [QWEN_PRM_STEP_TOKEN]},
-                                 replace_extra_special_tokens=False)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [QWEN_PRM_STEP_TOKEN]}, replace_extra_special_tokens=False
+    )
     (out / "configuration_qwen2_rm.py").write_text(QWEN_PRM_CONFIG_SOURCE.lstrip())
     (out / "modeling_qwen2_rm.py").write_text(QWEN_PRM_MODEL_SOURCE.lstrip())
     # transformers' own remote-code loader (it resolves the modeling file's relative import)
     config_cls = get_class_from_dynamic_module("configuration_qwen2_rm.Qwen2RMConfig", str(out))
     model_cls = get_class_from_dynamic_module("modeling_qwen2_rm.Qwen2ForProcessRewardModel", str(out))
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=4096, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, num_labels=2,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        num_labels=2,
         architectures=["Qwen2ForProcessRewardModel"],
-        auto_map={"AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
-                  "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"})
+        auto_map={
+            "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+            "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel",
+        },
+    )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     tag_id = tokenizer.convert_tokens_to_ids(QWEN_PRM_STEP_TOKEN)
@@ -643,12 +789,19 @@ def _build_qwen_prm(out: Path, *, seed: int, vocab_size: int) -> Path:
         # the tag's own embedding zeroed: its hidden state is then its context's, so steps differ
         model.model.embed_tokens.weight[tag_id] = 0
         torch.nn.init.normal_(model.score[2].weight, std=1.0)
-        texts = [tokenizer.apply_chat_template(
-            [{"role": "user", "content": q},
-             {"role": "assistant", "content": QWEN_PRM_STEP_TOKEN.join(steps) + QWEN_PRM_STEP_TOKEN}], tokenize=False)
-            for q, steps in _prm_calibration_items()]
-        features = torch.cat([model.score[:2](_tag_states(model.model, tokenizer(t)["input_ids"], tag_id))
-                              for t in texts])
+        texts = [
+            tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": QWEN_PRM_STEP_TOKEN.join(steps) + QWEN_PRM_STEP_TOKEN},
+                ],
+                tokenize=False,
+            )
+            for q, steps in _prm_calibration_items()
+        ]
+        features = torch.cat(
+            [model.score[:2](_tag_states(model.model, tokenizer(t)["input_ids"], tag_id)) for t in texts]
+        )
         head = model.score[2]
         diffs = features @ (head.weight[1] - head.weight[0]) + head.bias[1] - head.bias[0]
         head.weight *= PRM_LOGIT_SPREAD / diffs.std()
@@ -665,7 +818,7 @@ def _prm_calibration_items() -> list[tuple[str, list[str]]]:
     import re
 
     sentences = [x for text in (*PRM_TEXT, *SAMPLE_TEXT) for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
-    return [(sentences[i], sentences[i + 1:i + 5]) for i in range(0, len(sentences) - 4, 3)]
+    return [(sentences[i], sentences[i + 1 : i + 5]) for i in range(0, len(sentences) - 4, 3)]
 
 
 def _tag_states(base_model, ids: list[int], tag_id: int):

@@ -25,8 +25,11 @@ def replica_options(model: ServedModel) -> dict[str, Any]:
     r = model.replicas
     autoscaling = None
     if r.max_replicas > r.min_replicas:
-        autoscaling = {"min_replicas": r.min_replicas, "max_replicas": r.max_replicas,
-                       "target_ongoing_requests": r.target_ongoing_requests}
+        autoscaling = {
+            "min_replicas": r.min_replicas,
+            "max_replicas": r.max_replicas,
+            "target_ongoing_requests": r.target_ongoing_requests,
+        }
     return dict(
         name=deployment_name(model.kind, model.name),
         num_replicas=None if autoscaling else r.min_replicas or 1,
@@ -46,8 +49,11 @@ def ingress_options(settings: IngressSettings) -> dict[str, Any]:
     many replicas, fixed). CPU only; `num_cpus: 0` by default (it mostly waits on the replicas)."""
     autoscaling = None
     if settings.max_replicas > settings.min_replicas:
-        autoscaling = {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
-                       "target_ongoing_requests": settings.target_ongoing_requests}
+        autoscaling = {
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        }
     return dict(
         name="ingress",
         num_replicas=None if autoscaling else settings.min_replicas,
@@ -67,31 +73,46 @@ def build_app(args: dict[str, Any]):
     # bench-serve's baselines are deployed by import_path cluster.bench.serve_baselines:build_app; a
     # config that asks for one still deploys here, the production way (the same scores)
     baselines = ["ingress.fast_path: false"] if not config.ingress.fast_path else []
-    baselines += [f"models[{k}].replicas.cross_request_batching: false" for k, m in enumerate(config.models)
-                  if not m.replicas.cross_request_batching]
+    baselines += [
+        f"models[{k}].replicas.cross_request_batching: false"
+        for k, m in enumerate(config.models)
+        if not m.replicas.cross_request_batching
+    ]
     if baselines:
         logging.getLogger("ray.serve").warning(
             "%s: a benchmark baseline, deployed by import_path cluster.bench.serve_baselines:build_app; "
-            "deployments.app:build_app deploys the production ingress and replicas", ", ".join(baselines))
+            "deployments.app:build_app deploys the production ingress and replicas",
+            ", ".join(baselines),
+        )
     return bind_app(config)
 
 
-def bind_app(config: AppConfig, *, ingress_class: type = Ingress, ingress_opts: dict[str, Any] | None = None,
-             replica_class: Callable[[ServedModel], type] = lambda model: ModelReplica):
+def bind_app(
+    config: AppConfig,
+    *,
+    ingress_class: type = Ingress,
+    ingress_opts: dict[str, Any] | None = None,
+    replica_class: Callable[[ServedModel], type] = lambda model: ModelReplica,
+):
     """The deployment graph of a validated config: the tokenizer, one replica deployment per model
     (of `replica_class(model)`) and the ingress (`ingress_class`, deployed with `ingress_opts`,
     by default `ingress_options(config.ingress)`)."""
     specs = [m.spec().model_dump() for m in config.models]
     tok = config.tokenizer
     tokenizer = serve.deployment(
-        Tokenizer, name="tokenizer",
-        autoscaling_config={"min_replicas": tok.min_replicas, "max_replicas": tok.max_replicas,
-                            "target_ongoing_requests": 8},
+        Tokenizer,
+        name="tokenizer",
+        autoscaling_config={
+            "min_replicas": tok.min_replicas,
+            "max_replicas": tok.max_replicas,
+            "target_ongoing_requests": 8,
+        },
         ray_actor_options={"num_cpus": tok.num_cpus},
         max_ongoing_requests=64,
     ).bind(specs)
     replicas = {m.name: replica_deployment(m, replica_class(m)) for m in config.models}
     ingress = serve.deployment(ingress_class, **(ingress_opts or ingress_options(config.ingress)))
     # the keys reach the ingress as digests only: Serve stores a deployment's arguments
-    return ingress.bind(config.model_dump() | {"api_keys": [key_digest(k) for k in config.api_keys]},
-                        tokenizer, replicas)
+    return ingress.bind(
+        config.model_dump() | {"api_keys": [key_digest(k) for k in config.api_keys]}, tokenizer, replicas
+    )

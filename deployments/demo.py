@@ -27,10 +27,23 @@ def demo_args(rm_dir: Path, critic_dir: Path) -> dict:
     return {
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.2},
         "models": [
-            {"name": "tiny-rm", "path": str(rm_dir), "kind": "reward", "max_length": 2048,
-             "max_batch_tokens": 4096, "replicas": cpu},
-            {"name": "tiny-critic", "path": str(critic_dir), "kind": "critic", "max_length": 2048,
-             "max_batch_tokens": 4096, "max_new_tokens": 8, "replicas": cpu},
+            {
+                "name": "tiny-rm",
+                "path": str(rm_dir),
+                "kind": "reward",
+                "max_length": 2048,
+                "max_batch_tokens": 4096,
+                "replicas": cpu,
+            },
+            {
+                "name": "tiny-critic",
+                "path": str(critic_dir),
+                "kind": "critic",
+                "max_length": 2048,
+                "max_batch_tokens": 4096,
+                "max_new_tokens": 8,
+                "replicas": cpu,
+            },
         ],
     }
 
@@ -47,18 +60,25 @@ def demo_requests(rm_text: str) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/judge", {"items": [DEMO_PAIR], "mode": "logits", "debias": True}),
         ("POST", "/v1/judge", {"items": [DEMO_PAIR], "mode": "generate"}),
         # the RL frameworks' and inference servers' protocols (README: "Using it from ...")
-        ("POST", "/get_reward", {"query": [rm_text], "prompts": [""], "labels": [""]}),        # OpenRLHF
+        ("POST", "/get_reward", {"query": [rm_text], "prompts": [""], "labels": [""]}),  # OpenRLHF
         ("POST", "/classify", {"model": "tiny-rm", "input": [rm_text], "use_activation": False}),  # vLLM, verl
         ("POST", "/pooling", {"model": "tiny-rm", "input": rm_text}),
         ("POST", "/score", {"model": "tiny-rm", "text_1": DEMO_PAIR["prompt"], "text_2": DEMO_PAIR["response_a"]}),
-        ("POST", "/rerank", {"model": "tiny-rm", "query": DEMO_PAIR["prompt"],
-                             "documents": [DEMO_PAIR["response_a"], DEMO_PAIR["response_b"]]}),
+        (
+            "POST",
+            "/rerank",
+            {
+                "model": "tiny-rm",
+                "query": DEMO_PAIR["prompt"],
+                "documents": [DEMO_PAIR["response_a"], DEMO_PAIR["response_b"]],
+            },
+        ),
         ("POST", "/tokenize", {"model": "tiny-rm", "prompt": rm_text}),
         ("GET", "/health", None),
         ("GET", "/version", None),
-        ("POST", "/classify", {"text": [rm_text]}),                                             # SGLang
-        ("POST", "/v1/embeddings", {"model": "tiny-rm", "input": rm_text}),                     # SGLang, verl
-        ("POST", "/predict", {"inputs": rm_text, "raw_scores": True}),                          # TEI
+        ("POST", "/classify", {"text": [rm_text]}),  # SGLang
+        ("POST", "/v1/embeddings", {"model": "tiny-rm", "input": rm_text}),  # SGLang, verl
+        ("POST", "/predict", {"inputs": rm_text, "raw_scores": True}),  # TEI
         ("POST", "/v1/rewards", {"conversations": [[{"role": "bot", "content": "hi"}]]}),
     ]
 
@@ -81,8 +101,9 @@ def run_demo(models_dir: str | None, port: int, once: bool, verbose: bool = Fals
     print("starting a local Ray cluster and the Serve app (CPU settings) ...", flush=True)
     # quiet: Ray's driver logs at ERROR, the replicas' output left in their log files, and Serve's
     # driver-side progress (INFO) off; its warnings and errors still print
-    ray.init(address="local", include_dashboard=False, log_to_driver=verbose,
-             logging_level="INFO" if verbose else "ERROR")
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=verbose, logging_level="INFO" if verbose else "ERROR"
+    )
     logging.getLogger(SERVE_LOGGER).setLevel(logging.INFO if verbose else logging.WARNING)
     base = f"http://127.0.0.1:{port}"
     text = AutoTokenizer.from_pretrained(rm_dir).apply_chat_template(DEMO_CONVERSATIONS[0], tokenize=False)

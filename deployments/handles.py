@@ -48,8 +48,9 @@ class _NoRoom(Exception):
     """The deadline passed while a call waited for room in its model's window."""
 
 
-async def sent_until_taken(send: Callable[[], Awaitable], timeout_s: float, gate: asyncio.Semaphore | None = None,
-                           model: str | None = None) -> tuple[Any, bool, int]:
+async def sent_until_taken(
+    send: Callable[[], Awaitable], timeout_s: float, gate: asyncio.Semaphore | None = None, model: str | None = None
+) -> tuple[Any, bool, int]:
     """(`send()`'s answer or the error it met, whether the deadline ended it, how many times it was
     sent again). Sent when `gate` has room; sent again after a `pause` while it is refused for
     back-pressure or loses its replica (Overloaded, as `from_ray` reads it), until `timeout_s`."""
@@ -76,8 +77,15 @@ async def sent_until_taken(send: Callable[[], Awaitable], timeout_s: float, gate
                 gate.release()
 
     try:
-        out = await retry_async(once, retry_on=Overloaded, backoff=pauses(), deadline=deadline, clock=loop.time,
-                                rng=_RNG, on_retry=lambda err, _: refused.append(err))
+        out = await retry_async(
+            once,
+            retry_on=Overloaded,
+            backoff=pauses(),
+            deadline=deadline,
+            clock=loop.time,
+            rng=_RNG,
+            on_retry=lambda err, _: refused.append(err),
+        )
     except GaveUp as end:
         return end.last, True, end.retries
     except _NoRoom:
@@ -133,8 +141,15 @@ class ReplicaBackend:
     twice is answered the same), until `timeout_s` after it was first tried; then Overloaded (503)
     names the limit. Any other failure is the call's at once."""
 
-    def __init__(self, handles: dict[str, Any], call_tokens: dict[str, int], *, blocking: bool = False,
-                 windows: dict[str, int] | None = None, timeout_s: float = ADMISSION_TIMEOUT_S):
+    def __init__(
+        self,
+        handles: dict[str, Any],
+        call_tokens: dict[str, int],
+        *,
+        blocking: bool = False,
+        windows: dict[str, int] | None = None,
+        timeout_s: float = ADMISSION_TIMEOUT_S,
+    ):
         self.handles = handles
         self.budgets = call_tokens
         self.blocking = blocking  # a synchronous caller (a Ray Data stage): run() waits itself
@@ -153,9 +168,11 @@ class ReplicaBackend:
     def _gave_up(self, call: Call, last: BaseException | None) -> Overloaded:
         self.stats["gave_up"] += 1
         why = f"; last: {last.message}" if isinstance(last, Overloaded) else ""
-        return Overloaded(f"model '{call.model}': no replica took the request's call within {self.timeout_s:g}s "
-                          f"(ingress.admission_timeout_s){why}; retry later, or add replicas "
-                          "(replicas.max_replicas) or queue room (replicas.max_queued_requests)")
+        return Overloaded(
+            f"model '{call.model}': no replica took the request's call within {self.timeout_s:g}s "
+            f"(ingress.admission_timeout_s){why}; retry later, or add replicas "
+            "(replicas.max_replicas) or queue room (replicas.max_queued_requests)"
+        )
 
     def run(self, calls: list[Call]):
         return self._run_blocking(calls) if self.blocking else self._run_async(calls)
@@ -171,8 +188,9 @@ class ReplicaBackend:
     async def _call(self, call: Call):
         """One call's outputs (or the error it met), sent when the model's window has room and sent
         again while it is refused for back-pressure or loses its replica, until the deadline."""
-        out, timed_out, resends = await sent_until_taken(lambda: self._send(call), self.timeout_s,
-                                                         self._gate(call.model), call.model)
+        out, timed_out, resends = await sent_until_taken(
+            lambda: self._send(call), self.timeout_s, self._gate(call.model), call.model
+        )
         self.stats["resent"] += resends
         return self._gave_up(call, out) if timed_out else out
 
@@ -213,8 +231,14 @@ class ReplicaBackend:
             self.stats["resent"] += refused.count
 
         try:
-            return retry_sync(waves, retry_on=_Refused, backoff=pauses(), deadline=time.monotonic() + self.timeout_s,
-                              rng=_RNG, on_retry=resent)
+            return retry_sync(
+                waves,
+                retry_on=_Refused,
+                backoff=pauses(),
+                deadline=time.monotonic() + self.timeout_s,
+                rng=_RNG,
+                on_retry=resent,
+            )
         except GaveUp:
             for i in todo:
                 out[i] = self._gave_up(calls[i], last.get(i))

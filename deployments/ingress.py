@@ -113,28 +113,45 @@ class Ingress:
         if self.config.trusted_networks and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "").lower() in ("1", "true"):
             # HAProxy connects from its own address and does not forward the client's: every
             # request would come from a trusted address
-            raise ValueError("trusted_networks cannot tell clients apart behind Ray's HAProxy "
-                             "(RAY_SERVE_ENABLE_HA_PROXY=1): use api_keys alone there")
+            raise ValueError(
+                "trusted_networks cannot tell clients apart behind Ray's HAProxy "
+                "(RAY_SERVE_ENABLE_HA_PROXY=1): use api_keys alone there"
+            )
         models = self.config.models
         settings = self.config.ingress
-        backend = ReplicaBackend(replicas, {m.name: m.replicas.batch_max_tokens for m in models},
-                                 windows={m.name: m.replicas.window() for m in models},
-                                 timeout_s=settings.admission_timeout_s)
+        backend = ReplicaBackend(
+            replicas,
+            {m.name: m.replicas.batch_max_tokens for m in models},
+            windows={m.name: m.replicas.window() for m in models},
+            timeout_s=settings.admission_timeout_s,
+        )
         self.backend = backend
         self.gatherer = self.gathering(settings)
         encoder = HandleEncoder(tokenizer, settings.admission_timeout_s)
-        self.service = ScoringService(models, encoder, backend, ensembles=self.config.ensembles,
-                                      max_items=self.config.max_items_per_request, gather=self.gatherer)
+        self.service = ScoringService(
+            models,
+            encoder,
+            backend,
+            ensembles=self.config.ensembles,
+            max_items=self.config.max_items_per_request,
+            gather=self.gatherer,
+        )
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.service, api_keys=self.api_keys, max_request_bytes=self.config.max_request_bytes,
-                          trusted_networks=self.config.trusted_networks, docs=self.config.docs,
-                          body_timeout_s=self.config.body_timeout_s)
+        return create_app(
+            self.service,
+            api_keys=self.api_keys,
+            max_request_bytes=self.config.max_request_bytes,
+            trusted_networks=self.config.trusted_networks,
+            docs=self.config.docs,
+            body_timeout_s=self.config.body_timeout_s,
+        )
 
     def gathering(self, settings: IngressSettings) -> Callable[[Any], Awaitable[Any]]:
         """How concurrent jobs are gathered into flows: `await gather(job)` -> that job's result."""
-        return Gatherer(self._run_flow, settings.gather_max_requests, settings.gather_max_flows,
-                        settings.gather_wait_timeout_s)
+        return Gatherer(
+            self._run_flow, settings.gather_max_requests, settings.gather_max_flows, settings.gather_wait_timeout_s
+        )
 
     async def _run_flow(self, jobs: list) -> list:
         """Concurrent requests to this ingress replica share one flow: RPCs, not items or
@@ -154,8 +171,9 @@ class Ingress:
         target = self.service.resolve(model, ("reward", "prm"))
         return (await self.service.submit(self.service.rewards_job(target, conversations))).scores
 
-    async def step_reward_items(self, model: str | None, items: list, aggregate: str | None = None
-                                ) -> list[dict[str, Any]]:
+    async def step_reward_items(
+        self, model: str | None, items: list, aggregate: str | None = None
+    ) -> list[dict[str, Any]]:
         target = self.service.resolve(model, ("prm",))
         rewards = await self.service.submit(self.service.rewards_job(target, items, "items", aggregate=aggregate))
         return [r.model_dump() for r in schemas.step_results(rewards.step_results())]
@@ -170,8 +188,9 @@ class Ingress:
         judged = await self.service.submit(self.service.compare_job(target, items))
         return [c.model_dump() for c in schemas.comparisons(judged.results)]
 
-    async def judge_items(self, model: str | None, items: list, mode: str = "logits",
-                          debias: bool = False) -> list[dict[str, Any]]:
+    async def judge_items(
+        self, model: str | None, items: list, mode: str = "logits", debias: bool = False
+    ) -> list[dict[str, Any]]:
         target = self.service.resolve(model, ("critic",))
         job = self.service.judge_job(target, items, mode, debias)
         return [v.model_dump() for v in schemas.comparisons((await self.service.submit(job)).results)]

@@ -39,20 +39,41 @@ class ModelReplica:
         self.spec = ModelSpec(**spec)
         self.model = load_model(self.spec)
         self.lock = threading.Lock()  # one forward at a time per replica (one GPU)
-        self.batching: dict[str, Any] = {"batch_max_tokens": BATCH_MAX_TOKENS,
-                                         "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S}
-        self.stats = {"batches": 0, "calls": 0, "sequences": 0, "tokens": 0, "computed_tokens": 0,
-                      "max_calls_in_batch": 0}
+        self.batching: dict[str, Any] = {
+            "batch_max_tokens": BATCH_MAX_TOKENS,
+            "batch_wait_timeout_s": BATCH_WAIT_TIMEOUT_S,
+        }
+        self.stats = {
+            "batches": 0,
+            "calls": 0,
+            "sequences": 0,
+            "tokens": 0,
+            "computed_tokens": 0,
+            "max_calls_in_batch": 0,
+        }
         self.tags = {"model": self.spec.name}
         self.m_tokens = metrics.Counter("scoring_tokens_total", "tokens scored", tag_keys=("model",))
-        self.m_batch_calls = metrics.Histogram("scoring_batch_requests", "requests gathered per batch",
-                                               boundaries=[1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("model",))
-        self.m_batch_tokens = metrics.Histogram("scoring_batch_tokens", "tokens per gathered batch",
-                                                boundaries=[256, 1024, 4096, 16384, 65536], tag_keys=("model",))
-        self.m_padding = metrics.Gauge("scoring_padding_efficiency", "useful / computed tokens, last batch",
-                                       tag_keys=("model",))
-        self.m_queue_wait = metrics.Histogram("scoring_queue_wait_seconds", "time from call to batch start",
-                                              boundaries=[0.001, 0.005, 0.02, 0.1, 0.5, 2.0], tag_keys=("model",))
+        self.m_batch_calls = metrics.Histogram(
+            "scoring_batch_requests",
+            "requests gathered per batch",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+            tag_keys=("model",),
+        )
+        self.m_batch_tokens = metrics.Histogram(
+            "scoring_batch_tokens",
+            "tokens per gathered batch",
+            boundaries=[256, 1024, 4096, 16384, 65536],
+            tag_keys=("model",),
+        )
+        self.m_padding = metrics.Gauge(
+            "scoring_padding_efficiency", "useful / computed tokens, last batch", tag_keys=("model",)
+        )
+        self.m_queue_wait = metrics.Histogram(
+            "scoring_queue_wait_seconds",
+            "time from call to batch start",
+            boundaries=[0.001, 0.005, 0.02, 0.1, 0.5, 2.0],
+            tag_keys=("model",),
+        )
 
     # -- live configuration
 
@@ -68,15 +89,13 @@ class ModelReplica:
 
     # -- scoring, batched across concurrent requests
 
-    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
-                 batch_size_fn=count_tokens)
+    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S, batch_size_fn=count_tokens)
     async def score(self, calls: list[dict[str, Any]]) -> list[list[tuple[float, list[float] | None]]]:
         """Reward model: for each call's sequences, (scalar reward, every label's value for a
         multi-output model, else None)."""
         return await self._gathered(calls, "score")
 
-    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
-                 batch_size_fn=count_tokens)
+    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S, batch_size_fn=count_tokens)
     async def verdicts(self, calls: list[dict[str, Any]]) -> list[list[float]]:
         """Critic fast path: P(A) for each call's judge prompts."""
         return await self._gathered(calls, "verdicts")
@@ -95,7 +114,7 @@ class ModelReplica:
         self._record(len(calls), sum(len(s) for s in flat), ran)
         results, at = [], 0
         for c in calls:
-            results.append(ran.outputs[at:at + len(c["seqs"])])
+            results.append(ran.outputs[at : at + len(c["seqs"])])
             at += len(c["seqs"])
         return results
 
@@ -122,17 +141,26 @@ class ModelReplica:
         """What a caller that tokenizes for itself (the Ray Data pipeline's via_serve) needs: the
         spec, and the most tokens one call may carry (@serve.batch rejects a bigger call)."""
         head = self.model.runner.describe_head() if kind_of(self.spec).head == "sequence" else {"labels": None}
-        return {"spec": self.spec.model_dump(), "batch_max_tokens": int(self.batching["batch_max_tokens"]),
-                "labels": head["labels"], "problem_type": head.get("problem_type")}
+        return {
+            "spec": self.spec.model_dump(),
+            "batch_max_tokens": int(self.batching["batch_max_tokens"]),
+            "labels": head["labels"],
+            "problem_type": head.get("problem_type"),
+        }
 
     def get_stats(self) -> dict[str, Any]:
         import ray
 
         ctx = serve.get_replica_context()
-        return {**self.stats, "replica": ctx.replica_id.unique_id, "pid": os.getpid(),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "max_batch_tokens": self.model.runner.max_batch_tokens,
-                **self.batching}
+        return {
+            **self.stats,
+            "replica": ctx.replica_id.unique_id,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "max_batch_tokens": self.model.runner.max_batch_tokens,
+            **self.batching,
+        }
 
     def check_health(self) -> None:
         """Touch the model: a one-token forward. A replica still loading is not yet checked (Serve

@@ -40,8 +40,12 @@ class Tokenizer:
                 out.append(err)
             except Exception as err:  # noqa: BLE001 - a tokenizer bug met by one part is that part's alone
                 logger.exception("tokenizing %s for model '%s' failed", what, model)
-                out.append(ModelFailure(f"{what}: the tokenizer of model '{model}' failed on this request "
-                                        f"({type(err).__name__}); the operator's log has the details"))
+                out.append(
+                    ModelFailure(
+                        f"{what}: the tokenizer of model '{model}' failed on this request "
+                        f"({type(err).__name__}); the operator's log has the details"
+                    )
+                )
         return out
 
     def check_health(self) -> None:

@@ -35,8 +35,16 @@ class RolloutWorker:
     """Stands in for a rollout worker: each step it 'generates' a batch (samples a corpus) and
     awaits its rewards. Async actor: the reward call does not block the event loop."""
 
-    def __init__(self, worker_id: int, corpus: list, transport: str, url: str | None, api_key: str | None,
-                 model: str | None, app: str):
+    def __init__(
+        self,
+        worker_id: int,
+        corpus: list,
+        transport: str,
+        url: str | None,
+        api_key: str | None,
+        model: str | None,
+        app: str,
+    ):
         from cluster.client.reward_client import RewardClient
 
         self.rng = random.Random(worker_id)
@@ -88,9 +96,18 @@ def learner_step(results: list[dict]) -> dict:
     return {"mean_reward": mean, "n": len(rewards), "max_advantage": max(advantages)}
 
 
-def run_loop(corpus: list, transport: str, actors: int, steps: int, batch_size: int, url: str | None = None,
-             api_key: str | None = None, model: str | None = None, app: str = "scoring",
-             verbose: bool = True) -> dict:
+def run_loop(
+    corpus: list,
+    transport: str,
+    actors: int,
+    steps: int,
+    batch_size: int,
+    url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    app: str = "scoring",
+    verbose: bool = True,
+) -> dict:
     """Rollout actors x steps; returns rewards/s, latency percentiles and every step's rewards."""
     workers = [RolloutWorker.remote(i, corpus, transport, url, api_key, model, app) for i in range(actors)]
     ray.get([w.rollout.remote(1) for w in workers])  # warm up: clients and connections exist
@@ -107,9 +124,15 @@ def run_loop(corpus: list, transport: str, actors: int, steps: int, batch_size: 
         ray.kill(w)
     latencies.sort()
     total = actors * steps * batch_size
-    return {"transport": transport, "rewards": total, "seconds": seconds, "rewards_per_s": total / seconds,
-            "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
-            "steps": per_step}
+    return {
+        "transport": transport,
+        "rewards": total,
+        "seconds": seconds,
+        "rewards_per_s": total / seconds,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "steps": per_step,
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -172,13 +195,31 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or model
     corpus = load_corpus(args.corpus, args.corpus_items, seed=0)
     transports = ["handle", "http", "naive"] if args.compare else [args.transport]
-    rows = [run_loop(corpus, t, args.actors, args.steps, args.batch_size, url, args.api_key, model, args.app,
-                     verbose=not args.compare) for t in transports]
-    print(f"\n{args.actors} rollout actors x {args.steps} steps x {args.batch_size} responses "
-          f"({args.corpus} corpus, {len(corpus)} conversations), model {model or '(default)'}")
+    rows = [
+        run_loop(
+            corpus,
+            t,
+            args.actors,
+            args.steps,
+            args.batch_size,
+            url,
+            args.api_key,
+            model,
+            args.app,
+            verbose=not args.compare,
+        )
+        for t in transports
+    ]
+    print(
+        f"\n{args.actors} rollout actors x {args.steps} steps x {args.batch_size} responses "
+        f"({args.corpus} corpus, {len(corpus)} conversations), model {model or '(default)'}"
+    )
     print(f"{'client':<34}{'rewards/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
-    names = {"handle": "RewardClient.handle (Serve handle)", "http": "RewardClient.http (batched HTTP)",
-             "naive": "naive: one HTTP request per sample"}
+    names = {
+        "handle": "RewardClient.handle (Serve handle)",
+        "http": "RewardClient.http (batched HTTP)",
+        "naive": "naive: one HTTP request per sample",
+    }
     for row in rows:
         print(f"{names[row['transport']]:<34}{row['rewards_per_s']:>11.1f}{row['p50_ms']:>9.0f}{row['p99_ms']:>9.0f}")
     if args.compare:

@@ -87,10 +87,21 @@ def ray_cluster():
     # Ray Jobs run `python -m cluster ...`: make `python` this interpreter even in an unactivated venv
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     # the dashboard is the job server: the notebook test submits a Ray Job to this cluster
-    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, log_to_driver=False, _metrics_export_port=metrics_port)
-    yield {"metrics_port": metrics_port, "address": ray.get_runtime_context().gcs_address,
-           "dashboard": f"http://127.0.0.1:{dashboard_port}"}
+    ray.init(
+        address="local",
+        num_cpus=8,
+        num_gpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
+    yield {
+        "metrics_port": metrics_port,
+        "address": ray.get_runtime_context().gcs_address,
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+    }
     ray.shutdown()
 
 
@@ -118,13 +129,25 @@ def served(ray_cluster, serve_port, model_dirs, reward_dir, critic_dir):
     bert = model_dirs("family-bert", arch="bert")
     metrics_port = ray_cluster["metrics_port"]
     port = serve_port
-    deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
-            "args": app_args(rm, rm2, critic_dir, attrs, bert)})
+    deploy(
+        {
+            "name": "scoring",
+            "route_prefix": "/",
+            "import_path": "deployments.app:build_app",
+            "args": app_args(rm, rm2, critic_dir, attrs, bert),
+        }
+    )
     models = reference_models(rm, rm2, critic_dir, attrs, bert)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                          headers={"Authorization": f"Bearer {API_KEY}"})
-    yield {"client": client, "models": models, "port": port, "paths": (rm, rm2, critic_dir, attrs, bert),
-           "metrics_port": metrics_port}
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    yield {
+        "client": client,
+        "models": models,
+        "port": port,
+        "paths": (rm, rm2, critic_dir, attrs, bert),
+        "metrics_port": metrics_port,
+    }
     client.close()
 
 
@@ -142,11 +165,20 @@ def inproc(model_dirs, reward_dir, critic_dir):
     bert = model_dirs("family-bert", arch="bert")
     config = AppConfig.parse(app_args(rm, rm2, critic_dir, attrs, bert))
     service = local_service(config)
-    app = create_app(service, api_keys=config.api_keys, max_request_bytes=config.max_request_bytes,
-                     trusted_networks=config.trusted_networks)
+    app = create_app(
+        service,
+        api_keys=config.api_keys,
+        max_request_bytes=config.max_request_bytes,
+        trusted_networks=config.trusted_networks,
+    )
     models = reference_models(rm, rm2, critic_dir, attrs, bert)
-    return {"client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}), "app": app, "service": service,
-            "models": models, "paths": (rm, rm2, critic_dir, attrs, bert)}
+    return {
+        "client": InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}),
+        "app": app,
+        "service": service,
+        "models": models,
+        "paths": (rm, rm2, critic_dir, attrs, bert),
+    }
 
 
 # ----------------------------------------------------------------------------- the app on a real socket
@@ -161,8 +193,9 @@ def live(inproc):
 
     service = inproc["service"]
     keyed = LiveServer(create_app(service, api_keys=[API_KEY], max_request_bytes=200_000))
-    trusted = LiveServer(create_app(service, api_keys=[API_KEY], max_request_bytes=200_000,
-                                    trusted_networks=["127.0.0.0/8"]))
+    trusted = LiveServer(
+        create_app(service, api_keys=[API_KEY], max_request_bytes=200_000, trusted_networks=["127.0.0.0/8"])
+    )
     yield {"keyed": keyed.url, "trusted": trusted.url, "models": inproc["models"], "service": service}
     keyed.stop()
     trusted.stop()
@@ -177,8 +210,10 @@ FIGURES: list[tuple[str, dict]] = []  # (test, {figure: value}) recorded by the 
 def figures(request):
     """`figures(tried=..., statuses=..., lost=..., duplicated=...)` records a reliability test's
     figures; they are printed at the end of the run (and docs/reliability.md quotes them)."""
+
     def record(**values) -> None:
         FIGURES.append((request.node.name, values))
+
     return record
 
 

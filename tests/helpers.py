@@ -42,18 +42,30 @@ REWARD_VARIANTS = {
 }
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
     [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "How do I print in Python?"},
-     {"role": "assistant", "content": "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"}],
-    [{"role": "user", "content": "Tell me something."},
-     {"role": "assistant", "content": "Sure! Here is a detailed, step-by-step explanation with examples, "
-                                      "code and a short summary. " * 6}],
-    [{"role": "user", "content": "Can you help me?"}, {"role": "assistant", "content": "I'm sorry, but I can't."},
-     {"role": "user", "content": "Please, it's about water boiling."},
-     {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level."}],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "How do I print in Python?"},
+        {"role": "assistant", "content": "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"},
+    ],
+    [
+        {"role": "user", "content": "Tell me something."},
+        {
+            "role": "assistant",
+            "content": "Sure! Here is a detailed, step-by-step explanation with examples, "
+            "code and a short summary. " * 6,
+        },
+    ],
+    [
+        {"role": "user", "content": "Can you help me?"},
+        {"role": "assistant", "content": "I'm sorry, but I can't."},
+        {"role": "user", "content": "Please, it's about water boiling."},
+        {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level."},
+    ],
     [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1 2 3 4 5 6 7 8 9 10"}],
 ]
 
@@ -121,9 +133,10 @@ def card_judge_ids(path, item, template: str) -> list[int]:
 def card_generate(path, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
     tok, model = _hf_causal(str(path))
     with torch.inference_mode():
-        gen = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.eos_token_id)
-    new = gen[0][len(ids):].tolist()
+        gen = model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id
+        )
+    new = gen[0][len(ids) :].tolist()
     return new, tok.decode(new, skip_special_tokens=True)
 
 
@@ -154,24 +167,66 @@ def app_args(rm, rm2, critic, attrs=None, bert=None, **rm_replicas):
         "max_request_bytes": 200_000,
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
         "models": [
-            {"name": "rm", "path": str(rm), "kind": "reward", "max_length": 512, "max_batch_tokens": 2048,
-             # what RL frameworks' configs name it by (verl sends its model path as `model`)
-             "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"],
-             "replicas": {"min_replicas": 2, "max_replicas": 2, "num_gpus": 1, "num_cpus": 0.1,
-                          "batch_max_tokens": 4096, "batch_wait_timeout_s": 0.05, **rm_replicas}},
-            {"name": "rm-gemma", "path": str(rm2), "kind": "reward",
-             "replicas": {"num_cpus": 0.1}},
-            {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
-             "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+            {
+                "name": "rm",
+                "path": str(rm),
+                "kind": "reward",
+                "max_length": 512,
+                "max_batch_tokens": 2048,
+                # what RL frameworks' configs name it by (verl sends its model path as `model`)
+                "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"],
+                "replicas": {
+                    "min_replicas": 2,
+                    "max_replicas": 2,
+                    "num_gpus": 1,
+                    "num_cpus": 0.1,
+                    "batch_max_tokens": 4096,
+                    "batch_wait_timeout_s": 0.05,
+                    **rm_replicas,
+                },
+            },
+            {"name": "rm-gemma", "path": str(rm2), "kind": "reward", "replicas": {"num_cpus": 0.1}},
+            {
+                "name": "judge",
+                "path": str(critic),
+                "kind": "critic",
+                "max_new_tokens": 8,
+                "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1},
+            },
             # a multi-output (HelpSteer2-style) reward model and an encoder reward model
-            *([{"name": "rm-attrs", "path": str(attrs), "kind": "reward", "reward_label": "correctness",
-                "replicas": {"num_cpus": 0.1}}] if attrs else []),
-            *([{"name": "rm-bert", "path": str(bert), "kind": "reward", "max_length": 64,
-                "replicas": {"num_cpus": 0.1}}] if bert else []),
+            *(
+                [
+                    {
+                        "name": "rm-attrs",
+                        "path": str(attrs),
+                        "kind": "reward",
+                        "reward_label": "correctness",
+                        "replicas": {"num_cpus": 0.1},
+                    }
+                ]
+                if attrs
+                else []
+            ),
+            *(
+                [
+                    {
+                        "name": "rm-bert",
+                        "path": str(bert),
+                        "kind": "reward",
+                        "max_length": 64,
+                        "replicas": {"num_cpus": 0.1},
+                    }
+                ]
+                if bert
+                else []
+            ),
         ],
         "ensembles": [
-            {"name": "rm-mix", "members": [{"model": "rm", "weight": 3}, {"model": "rm-gemma", "weight": 1}],
-             "shaping": {"normalize": {"mean": 0.5, "std": 2.0}, "clip": [-1.0, 1.0]}},
+            {
+                "name": "rm-mix",
+                "members": [{"model": "rm", "weight": 3}, {"model": "rm-gemma", "weight": 1}],
+                "shaping": {"normalize": {"mean": 0.5, "std": 2.0}, "clip": [-1.0, 1.0]},
+            },
         ],
     }
 
@@ -181,12 +236,13 @@ def reference_models(rm, rm2, critic, attrs, bert) -> dict:
     served config's): what every route's answer is compared with."""
     from cluster import ModelSpec, load_model
 
-    return {"rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
-            "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
-            "judge": load_model(ModelSpec(name="judge", path=str(critic), kind="critic", max_new_tokens=8)),
-            "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward",
-                                             reward_label="correctness")),
-            "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64))}
+    return {
+        "rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward")),
+        "rm-gemma": load_model(ModelSpec(name="rm-gemma", path=str(rm2), kind="reward")),
+        "judge": load_model(ModelSpec(name="judge", path=str(critic), kind="critic", max_new_tokens=8)),
+        "rm-attrs": load_model(ModelSpec(name="rm-attrs", path=str(attrs), kind="reward", reward_label="correctness")),
+        "rm-bert": load_model(ModelSpec(name="rm-bert", path=str(bert), kind="reward", max_length=64)),
+    }
 
 
 def deploy(app: dict, timeout_s: float = 180) -> None:
@@ -250,8 +306,9 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30

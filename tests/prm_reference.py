@@ -65,7 +65,7 @@ def qwen_card_step_rewards(path, system: str, query: str, steps: list[str]) -> l
     with torch.inference_mode():
         outputs = model(input_ids=input_ids)
     step_sep_id = tokenizer.encode("<extra_0>")[0]
-    token_masks = (input_ids == step_sep_id)
+    token_masks = input_ids == step_sep_id
     step_reward = make_step_rewards(outputs[0], token_masks)
     return step_reward[0]
 
@@ -76,9 +76,9 @@ def qwen_card_step_rewards(path, system: str, query: str, steps: list[str]) -> l
 # IANNXANG/Qwen Math-s.py @ 01015658c519a8ab64e59c498d6ef60723a672c7, whose comments keep the
 # card's "# [648, 387]" and "# 12902").
 
-good_token = '+'
-bad_token = '-'
-step_tag = 'ки'
+good_token = "+"
+bad_token = "-"
+step_tag = "ки"
 
 
 @cache
@@ -124,8 +124,9 @@ def _causal_lm(path: str):
     return tokenizer, model
 
 
-def pointwise_reference_rating(path, prompt_ids: list[int], rating_token_ids: list[int],
-                               values: list[float]) -> tuple[float, list[float]]:
+def pointwise_reference_rating(
+    path, prompt_ids: list[int], rating_token_ids: list[int], values: list[float]
+) -> tuple[float, list[float]]:
     """One forward on the ids alone; the next-token distribution at the last position restricted to
     the rating tokens (softmax over just those, float64); expected rating = sum p * value."""
     if len(rating_token_ids) != len(values):
@@ -138,16 +139,24 @@ def pointwise_reference_rating(path, prompt_ids: list[int], rating_token_ids: li
     return expected, probs.tolist()
 
 
-def pointwise_reference_generate(path, prompt_ids: list[int],
-                                 max_new_tokens: int) -> tuple[str, list[int], list[torch.Tensor]]:
+def pointwise_reference_generate(
+    path, prompt_ids: list[int], max_new_tokens: int
+) -> tuple[str, list[int], list[torch.Tensor]]:
     """Greedy generation of one item: (text without special tokens, new ids, the logits of each
     generated step, [vocab] fp32 each)."""
     tokenizer, model = _causal_lm(str(path))
     ids = torch.tensor([prompt_ids])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=pad)
-    new_ids = gen.sequences[0][len(prompt_ids):].tolist()
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad,
+        )
+    new_ids = gen.sequences[0][len(prompt_ids) :].tolist()
     step_logits = [step[0].float() for step in gen.logits]
     return tokenizer.decode(new_ids, skip_special_tokens=True), new_ids, step_logits

@@ -74,23 +74,38 @@ class Result:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"RM-Bench folder (default: {DEFAULT_DATA} if it exists, else a generated corpus)")
-    parser.add_argument("--items", type=positive_int, default=384,
-                        help="(prompt, response) pairs to score (default 384)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"RM-Bench folder (default: {DEFAULT_DATA} if it exists, else a generated corpus)",
+    )
+    parser.add_argument(
+        "--items", type=positive_int, default=384, help="(prompt, response) pairs to score (default 384)"
+    )
     # 4096: padding efficiency >= 0.95 on the default sample (8192 gives 0.93) at the same CPU
     # throughput; see docs/benchmarks.md
-    parser.add_argument("--max-batch-tokens", type=int, default=4096,
-                        help="padded tokens per forward pass for ours (default 4096; at least 2048)")
-    parser.add_argument("--repeats", type=positive_int, default=3,
-                        help="timed runs per method; the median is reported (default 3)")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=4096,
+        help="padded tokens per forward pass for ours (default 4096; at least 2048)",
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs per method; the median is reported (default 3)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sample, generated corpus and model weights")
-    parser.add_argument("--workload", choices=["rm-bench", "grpo"], default="rm-bench",
-                        help="rm-bench: a preference corpus (default); grpo: n responses per prompt, chat and "
-                             "reasoning shapes, with and without prefix sharing (cluster/bench/rl.py)")
+    parser.add_argument(
+        "--workload",
+        choices=["rm-bench", "grpo"],
+        default="rm-bench",
+        help="rm-bench: a preference corpus (default); grpo: n responses per prompt, chat and "
+        "reasoning shapes, with and without prefix sharing (cluster/bench/rl.py)",
+    )
     parser.add_argument("--prompts", type=positive_int, default=4, help="grpo: prompts per (shape, n) (default 4)")
-    parser.add_argument("--lengths", action="store_true",
-                        help="the card loop vs ours at 256, 1k, 2k, 4k and 8k tokens per item")
+    parser.add_argument(
+        "--lengths", action="store_true", help="the card loop vs ours at 256, 1k, 2k, 4k and 8k tokens per item"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -110,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
     model_card, _, ours = methods
     warm_up(rm, seqs[:WARMUP_ITEMS])
     seconds, scores = time_methods(methods, args.repeats)
-    results = [Result(m.name, seconds[m.name], sum(lengths), padding_efficiency_of(m.batches, lengths))
-               for m in methods]
+    results = [
+        Result(m.name, seconds[m.name], sum(lengths), padding_efficiency_of(m.batches, lengths)) for m in methods
+    ]
     print(header(corpus, lengths, rm, args))
     print(table(results))
     print(f"tokenization (excluded above): {tokenize_seconds:.2f} s, {sum(lengths) / tokenize_seconds:,.0f} tokens/s")
@@ -193,8 +209,14 @@ def build_model(tmp: Path, texts: list[str], max_batch_tokens: int, seed: int):
 
     path = build_tiny_model(tmp, kind="reward", arch="llama", corpus=texts, seed=seed, **MODEL_SHAPE)
     # fp32 everywhere (also on a GPU, where "auto" means bf16): the score check needs it
-    spec = ModelSpec(name="bench-rm", path=str(path), kind="reward", dtype="float32", max_length=MAX_LENGTH,
-                     max_batch_tokens=max_batch_tokens)
+    spec = ModelSpec(
+        name="bench-rm",
+        path=str(path),
+        kind="reward",
+        dtype="float32",
+        max_length=MAX_LENGTH,
+        max_batch_tokens=max_batch_tokens,
+    )
     return load_model(spec)  # weights are in memory now; the folder can go
 
 
@@ -221,10 +243,14 @@ def make_methods(rm, seqs: list[list[int]]) -> list[Method]:
         return [score for score, _ in ran.outputs]
 
     return [
-        Method("one-at-a-time (model card)", lambda: score_one_at_a_time(runner.model, seqs),
-               [[i] for i in range(len(seqs))]),
-        Method(f"fixed batch {FIXED_BATCH_SIZE}, arrival order", lambda: score_fixed_batches(runner, seqs, fixed),
-               fixed),
+        Method(
+            "one-at-a-time (model card)",
+            lambda: score_one_at_a_time(runner.model, seqs),
+            [[i] for i in range(len(seqs))],
+        ),
+        Method(
+            f"fixed batch {FIXED_BATCH_SIZE}, arrival order", lambda: score_fixed_batches(runner, seqs, fixed), fixed
+        ),
         Method("ours (token budget, sorted)", ours, ours_plan),
     ]
 
@@ -301,6 +327,8 @@ def table(results: list[Result]) -> str:
     one_at_a_time, fixed, ours = results
     lines = [f"{'method':<32}{'tokens/s':>10}{'pad-eff':>10}{'median s':>10}"]
     lines += [f"{r.name:<32}{r.tokens_per_s:>10,.0f}{r.padding_efficiency:>10.3f}{r.seconds:>10.2f}" for r in results]
-    lines.append(f"ours / one-at-a-time: {ours.tokens_per_s / one_at_a_time.tokens_per_s:.2f}x    "
-                 f"ours / fixed-{FIXED_BATCH_SIZE}: {ours.tokens_per_s / fixed.tokens_per_s:.2f}x")
+    lines.append(
+        f"ours / one-at-a-time: {ours.tokens_per_s / one_at_a_time.tokens_per_s:.2f}x    "
+        f"ours / fixed-{FIXED_BATCH_SIZE}: {ours.tokens_per_s / fixed.tokens_per_s:.2f}x"
+    )
     return "\n".join(lines)

@@ -61,8 +61,10 @@ def run_lengths(args: argparse.Namespace) -> int:
     vocab = rm.runner.model.config.vocab_size
     print(header(rm, args, "item lengths: each row scores the same token ids", LENGTHS_BATCH_TOKENS))
     print("before: a padded batch with an attention mask, passes of max_batch_tokens (ours before issue 13)")
-    print(f"{'tokens/item':>11}{'items':>7}{'card tok/s':>12}{'before tok/s':>14}{'ours tok/s':>12}"
-          f"{'ours/card':>11}{'before/card':>13}{'max |diff|':>12}")
+    print(
+        f"{'tokens/item':>11}{'items':>7}{'card tok/s':>12}{'before tok/s':>14}{'ours tok/s':>12}"
+        f"{'ours/card':>11}{'before/card':>13}{'max |diff|':>12}"
+    )
     worst_all, slowest = 0.0, math.inf
     for length in LENGTHS:
         items = max(2, TOKENS_PER_LENGTH // length)
@@ -73,9 +75,11 @@ def run_lengths(args: argparse.Namespace) -> int:
         worst_all = max(worst_all, worst)
         ratio = seconds["card"] / seconds["ours"]
         slowest = min(slowest, ratio)
-        print(f"{length:>11,}{items:>7}{useful / seconds['card']:>12,.0f}{useful / seconds['masked']:>14,.0f}"
-              f"{useful / seconds['ours']:>12,.0f}{ratio:>10.2f}x{seconds['card'] / seconds['masked']:>12.2f}x"
-              f"{worst:>12.1e}")
+        print(
+            f"{length:>11,}{items:>7}{useful / seconds['card']:>12,.0f}{useful / seconds['masked']:>14,.0f}"
+            f"{useful / seconds['ours']:>12,.0f}{ratio:>10.2f}x{seconds['card'] / seconds['masked']:>12.2f}x"
+            f"{worst:>12.1e}"
+        )
     print(f"slowest ours / card: {slowest:.2f}x")
     return verdict(worst_all)
 
@@ -83,9 +87,11 @@ def run_lengths(args: argparse.Namespace) -> int:
 def time_lengths(rm, seqs: list[list[int]], budget: int, repeats: int):
     ours = runner_with(rm, max_batch_tokens=budget)
     masked = before_runner(rm, budget)
-    methods = {"card": lambda: score_one_at_a_time(rm.runner.model, seqs),
-               "masked": lambda: [s for s, _ in masked.run("score", seqs).outputs],
-               "ours": lambda: [s for s, _ in ours.run("score", seqs).outputs]}
+    methods = {
+        "card": lambda: score_one_at_a_time(rm.runner.model, seqs),
+        "masked": lambda: [s for s, _ in masked.run("score", seqs).outputs],
+        "ours": lambda: [s for s, _ in ours.run("score", seqs).outputs],
+    }
     return time_methods(methods, repeats, warm=lambda: score_one_at_a_time(rm.runner.model, seqs[:1]))
 
 
@@ -93,8 +99,11 @@ def run_grpo(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     lexicon = pseudo_words(rng, 3000)
     weights = [1 / rank for rank in range(1, len(lexicon) + 1)]
-    workloads = {(shape, n): grpo_conversations(rng, lexicon, weights, shape, n, args.prompts)
-                 for shape in SHAPES for n in GROUP_SIZES}
+    workloads = {
+        (shape, n): grpo_conversations(rng, lexicon, weights, shape, n, args.prompts)
+        for shape in SHAPES
+        for n in GROUP_SIZES
+    }
     texts = [m["content"] for convs in workloads.values() for c in convs for m in c]
     rm = build(args.seed, texts=texts)
     print(header(rm, args, f"GRPO groups: {args.prompts} prompts x n responses, arrival order = group order"))
@@ -117,36 +126,50 @@ def grpo_table(rm, shape: str, n: int, seqs: list[list[int]], args: argparse.Nam
             ran = runner.run("score", seqs)
             computed[key] = ran.computed
             return [s for s, _ in ran.outputs]
+
         return go
 
-    methods = {"card": lambda: score_one_at_a_time(rm.runner.model, seqs),
-               "fixed": lambda: hf_padded_batches(rm, seqs, fixed),
-               "unshared": ours(unshared, "unshared"),
-               "shared": ours(shared, "shared")}
+    methods = {
+        "card": lambda: score_one_at_a_time(rm.runner.model, seqs),
+        "fixed": lambda: hf_padded_batches(rm, seqs, fixed),
+        "unshared": ours(unshared, "unshared"),
+        "shared": ours(shared, "shared"),
+    }
     seconds, scores = time_methods(methods, args.repeats, warm=lambda: score_one_at_a_time(rm.runner.model, seqs[:1]))
-    names = {"card": "one-at-a-time (model card)", "fixed": f"fixed padded batch {FIXED_BATCH_SIZE} (HF, mask)",
-             "unshared": "ours, no prefix sharing", "shared": "ours (shared prefixes)"}
-    rows = [Row(names[k], seconds[k], useful, computed[k], max(abs(a - b) for a, b in zip(scores[k], scores["card"])))
-            for k in methods]
+    names = {
+        "card": "one-at-a-time (model card)",
+        "fixed": f"fixed padded batch {FIXED_BATCH_SIZE} (HF, mask)",
+        "unshared": "ours, no prefix sharing",
+        "shared": "ours (shared prefixes)",
+    }
+    rows = [
+        Row(names[k], seconds[k], useful, computed[k], max(abs(a - b) for a, b in zip(scores[k], scores["card"])))
+        for k in methods
+    ]
     prompt, response = SHAPES[shape]
     lengths = sorted(map(len, seqs))
-    print(f"\n{shape} (prompt ~{prompt}, response median ~{response} tokens), n = {n}: {len(seqs)} items, "
-          f"tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+    print(
+        f"\n{shape} (prompt ~{prompt}, response median ~{response} tokens), n = {n}: {len(seqs)} items, "
+        f"tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}"
+    )
     print(f"{'method':<36}{'computed/useful':>16}{'tokens/s':>10}{'median s':>10}{'max |diff|':>12}")
     for r in rows:
         print(f"{r.name:<36}{r.computed / r.useful:>16.2f}{r.tokens_per_s:>10,.0f}{r.seconds:>10.2f}{r.worst:>12.1e}")
     card, _, no_share, ours_row = rows
-    print(f"ours / one-at-a-time: {ours_row.tokens_per_s / card.tokens_per_s:.2f}x    "
-          f"ours / no sharing: {ours_row.tokens_per_s / no_share.tokens_per_s:.2f}x    "
-          f"no sharing / one-at-a-time: {no_share.tokens_per_s / card.tokens_per_s:.2f}x")
+    print(
+        f"ours / one-at-a-time: {ours_row.tokens_per_s / card.tokens_per_s:.2f}x    "
+        f"ours / no sharing: {ours_row.tokens_per_s / no_share.tokens_per_s:.2f}x    "
+        f"no sharing / one-at-a-time: {no_share.tokens_per_s / card.tokens_per_s:.2f}x"
+    )
     return max(r.worst for r in rows)
 
 
 # ---------------------------------------------------------------- workloads
 
 
-def grpo_conversations(rng: random.Random, lexicon: list[str], weights: list[float], shape: str, n: int,
-                       prompts: int) -> list[list[dict[str, str]]]:
+def grpo_conversations(
+    rng: random.Random, lexicon: list[str], weights: list[float], shape: str, n: int, prompts: int
+) -> list[list[dict[str, str]]]:
     from cluster.bench.inprocess import prose
 
     prompt_tokens, response_tokens = SHAPES[shape]
@@ -154,10 +177,12 @@ def grpo_conversations(rng: random.Random, lexicon: list[str], weights: list[flo
     for _ in range(prompts):
         if shape == "chat":  # system prompt, an earlier exchange, the question: ~prompt_tokens in all
             words = [round(prompt_tokens * share) for share in (0.25, 0.2, 0.35, 0.2)]
-            turns = [{"role": "system", "content": prose(rng, lexicon, weights, words[0])},
-                     {"role": "user", "content": prose(rng, lexicon, weights, words[1])},
-                     {"role": "assistant", "content": prose(rng, lexicon, weights, words[2])},
-                     {"role": "user", "content": prose(rng, lexicon, weights, words[3])}]
+            turns = [
+                {"role": "system", "content": prose(rng, lexicon, weights, words[0])},
+                {"role": "user", "content": prose(rng, lexicon, weights, words[1])},
+                {"role": "assistant", "content": prose(rng, lexicon, weights, words[2])},
+                {"role": "user", "content": prose(rng, lexicon, weights, words[3])},
+            ]
         else:
             turns = [{"role": "user", "content": prose(rng, lexicon, weights, prompt_tokens)}]
         for _ in range(n):
@@ -178,10 +203,17 @@ def build(seed: int, texts: list[str] | None):
         rng = random.Random(seed)
         texts = [" ".join(pseudo_words(rng, 400))]
     with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
-        path = build_tiny_model(Path(tmp), kind="reward", arch="llama", corpus=texts, seed=seed,
-                                max_positions=MAX_LENGTH, **MODEL_SHAPE)
-        spec = ModelSpec(name="bench-rm", path=str(path), kind="reward", dtype="float32", max_length=MAX_LENGTH,
-                         max_batch_tokens=MAX_LENGTH)
+        path = build_tiny_model(
+            Path(tmp), kind="reward", arch="llama", corpus=texts, seed=seed, max_positions=MAX_LENGTH, **MODEL_SHAPE
+        )
+        spec = ModelSpec(
+            name="bench-rm",
+            path=str(path),
+            kind="reward",
+            dtype="float32",
+            max_length=MAX_LENGTH,
+            max_batch_tokens=MAX_LENGTH,
+        )
         return load_model(spec)
 
 
@@ -213,14 +245,15 @@ def hf_padded_batches(rm, seqs: list[list[int]], batches: list[list[int]]) -> li
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for row, i in enumerate(batch):
-                ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, :len(seqs[i])] = 1
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
             out += model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()
     return out
 
 
-def time_methods(methods: dict[str, Callable[[], list[float]]], repeats: int,
-                 warm: Callable[[], object]) -> tuple[dict[str, float], dict[str, list[float]]]:
+def time_methods(
+    methods: dict[str, Callable[[], list[float]]], repeats: int, warm: Callable[[], object]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Median seconds per method; the methods take turns within each repeat, so a slow spell of the
     machine falls on all of them."""
     warm()
@@ -236,12 +269,14 @@ def time_methods(methods: dict[str, Callable[[], list[float]]], repeats: int,
 
 def header(rm, args: argparse.Namespace, what: str, budget: int | None = None) -> str:
     params = sum(p.numel() for p in rm.runner.model.parameters())
-    return (f"{what}; seed {args.seed}\n"
-            f"model: Llama reward model, {params / 1e6:.2f}M parameters, fp32 on {rm.runner.device}, "
-            f"{rm.runner.model.config._attn_implementation} attention; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; max_batch_tokens {budget or args.max_batch_tokens} "
-            f"(a pass holds at most {CPU_PASS_TOKENS} on a CPU); "
-            f"median of {args.repeats} repeats")
+    return (
+        f"{what}; seed {args.seed}\n"
+        f"model: Llama reward model, {params / 1e6:.2f}M parameters, fp32 on {rm.runner.device}, "
+        f"{rm.runner.model.config._attn_implementation} attention; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; max_batch_tokens {budget or args.max_batch_tokens} "
+        f"(a pass holds at most {CPU_PASS_TOKENS} on a CPU); "
+        f"median of {args.repeats} repeats"
+    )
 
 
 def verdict(worst: float) -> int:

@@ -35,8 +35,10 @@ class LoadResult:
         lat = sorted(self.latencies)
         p50 = lat[len(lat) // 2] * 1000
         p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))] * 1000
-        return (f"{self.name:<34}{self.requests / self.seconds:>9.1f}{self.tokens / self.seconds:>11,.0f}"
-                f"{p50:>9.0f}{p99:>9.0f}{self.mean_batch:>8.1f}{self.errors:>7d}")
+        return (
+            f"{self.name:<34}{self.requests / self.seconds:>9.1f}{self.tokens / self.seconds:>11,.0f}"
+            f"{p50:>9.0f}{p99:>9.0f}{self.mean_batch:>8.1f}{self.errors:>7d}"
+        )
 
 
 HEADER = f"{'app':<34}{'req/s':>9}{'tokens/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'batch':>8}{'errors':>7}"
@@ -52,28 +54,55 @@ def client_counts(values: list[str] | None, default: int) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="RM-Bench folder (default: ../shared/data/rm-bench)")
-    parser.add_argument("--clients", action="append", metavar="N[,N...]",
-                        help="concurrent clients, a list or repeated (default 16; --one-per-request: 64)")
-    parser.add_argument("--one-per-request", action="store_true",
-                        help="one conversation per HTTP request: the app with the per-request path before issue 13 "
-                             "(ingress.fast_path: false) vs the new one, behind Serve's proxy and (--haproxy) behind "
-                             "HAProxy, and batched RewardClient calls on the same conversations")
-    parser.add_argument("--corpus", choices=["short", "rm-bench"], default=None,
-                        help="--one-per-request: short one-line chat turns (default: per-request costs, not the "
-                             "model, set the pace) or RM-Bench conversations")
-    parser.add_argument("--haproxy", action=argparse.BooleanOptionalAction, default=True,
-                        help="--one-per-request: also run both paths on a second local cluster started with "
-                             "RAY_SERVE_ENABLE_HA_PROXY=1 (default on)")
+    parser.add_argument(
+        "--clients",
+        action="append",
+        metavar="N[,N...]",
+        help="concurrent clients, a list or repeated (default 16; --one-per-request: 64)",
+    )
+    parser.add_argument(
+        "--one-per-request",
+        action="store_true",
+        help="one conversation per HTTP request: the app with the per-request path before issue 13 "
+        "(ingress.fast_path: false) vs the new one, behind Serve's proxy and (--haproxy) behind "
+        "HAProxy, and batched RewardClient calls on the same conversations",
+    )
+    parser.add_argument(
+        "--corpus",
+        choices=["short", "rm-bench"],
+        default=None,
+        help="--one-per-request: short one-line chat turns (default: per-request costs, not the "
+        "model, set the pace) or RM-Bench conversations",
+    )
+    parser.add_argument(
+        "--haproxy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--one-per-request: also run both paths on a second local cluster started with "
+        "RAY_SERVE_ENABLE_HA_PROXY=1 (default on)",
+    )
     parser.add_argument("--leg", choices=["haproxy"], help=argparse.SUPPRESS)  # the HAProxy cluster's subprocess
     parser.add_argument("--leg-model", help=argparse.SUPPRESS)
     parser.add_argument("--leg-out", help=argparse.SUPPRESS)
-    parser.add_argument("--requests", type=int, default=None,
-                        help="requests per app (default 320; --one-per-request: 4000 conversations)")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds per app at most (default 120; --one-per-request: 15 per row)")
-    parser.add_argument("--model-size", choices=["tiny", "small"], default="tiny",
-                        help="tiny: 2 layers, hidden 64 (per-call overhead dominates, as with one sequence "
-                             "on a GPU); small: the 5M-parameter model of `bench` (2 CPU cores saturate)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests per app (default 320; --one-per-request: 4000 conversations)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds per app at most (default 120; --one-per-request: 15 per row)",
+    )
+    parser.add_argument(
+        "--model-size",
+        choices=["tiny", "small"],
+        default="tiny",
+        help="tiny: 2 layers, hidden 64 (per-call overhead dominates, as with one sequence "
+        "on a GPU); small: the 5M-parameter model of `bench` (2 CPU cores saturate)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -101,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = bench.load_corpus(args.data, args.requests, args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     shape = bench.MODEL_SHAPE if args.model_size == "small" else {"vocab_size": 2000}
-    model_dir = build_tiny_model(tmp / "rm", kind="reward", arch="llama", corpus=corpus.texts, seed=args.seed,
-                                 **shape)
+    model_dir = build_tiny_model(tmp / "rm", kind="reward", arch="llama", corpus=corpus.texts, seed=args.seed, **shape)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -115,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    print(f"corpus: {corpus.source}, {len(corpus.conversations)} conversations, one per request; "
-          f"{args.clients} concurrent clients; model: {args.model_size}; CPU app (num_gpus 0), 1 replica")
+    print(
+        f"corpus: {corpus.source}, {len(corpus.conversations)} conversations, one per request; "
+        f"{args.clients} concurrent clients; model: {args.model_size}; CPU app (num_gpus 0), 1 replica"
+    )
     print(HEADER)
     for r in results:
         print(r.row())
@@ -133,11 +163,24 @@ def deploy(model_dir: Path, batching: bool, port: int) -> None:
 
     args = {
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.2},
-        "models": [{"name": "rm", "path": str(model_dir), "kind": "reward", "max_length": 2048,
-                    "max_batch_tokens": 4096,
-                    "replicas": {"num_gpus": 0, "num_cpus": 0.5, "max_ongoing_requests": 64,
-                                 "max_queued_requests": -1, "batch_max_tokens": 16384,
-                                 "batch_wait_timeout_s": 0.005, "cross_request_batching": batching}}],
+        "models": [
+            {
+                "name": "rm",
+                "path": str(model_dir),
+                "kind": "reward",
+                "max_length": 2048,
+                "max_batch_tokens": 4096,
+                "replicas": {
+                    "num_gpus": 0,
+                    "num_cpus": 0.5,
+                    "max_ongoing_requests": 64,
+                    "max_queued_requests": -1,
+                    "batch_max_tokens": 16384,
+                    "batch_wait_timeout_s": 0.005,
+                    "cross_request_batching": batching,
+                },
+            }
+        ],
     }
     serve.run(build_app(args), name="bench", route_prefix="/")
 
@@ -175,8 +218,7 @@ async def load(name: str, base: str, conversations: list, args: argparse.Namespa
     after = await handle.get_stats.remote()
     batches = after["batches"] - before["batches"]
     mean_batch = (after["calls"] - before["calls"]) / batches if batches else 0.0
-    return LoadResult(name, len(latencies), seconds, counts["tokens"], latencies or [0.0], mean_batch,
-                      counts["errors"])
+    return LoadResult(name, len(latencies), seconds, counts["tokens"], latencies or [0.0], mean_batch, counts["errors"])
 
 
 # ---------------------------------------------------------------- --one-per-request
@@ -213,8 +255,10 @@ class RawHttp:
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body)
+        )
         status = int((await self.reader.readline()).split(b" ", 2)[1])
         length, chunked, close = 0, False, False
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
@@ -258,12 +302,16 @@ class OneRow:
 
     def line(self) -> str:
         names = dict(ONE_ROWS, http="RewardClient.http, 64 per call", handle="RewardClient.handle, 64 per call")
-        return (f"{self.leg:<12}{names[self.path]:<34}{self.clients:>8d}{self.rate:>10.1f}{self.p50_ms:>9.0f}"
-                f"{self.p99_ms:>9.0f}{self.errors:>7d}  " + " ".join(f"{k} {v:.2f}" for k, v in self.cpu_ms.items()))
+        return (
+            f"{self.leg:<12}{names[self.path]:<34}{self.clients:>8d}{self.rate:>10.1f}{self.p50_ms:>9.0f}"
+            f"{self.p99_ms:>9.0f}{self.errors:>7d}  " + " ".join(f"{k} {v:.2f}" for k, v in self.cpu_ms.items())
+        )
 
 
-ONE_HEADER = (f"{'front':<12}{'app / client':<34}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
-              "  CPU ms per request: proxy, ingress, tokenizer, replica")
+ONE_HEADER = (
+    f"{'front':<12}{'app / client':<34}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+    "  CPU ms per request: proxy, ingress, tokenizer, replica"
+)
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -274,8 +322,12 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
 def serve_processes() -> dict[int, str]:
     """pid -> role of this machine's Serve processes: proxy (Serve's or HAProxy), ingress, tokenizer,
     replica (Linux /proc; empty elsewhere)."""
-    prefixes = {"ray::ProxyActor": "proxy", "ray::ServeReplica:bench:ingress": "ingress",
-                "ray::ServeReplica:bench:tokenizer": "tokenizer", "ray::ServeReplica:bench:reward-": "replica"}
+    prefixes = {
+        "ray::ProxyActor": "proxy",
+        "ray::ServeReplica:bench:ingress": "ingress",
+        "ray::ServeReplica:bench:tokenizer": "tokenizer",
+        "ray::ServeReplica:bench:reward-": "replica",
+    }
     out = {}
     for entry in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -349,7 +401,7 @@ async def batched_load(client, conversations: list, seconds: float) -> tuple:
     done, start = 0, time.perf_counter()
     step = 64 * client.max_concurrency * 4
     while done < len(conversations) and time.perf_counter() - start < seconds:
-        part = conversations[done:done + step]
+        part = conversations[done : done + step]
         scores = await client.ascore(part)
         assert len(scores) == len(part)
         done += len(part)
@@ -360,15 +412,29 @@ def one_app_args(model_dir: str, fast_path: bool) -> dict:
     return {
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.2},
         "ingress": {"min_replicas": 1, "max_replicas": 1, "fast_path": fast_path},
-        "models": [{"name": "rm", "path": model_dir, "kind": "reward", "max_length": 2048, "max_batch_tokens": 4096,
-                    "replicas": {"num_gpus": 0, "num_cpus": 0.5, "max_ongoing_requests": 64,
-                                 "max_queued_requests": -1, "batch_max_tokens": 16384,
-                                 "batch_wait_timeout_s": 0.005}}],
+        "models": [
+            {
+                "name": "rm",
+                "path": model_dir,
+                "kind": "reward",
+                "max_length": 2048,
+                "max_batch_tokens": 4096,
+                "replicas": {
+                    "num_gpus": 0,
+                    "num_cpus": 0.5,
+                    "max_ongoing_requests": 64,
+                    "max_queued_requests": -1,
+                    "batch_max_tokens": 16384,
+                    "batch_wait_timeout_s": 0.005,
+                },
+            }
+        ],
     }
 
 
-def run_legs(leg: str, model_dir: str, conversations: list, counts: list[int], args: argparse.Namespace,
-             batched: bool) -> list[OneRow]:
+def run_legs(
+    leg: str, model_dir: str, conversations: list, counts: list[int], args: argparse.Namespace, batched: bool
+) -> list[OneRow]:
     """Both paths (and the batched clients) on one local cluster, started here and shut down after."""
     import json
 
@@ -392,25 +458,43 @@ def run_legs(leg: str, model_dir: str, conversations: list, counts: list[int], a
                 before = cpu_seconds(pids)
                 done, seconds, latencies, errors = asyncio.run(one_per_request_load(port, bodies, n, args.time_limit))
                 p50, p99 = percentiles(latencies)
-                rows.append(OneRow(leg, path, n, done / seconds, p50, p99, errors,
-                                   cpu_per_request(before, cpu_seconds(pids), done)))
+                rows.append(
+                    OneRow(
+                        leg, path, n, done / seconds, p50, p99, errors, cpu_per_request(before, cpu_seconds(pids), done)
+                    )
+                )
                 print(rows[-1].line(), flush=True)
             if batched and path == "new":
                 for transport in ("http", "handle"):
                     for n in counts:
+
                         async def go(transport=transport, n=n, pids=pids):
                             options = {"max_items_per_call": 64, "max_concurrency": max(1, n // 64)}
-                            client = (RewardClient.http(f"http://127.0.0.1:{port}", **options) if transport == "http"
-                                      else RewardClient.handle("bench", **options))
+                            client = (
+                                RewardClient.http(f"http://127.0.0.1:{port}", **options)
+                                if transport == "http"
+                                else RewardClient.handle("bench", **options)
+                            )
                             await client.ascore(conversations[:128])  # warm
                             before = cpu_seconds(pids)
                             out = await batched_load(client, conversations, args.time_limit)
                             await client.aclose()
                             return out, before
+
                         (done, seconds, latencies, errors), before = asyncio.run(go())
                         p50, p99 = percentiles(latencies)
-                        rows.append(OneRow("batched", transport, n, done / seconds, p50, p99, errors,
-                                           cpu_per_request(before, cpu_seconds(pids), done)))
+                        rows.append(
+                            OneRow(
+                                "batched",
+                                transport,
+                                n,
+                                done / seconds,
+                                p50,
+                                p99,
+                                errors,
+                                cpu_per_request(before, cpu_seconds(pids), done),
+                            )
+                        )
                         print(rows[-1].line(), flush=True)
             serve.delete("bench")
     finally:
@@ -445,16 +529,39 @@ def one_per_request(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     shape = {} if corpus_kind == "short" else {"vocab_size": 2000}  # short: the demo's tiny-rm
     model_dir = str(build_tiny_model(tmp / "rm", kind="reward", arch="llama", corpus=texts, seed=args.seed, **shape))
-    print(f"corpus: {source}, {len(conversations)} conversations, one per request; clients {counts}; tiny model; "
-          f"CPU app, one replica of each deployment; at most {args.time_limit:.0f} s per row", flush=True)
+    print(
+        f"corpus: {source}, {len(conversations)} conversations, one per request; clients {counts}; tiny model; "
+        f"CPU app, one replica of each deployment; at most {args.time_limit:.0f} s per row",
+        flush=True,
+    )
     print(ONE_HEADER, flush=True)
     rows = run_legs("serve proxy", model_dir, conversations, counts, args, batched=True)
     if args.haproxy:
         out = tmp / "haproxy-rows.json"
-        command = [sys.executable, "-m", "cluster", "bench-serve", "--one-per-request", "--leg", "haproxy",
-                   "--leg-model", model_dir, "--leg-out", str(out), "--corpus", corpus_kind,
-                   "--requests", str(args.requests), "--time-limit", str(args.time_limit), "--seed", str(args.seed),
-                   *(["--data", str(args.data)] if args.data else []), "--clients", ",".join(map(str, counts))]
+        command = [
+            sys.executable,
+            "-m",
+            "cluster",
+            "bench-serve",
+            "--one-per-request",
+            "--leg",
+            "haproxy",
+            "--leg-model",
+            model_dir,
+            "--leg-out",
+            str(out),
+            "--corpus",
+            corpus_kind,
+            "--requests",
+            str(args.requests),
+            "--time-limit",
+            str(args.time_limit),
+            "--seed",
+            str(args.seed),
+            *(["--data", str(args.data)] if args.data else []),
+            "--clients",
+            ",".join(map(str, counts)),
+        ]
         env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1"}
         done = subprocess.run(command, env=env, check=False)
         if done.returncode == 0 and out.exists():

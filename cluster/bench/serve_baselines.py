@@ -60,8 +60,9 @@ class UngatheredReplica(ModelReplica):
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # no @serve.batch to tune: the runner's settings only, the rest recorded for describe()
-        super().reconfigure({k: v for k, v in user_config.items()
-                             if k not in ("batch_max_tokens", "batch_wait_timeout_s")})
+        super().reconfigure(
+            {k: v for k, v in user_config.items() if k not in ("batch_max_tokens", "batch_wait_timeout_s")}
+        )
         self.batching.update(user_config)
 
 
@@ -73,5 +74,6 @@ def build_app(args: dict[str, Any]):
     """deployments.app:build_app with the baselines the config asks for."""
     config = AppConfig.parse(args)
     ingress = BaselineIngress if not config.ingress.fast_path else Ingress
-    return app.bind_app(config, ingress_class=ingress, ingress_opts=ingress_options(config.ingress),
-                        replica_class=replica_class)
+    return app.bind_app(
+        config, ingress_class=ingress, ingress_opts=ingress_options(config.ingress), replica_class=replica_class
+    )

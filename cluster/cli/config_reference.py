@@ -54,12 +54,22 @@ def default_sections() -> list[tuple]:
     from cluster.data.pipeline import ScoringOptions
     from cluster.kinds import KINDS
 
-    kinds = [(f"kind: {name}", kind.spec_fields, f"{kind.summary[0].upper()}{kind.summary[1:]}. Its own fields, "
-              "beside those of [ModelSpec](#modelspec):") for name, kind in KINDS.items()]
+    kinds = [
+        (
+            f"kind: {name}",
+            kind.spec_fields,
+            f"{kind.summary[0].upper()}{kind.summary[1:]}. Its own fields, beside those of [ModelSpec](#modelspec):",
+        )
+        for name, kind in KINDS.items()
+    ]
     return [
         ("AppConfig", AppConfig),
-        ("ServedModel", ServedModel, "One entry of `models` in the app config: a ModelSpec with its kind's fields "
-         "(below), plus how to deploy it."),
+        (
+            "ServedModel",
+            ServedModel,
+            "One entry of `models` in the app config: a ModelSpec with its kind's fields "
+            "(below), plus how to deploy it.",
+        ),
         ("ModelSpec", ModelSpec),
         *kinds,
         ("ReplicaSettings", ReplicaSettings),
@@ -84,8 +94,9 @@ def render(sections: Sequence[tuple] | None = None) -> str:
     listed model is named there, not repeated."""
     from pydantic import BaseModel
 
-    sections = [(s[0], s[1], s[2] if len(s) > 2 else None) for s in (default_sections() if sections is None
-                                                                       else sections)]
+    sections = [
+        (s[0], s[1], s[2] if len(s) > 2 else None) for s in (default_sections() if sections is None else sections)
+    ]
     anchors = {model: slug(title) for title, model, _ in sections}
     listed = [model for _, model, _ in sections]
     out = [HEADER]
@@ -100,11 +111,15 @@ def render(sections: Sequence[tuple] | None = None) -> str:
             if owner is not None:
                 elsewhere.setdefault(owner, []).append(name)
                 continue
-            rows.append(f"| `{name}` | {_type_cell(field, anchors, BaseModel)} | {_default(field, BaseModel)} | "
-                        f"{_escape(field.description or '')} |")
+            rows.append(
+                f"| `{name}` | {_type_cell(field, anchors, BaseModel)} | {_default(field, BaseModel)} | "
+                f"{_escape(field.description or '')} |"
+            )
         for owner, names in elsewhere.items():
-            out.append(f"Also every field of [{next(t for t, m, _ in sections if m is owner)}](#{anchors[owner]}) "
-                       f"({len(names)}: {', '.join(f'`{n}`' for n in names)}).\n")
+            out.append(
+                f"Also every field of [{next(t for t, m, _ in sections if m is owner)}](#{anchors[owner]}) "
+                f"({len(names)}: {', '.join(f'`{n}`' for n in names)}).\n"
+            )
         if rows:
             out.append("| field | type | default | description |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
     return "\n".join(out).rstrip("\n") + "\n"

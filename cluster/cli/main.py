@@ -16,27 +16,77 @@ from cluster.core.errors import ScoringError
 
 # name -> (help, module, function adding its arguments, function running it, extra arguments for the former)
 COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
-    "demo": ("tiny models behind the Serve app on a local CPU cluster, over HTTP",
-             "cluster.cli.commands", "add_demo_arguments", "run_demo", {}),
-    "tiny-model": ("write a tiny seeded reward model, critic, process reward model or pointwise judge to a directory",
-                   "cluster.cli.commands", "add_tiny_model_arguments", "run_tiny_model", {}),
-    "score": ("score a parquet/JSONL corpus with Ray Data (resumable), print the summary",
-              "cluster.cli.score", "add_score_arguments", "cmd_score", {}),
-    "filter": ("keep the preference pairs a model agrees with (kept/dropped parquet)",
-               "cluster.cli.score", "add_score_arguments", "cmd_filter", {"curate": True}),
-    "filter-solutions": ("keep the solutions whose weakest step a process reward model rates at least "
-                         "--min-step-reward (kept/dropped parquet)",
-                         "cluster.cli.score", "add_score_arguments", "cmd_filter_solutions", {"solutions": True}),
-    "calibrate": ("a reward model's score mean/std on a corpus, for shaping.normalize",
-                  "cluster.cli.score", "add_score_arguments", "cmd_calibrate", {"calibration": True}),
-    "report": ("HTML report of a scoring output, or a comparison of several (same corpus)",
-               "cluster.data.report", "add_arguments", "main", {}),
-    "bench": ("in-process throughput: model card loop vs fixed batches vs ours",
-              "cluster.bench.command", "add_arguments", "run", {}),
-    "bench-serve": ("HTTP load on the CPU app: cross-request batching vs none",
-                    "cluster.bench.serve", "add_arguments", "run", {}),
-    "bench-pipeline": ("Ray Data pipeline throughput: 1 and 2 actors vs fixed batches",
-                       "cluster.bench.pipeline", "add_arguments", "run", {}),
+    "demo": (
+        "tiny models behind the Serve app on a local CPU cluster, over HTTP",
+        "cluster.cli.commands",
+        "add_demo_arguments",
+        "run_demo",
+        {},
+    ),
+    "tiny-model": (
+        "write a tiny seeded reward model, critic, process reward model or pointwise judge to a directory",
+        "cluster.cli.commands",
+        "add_tiny_model_arguments",
+        "run_tiny_model",
+        {},
+    ),
+    "score": (
+        "score a parquet/JSONL corpus with Ray Data (resumable), print the summary",
+        "cluster.cli.score",
+        "add_score_arguments",
+        "cmd_score",
+        {},
+    ),
+    "filter": (
+        "keep the preference pairs a model agrees with (kept/dropped parquet)",
+        "cluster.cli.score",
+        "add_score_arguments",
+        "cmd_filter",
+        {"curate": True},
+    ),
+    "filter-solutions": (
+        "keep the solutions whose weakest step a process reward model rates at least "
+        "--min-step-reward (kept/dropped parquet)",
+        "cluster.cli.score",
+        "add_score_arguments",
+        "cmd_filter_solutions",
+        {"solutions": True},
+    ),
+    "calibrate": (
+        "a reward model's score mean/std on a corpus, for shaping.normalize",
+        "cluster.cli.score",
+        "add_score_arguments",
+        "cmd_calibrate",
+        {"calibration": True},
+    ),
+    "report": (
+        "HTML report of a scoring output, or a comparison of several (same corpus)",
+        "cluster.data.report",
+        "add_arguments",
+        "main",
+        {},
+    ),
+    "bench": (
+        "in-process throughput: model card loop vs fixed batches vs ours",
+        "cluster.bench.command",
+        "add_arguments",
+        "run",
+        {},
+    ),
+    "bench-serve": (
+        "HTTP load on the CPU app: cross-request batching vs none",
+        "cluster.bench.serve",
+        "add_arguments",
+        "run",
+        {},
+    ),
+    "bench-pipeline": (
+        "Ray Data pipeline throughput: 1 and 2 actors vs fixed batches",
+        "cluster.bench.pipeline",
+        "add_arguments",
+        "run",
+        {},
+    ),
 }
 
 
@@ -51,8 +101,7 @@ def quiet_transformers() -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command listed; only `command`'s module imported, for its arguments. Options are
     matched whole, never by a prefix (`--no-prog` is not `--no-progress`)."""
-    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n")[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = {}  # name -> its parser, for errors in that command's own usage
     for name, (help_text, module, add, run, extra) in COMMANDS.items():

@@ -37,7 +37,7 @@ def _stat(pid: int) -> tuple[int, str, int] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         return int(fields[1]), fields[0], int(fields[19])
     except (OSError, ValueError, IndexError):
         return None

@@ -29,41 +29,66 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def add_score_arguments(parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False,
-                        solutions: bool = False) -> None:
+def add_score_arguments(
+    parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False, solutions: bool = False
+) -> None:
     parser.add_argument("input", help="a parquet/JSONL/JSON file, a folder of them, or a glob")
     parser.add_argument("output", help="output folder (parts/, summary.json, errors.jsonl); rerun to resume")
-    parser.add_argument("--model", required=True,
-                        help="a model directory or hub id (kind read from its config: a reward model or critic); "
-                             "with --via-serve, the served model's name; or a JSON object / .json file of "
-                             "ModelSpec fields (a process reward model or pointwise judge needs one: kind 'prm' "
-                             "with its step_tag, or kind 'pointwise')")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model directory or hub id (kind read from its config: a reward model or critic); "
+        "with --via-serve, the served model's name; or a JSON object / .json file of "
+        "ModelSpec fields (a process reward model or pointwise judge needs one: kind 'prm' "
+        "with its step_tag, or kind 'pointwise')",
+    )
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output folder first")
-    parser.add_argument("--address", help="Ray cluster to join: HOST:PORT, ray://..., or 'auto' (the one `ray start` "
-                        "recorded on this machine); default: RAY_ADDRESS, else a fresh local cluster of this "
-                        "command's own, shut down when it ends")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join: HOST:PORT, ray://..., or 'auto' (the one `ray start` "
+        "recorded on this machine); default: RAY_ADDRESS, else a fresh local cluster of this "
+        "command's own, shut down when it ends",
+    )
     if calibration:
         parser.add_argument("--out", default="calibration.json", help="where to write mean/std (JSON)")
     if curate:
-        parser.add_argument("--min-margin", type=float, default=0.0,
-                            help="keep a pair only if chosen beats rejected by at least this much")
+        parser.add_argument(
+            "--min-margin",
+            type=float,
+            default=0.0,
+            help="keep a pair only if chosen beats rejected by at least this much",
+        )
     if solutions:
-        parser.add_argument("--min-step-reward", type=float, default=0.5,
-                            help="keep a solution only if its weakest step's reward is at least this (default: 0.5)")
+        parser.add_argument(
+            "--min-step-reward",
+            type=float,
+            default=0.5,
+            help="keep a solution only if its weakest step's reward is at least this (default: 0.5)",
+        )
     for name, field in ScoringOptions.model_fields.items():
         default = field.default
         help_text = field.description or ""
         if isinstance(default, bool):
             if default:
-                parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false",
-                                    help=help_text or f"turn off {name}")
+                parser.add_argument(
+                    "--no-" + name.replace("_", "-"),
+                    dest=name,
+                    action="store_false",
+                    help=help_text or f"turn off {name}",
+                )
             else:
                 parser.add_argument(_flag(name), dest=name, action="store_true", help=help_text)
             continue
         kind = NONE_DEFAULT_TYPES.get(name) or {int: int, float: float}.get(type(default), str)
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else None
-        parser.add_argument(_flag(name), dest=name, type=kind, default=default, choices=choices,
-                            help=f"{help_text} (default: {default})".strip())
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            type=kind,
+            default=default,
+            choices=choices,
+            help=f"{help_text} (default: {default})".strip(),
+        )
 
 
 def model_from_arg(value: str) -> ModelSpec | str:
@@ -81,14 +106,16 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in ScoringOptions.model_fields}
 
 
-def score_command(input_path: str, output_path: str, model: ModelSpec | Mapping[str, Any] | str,
-                  **options: Any) -> list[str]:
+def score_command(
+    input_path: str, output_path: str, model: ModelSpec | Mapping[str, Any] | str, **options: Any
+) -> list[str]:
     """The argv of `python -m cluster score` for these arguments (what a Ray Job runs)."""
     opts = ScoringOptions.parse({k: v for k, v in options.items() if k not in ("overwrite", "address")})
     if isinstance(model, ModelSpec):
-        model_arg = json.dumps(model.model_dump(mode="json", exclude_defaults=True) | {"name": model.name,
-                                                                                       "path": model.path,
-                                                                                       "kind": model.kind})
+        model_arg = json.dumps(
+            model.model_dump(mode="json", exclude_defaults=True)
+            | {"name": model.name, "path": model.path, "kind": model.kind}
+        )
     elif isinstance(model, Mapping):
         model_arg = json.dumps(dict(model))
     else:
@@ -159,8 +186,13 @@ def _start_watchdog() -> subprocess.Popen | None:
         return None
     mark = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != reaper.MARK_VARIABLE}
-    watchdog = subprocess.Popen([sys.executable, reaper.__file__, mark, str(os.getpid())], stdin=subprocess.PIPE,
-                                env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    watchdog = subprocess.Popen(
+        [sys.executable, reaper.__file__, mark, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     os.environ[reaper.MARK_VARIABLE] = mark
     return watchdog
 
@@ -202,8 +234,13 @@ def quiet_stderr(verbose: bool) -> Iterator[IO[str]]:
     fd, log_path = tempfile.mkstemp(prefix="scoring-ray-", suffix=".log")
     sys.stderr.flush()
     saved = os.dup(2)
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace",
-                         encoding=getattr(sys.stderr, "encoding", None) or "utf-8")
+    terminal = os.fdopen(
+        os.dup(saved),
+        "w",
+        buffering=1,
+        errors="backslashreplace",
+        encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+    )
     os.dup2(fd, 2)
     os.close(fd)
     progress.DISPLAY = terminal
@@ -265,8 +302,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import score_corpus
 
     model = checked_model(args)
-    summary = _run_scoring(args, lambda: score_corpus(args.input, args.output, model, overwrite=args.overwrite,
-                                                      **options_from_args(args)))
+    summary = _run_scoring(
+        args, lambda: score_corpus(args.input, args.output, model, overwrite=args.overwrite, **options_from_args(args))
+    )
     print(format_summary(summary))
     _print_outputs(summary)
     return 0
@@ -277,9 +315,17 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import filter_pairs
 
     model = checked_model(args)
-    summary = _run_scoring(args, lambda: filter_pairs(
-        args.input, args.output, model, min_margin=args.min_margin, overwrite=args.overwrite,
-        **options_from_args(args)))
+    summary = _run_scoring(
+        args,
+        lambda: filter_pairs(
+            args.input,
+            args.output,
+            model,
+            min_margin=args.min_margin,
+            overwrite=args.overwrite,
+            **options_from_args(args),
+        ),
+    )
     print(format_summary(summary))
     print(f"kept {summary['kept']} pairs -> {summary['kept_file']}")
     print(f"dropped {summary['dropped']} pairs -> {summary['dropped_file']}")
@@ -292,9 +338,17 @@ def cmd_filter_solutions(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import filter_solutions
 
     model = checked_model(args)
-    summary = _run_scoring(args, lambda: filter_solutions(
-        args.input, args.output, model, min_step_reward=args.min_step_reward, overwrite=args.overwrite,
-        **options_from_args(args)))
+    summary = _run_scoring(
+        args,
+        lambda: filter_solutions(
+            args.input,
+            args.output,
+            model,
+            min_step_reward=args.min_step_reward,
+            overwrite=args.overwrite,
+            **options_from_args(args),
+        ),
+    )
     print(format_summary(summary))
     print(f"kept {summary['kept']} solutions (weakest step >= {args.min_step_reward:g}) -> {summary['kept_file']}")
     print(f"dropped {summary['dropped']} solutions -> {summary['dropped_file']}")
@@ -314,13 +368,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from cluster.data.pipeline import calibrate
 
     model = checked_model(args)
-    result = _run_scoring(args, lambda: calibrate(args.input, args.output, model, overwrite=args.overwrite,
-                                                  **options_from_args(args)))
+    result = _run_scoring(
+        args, lambda: calibrate(args.input, args.output, model, overwrite=args.overwrite, **options_from_args(args))
+    )
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     norm = result["shaping"]["normalize"]
-    print(f"{result['model']}: mean {norm['mean']:.6g}, std {norm['std']:.6g} over {result['count']} scores "
-          f"-> {args.out}")
+    print(
+        f"{result['model']}: mean {norm['mean']:.6g}, std {norm['std']:.6g} over {result['count']} scores -> {args.out}"
+    )
     print("in ray_config.yaml, under this model (add clip: [low, high] to bound the normalized reward):")
     print(f"  shaping:\n    normalize: {{mean: {norm['mean']!r}, std: {norm['std']!r}}}")
     return 0

@@ -21,16 +21,26 @@ _clients: dict[tuple, RewardClient] = {}
 _lock = threading.Lock()
 
 
-def client_from_env(url: str | None = None, api_key: str | None = None, model: str | None = None,
-                    transport: str | None = None, app: str | None = None, **options: Any) -> RewardClient:
+def client_from_env(
+    url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    transport: str | None = None,
+    app: str | None = None,
+    **options: Any,
+) -> RewardClient:
     """One client per process and settings (frameworks call the reward function many times)."""
     transport = transport or os.environ.get("SCORING_TRANSPORT", "http")
     model = model or os.environ.get("SCORING_MODEL") or None
     if transport == "handle":
         key = ("handle", app or os.environ.get("SCORING_APP", "scoring"), model)
     else:
-        key = ("http", url or os.environ.get("SCORING_URL", "http://127.0.0.1:8000"),
-               api_key or os.environ.get("SCORING_API_KEY") or None, model)
+        key = (
+            "http",
+            url or os.environ.get("SCORING_URL", "http://127.0.0.1:8000"),
+            api_key or os.environ.get("SCORING_API_KEY") or None,
+            model,
+        )
     with _lock:
         if key not in _clients:
             if key[0] == "handle":

@@ -32,8 +32,9 @@ from cluster.core.errors import Overloaded, ScoringError
 from cluster.core.retry import Backoff, GaveUp, retry_async
 
 RETRYABLE_STATUS = (502, 503, 504)
-ERROR_BY_CODE = {cls.code: cls for cls in vars(errors).values()
-                 if isinstance(cls, type) and issubclass(cls, ScoringError)}
+ERROR_BY_CODE = {
+    cls.code: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, ScoringError)
+}
 
 
 class Retryable(Exception):
@@ -63,23 +64,30 @@ class HttpTransport:
 
         loop = asyncio.get_running_loop()
         if loop not in self.clients:
-            self.clients[loop] = httpx.AsyncClient(base_url=self.base_url, headers=self.headers,
-                                                   timeout=self.timeout_s, transport=self.transport)
+            self.clients[loop] = httpx.AsyncClient(
+                base_url=self.base_url, headers=self.headers, timeout=self.timeout_s, transport=self.transport
+            )
         return self.clients[loop]
 
     async def call(self, op: str, model: str | None, payload: dict[str, Any]) -> Any:
         import httpx
 
-        path = {"rewards": "/v1/rewards", "compare": "/v1/compare", "judge": "/v1/judge",
-                "step_rewards": "/v1/step_rewards", "rate": "/v1/rate"}[op]
+        path = {
+            "rewards": "/v1/rewards",
+            "compare": "/v1/compare",
+            "judge": "/v1/judge",
+            "step_rewards": "/v1/step_rewards",
+            "rate": "/v1/rate",
+        }[op]
         body = {"model": model, **payload} if model else payload
         try:
             response = await self._client().post(path, json=body)
         except (httpx.TransportError, httpx.TimeoutException) as err:  # connect/read errors, dropped connections
             raise Retryable(f"{type(err).__name__}: {err}") from None
         if response.status_code in RETRYABLE_STATUS:
-            raise Retryable(f"HTTP {response.status_code}: {_message(response)}",
-                            _retry_after(response.headers.get("Retry-After")))
+            raise Retryable(
+                f"HTTP {response.status_code}: {_message(response)}", _retry_after(response.headers.get("Retry-After"))
+            )
         if response.status_code != 200:
             raise _error_from(response)
         data = response.json()
@@ -128,8 +136,13 @@ class HandleTransport:
 
         if self.handle is None:
             self.handle = serve.get_app_handle(self.app_name)
-        method = {"rewards": "score_inputs", "compare": "compare_items", "judge": "judge_items",
-                  "step_rewards": "step_reward_items", "rate": "rate_items"}[op]
+        method = {
+            "rewards": "score_inputs",
+            "compare": "compare_items",
+            "judge": "judge_items",
+            "step_rewards": "step_reward_items",
+            "rate": "rate_items",
+        }[op]
         try:
             return await getattr(self.handle, method).remote(model, **payload)
         except Exception as err:
@@ -153,10 +166,20 @@ def _from_ray(err: BaseException) -> BaseException:
 
 
 class RewardClient:
-    def __init__(self, transport, model: str | None = None, *, max_concurrency: int = 8,
-                 max_items_per_call: int = 64, max_chars_per_call: int = 200_000, deadline_s: float = 120.0,
-                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, seed: int | None = None,
-                 sleep: Callable[[float], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        transport,
+        model: str | None = None,
+        *,
+        max_concurrency: int = 8,
+        max_items_per_call: int = 64,
+        max_chars_per_call: int = 200_000,
+        deadline_s: float = 120.0,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        seed: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ):
         if max_concurrency < 1 or max_items_per_call < 1 or max_chars_per_call < 1:
             raise errors.ConfigError("max_concurrency, max_items_per_call and max_chars_per_call must be >= 1")
         self.transport = transport
@@ -180,8 +203,16 @@ class RewardClient:
         return cls(HandleTransport(app_name), model, **options)
 
     @classmethod
-    def http(cls, base_url: str, api_key: str | None = None, model: str | None = None, *, timeout_s: float = 60.0,
-             transport=None, **options: Any) -> RewardClient:
+    def http(
+        cls,
+        base_url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        transport=None,
+        **options: Any,
+    ) -> RewardClient:
         """From anywhere: the HTTP API at `base_url` (e.g. http://head:8000)."""
         return cls(HttpTransport(base_url, api_key, timeout_s, transport), model, **options)
 
@@ -199,8 +230,9 @@ class RewardClient:
         """Pairs {prompt, response_a, response_b} -> {winner, prob_a, ...} from the default or named model."""
         return await self._map("compare", _as_list(items, "items"), "items")
 
-    async def ajudge(self, items: Sequence[dict[str, str]], mode: str = "logits",
-                     debias: bool = False) -> list[dict[str, Any]]:
+    async def ajudge(
+        self, items: Sequence[dict[str, str]], mode: str = "logits", debias: bool = False
+    ) -> list[dict[str, Any]]:
         """A critic's verdicts on pairs, in input order."""
         return await self._map("judge", _as_list(items, "items"), "items", {"mode": mode, "debias": debias})
 
@@ -315,13 +347,23 @@ class RewardClient:
         # wins, spread over half as long again (cluster/core/retry.py: Backoff)
         backoff = Backoff(self.backoff_s, self.max_backoff_s, jitter=(0.5, 1.0))
         try:
-            return await retry_async(once, retry_on=(TimeoutError, Retryable), backoff=backoff, deadline=deadline,
-                                     clock=time.monotonic, sleep=self.sleep, rng=self.rng,
-                                     retry_after=lambda err: getattr(err, "retry_after", None), on_retry=retried)
+            return await retry_async(
+                once,
+                retry_on=(TimeoutError, Retryable),
+                backoff=backoff,
+                deadline=deadline,
+                clock=time.monotonic,
+                sleep=self.sleep,
+                rng=self.rng,
+                retry_after=lambda err: getattr(err, "retry_after", None),
+                on_retry=retried,
+            )
         except GaveUp as end:
             reason = str(end.last) or "timed out"
-            raise Overloaded(f"gave up after {end.attempts} attempt(s) within the {self.deadline_s:.0f}s "
-                             f"deadline; last failure: {reason}") from None
+            raise Overloaded(
+                f"gave up after {end.attempts} attempt(s) within the {self.deadline_s:.0f}s "
+                f"deadline; last failure: {reason}"
+            ) from None
 
 
 def _located(message: str, key: str, field: str, start: int, stop: int) -> str:
@@ -330,7 +372,7 @@ def _located(message: str, key: str, field: str, start: int, stop: int) -> str:
     the words in-process scoring uses; any other is prefixed with the chunk (`conversations[64:128]: ...`)."""
     named = re.match(rf"{key}\[(\d+)\]", message)
     if named and start + int(named.group(1)) < stop:
-        return f"{field}[{start + int(named.group(1))}]{message[named.end():]}"
+        return f"{field}[{start + int(named.group(1))}]{message[named.end() :]}"
     return f"{field}[{start}:{stop}]: {message}"
 
 

@@ -28,14 +28,20 @@ PROMPT_KEYS = ("messages", "raw_prompt", "question", "prompt")
 VERL_OWN_KWARGS = ("reward_router_address", "reward_model_tokenizer")
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  **kwargs: Any) -> float:
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
+) -> float:
     """verl's per-sample signature: the reward for one response."""
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]
 
 
-def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
-                        extra_infos: Sequence[dict | None] | None = None, **kwargs: Any) -> list[float]:
+def compute_score_batch(
+    data_sources: Sequence[str],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[Any],
+    extra_infos: Sequence[dict | None] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     """verl's batch reward manager signature: one reward per response, in order, in one client call."""
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     conversations = [conversation(s, info, i) for i, (s, info) in enumerate(zip(solution_strs, infos))]
@@ -50,6 +56,9 @@ def conversation(response: str, extra_info: dict | None, index: int = 0) -> list
             return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         if isinstance(prompt, Sequence) and prompt and not isinstance(prompt, str):
             return [{"role": m["role"], "content": m["content"]} for m in prompt] + [
-                {"role": "assistant", "content": response}]
-    raise InvalidInput(f"extra_info[{index}]: a reward model needs the prompt; put it in extra_info under one "
-                       f"of {', '.join(PROMPT_KEYS)} when preprocessing the dataset")
+                {"role": "assistant", "content": response}
+            ]
+    raise InvalidInput(
+        f"extra_info[{index}]: a reward model needs the prompt; put it in extra_info under one "
+        f"of {', '.join(PROMPT_KEYS)} when preprocessing the dataset"
+    )

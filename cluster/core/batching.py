@@ -23,8 +23,12 @@ T = TypeVar("T")
 MIN_PADDING_EFFICIENCY = 0.95
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int = 1 << 30,
-                 min_efficiency: float = MIN_PADDING_EFFICIENCY) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    max_batch_size: int = 1 << 30,
+    min_efficiency: float = MIN_PADDING_EFFICIENCY,
+) -> list[list[int]]:
     """Group item indices into batches whose padded size (max length x count) fits the budget and
     whose useful/computed tokens stay >= min_efficiency.
 
@@ -105,16 +109,20 @@ def common_prefix(a: bytes, b: bytes, width: int) -> int:
     lo, hi = 0, min(len(a), len(b)) // width
     while lo < hi:  # the longest m with a[:m] == b[:m]: O(log n) comparisons, each at C speed
         mid = (lo + hi + 1) // 2
-        if a[:mid * width] == b[:mid * width]:
+        if a[: mid * width] == b[: mid * width]:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def shared_prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int], *,
-                         min_prefix: int = MIN_SHARED_PREFIX, min_saved_share: float = MIN_SAVED_SHARE
-                         ) -> list[PrefixGroup]:
+def shared_prefix_groups(
+    seqs: Sequence[Sequence[int]],
+    limits: Sequence[int],
+    *,
+    min_prefix: int = MIN_SHARED_PREFIX,
+    min_saved_share: float = MIN_SAVED_SHARE,
+) -> list[PrefixGroup]:
     """Groups of items that share a token prefix worth computing once. `limits[i]`: the longest
     prefix item i may share (its read position: the token whose output is read must be computed in
     the item's own pass). Items in no group are left out. Items sorted by content sit next to the
@@ -127,8 +135,10 @@ def shared_prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int], *
     order = sorted(range(n), key=lambda i: seqs[i])
     packed = [array("q", seqs[i]).tobytes() for i in order]
     width = array("q").itemsize
-    links = [min(common_prefix(packed[k], packed[k + 1], width), limits[order[k]], limits[order[k + 1]])
-             for k in range(n - 1)]  # links[k]: what sorted items k and k+1 share
+    links = [
+        min(common_prefix(packed[k], packed[k + 1], width), limits[order[k]], limits[order[k + 1]])
+        for k in range(n - 1)
+    ]  # links[k]: what sorted items k and k+1 share
 
     sizes = [0]  # running token totals in sorted order: a run's total in O(1)
     for k in range(n):
@@ -183,8 +193,7 @@ def plan_calls(seqs: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]
     groups = shared_prefix_groups(seqs, [len(s) - 1 for s in seqs]) if len(seqs) > 1 else []
     grouped = {i for g in groups for i in g.members}
     alone = [i for i in range(len(seqs)) if i not in grouped]
-    calls = [[alone[k] for k in b]
-             for b in plan_batches([len(seqs[i]) for i in alone], max_tokens, min_efficiency=0.0)]
+    calls = [[alone[k] for k in b] for b in plan_batches([len(seqs[i]) for i in alone], max_tokens, min_efficiency=0.0)]
     for group in groups:
         call: list[int] = []
         cost = group.prefix

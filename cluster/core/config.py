@@ -15,8 +15,10 @@ from cluster.kinds import KINDS as KINDS_BY_NAME
 from cluster.kinds import NAMES, critic, kind_of, pointwise, prm, reward
 
 KINDS = NAMES
-FIXED_PADDING = {"left": "a {kind} reads the last position and generates: padding_side must be left",
-                 "right": "a {kind} reads every step of a right-padded batch: padding_side must be auto or right"}
+FIXED_PADDING = {
+    "left": "a {kind} reads the last position and generates: padding_side must be left",
+    "right": "a {kind} reads every step of a right-padded batch: padding_side must be auto or right",
+}
 STEP_AGGREGATES = ("min", "last", "mean", "product")
 StepAggregate = Literal["min", "last", "mean", "product"]
 
@@ -30,8 +32,10 @@ def format_validation_error(err: ValidationError, what: str) -> str:
         loc = location([p for i, p in enumerate(parts) if not (p in NAMES and i and isinstance(parts[i - 1], int))])
         # the one discriminated union is a config's served models: its errors read as a ServedModel's
         if e["type"] == "union_tag_invalid":
-            lines.append(f"{what}.{loc}: ServedModel.kind: Input should be "
-                         f"{', '.join(repr(n) for n in NAMES[:-1])} or {NAMES[-1]!r}")
+            lines.append(
+                f"{what}.{loc}: ServedModel.kind: Input should be "
+                f"{', '.join(repr(n) for n in NAMES[:-1])} or {NAMES[-1]!r}"
+            )
         elif e["type"] == "union_tag_not_found":
             lines.append(f"{what}.{loc}: ServedModel.kind: Field required")
         elif e["type"] == "extra_forbidden":
@@ -56,8 +60,9 @@ class StrictModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, getattr(type(self), "error_name", type(self).__name__))
-                              ) from None
+            raise ConfigError(
+                format_validation_error(err, getattr(type(self), "error_name", type(self).__name__))
+            ) from None
 
     @classmethod
     def parse(cls, data: Any):
@@ -84,9 +89,7 @@ class ModelSpec(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     max_length: int = Field(4096, ge=8, description="tokens per item, BOS included")
-    max_batch_tokens: int = Field(
-        16384, ge=8, description="padded tokens per forward pass (longest item x batch size)"
-    )
+    max_batch_tokens: int = Field(16384, ge=8, description="padded tokens per forward pass (longest item x batch size)")
     max_batch_size: int = Field(256, ge=1)
     truncation: Literal["left", "error"] = "left"
     padding_side: Literal["auto", "left", "right"] = "auto"
@@ -130,8 +133,10 @@ class ModelSpec(StrictModel):
                     raise ValueError(kind.refused[key])
                 misplaced.append((key, owners))
         if misplaced:
-            raise ValueError("; ".join(f"{f} is for kind {' or '.join(repr(k.name) for k in owners)}"
-                                       for f, owners in misplaced) + f", not {kind.name!r}")
+            raise ValueError(
+                "; ".join(f"{f} is for kind {' or '.join(repr(k.name) for k in owners)}" for f, owners in misplaced)
+                + f", not {kind.name!r}"
+            )
         return kept
 
     @model_validator(mode="after")
@@ -142,8 +147,10 @@ class ModelSpec(StrictModel):
                 f"({self.max_length}), or the longest item could never be scored"
             )
         if self.devices > 1 and self.device not in ("auto", "cuda"):
-            raise ValueError(f"devices={self.devices} spreads the model over several GPUs; device must be "
-                             f"'auto' or 'cuda', got {self.device!r}")
+            raise ValueError(
+                f"devices={self.devices} spreads the model over several GPUs; device must be "
+                f"'auto' or 'cuda', got {self.device!r}"
+            )
         kind = kind_of(self)
         if kind.fixed_padding and self.padding_side not in ("auto", kind.padding_side):
             raise ValueError(FIXED_PADDING[kind.padding_side].format(kind=kind.name))
@@ -155,8 +162,6 @@ class ModelSpec(StrictModel):
         if self.padding_side != "auto":
             return self.padding_side
         return kind_of(self).padding_side
-
-
 
 
 # ---------------------------------------------------------------- the Serve app (deployments/)
@@ -176,15 +181,20 @@ class ReplicaSettings(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="1 pins one replica per GPU")
     num_cpus: float = Field(1.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica holds at once (caps a batch)")
-    max_queued_requests: int = Field(256, ge=-1, description="calls Serve queues per caller beyond what the replicas "
-                                     "hold; the ingress keeps at most that many waiting and queues the rest itself "
-                                     "(-1: unbounded)")
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="calls Serve queues per caller beyond what the replicas "
+        "hold; the ingress keeps at most that many waiting and queues the rest itself "
+        "(-1: unbounded)",
+    )
 
     def window(self) -> int:
         """Calls one caller may have in flight without meeting Serve's back-pressure: what the
         replicas hold at most, plus the queue Serve keeps for that caller."""
         held = self.max_ongoing_requests * self.max_replicas
         return held + (self.max_queued_requests if self.max_queued_requests >= 0 else held)
+
     # live-tunable (user_config -> reconfigure): cross-request batching
     batch_max_tokens: int = Field(BATCH_MAX_TOKENS, ge=1, description="tokens gathered across requests per batch")
     batch_wait_timeout_s: float = Field(BATCH_WAIT_TIMEOUT_S, ge=0, le=10)
@@ -258,8 +268,10 @@ class Ensemble(StrictModel):
 
     def combine(self, member_scores: Sequence[Sequence[float]]) -> list[float]:
         total = sum(m.weight for m in self.members)
-        mixed = [sum(m.weight * scores[i] for m, scores in zip(self.members, member_scores)) / total
-                 for i in range(len(member_scores[0]))]
+        mixed = [
+            sum(m.weight * scores[i] for m, scores in zip(self.members, member_scores)) / total
+            for i in range(len(member_scores[0]))
+        ]
         return self.shaping.apply(mixed) if self.shaping else mixed
 
 
@@ -271,19 +283,25 @@ class ServedModel(ModelSpec):
     replicas: ReplicaSettings = ReplicaSettings()
     shaping: Shaping | None = Field(None, description="reward models: normalize/clip what the routes return")
     aliases: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
-        default_factory=list, description="other names requests may use (e.g. the path or hub id a client's "
-        "config names); the model also answers to its `path`")
+        default_factory=list,
+        description="other names requests may use (e.g. the path or hub id a client's "
+        "config names); the model also answers to its `path`",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> ServedModel:
         if self.shaping is not None and not kind_of(self).scalar_reward:
             raise ValueError("shaping applies to reward models only")
         if self.devices > 1 and self.replicas.num_gpus < self.devices:
-            raise ValueError(f"devices={self.devices}: replicas.num_gpus ({self.replicas.num_gpus}) must be >= "
-                             f"{self.devices}, so that Ray gives each replica the GPUs its layers are spread over")
+            raise ValueError(
+                f"devices={self.devices}: replicas.num_gpus ({self.replicas.num_gpus}) must be >= "
+                f"{self.devices}, so that Ray gives each replica the GPUs its layers are spread over"
+            )
         if self.replicas.batch_max_tokens < self.max_length:
-            raise ValueError(f"replicas.batch_max_tokens ({self.replicas.batch_max_tokens}) must be >= "
-                             f"max_length ({self.max_length})")
+            raise ValueError(
+                f"replicas.batch_max_tokens ({self.replicas.batch_max_tokens}) must be >= "
+                f"max_length ({self.max_length})"
+            )
         return self
 
     def spec(self) -> ModelSpec:
@@ -307,16 +325,30 @@ class IngressSettings(StrictModel):
     num_cpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(1024, ge=1, description="requests one ingress replica holds at once")
     gather_max_requests: int = Field(256, ge=1, description="requests gathered into one flow at most")
-    gather_max_flows: int = Field(2, ge=1, description="flows in flight per ingress replica; more requests queue "
-                                  "and join the next flow")
-    gather_wait_timeout_s: float = Field(0.0, ge=0, le=1, description="how long a flow that is not full waits for "
-                                         "more requests before it starts (0: it starts at once; under load the "
-                                         "queue fills while the flows in flight run)")
-    admission_timeout_s: float = Field(120.0, gt=0, le=3600, description="how long a request's call may wait for a "
-                                       "model replica to take it (a request larger than the replicas hold at once "
-                                       "is fed to them as they free up); then 503 naming this limit")
-    fast_path: bool = Field(True, description="false: the per-request path before issue 13 (@serve.batch of 64, "
-                            "2 ms wait, 4 flows), kept as bench-serve's baseline")
+    gather_max_flows: int = Field(
+        2, ge=1, description="flows in flight per ingress replica; more requests queue and join the next flow"
+    )
+    gather_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="how long a flow that is not full waits for "
+        "more requests before it starts (0: it starts at once; under load the "
+        "queue fills while the flows in flight run)",
+    )
+    admission_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="how long a request's call may wait for a "
+        "model replica to take it (a request larger than the replicas hold at once "
+        "is fed to them as they free up); then 503 naming this limit",
+    )
+    fast_path: bool = Field(
+        True,
+        description="false: the per-request path before issue 13 (@serve.batch of 64, "
+        "2 ms wait, 4 flows), kept as bench-serve's baseline",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IngressSettings:
@@ -330,17 +362,30 @@ class AppConfig(StrictModel):
 
     models: list[AnyServedModel] = Field(min_length=1)
     api_keys: list[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
-        default_factory=list, description="a key or 'sha256:<hex digest of the key>' (keeps the key itself out of "
+        default_factory=list,
+        description="a key or 'sha256:<hex digest of the key>' (keeps the key itself out of "
         "the config Serve stores); also from api_keys_file, SCORING_API_KEYS (comma-separated) and "
-        "SCORING_API_KEYS_FILE in the environment of the cluster's nodes (see api_key_digests)")
-    api_keys_file: str | None = Field(None, min_length=1, description="a file of keys, one per line (a key or "
-                                      "sha256:<hex>; # comments), read where the ingress runs: present on every node")
-    docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (behind the API key, as every "
-                       "route); off by default")
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="the whole request body must arrive within this; "
-                                  "a slower one is answered 408 and its connection slot freed")
+        "SCORING_API_KEYS_FILE in the environment of the cluster's nodes (see api_key_digests)",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        min_length=1,
+        description="a file of keys, one per line (a key or "
+        "sha256:<hex>; # comments), read where the ingress runs: present on every node",
+    )
+    docs: bool = Field(
+        False, description="serve /docs, /redoc and /openapi.json (behind the API key, as every route); off by default"
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="the whole request body must arrive within this; "
+        "a slower one is answered 408 and its connection slot freed",
+    )
     trusted_networks: list[str] = Field(
-        default_factory=list, description="client networks (CIDRs, e.g. 10.0.0.0/8) whose requests need no API key")
+        default_factory=list, description="client networks (CIDRs, e.g. 10.0.0.0/8) whose requests need no API key"
+    )
     max_items_per_request: int = Field(4096, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     tokenizer: TokenizerSettings = TokenizerSettings()
@@ -352,8 +397,9 @@ class AppConfig(StrictModel):
     def _keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
             if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
-                raise ValueError("api_keys: a 'sha256:' key must be followed by the 64 hex digits of the key's "
-                                 "SHA-256 digest")
+                raise ValueError(
+                    "api_keys: a 'sha256:' key must be followed by the 64 hex digits of the key's SHA-256 digest"
+                )
         return keys
 
     @field_validator("trusted_networks")
@@ -363,8 +409,9 @@ class AppConfig(StrictModel):
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
-                raise ValueError(f"trusted_networks: {net!r} is not a network (CIDR such as 10.0.0.0/8 or "
-                                 "an address)") from None
+                raise ValueError(
+                    f"trusted_networks: {net!r} is not a network (CIDR such as 10.0.0.0/8 or an address)"
+                ) from None
         return networks
 
     @model_validator(mode="after")
@@ -379,8 +426,10 @@ class AppConfig(StrictModel):
             for member in ensemble.members:
                 if kinds.get(member.model) != "reward":
                     problem = "is not served here" if member.model not in kinds else "is a critic"
-                    raise ValueError(f"ensemble '{ensemble.name}': member '{member.model}' {problem}; "
-                                     "members must be reward models listed under models")
+                    raise ValueError(
+                        f"ensemble '{ensemble.name}': member '{member.model}' {problem}; "
+                        "members must be reward models listed under models"
+                    )
         return self
 
     def default_model(self, kind: str) -> ServedModel | None:
@@ -400,12 +449,15 @@ def _read_key_file(path: str, where: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except OSError as err:
-        raise ConfigError(f"{where}: cannot read the API key file {path!r} ({err.strerror or err}); it must exist "
-                          "where the ingress runs (on every node of a cluster)") from None
+        raise ConfigError(
+            f"{where}: cannot read the API key file {path!r} ({err.strerror or err}); it must exist "
+            "where the ingress runs (on every node of a cluster)"
+        ) from None
     keys = [line for line in lines if line and not line.startswith("#")]
     if not keys:
-        raise ConfigError(f"{where}: the API key file {path!r} holds no key; an empty key file would leave the "
-                          "app open")
+        raise ConfigError(
+            f"{where}: the API key file {path!r} holds no key; an empty key file would leave the app open"
+        )
     return keys
 
 
@@ -426,8 +478,9 @@ def api_key_digests(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
         keys += _read_key_file(environ[KEYS_FILE_ENV], KEYS_FILE_ENV)
     for key in keys:
         if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
-            raise ConfigError("API keys: a 'sha256:' key must be followed by the 64 hex digits of the key's SHA-256 "
-                              "digest")
+            raise ConfigError(
+                "API keys: a 'sha256:' key must be followed by the 64 hex digits of the key's SHA-256 digest"
+            )
     return list(dict.fromkeys(key_digest(k) for k in keys))
 
 
@@ -468,9 +521,11 @@ class ServedPointwise(ServedModel, pointwise.Fields):
     kind: Literal["pointwise"]
 
 
-ModelSpec._by_kind = {c.model_fields["kind"].annotation.__args__[0]: c
-                      for c in (RewardSpec, CriticSpec, PrmSpec, PointwiseSpec)}
-ServedModel._by_kind = {c.model_fields["kind"].annotation.__args__[0]: c
-                        for c in (ServedReward, ServedCritic, ServedPrm, ServedPointwise)}
+ModelSpec._by_kind = {
+    c.model_fields["kind"].annotation.__args__[0]: c for c in (RewardSpec, CriticSpec, PrmSpec, PointwiseSpec)
+}
+ServedModel._by_kind = {
+    c.model_fields["kind"].annotation.__args__[0]: c for c in (ServedReward, ServedCritic, ServedPrm, ServedPointwise)
+}
 AnyServedModel = Annotated[ServedReward | ServedCritic | ServedPrm | ServedPointwise, Field(discriminator="kind")]
 AppConfig.model_rebuild()

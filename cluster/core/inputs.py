@@ -41,8 +41,10 @@ class EncodeOptions:
             if not 1 <= self.truncate:
                 raise InvalidInput(f"{what}: truncate_prompt_tokens must be at least 1, got {shown_int(self.truncate)}")
             if self.truncate > max_length:
-                raise InvalidInput(f"{what}: truncate_prompt_tokens ({shown_int(self.truncate)}) is larger than this "
-                                   f"model's max_length ({max_length})")
+                raise InvalidInput(
+                    f"{what}: truncate_prompt_tokens ({shown_int(self.truncate)}) is larger than this "
+                    f"model's max_length ({max_length})"
+                )
             return self.truncate
         return max_length
 
@@ -96,8 +98,10 @@ def unicode_problem(text: str) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        return (f"not valid Unicode: a lone surrogate {text[err.start]!r} at character {err.start} (a "
-                "\\ud800-\\udfff escape must be one of a high-low pair)")
+        return (
+            f"not valid Unicode: a lone surrogate {text[err.start]!r} at character {err.start} (a "
+            "\\ud800-\\udfff escape must be one of a high-low pair)"
+        )
     return None
 
 
@@ -131,8 +135,7 @@ def validate_conversation(conv: Any, where: str, require_assistant_last: bool, a
         messages.append({"role": role, "content": content})
     if require_assistant_last and not any_role and messages[-1]["role"] != "assistant":
         raise InvalidInput(
-            f"{where}: the last message must be the assistant's response to score, "
-            f"got role {messages[-1]['role']!r}"
+            f"{where}: the last message must be the assistant's response to score, got role {messages[-1]['role']!r}"
         )
     return messages
 
@@ -148,8 +151,9 @@ def _text_fields(item: Mapping, where: str, keys: Sequence[str], required_by: Se
     out = {}
     for key in keys:
         if key not in item:
-            raise InvalidInput(f"{where}.{key}: missing" + (" (this judge's template uses it)"
-                                                            if key in required_by else ""))
+            raise InvalidInput(
+                f"{where}.{key}: missing" + (" (this judge's template uses it)" if key in required_by else "")
+            )
         if not isinstance(item[key], str):
             raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
         out[key] = check_text(item[key], f"{where}.{key}")
@@ -176,16 +180,19 @@ def validate_step_item(item: Mapping, where: str) -> tuple[str, list[str] | str,
     separator), and an optional system message. -> (prompt, steps or response, system)."""
     unknown = sorted(map(str, set(item) - set(STEP_ITEM_KEYS)))
     if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {shown(unknown)} (expected prompt, and steps or response; "
-                           "system is optional)")
+        raise InvalidInput(
+            f"{where}: unknown field(s) {shown(unknown)} (expected prompt, and steps or response; system is optional)"
+        )
     if "prompt" not in item:
         raise InvalidInput(f"{where}.prompt: missing")
     for key in ("prompt", "system", "response"):
         if key in item and not isinstance(item[key], str):
             raise InvalidInput(f"{where}.{key}: must be a string, got {type(item[key]).__name__}")
     if ("steps" in item) == ("response" in item):
-        raise InvalidInput(f"{where}: give the solution as steps (a list of strings) or as response (one text split "
-                           "at the model's step_separator), " + ("not both" if "steps" in item else "got neither"))
+        raise InvalidInput(
+            f"{where}: give the solution as steps (a list of strings) or as response (one text split "
+            "at the model's step_separator), " + ("not both" if "steps" in item else "got neither")
+        )
     check_text(item["prompt"], f"{where}.prompt")
     system = check_text(item["system"], f"{where}.system") if "system" in item else None
     if "response" in item:
@@ -204,8 +211,11 @@ def validate_step_item(item: Mapping, where: str) -> tuple[str, list[str] | str,
 
 def is_token_ids(item: Any) -> bool:
     """A list of ints (not bools): an item the client tokenized itself."""
-    return (isinstance(item, list | tuple) and len(item) > 0
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in item))
+    return (
+        isinstance(item, list | tuple)
+        and len(item) > 0
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+    )
 
 
 def check_list(items: Any, what: str) -> list:

@@ -162,8 +162,11 @@ def winner_of(prob_a: float) -> str:
 
 def pair_conversations(items: list[Mapping[str, str]]) -> list[list[dict[str, str]]]:
     """Each pair as two conversations (prompt + response_a, prompt + response_b), interleaved."""
-    return [[{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[key]}]
-            for it in items for key in ("response_a", "response_b")]
+    return [
+        [{"role": "user", "content": it["prompt"]}, {"role": "assistant", "content": it[key]}]
+        for it in items
+        for key in ("response_a", "response_b")
+    ]
 
 
 def pair_comparisons(scores: Sequence[float], truncated: Sequence[bool]) -> list[Comparison]:

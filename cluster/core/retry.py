@@ -42,7 +42,7 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random = _RNG, retry_after: float | None = None) -> float:
         low, high = self.jitter
-        wait = min(self.max_s, self.first_s * 2 ** attempt) * (low + (high - low) * rng.random())
+        wait = min(self.max_s, self.first_s * 2**attempt) * (low + (high - low) * rng.random())
         if retry_after is not None and wait < retry_after:
             wait = retry_after * (1 + self.retry_after_spread * rng.random())
         return wait
@@ -97,10 +97,18 @@ class _Schedule:
         return wait
 
 
-def retry_sync(attempt: Callable[[], T], *, retry_on: RetryOn, backoff: Backoff, deadline: float,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep,
-               rng: random.Random = _RNG, retry_after: Callable[[BaseException], float | None] | None = None,
-               on_retry: Callable[[BaseException, float], None] | None = None) -> T:
+def retry_sync(
+    attempt: Callable[[], T],
+    *,
+    retry_on: RetryOn,
+    backoff: Backoff,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+    rng: random.Random = _RNG,
+    retry_after: Callable[[BaseException], float | None] | None = None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
     """`attempt()`'s result, trying it again after `backoff`'s pauses while it raises a failure
     `retry_on` names, until `deadline` (on `clock`). `on_retry(failure, pause)` runs before each
     pause; `retry_after(failure)` reads a server's Retry-After (seconds) where there is one."""
@@ -113,11 +121,18 @@ def retry_sync(attempt: Callable[[], T], *, retry_on: RetryOn, backoff: Backoff,
         sleep(wait)
 
 
-async def retry_async(attempt: Callable[[], Awaitable[T]], *, retry_on: RetryOn, backoff: Backoff, deadline: float,
-                      clock: Callable[[], float] = time.monotonic,
-                      sleep: Callable[[float], Awaitable[object]] = asyncio.sleep, rng: random.Random = _RNG,
-                      retry_after: Callable[[BaseException], float | None] | None = None,
-                      on_retry: Callable[[BaseException, float], None] | None = None) -> T:
+async def retry_async(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    retry_on: RetryOn,
+    backoff: Backoff,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    rng: random.Random = _RNG,
+    retry_after: Callable[[BaseException], float | None] | None = None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
     """`retry_sync` for a coroutine: `await attempt()`, pausing with `await sleep(pause)`."""
     schedule = _Schedule(_predicate(retry_on), backoff, deadline, clock, rng, retry_after, on_retry)
     while True:

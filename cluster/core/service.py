@@ -153,8 +153,10 @@ class Rewards:
         return sum(self.num_tokens)
 
     def step_results(self) -> list[StepRewards]:
-        return [StepRewards(score, steps, self.aggregate, truncated, n)
-                for score, steps, truncated, n in zip(self.scores, self.steps, self.truncated, self.num_tokens)]
+        return [
+            StepRewards(score, steps, self.aggregate, truncated, n)
+            for score, steps, truncated, n in zip(self.scores, self.steps, self.truncated, self.num_tokens)
+        ]
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,10 @@ class RewardsJob:
     aggregate: str | None = None  # a prm's: how its step rewards become one score
 
     def parts(self) -> list[Part]:
-        return [Part(m.name, "score", self.inputs, self.what, options=self.options)
-                for m in (self.members or (self.target,))]
+        return [
+            Part(m.name, "score", self.inputs, self.what, options=self.options)
+            for m in (self.members or (self.target,))
+        ]
 
     def finish(self, results: list[PartResult]) -> Rewards:
         if not isinstance(self.target, Ensemble):
@@ -323,8 +327,9 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     # 1. encode: one encoder call for every part that is not token ids yet
     fresh = [part for _, part in parts if not part.encoded]
     made = iter((yield Encode(fresh)) if fresh else [])
-    encoded = [[Encoded(list(s), False, len(s)) for s in part.inputs] if part.encoded else next(made)
-               for _, part in parts]
+    encoded = [
+        [Encoded(list(s), False, len(s)) for s in part.inputs] if part.encoded else next(made) for _, part in parts
+    ]
     failed: dict[int, BaseException] = {}
     for (j, _), enc in zip(parts, encoded):
         if isinstance(enc, BaseException):
@@ -340,8 +345,11 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
         budget = call_tokens(model) if op != "generate" else None  # generation: one call, as one batch
         seqs = [encoded[k][i].ids for k, i in members]
         # items sharing a prefix stay in one call, so the replica computes it once (batching.plan_calls)
-        plan = (plan_calls(seqs, budget) if budget is not None
-                else plan_batches([len(s) for s in seqs], UNLIMITED, min_efficiency=0.0))
+        plan = (
+            plan_calls(seqs, budget)
+            if budget is not None
+            else plan_batches([len(s) for s in seqs], UNLIMITED, min_efficiency=0.0)
+        )
         for batch in plan:
             owners.append([members[b] for b in batch])
             calls.append(Call(model, op, [encoded[k][i].ids for k, i in owners[-1]]))
@@ -351,9 +359,13 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     answered = list(zip(calls, owners, (yield Run(calls)) if calls else []))
     # a call that failed for what one of its jobs sent (not for load, which waiting did not cure)
     # must not fail the others: each job's share of it runs again on its own
-    shared = [(call, owned) for call, owned, out in answered
-              if isinstance(out, BaseException) and not isinstance(out, Overloaded)
-              and len({parts[k][0] for k, _ in owned}) > 1]
+    shared = [
+        (call, owned)
+        for call, owned, out in answered
+        if isinstance(out, BaseException)
+        and not isinstance(out, Overloaded)
+        and len({parts[k][0] for k, _ in owned}) > 1
+    ]
     if shared:
         answered = [a for a in answered if not any(a[0] is call for call, _ in shared)]
         alone_calls, alone_owners = [], []
@@ -506,8 +518,7 @@ class ScoringService:
         names = self._aliases.get(name) or self._aliases.get(_path_form(name)) or []
         fitting = [n for n in names if self._models[n].kind in kinds] or names
         if len(fitting) > 1:
-            raise UnknownModel(f"'{name}' names several served models ({', '.join(fitting)}); "
-                               "request one by name")
+            raise UnknownModel(f"'{name}' names several served models ({', '.join(fitting)}); request one by name")
         return self._models[fitting[0]] if fitting else None
 
     def check_count(self, n: int) -> None:
@@ -523,14 +534,22 @@ class ScoringService:
 
     # -- jobs (validation happens here, once, whichever door the request came through)
 
-    def rewards_job(self, target: ModelSpec | Ensemble, inputs: Any, what: str = "conversations",
-                    options: EncodeOptions | None = None, aggregate: str | None = None) -> RewardsJob:
+    def rewards_job(
+        self,
+        target: ModelSpec | Ensemble,
+        inputs: Any,
+        what: str = "conversations",
+        options: EncodeOptions | None = None,
+        aggregate: str | None = None,
+    ) -> RewardsJob:
         items = check_list(inputs, what)
         self.check_count(len(items))
         members = tuple(self._models[m.model] for m in target.members) if isinstance(target, Ensemble) else ()
         if members and any(is_token_ids(item) for item in items):
-            raise InvalidInput(f"{what}: token ids belong to one tokenizer; '{target.name}' is an ensemble of "
-                               "several models: send text or conversations")
+            raise InvalidInput(
+                f"{what}: token ids belong to one tokenizer; '{target.name}' is an ensemble of "
+                "several models: send text or conversations"
+            )
         return RewardsJob(target, items, what, members, options, check_aggregate(aggregate))
 
     def rate_job(self, model: ModelSpec, items: Any, mode: str = "logits") -> RateJob:

@@ -19,8 +19,14 @@ except PackageNotFoundError:  # a source tree that was not installed
 def git_commit(directory: Path) -> str | None:
     """`git rev-parse --short HEAD` in `directory`; None when git or the repository is not there."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True,
-                              text=True, timeout=5, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
     commit = done.stdout.strip()

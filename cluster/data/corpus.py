@@ -44,13 +44,39 @@ SHAPES = ("conversations", "prompt_response", "pairs")
 CONVERSATION_COLUMNS = ("conversations", "messages")
 # Written by the pipeline. An input column with one of these names is kept, moved aside (`aside`).
 OUTPUT_COLUMNS = (
-    "score", "chosen_score", "rejected_score", "chosen_scores", "rejected_scores", "prob_chosen", "probs_chosen",
-    "margin", "margins", "win_rate", "chosen_wins", "truncated", "num_tokens", "source_file", "source_row", "error",
-    "values", "chosen_values", "rejected_values",
+    "score",
+    "chosen_score",
+    "rejected_score",
+    "chosen_scores",
+    "rejected_scores",
+    "prob_chosen",
+    "probs_chosen",
+    "margin",
+    "margins",
+    "win_rate",
+    "chosen_wins",
+    "truncated",
+    "num_tokens",
+    "source_file",
+    "source_row",
+    "error",
+    "values",
+    "chosen_values",
+    "rejected_values",
     # process reward models
-    "step_rewards", "num_steps", "weakest_step", "weakest_step_reward", "chosen_step_rewards", "rejected_step_rewards",
+    "step_rewards",
+    "num_steps",
+    "weakest_step",
+    "weakest_step_reward",
+    "chosen_step_rewards",
+    "rejected_step_rewards",
     # pointwise judges
-    "rating", "rating_probs", "chosen_rating", "rejected_rating", "chosen_ratings", "rejected_ratings",
+    "rating",
+    "rating_probs",
+    "chosen_rating",
+    "rejected_rating",
+    "chosen_ratings",
+    "rejected_ratings",
 )
 # The pipeline's own columns between its stages (never written), also kept out of the input's way.
 STAGE_COLUMNS = ("_ids", "_truncated", "_chosen_is_b", "_n_chosen", "_error")
@@ -62,7 +88,7 @@ def _is_moved(name: str) -> bool:
     """Whether an input column is moved aside: a name of ours, or one of ours already prefixed
     (so `input_error` moves to `input_input_error` when `error` takes its place)."""
     while name not in RESERVED_COLUMNS and name.startswith(ASIDE_PREFIX):
-        name = name[len(ASIDE_PREFIX):]
+        name = name[len(ASIDE_PREFIX) :]
     return name in RESERVED_COLUMNS
 
 
@@ -85,8 +111,8 @@ def moved_columns(columns: Sequence[str]) -> dict[str, str]:
     """{input name: output name} of the moved columns among an output table's columns."""
     found = {}
     for name in columns:
-        if name.startswith(ASIDE_PREFIX) and _is_moved(name[len(ASIDE_PREFIX):]):
-            found[name[len(ASIDE_PREFIX):]] = name
+        if name.startswith(ASIDE_PREFIX) and _is_moved(name[len(ASIDE_PREFIX) :]):
+            found[name[len(ASIDE_PREFIX) :]] = name
     return found
 
 
@@ -114,16 +140,24 @@ class Layout:
     def result_columns(self) -> tuple[str, ...]:
         if self.shape != "pairs":
             if self.unit == "steps":
-                return ("score", "step_rewards", "num_steps", "weakest_step", "weakest_step_reward", "truncated",
-                        "num_tokens")
+                return (
+                    "score",
+                    "step_rewards",
+                    "num_steps",
+                    "weakest_step",
+                    "weakest_step_reward",
+                    "truncated",
+                    "num_tokens",
+                )
             if self.unit == "rating":
                 return ("score", "rating", "rating_probs", "truncated", "num_tokens")
             return ("score", "truncated", "num_tokens", *(("values",) if self.values else ()))
         if self.unit == "pair":
             sides = ("probs_chosen", "margins") if self.multi else ("prob_chosen",)
         else:
-            sides = (("chosen_scores", "rejected_scores", "margins") if self.multi
-                     else ("chosen_score", "rejected_score"))
+            sides = (
+                ("chosen_scores", "rejected_scores", "margins") if self.multi else ("chosen_score", "rejected_score")
+            )
         extra = ("win_rate",) if self.multi else ()
         vectors = ("chosen_values", "rejected_values") if self.values else ()
         if self.unit == "steps":
@@ -187,8 +221,9 @@ def row_units(row: Mapping[str, Any], layout: Layout, where: str) -> list:
     response, system}, a pointwise judge's items {prompt, response, ...}, or a critic's judge items."""
     if layout.shape == "conversations":
         if layout.unit == "rating":
-            raise InvalidInput(f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs, "
-                               "not conversations")
+            raise InvalidInput(
+                f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs, not conversations"
+            )
         return [_conversation(row.get(layout.conversation_column), f"{where}: {layout.conversation_column}")]
     if layout.shape == "prompt_response":
         if layout.unit == "pair":
@@ -196,8 +231,15 @@ def row_units(row: Mapping[str, Any], layout: Layout, where: str) -> list:
         if layout.unit == "steps":
             return [_solution(row, where)]
         if layout.unit == "rating":
-            return [_rating_item(row, _text(row.get("prompt"), f"{where}: prompt"),
-                                 _text(row.get("response"), f"{where}: response"), layout, where)]
+            return [
+                _rating_item(
+                    row,
+                    _text(row.get("prompt"), f"{where}: prompt"),
+                    _text(row.get("response"), f"{where}: response"),
+                    layout,
+                    where,
+                )
+            ]
         context = _context(row, where, required=True)
         return [context + [{"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]]
     chosen = _side(row, "chosen", layout, where)
@@ -253,10 +295,13 @@ def _solution(row: Mapping[str, Any], where: str) -> dict | list[dict]:
         raise InvalidInput(f"{where}: prompt: missing")
     if not isinstance(prompt, str):
         if steps is not None:
-            raise InvalidInput(f"{where}: steps: with the prompt given as messages, give the solution as one "
-                               "'response' text (split at the model's step_separator)")
+            raise InvalidInput(
+                f"{where}: steps: with the prompt given as messages, give the solution as one "
+                "'response' text (split at the model's step_separator)"
+            )
         return _context(row, where, required=True, system=True) + [
-            {"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}]
+            {"role": "assistant", "content": _text(row.get("response"), f"{where}: response")}
+        ]
     item: dict[str, Any] = {"prompt": prompt}
     if row.get("system") is not None:
         item["system"] = _text(row["system"], f"{where}: system")
@@ -362,13 +407,26 @@ def solution_result(step_rewards: list[float], aggregate: str) -> dict[str, Any]
     """A prm's columns for one solution: the aggregate, the rewards, and the weakest step (the
     first, on a tie: `StepRewards.weakest_step`)."""
     weakest = min(range(len(step_rewards)), key=step_rewards.__getitem__)
-    return {"score": aggregate_steps(step_rewards, aggregate), "step_rewards": step_rewards,
-            "num_steps": len(step_rewards), "weakest_step": weakest, "weakest_step_reward": step_rewards[weakest]}
+    return {
+        "score": aggregate_steps(step_rewards, aggregate),
+        "step_rewards": step_rewards,
+        "num_steps": len(step_rewards),
+        "weakest_step": weakest,
+        "weakest_step_reward": step_rewards[weakest],
+    }
 
 
-def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, *, n_chosen: int = 1,
-               chosen_is_b: list[bool] | None = None, debias: bool = False,
-               values: list[list[float]] | None = None) -> dict[str, Any]:
+def row_result(
+    layout: Layout,
+    outputs: list,
+    truncated: bool,
+    num_tokens: int,
+    *,
+    n_chosen: int = 1,
+    chosen_is_b: list[bool] | None = None,
+    debias: bool = False,
+    values: list[list[float]] | None = None,
+) -> dict[str, Any]:
     """A row's result columns from its units' outputs: reward scores (chosen first, then
     rejected), a prm's step rewards or a pointwise judge's rating probabilities per unit (in the
     same order), or a critic's P(A) per judge prompt, ordered and flagged as `critic_orders` made them.
@@ -378,30 +436,51 @@ def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, 
         if layout.shape != "pairs":
             return {**solutions[0], "truncated": truncated, "num_tokens": num_tokens}
         steps = [s["step_rewards"] for s in solutions]
-        out = row_result(replace(layout, kind="reward"), [s["score"] for s in solutions], truncated, num_tokens,
-                         n_chosen=n_chosen)
+        out = row_result(
+            replace(layout, kind="reward"), [s["score"] for s in solutions], truncated, num_tokens, n_chosen=n_chosen
+        )
         chosen_steps, rejected_steps = steps[:n_chosen], steps[n_chosen:]
-        return {**out, "chosen_step_rewards": chosen_steps if layout.multi else chosen_steps[0],
-                "rejected_step_rewards": rejected_steps if layout.multi else rejected_steps[0]}
+        return {
+            **out,
+            "chosen_step_rewards": chosen_steps if layout.multi else chosen_steps[0],
+            "rejected_step_rewards": rejected_steps if layout.multi else rejected_steps[0],
+        }
     if layout.unit == "rating":
         ratings = [rating_of(probs, layout.rating_values) for probs in outputs]
         if layout.shape != "pairs":
-            return {"score": ratings[0][0], "rating": ratings[0][1], "rating_probs": list(outputs[0]),
-                    "truncated": truncated, "num_tokens": num_tokens}
-        out = row_result(replace(layout, kind="reward"), [expected for expected, _ in ratings], truncated,
-                         num_tokens, n_chosen=n_chosen)
+            return {
+                "score": ratings[0][0],
+                "rating": ratings[0][1],
+                "rating_probs": list(outputs[0]),
+                "truncated": truncated,
+                "num_tokens": num_tokens,
+            }
+        out = row_result(
+            replace(layout, kind="reward"),
+            [expected for expected, _ in ratings],
+            truncated,
+            num_tokens,
+            n_chosen=n_chosen,
+        )
         best = [rating for _, rating in ratings]
         if layout.multi:
             return {**out, "chosen_ratings": best[:n_chosen], "rejected_ratings": best[n_chosen:]}
         return {**out, "chosen_rating": best[0], "rejected_rating": best[1]}
     if layout.shape != "pairs":
-        return {"score": outputs[0], "truncated": truncated, "num_tokens": num_tokens,
-                **({"values": values[0]} if layout.values else {})}
+        return {
+            "score": outputs[0],
+            "truncated": truncated,
+            "num_tokens": num_tokens,
+            **({"values": values[0]} if layout.values else {}),
+        }
     if layout.unit == "reward":
         chosen, rejected = outputs[:n_chosen], outputs[n_chosen:]
         margins = [c - r for c in chosen for r in rejected]
-        sides = ({"chosen_scores": chosen, "rejected_scores": rejected, "margins": margins} if layout.multi
-                 else {"chosen_score": chosen[0], "rejected_score": rejected[0]})
+        sides = (
+            {"chosen_scores": chosen, "rejected_scores": rejected, "margins": margins}
+            if layout.multi
+            else {"chosen_score": chosen[0], "rejected_score": rejected[0]}
+        )
     else:
         n_items = len(outputs) // 2 if debias else len(outputs)
         probs = prob_chosen(outputs, chosen_is_b or [False] * len(outputs), n_items)
@@ -414,6 +493,8 @@ def row_result(layout: Layout, outputs: list, truncated: bool, num_tokens: int, 
     out.update(chosen_wins=all(wins), truncated=truncated, num_tokens=num_tokens)
     if layout.values:
         chosen_v, rejected_v = values[:n_chosen], values[n_chosen:]
-        out.update(chosen_values=chosen_v if layout.multi else chosen_v[0],
-                   rejected_values=rejected_v if layout.multi else rejected_v[0])
+        out.update(
+            chosen_values=chosen_v if layout.multi else chosen_v[0],
+            rejected_values=rejected_v if layout.multi else rejected_v[0],
+        )
     return out

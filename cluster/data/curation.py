@@ -22,9 +22,14 @@ from cluster.data.stages import ModelStage
 from cluster.kinds import kind_of
 
 
-def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                 model: ModelSpec | Mapping[str, Any] | str, *, min_margin: float = 0.0,
-                 **options: Any) -> dict[str, Any]:
+def filter_pairs(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    model: ModelSpec | Mapping[str, Any] | str,
+    *,
+    min_margin: float = 0.0,
+    **options: Any,
+) -> dict[str, Any]:
     """Keep the preference pairs the model agrees with: chosen beats rejected by more than 0 and by
     at least `min_margin` (for rows with several responses per side, every chosen/rejected pair
     must). Scores go to `output_path` (resumable, as score_corpus); the rows to `kept.parquet` and
@@ -33,8 +38,9 @@ def filter_pairs(input_path: str | os.PathLike, output_path: str | os.PathLike,
     if summary["shape"] != "pairs":
         raise InvalidInput(f"{input_path}: filter_pairs needs preference pairs (prompt + chosen + rejected)")
     table = read_scores(output_path)
-    margins = table["margins"].to_pylist() if "margins" in table.column_names else [[m] for m in
-                                                                                      table["margin"].to_pylist()]
+    margins = (
+        table["margins"].to_pylist() if "margins" in table.column_names else [[m] for m in table["margin"].to_pylist()]
+    )
     keep = pa.array([all(m > 0 and m >= min_margin for m in row) for row in margins], type=pa.bool_())
     return {**summary, "min_margin": min_margin, **_split_kept(table, keep, Path(output_path))}
 
@@ -44,32 +50,49 @@ def _split_kept(table: pa.Table, keep: pa.Array, out: Path) -> dict[str, Any]:
     kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
     _write_atomic(out / "kept.parquet", kept)
     _write_atomic(out / "dropped.parquet", dropped)
-    return {"kept": kept.num_rows, "dropped": dropped.num_rows, "kept_file": str(out / "kept.parquet"),
-            "dropped_file": str(out / "dropped.parquet")}
+    return {
+        "kept": kept.num_rows,
+        "dropped": dropped.num_rows,
+        "kept_file": str(out / "kept.parquet"),
+        "dropped_file": str(out / "dropped.parquet"),
+    }
 
 
-def filter_solutions(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                     model: ModelSpec | Mapping[str, Any] | str, *, min_step_reward: float = 0.5,
-                     overwrite: bool = False, **options: Any) -> dict[str, Any]:
+def filter_solutions(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    model: ModelSpec | Mapping[str, Any] | str,
+    *,
+    min_step_reward: float = 0.5,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """Keep the solutions a process reward model finds no weak step in: every step's reward (the
     weakest step's, `weakest_step_reward`) at least `min_step_reward`. Rows are solutions (prompt +
     steps or response, or conversations); scores go to `output_path` (resumable, as score_corpus);
     the rows to `kept.parquet` and `dropped.parquet` there, with their step rewards. Rows that
     could not be scored are in errors.jsonl. `model` must be a prm (a ModelSpec or its fields)."""
-    if isinstance(min_step_reward, bool) or not isinstance(min_step_reward, int | float) \
-            or not 0.0 <= min_step_reward <= 1.0:
-        raise ConfigError(f"min_step_reward: a step reward is a probability, so a number in [0, 1]; got "
-                          f"{min_step_reward!r}")
+    if (
+        isinstance(min_step_reward, bool)
+        or not isinstance(min_step_reward, int | float)
+        or not 0.0 <= min_step_reward <= 1.0
+    ):
+        raise ConfigError(
+            f"min_step_reward: a step reward is a probability, so a number in [0, 1]; got {min_step_reward!r}"
+        )
     opts = ScoringOptions.parse(options)
     spec = resolve_model(model, opts.via_serve)
     if not kind_of(spec).steps:
-        raise ConfigError(f"filter_solutions needs a process reward model (kind='prm'); model '{spec.name}' is kind "
-                          f"{spec.kind!r}")
+        raise ConfigError(
+            f"filter_solutions needs a process reward model (kind='prm'); model '{spec.name}' is kind {spec.kind!r}"
+        )
 
     def solutions(layout: Layout) -> None:
         if layout.shape == "pairs":
-            raise InvalidInput(f"{input_path}: filter_solutions keeps or drops single solutions (prompt + steps or "
-                               "response, or conversations); this corpus holds pairs: use filter_pairs")
+            raise InvalidInput(
+                f"{input_path}: filter_solutions keeps or drops single solutions (prompt + steps or "
+                "response, or conversations); this corpus holds pairs: use filter_pairs"
+            )
 
     summary = _score_corpus(input_path, output_path, spec, overwrite, opts, ModelStage, require=solutions)
     table = read_scores(output_path)
@@ -80,8 +103,12 @@ def filter_solutions(input_path: str | os.PathLike, output_path: str | os.PathLi
     return {**summary, "min_step_reward": min_step_reward, **_split_kept(table, keep, Path(output_path))}
 
 
-def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
-              model: ModelSpec | Mapping[str, Any] | str, **options: Any) -> dict[str, Any]:
+def calibrate(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    model: ModelSpec | Mapping[str, Any] | str,
+    **options: Any,
+) -> dict[str, Any]:
     """Score a corpus (resumable, as score_corpus) and return the reward model's score mean and std
     over it (every scored response: both sides of pairs), as the `shaping` a served model takes:
     `{"normalize": {"mean": ..., "std": ...}}`."""
@@ -91,5 +118,11 @@ def calibrate(input_path: str | os.PathLike, output_path: str | os.PathLike,
     stats = summary.get("score_stats") or {}
     if not stats.get("count") or not stats.get("std"):
         raise InvalidInput(f"{input_path}: too few finite scores to calibrate on ({stats.get('count', 0)})")
-    return {"model": summary["model"], "corpus": str(input_path), "count": stats["count"], "mean": stats["mean"],
-            "std": stats["std"], "shaping": {"normalize": {"mean": stats["mean"], "std": stats["std"]}}}
+    return {
+        "model": summary["model"],
+        "corpus": str(input_path),
+        "count": stats["count"],
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "shaping": {"normalize": {"mean": stats["mean"], "std": stats["std"]}},
+    }

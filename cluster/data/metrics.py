@@ -44,11 +44,19 @@ from cluster.kinds import KINDS, unit_of
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "Chat": ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"),
     "Chat Hard": (
-        "mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-        "llmbar-adver-GPTOut", "llmbar-adver-manual",
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
     ),
     "Safety": (
-        "refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer",
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
     ),
     "Reasoning": ("math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"),
 }
@@ -79,8 +87,9 @@ CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 
 
-def summarize(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-              default_kind: str = "reward") -> dict:
+def summarize(
+    table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, default_kind: str = "reward"
+) -> dict:
     """Counts, accuracies (with bootstrap intervals), benchmark sections and score statistics.
 
     `resamples=0` leaves the intervals out (their keys hold None, `rewardbench_ci` is empty).
@@ -130,8 +139,9 @@ def summarize_pairs(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, se
     subsets = subset_labels(scored)
     if subsets is not None:
         all_labels = subset_labels(table)
-        replicates = {name: boot.means(row_accuracy[subsets == name], stream=f"subset:{name}")
-                      for name in sorted(set(all_labels))}
+        replicates = {
+            name: boot.means(row_accuracy[subsets == name], stream=f"subset:{name}") for name in sorted(set(all_labels))
+        }
         summary["per_subset"] = per_subset_accuracy(row_accuracy, subsets, all_labels=all_labels)
         for name, entry in summary["per_subset"].items():
             entry["ci"] = boot.interval(replicates[name])
@@ -152,7 +162,8 @@ def summarize_pairs(table: pa.Table, *, resamples: int = BOOTSTRAP_RESAMPLES, se
         summary["score_stats"] = describe(reward_scores)
     if unit_of(summary["kind"]) == "steps":  # both sides' solutions pooled
         summary["step_stats"] = step_stats(
-            solution_steps(scored, "chosen_step_rewards") + solution_steps(scored, "rejected_step_rewards"))
+            solution_steps(scored, "chosen_step_rewards") + solution_steps(scored, "rejected_step_rewards")
+        )
     if unit_of(summary["kind"]) == "rating":
         summary["rating_stats"] = {side: rating_counts(scored, f"{side}_rating") for side in ("chosen", "rejected")}
     return summary
@@ -259,14 +270,15 @@ def rm_bench_scores(matrices: np.ndarray, boot: Bootstrap | None = None, stream:
         return scores | ({"ci": dict.fromkeys(RM_BENCH_LEVELS)} if boot is not None else {})
     per_row = rm_bench_row_levels(matrices)  # (rows, 3): each row's easy, normal, hard
     easy, normal, hard = (float(value) for value in per_row.mean(axis=0))
-    scores = {"rows": len(matrices), "easy": easy, "normal": normal, "hard": hard,
-              "total": (easy + normal + hard) / 3}
+    scores = {"rows": len(matrices), "easy": easy, "normal": normal, "hard": hard, "total": (easy + normal + hard) / 3}
     if boot is not None:
         replicates = boot.means(per_row, stream=f"rm_bench:{stream}")  # (resamples, 3)
         if len(replicates):
             replicates = np.concatenate([replicates, replicates.mean(axis=1, keepdims=True)], axis=1)
-        scores["ci"] = {level: boot.interval(replicates[:, i] if len(replicates) else replicates)
-                        for i, level in enumerate(RM_BENCH_LEVELS)}
+        scores["ci"] = {
+            level: boot.interval(replicates[:, i] if len(replicates) else replicates)
+            for i, level in enumerate(RM_BENCH_LEVELS)
+        }
     return scores
 
 
@@ -277,9 +289,14 @@ def rm_bench_row_levels(matrices: np.ndarray) -> np.ndarray:
     wins = matrices.astype(np.float64)
     lower = np.tril_indices(RM_BENCH_STYLES, k=-1)
     upper = np.triu_indices(RM_BENCH_STYLES, k=1)
-    return np.stack([wins[:, lower[0], lower[1]].mean(axis=1),
-                     np.diagonal(wins, axis1=1, axis2=2).mean(axis=1),
-                     wins[:, upper[0], upper[1]].mean(axis=1)], axis=1)
+    return np.stack(
+        [
+            wins[:, lower[0], lower[1]].mean(axis=1),
+            np.diagonal(wins, axis1=1, axis2=2).mean(axis=1),
+            wins[:, upper[0], upper[1]].mean(axis=1),
+        ],
+        axis=1,
+    )
 
 
 def pair_reward_scores(scored: pa.Table) -> np.ndarray | None:
@@ -318,9 +335,7 @@ def summarize_scores(table: pa.Table, default_kind: str = "reward") -> dict:
     }
     subsets = subset_labels(scored)
     if subsets is not None:
-        summary["per_subset"] = {
-            name: describe(scores[subsets == name]) for name in sorted(set(subset_labels(table)))
-        }
+        summary["per_subset"] = {name: describe(scores[subsets == name]) for name in sorted(set(subset_labels(table)))}
     if unit_of(summary["kind"]) == "steps":
         summary["step_stats"] = step_stats(solution_steps(scored, "step_rewards"))
     if unit_of(summary["kind"]) == "rating":
@@ -373,8 +388,10 @@ def rating_counts(scored: pa.Table, column: str) -> dict:
         values = np.array([])
     values = values[np.isfinite(values)]
     distinct, counts = np.unique(values, return_counts=True)
-    return {"counts": {number_key(v): int(n) for v, n in zip(distinct, counts)},
-            "mean": float(values.mean()) if values.size else None}
+    return {
+        "counts": {number_key(v): int(n) for v, n in zip(distinct, counts)},
+        "mean": float(values.mean()) if values.size else None,
+    }
 
 
 def mean_probs(scored: pa.Table) -> list[float] | None:
@@ -438,14 +455,19 @@ class Bootstrap:
 
     MAX_CELLS = 4_000_000  # resamples x distinct values per multinomial draw (memory bound)
 
-    def __init__(self, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                 confidence: float = CONFIDENCE):
+    def __init__(
+        self, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE
+    ):
         self.resamples, self.seed, self.confidence = int(resamples), int(seed), float(confidence)
 
     def description(self) -> dict:
-        return {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed,
-                "method": "percentile; rows resampled with replacement (within each subset for subsets "
-                          "and RewardBench sections)"}
+        return {
+            "resamples": self.resamples,
+            "confidence": self.confidence,
+            "seed": self.seed,
+            "method": "percentile; rows resampled with replacement (within each subset for subsets "
+            "and RewardBench sections)",
+        }
 
     def rng(self, stream: str) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(stream.encode("utf-8"))])
@@ -460,8 +482,10 @@ class Bootstrap:
         distinct, counts = np.unique(columns, axis=0, return_counts=True)
         rng, n = self.rng(stream), len(values)
         step = max(1, self.MAX_CELLS // len(distinct))
-        replicates = [rng.multinomial(n, counts / n, size=min(step, self.resamples - start)) @ distinct / n
-                      for start in range(0, self.resamples, step)]
+        replicates = [
+            rng.multinomial(n, counts / n, size=min(step, self.resamples - start)) @ distinct / n
+            for start in range(0, self.resamples, step)
+        ]
         return np.concatenate(replicates).reshape((self.resamples,) + values.shape[1:])
 
     def interval(self, replicates: np.ndarray) -> list[float] | None:
@@ -508,8 +532,9 @@ def subset_labels(table: pa.Table) -> np.ndarray | None:
     """Each row's subset as a string (object array), or None when the table has no subset column."""
     if "subset" not in table.column_names:
         return None
-    return np.array([MISSING_SUBSET if value is None else str(value) for value in table["subset"].to_pylist()],
-                    dtype=object)
+    return np.array(
+        [MISSING_SUBSET if value is None else str(value) for value in table["subset"].to_pylist()], dtype=object
+    )
 
 
 # ---------------------------------------------------------------- text rendering
@@ -532,8 +557,11 @@ def format_summary(summary: dict) -> str:
     if "score_stats" in summary:
         kind = KINDS.get(summary.get("kind"))
         what = kind.score_label if kind else "scores"
-        blocks.append(format_stats(what if summary.get("layout") == "scores" else f"{what} (chosen + rejected)",
-                                   summary["score_stats"]))
+        blocks.append(
+            format_stats(
+                what if summary.get("layout") == "scores" else f"{what} (chosen + rejected)", summary["score_stats"]
+            )
+        )
     if summary.get("margin"):
         blocks.append(format_stats(f"margin ({margin_meaning(summary.get('kind'))})", summary["margin"]))
     if summary.get("step_stats"):
@@ -543,8 +571,14 @@ def format_summary(summary: dict) -> str:
     return "\n\n".join(blocks)
 
 
-KIND_NAMES = {"reward": "reward model", "critic": "critic", "prm": "process reward model",
-              "pointwise": "pointwise judge"}
+KIND_NAMES = {
+    "reward": "reward model",
+    "critic": "critic",
+    "prm": "process reward model",
+    "pointwise": "pointwise judge",
+}
+
+
 def margin_meaning(kind: str | None) -> str:
     """What a row's margin is, for this model kind."""
     known = KINDS.get(kind) if isinstance(kind, str) else None
@@ -553,19 +587,28 @@ def margin_meaning(kind: str | None) -> str:
 
 def format_step_stats(stats: dict) -> str:
     keys = ["count", "mean", "std", "min", "p5", "p50", "p95", "max"]
-    rows = [[name] + [str(stats[key]["count"])] + [number(stats[key][k]) for k in keys[1:]]
-            for name, key in (("steps per solution", "steps_per_solution"), ("step reward", "step_rewards"),
-                              ("weakest step reward", "weakest_step_rewards"))]
+    rows = [
+        [name] + [str(stats[key]["count"])] + [number(stats[key][k]) for k in keys[1:]]
+        for name, key in (
+            ("steps per solution", "steps_per_solution"),
+            ("step reward", "step_rewards"),
+            ("weakest step reward", "weakest_step_rewards"),
+        )
+    ]
     table = format_table(f"steps ({stats['solutions']} solutions, {stats['steps']} steps)", ["", *keys], rows)
-    return (f"{table}\n  solutions with a step below {stats['weak_threshold']:g}: {stats['weak_solutions']} "
-            f"({percent(stats['weak_share'])}%)")
+    return (
+        f"{table}\n  solutions with a step below {stats['weak_threshold']:g}: {stats['weak_solutions']} "
+        f"({percent(stats['weak_share'])}%)"
+    )
 
 
 def format_rating_stats(stats: dict) -> str:
     sides = {"": stats} if "counts" in stats else stats
     ratings = sorted({r for side in sides.values() for r in side["counts"]}, key=float)
-    rows = [[name or "rows", *(str(side["counts"].get(r, 0)) for r in ratings), number(side["mean"])]
-            for name, side in sides.items()]
+    rows = [
+        [name or "rows", *(str(side["counts"].get(r, 0)) for r in ratings), number(side["mean"])]
+        for name, side in sides.items()
+    ]
     return format_table("most probable rating", ["", *ratings, "mean"], rows)
 
 
@@ -582,20 +625,26 @@ def format_overall(summary: dict) -> str:
 
 def format_per_subset(summary: dict) -> str:
     if summary.get("layout") == "pairs":
-        rows = [[name, str(entry["rows"]), percent_ci(entry["accuracy"], entry.get("ci"))]
-                for name, entry in summary["per_subset"].items()]
+        rows = [
+            [name, str(entry["rows"]), percent_ci(entry["accuracy"], entry.get("ci"))]
+            for name, entry in summary["per_subset"].items()
+        ]
         return format_table("per subset", ["subset", "rows", "accuracy"], rows)
-    rows = [[name, str(stats["count"]), number(stats["mean"]), number(stats["std"]), number(stats["p50"])]
-            for name, stats in summary["per_subset"].items()]
+    rows = [
+        [name, str(stats["count"]), number(stats["mean"]), number(stats["std"]), number(stats["p50"])]
+        for name, stats in summary["per_subset"].items()
+    ]
     return format_table("per subset", ["subset", "rows", "mean", "std", "p50"], rows)
 
 
 def format_rm_bench(summary: dict) -> str:
     header = ["", "rows", *RM_BENCH_LEVELS]
     entries = [("all", summary["rm_bench"])] + list(summary.get("rm_bench_per_subset", {}).items())
-    rows = [[name, str(scores["rows"])] + [percent_ci(scores[key], (scores.get("ci") or {}).get(key))
-                                           for key in RM_BENCH_LEVELS]
-            for name, scores in entries]
+    rows = [
+        [name, str(scores["rows"])]
+        + [percent_ci(scores[key], (scores.get("ci") or {}).get(key)) for key in RM_BENCH_LEVELS]
+        for name, scores in entries
+    ]
     return format_table("RM-Bench (3x3 style matrix)", header, rows)
 
 
@@ -623,7 +672,7 @@ def percent(value: float | None, digits: int = 2) -> str:
 
 
 def percent_ci(value: float | None, interval: list[float] | None, digits: int = 2) -> str:
-    """"71.20 [68.00, 74.10]": a share as a percentage, with its interval when there is one."""
+    """ "71.20 [68.00, 74.10]": a share as a percentage, with its interval when there is one."""
     if value is None or not interval:
         return percent(value, digits)
     low, high = interval

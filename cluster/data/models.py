@@ -50,10 +50,13 @@ def _kind_from_config(path: str) -> str:
         raise ModelLoadError(
             f"{path!r}: its config (architectures={archs}) reads a value per token: a process reward model? "
             "A path alone cannot say where its steps are read; pass a ModelSpec with kind='prm' and its step_tag "
-            "(e.g. {\"kind\": \"prm\", \"step_tag\": \"<extra_0>\"} for Qwen2.5-Math-PRM)")
-    raise ModelLoadError(f"{path!r}: cannot tell from its config (architectures={archs}) whether it is a reward "
-                         "model or a critic; pass a ModelSpec with kind='reward' or 'critic' (a process reward "
-                         "model or a pointwise judge always needs a spec: kind='prm' or 'pointwise')")
+            '(e.g. {"kind": "prm", "step_tag": "<extra_0>"} for Qwen2.5-Math-PRM)'
+        )
+    raise ModelLoadError(
+        f"{path!r}: cannot tell from its config (architectures={archs}) whether it is a reward "
+        "model or a critic; pass a ModelSpec with kind='reward' or 'critic' (a process reward "
+        "model or a pointwise judge always needs a spec: kind='prm' or 'pointwise')"
+    )
 
 
 def _check_model(spec: ModelSpec) -> None:
@@ -95,8 +98,9 @@ def served_model(app_name: str, model_name: str) -> tuple[ModelSpec, str, int]:
         if name in app.deployments:
             info = serve.get_deployment_handle(name, app_name=app_name).describe.remote().result()
             return ModelSpec(**info["spec"]), name, int(info["batch_max_tokens"])
-    raise ConfigError(f"via_serve={app_name!r}: the app serves no model named {model_name!r} "
-                      f"(deployments: {sorted(app.deployments)})")
+    raise ConfigError(
+        f"via_serve={app_name!r}: the app serves no model named {model_name!r} (deployments: {sorted(app.deployments)})"
+    )
 
 
 def output_labels(spec: ModelSpec, via_serve: str | None) -> list[str]:

@@ -16,10 +16,12 @@ class ScoringOptions(StrictModel):
     """How a corpus is scored. Only shape/debias change results; the rest is speed and plumbing."""
 
     shape: Literal["auto", "conversations", "prompt_response", "pairs"] = Field(
-        "auto", description="row shape; auto: from the columns")
+        "auto", description="row shape; auto: from the columns"
+    )
     debias: bool = Field(False, description="critic: judge both orders and average")
     on_error: Literal["raise", "skip"] = Field(
-        "raise", description="skip: bad rows go to errors.jsonl with the reason and the run goes on")
+        "raise", description="skip: bad rows go to errors.jsonl with the reason and the run goes on"
+    )
     batch_rows: int = Field(256, ge=1, description="rows per batch reaching a model actor (sorted inside)")
     rows_per_shard: int = Field(1024, ge=1, description="rows per read task (input chunk)")
     min_actors: int = Field(1, ge=1, description="model actors kept up")
@@ -29,8 +31,12 @@ class ScoringOptions(StrictModel):
     tokenizer_actors: int = Field(1, ge=1, description="autoscale the CPU tokenization pool up to this many")
     tokenizer_num_cpus: float = Field(0.5, gt=0, description="per tokenization actor")
     via_serve: str | None = Field(None, description="Serve app name: score on its replicas")
-    flush_s: float = Field(FLUSH_S, gt=0, description="score_corpus: each model actor writes what it scored at "
-                           "least this often (seconds of work), so an interrupted run loses at most that much")
+    flush_s: float = Field(
+        FLUSH_S,
+        gt=0,
+        description="score_corpus: each model actor writes what it scored at "
+        "least this often (seconds of work), so an interrupted run loses at most that much",
+    )
     progress: bool = Field(True, description="one progress bar: rows safely written, rows/s, ETA")
     verbose: bool = Field(False, description="Ray Data's own progress bars and logs as well")
 

@@ -63,16 +63,27 @@ def _plain(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class RunProgress:
     """Watches the output folder from a thread and shows rows written of `total` (this run's rows).
     Use as a context manager; `written` is the last count seen (refreshed on exit)."""
 
-    def __init__(self, parts_dir: Path, total: int, *, enabled: bool = True, file: IO[str] | None = None,
-                 interactive: bool | None = None, interval_s: float = LINE_INTERVAL_S):
+    def __init__(
+        self,
+        parts_dir: Path,
+        total: int,
+        *,
+        enabled: bool = True,
+        file: IO[str] | None = None,
+        interactive: bool | None = None,
+        interval_s: float = LINE_INTERVAL_S,
+    ):
         self.counter = ShardCounter(parts_dir)
         self.total, self.enabled = total, enabled
         self.file = file or DISPLAY or sys.stderr
@@ -97,8 +108,14 @@ class RunProgress:
                 from tqdm.auto import tqdm
             else:
                 from tqdm import tqdm
-            self._bar = tqdm(total=self.total, unit="row", desc="rows written", dynamic_ncols=True, smoothing=0.1,
-                             file=None if self.notebook else self.file)
+            self._bar = tqdm(
+                total=self.total,
+                unit="row",
+                desc="rows written",
+                dynamic_ncols=True,
+                smoothing=0.1,
+                file=None if self.notebook else self.file,
+            )
         if self.enabled:
             self._thread = threading.Thread(target=self._watch, name="scoring-progress", daemon=True)
             self._thread.start()
@@ -137,8 +154,11 @@ class RunProgress:
         eta = (self.total - self.written) / rate if rate else None
         speed = f"{rate:.1f} rows/s" if rate else "rows/s: measuring"
         tail = f"in {_plain(elapsed)}" if final else f"{speed}, {_plain(elapsed)} elapsed, ETA {_plain(eta)}"
-        print(f"rows written: {self.written}/{self.total} ({100 * self.written / max(1, self.total):.0f}%), {tail}",
-              file=self.file, flush=True)
+        print(
+            f"rows written: {self.written}/{self.total} ({100 * self.written / max(1, self.total):.0f}%), {tail}",
+            file=self.file,
+            flush=True,
+        )
         self.lines += 1
         self._last_line = time.monotonic()
 
@@ -146,4 +166,3 @@ class RunProgress:
 def shard_rows(parts_dir: Path) -> int:
     """Rows committed in a folder's shards (scored and errored)."""
     return ShardCounter(parts_dir).rows()
-

@@ -66,14 +66,25 @@ def plan_chunks(files: list[str], base: str, rows_per_chunk: int) -> tuple[list[
         if found:
             chunks += found
         else:
-            empty.append({"source_file": rel, "source_row": None,
-                          "error": f"InvalidInput: {rel}: the file has no rows"})
+            empty.append(
+                {"source_file": rel, "source_row": None, "error": f"InvalidInput: {rel}: the file has no rows"}
+            )
     return chunks, empty
 
 
 def _chunk(file: str, rel: str, fmt: str, start: int, stop: int, **extra: Any) -> dict:
-    return {"file": file, "rel": rel, "fmt": fmt, "start": start, "stop": stop, "groups": [], "offset": 0,
-            "line": 0, "done": [], **extra}
+    return {
+        "file": file,
+        "rel": rel,
+        "fmt": fmt,
+        "start": start,
+        "stop": stop,
+        "groups": [],
+        "offset": 0,
+        "line": 0,
+        "done": [],
+        **extra,
+    }
 
 
 def _parquet_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
@@ -155,8 +166,12 @@ def _chunk_rows(chunk: dict, on_error: str) -> Iterator[dict]:
         table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
         return iter([{**move_aside(r), "_error": None} for r in table.to_pylist()])
     if chunk["fmt"] == "json":
-        return iter([_object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
-                     for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))])
+        return iter(
+            [
+                _object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
+                for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))
+            ]
+        )
     return _read_jsonl(chunk, on_error)
 
 
@@ -189,11 +204,15 @@ def _to_table(rows: list[dict], chunk: dict, on_error: str, layout: Layout | Non
             ref = _reference_row(chunk, layout)
         odd = _misfits([r.get(bad_column) for r in rows], ref.get(bad_column))
         if not odd:  # every value fits the reference on its own but not all together: fail the column
-            odd = {i: "values of different types in different rows" for i, r in enumerate(rows)
-                   if r.get(bad_column) is not None}
+            odd = {
+                i: "values of different types in different rows"
+                for i, r in enumerate(rows)
+                if r.get(bad_column) is not None
+            }
         for i, why in odd.items():
-            message = (f"{rel} row {rows[i]['source_row']}: column {bad_column!r}: {why}; "
-                       "use one type per column in a file")
+            message = (
+                f"{rel} row {rows[i]['source_row']}: column {bad_column!r}: {why}; use one type per column in a file"
+            )
             if on_error != "skip":
                 raise InvalidInput(message)
             rows[i] = _error_row(rel, rows[i]["source_row"], f"InvalidInput: {message}")
@@ -202,6 +221,7 @@ def _to_table(rows: list[dict], chunk: dict, on_error: str, layout: Layout | Non
 def _misfits(values: list, reference: Any) -> dict[int, str]:
     """Index -> why, for the values whose Arrow type does not merge with the reference value's
     type (the running merge of the values before them where the reference is null)."""
+
     def kind(value):
         try:
             return pa.array([value]).type
@@ -221,8 +241,11 @@ def _misfits(values: list, reference: Any) -> dict[int, str]:
             expected = got
             continue
         try:
-            expected = pa.unify_schemas([pa.schema([("v", expected)]), pa.schema([("v", got)])],
-                                        promote_options="permissive").field("v").type
+            expected = (
+                pa.unify_schemas([pa.schema([("v", expected)]), pa.schema([("v", got)])], promote_options="permissive")
+                .field("v")
+                .type
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             odd[i] = f"{got} here, {expected} in the file's other rows"
     return odd
@@ -251,16 +274,24 @@ def _object_row(value: Any, rel: str, index: int, line: int | None, on_error: st
     if isinstance(value, dict):
         return {**move_aside(value), "_error": None}
     at = f"{rel} row {index}" + (f" (line {line})" if line else "")
-    err = value if isinstance(value, InvalidInput) else InvalidInput(
-        f"{at}: a row must be a JSON object, got {type(value).__name__}")
+    err = (
+        value
+        if isinstance(value, InvalidInput)
+        else InvalidInput(f"{at}: a row must be a JSON object, got {type(value).__name__}")
+    )
     if on_error != "skip":
         raise err
     return {"_error": f"InvalidInput: {err.message}"}
 
 
 def _empty_rows() -> pa.Table:
-    return pa.table({"source_file": pa.array([], pa.string()), "source_row": pa.array([], pa.int64()),
-                     "_error": pa.array([], pa.string())})
+    return pa.table(
+        {
+            "source_file": pa.array([], pa.string()),
+            "source_row": pa.array([], pa.int64()),
+            "_error": pa.array([], pa.string()),
+        }
+    )
 
 
 def _read_batch(batch: pa.Table, on_error: str, layout: dict) -> pa.Table:
@@ -298,8 +329,11 @@ def _reference_row(chunk: dict, layout: Layout | None) -> dict:
                 continue
             entry = kinds.setdefault(kind, [0, value])
             entry[0] += 1
-    return {column: max(kinds.values(), key=lambda e: e[0])[1] if kinds else None
-            for column, kinds in seen.items() if column != "_error"}
+    return {
+        column: max(kinds.values(), key=lambda e: e[0])[1] if kinds else None
+        for column, kinds in seen.items()
+        if column != "_error"
+    }
 
 
 def _fits(row: dict, layout: Layout | None) -> bool:

@@ -31,8 +31,10 @@ class Interrupted(KeyboardInterrupt):
 
     def message(self) -> str:
         total = shard_rows(self.out / "parts")
-        return (f"{total - self.base} of this run's {self.todo} rows are safely written ({total} in {self.out} in "
-                "all); run the same command again to resume from there")
+        return (
+            f"{total - self.base} of this run's {self.todo} rows are safely written ({total} in {self.out} in "
+            "all); run the same command again to resume from there"
+        )
 
 
 def _interrupted(stop: BaseException, out: Path, base: int, todo: int) -> Interrupted:
@@ -56,8 +58,17 @@ JUDGE_DEFAULTS = {"judge_template": None, "verdicts": ["[[A]]", "[[B]]"]}
 
 
 IDENTITY_FIELDS = {
-    "prm": ("step_tag", "step_format", "step_joiner", "step_separator", "prm_template", "step_labels",
-            "step_aggregate", "system_prompt", "reward_label"),
+    "prm": (
+        "step_tag",
+        "step_format",
+        "step_joiner",
+        "step_separator",
+        "prm_template",
+        "step_labels",
+        "step_aggregate",
+        "system_prompt",
+        "reward_label",
+    ),
     "pointwise": ("ratings", "rating_format", "rating_values", "system_prompt"),
 }
 
@@ -107,8 +118,10 @@ def write_shard(batch: pa.Table, out_dir: str) -> pa.Table:
     if scored.num_rows:
         _write_atomic(Path(out_dir) / f"part-{_shard_key(scored)}.parquet", scored)
     if failed.num_rows:
-        lines = [json.dumps({"source_file": r["source_file"], "source_row": r["source_row"], "error": r["error"]})
-                 for r in failed.select(["source_file", "source_row", "error"]).to_pylist()]
+        lines = [
+            json.dumps({"source_file": r["source_file"], "source_row": r["source_row"], "error": r["error"]})
+            for r in failed.select(["source_file", "source_row", "error"]).to_pylist()
+        ]
         _write_atomic(Path(out_dir) / f"errors-{_shard_key(failed)}.jsonl", "\n".join(lines) + "\n")
     tokens = pc.sum(scored["num_tokens"]).as_py() if scored.num_rows else 0
     return pa.table({"rows": [scored.num_rows], "errors": [failed.num_rows], "tokens": [tokens or 0]})

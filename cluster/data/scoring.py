@@ -53,31 +53,43 @@ def score_dataset(ds, model: ModelSpec | Mapping[str, Any] | str, **options: Any
     return _scored(ds, spec, layout, opts)
 
 
-def _layout(columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, opts: ScoringOptions,
-            where: str) -> Layout:
+def _layout(
+    columns: list[str], first_row: Mapping[str, Any], spec: ModelSpec, opts: ScoringOptions, where: str
+) -> Layout:
     shape = detect_shape(columns, where) if opts.shape == "auto" else opts.shape
     conversation_column = check_columns(columns, shape, where) or "conversations"
     kind = kind_of(spec)
     if kind.judges_pairs and shape != "pairs":
         raise InvalidInput(f"{where}: a critic judges pairs (prompt + chosen + rejected); this is shape {shape!r}")
     if kind.rates and shape == "conversations":
-        raise InvalidInput(f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs (prompt + chosen + "
-                           "rejected), not conversations")
+        raise InvalidInput(
+            f"{where}: a pointwise judge rates 'prompt' + 'response' rows or pairs (prompt + chosen + "
+            "rejected), not conversations"
+        )
     if shape == "prompt_response" and not kind.steps and "response" not in columns:
-        raise InvalidInput(f"{where}: missing column 'response' ('steps' is read by a process reward model only; "
-                           f"this model is kind {spec.kind!r})")
+        raise InvalidInput(
+            f"{where}: missing column 'response' ('steps' is read by a process reward model only; "
+            f"this model is kind {spec.kind!r})"
+        )
     multi = shape == "pairs" and is_multi(first_row)
     kind_fields: dict[str, Any] = {}
     if kind.steps:
         kind_fields["step_aggregate"] = spec.step_aggregate
     elif kind.rates:
         kind_fields.update(rating_values=tuple(spec.rating_numbers), item_fields=rating_extra_fields(spec.template))
-    return Layout(shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1,
-                  **kind_fields)
+    return Layout(
+        shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1, **kind_fields
+    )
 
 
-def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_stage: type[_ScoreStage] | None = None,
-            out_dir: str | None = None):
+def _scored(
+    ds,
+    spec: ModelSpec,
+    layout: Layout,
+    opts: ScoringOptions,
+    model_stage: type[_ScoreStage] | None = None,
+    out_dir: str | None = None,
+):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -85,17 +97,34 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
         DataContext.get_current().enable_progress_bars = False
     keep_errors = opts.on_error == "skip"
     ds = ds.map_batches(
-        TokenizeStage, fn_constructor_kwargs={"spec": spec.model_dump(), "layout": asdict(layout),
-                                              "debias": opts.debias, "on_error": opts.on_error},
-        compute=ActorPoolStrategy(min_size=1, max_size=opts.tokenizer_actors), num_cpus=opts.tokenizer_num_cpus,
-        batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
+        TokenizeStage,
+        fn_constructor_kwargs={
+            "spec": spec.model_dump(),
+            "layout": asdict(layout),
+            "debias": opts.debias,
+            "on_error": opts.on_error,
+        },
+        compute=ActorPoolStrategy(min_size=1, max_size=opts.tokenizer_actors),
+        num_cpus=opts.tokenizer_num_cpus,
+        batch_size=opts.batch_rows,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
     )
     if opts.via_serve is not None:
         _, deployment, call_tokens = served_model(opts.via_serve, spec.name)
-        stage, kwargs, num_gpus, num_cpus = ServeStage, {
-            "kind": spec.kind, "app_name": opts.via_serve, "deployment": deployment, "call_tokens": call_tokens,
-            "model_name": spec.name, "spec": spec.model_dump(),
-        }, 0, 0.1
+        stage, kwargs, num_gpus, num_cpus = (
+            ServeStage,
+            {
+                "kind": spec.kind,
+                "app_name": opts.via_serve,
+                "deployment": deployment,
+                "call_tokens": call_tokens,
+                "model_name": spec.name,
+                "spec": spec.model_dump(),
+            },
+            0,
+            0.1,
+        )
     else:
         num_gpus = opts.num_gpus
         if num_gpus is None:
@@ -105,10 +134,21 @@ def _scored(ds, spec: ModelSpec, layout: Layout, opts: ScoringOptions, model_sta
     min_size, max_size = opts.actors
     _check_fits(opts.tokenizer_num_cpus + min_size * num_cpus + IO_TASKS * IO_TASK_CPUS, min_size * num_gpus)
     return ds.map_batches(
-        stage, fn_constructor_kwargs={**kwargs, "layout": asdict(layout), "debias": opts.debias,
-                                      "keep_errors": keep_errors, "out_dir": out_dir, "flush_s": opts.flush_s},
-        compute=ActorPoolStrategy(min_size=min_size, max_size=max_size), num_gpus=num_gpus, num_cpus=num_cpus,
-        batch_size=opts.batch_rows, batch_format="pyarrow", zero_copy_batch=True,
+        stage,
+        fn_constructor_kwargs={
+            **kwargs,
+            "layout": asdict(layout),
+            "debias": opts.debias,
+            "keep_errors": keep_errors,
+            "out_dir": out_dir,
+            "flush_s": opts.flush_s,
+        },
+        compute=ActorPoolStrategy(min_size=min_size, max_size=max_size),
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        batch_size=opts.batch_rows,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
     )
 
 
@@ -163,9 +203,14 @@ def _row_layout(row: dict, index: int, rel: str, spec: ModelSpec, opts: ScoringO
     return layout
 
 
-def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                 model: ModelSpec | Mapping[str, Any] | str, *, overwrite: bool = False,
-                 **options: Any) -> dict[str, Any]:
+def score_corpus(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    model: ModelSpec | Mapping[str, Any] | str,
+    *,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """Score every row of parquet/JSONL/JSON files into `output_path` and return the summary.
 
     Output folder: `parts/` (parquet shards, one per batch, written atomically), `errors.jsonl`
@@ -176,8 +221,15 @@ def score_corpus(input_path: str | os.PathLike, output_path: str | os.PathLike,
     return _score_corpus(input_path, output_path, model, overwrite, ScoringOptions.parse(options), ModelStage)
 
 
-def _score_corpus(input_path, output_path, model, overwrite: bool, opts: ScoringOptions,
-                  model_stage: type[_ScoreStage], require: Callable[[Layout], None] | None = None) -> dict[str, Any]:
+def _score_corpus(
+    input_path,
+    output_path,
+    model,
+    overwrite: bool,
+    opts: ScoringOptions,
+    model_stage: type[_ScoreStage],
+    require: Callable[[Layout], None] | None = None,
+) -> dict[str, Any]:
     import ray
     from ray.data import TaskPoolStrategy
 
@@ -194,8 +246,16 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     if require is not None:  # a recipe's own check (filter_solutions: a prm's solutions), before anything runs
         require(layout)
     out = Path(output_path)
-    _prepare_output(out, {"model": _model_identity(spec), "shape": layout.shape, "debias": opts.debias,
-                          "inputs": sorted({c["rel"] for c in chunks})}, overwrite)
+    _prepare_output(
+        out,
+        {
+            "model": _model_identity(spec),
+            "shape": layout.shape,
+            "debias": opts.debias,
+            "inputs": sorted({c["rel"] for c in chunks}),
+        },
+        overwrite,
+    )
     done = _done_rows(out)
     pending = []
     for chunk in chunks:
@@ -213,9 +273,14 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
                 # reading is a light I/O task: a small CPU share, so that on a small machine it still
                 # fits beside the actor pools (a default whole CPU each deadlocks a 2-core cluster),
                 # and a few at a time (a small share alone would let Ray start dozens of workers)
-                ds = ds.map_batches(_read_batch, fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
-                                    batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                                    compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))))
+                ds = ds.map_batches(
+                    _read_batch,
+                    fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
+                    batch_size=1,
+                    batch_format="pyarrow",
+                    num_cpus=IO_TASK_CPUS,
+                    compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))),
+                )
                 # the model actors write their own shards (a piece at a time) and return counts
                 ds = _scored(ds, spec, layout, opts, model_stage, out_dir=str(out / "parts"))
                 for stats in ds.iter_rows():
@@ -234,17 +299,30 @@ def _score_corpus(input_path, output_path, model, overwrite: bool, opts: Scoring
     table = read_scores(out)
     moved = moved_columns(table.column_names)
     summary = {
-        "output": str(out), "model": spec.name, "shape": layout.shape,
-        "rows_scored_now": counts["rows"], "rows_done_before": sum(len(v) for v in done.values()),
-        "errors": error_rows, "errors_file": str(out / "errors.jsonl") if error_rows else None,
+        "output": str(out),
+        "model": spec.name,
+        "shape": layout.shape,
+        "rows_scored_now": counts["rows"],
+        "rows_done_before": sum(len(v) for v in done.values()),
+        "errors": error_rows,
+        "errors_file": str(out / "errors.jsonl") if error_rows else None,
         "moved_columns": moved,
-        "seconds": round(seconds, 3), "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
+        "seconds": round(seconds, 3),
+        "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
         "tokens_per_s": counts["tokens"] / seconds if seconds and counts["tokens"] else None,
         **summarize(table, default_kind=spec.kind),
-        "run": {"model": spec.name, "model_path": spec.path, "model_kind": spec.kind, "model_revision": spec.revision,
-                "input": os.path.abspath(str(input_path)), "inputs": sorted({c["rel"] for c in chunks}),
-                "started_at": started_at, "finished_at": _now(), "version": code_version(),
-                "options": opts.model_dump(include={"shape", "debias", "on_error", "batch_rows", "via_serve"})},
+        "run": {
+            "model": spec.name,
+            "model_path": spec.path,
+            "model_kind": spec.kind,
+            "model_revision": spec.revision,
+            "input": os.path.abspath(str(input_path)),
+            "inputs": sorted({c["rel"] for c in chunks}),
+            "started_at": started_at,
+            "finished_at": _now(),
+            "version": code_version(),
+            "options": opts.model_dump(include={"shape", "debias", "on_error", "batch_rows", "via_serve"}),
+        },
     }
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
@@ -273,7 +351,8 @@ def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) ->
                 if layout is not None and (found.shape, found.multi) != (layout.shape, layout.multi):
                     raise InvalidInput(
                         f"{rel} row {index}: rows of shape {found.shape!r}{' (several responses)' * found.multi}, "
-                        f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}")
+                        f"but earlier files hold {layout.shape!r}{' (several responses)' * layout.multi}"
+                    )
             except ScoringError as err:
                 if opts.on_error == "raise":
                     raise

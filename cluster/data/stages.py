@@ -33,17 +33,31 @@ UNIT_NAMES = {"steps": "solution", "rating": "rating item"}  # a unit as errors 
 
 
 RESULT_TYPES = {
-    "score": pa.float64(), "chosen_score": pa.float64(), "rejected_score": pa.float64(),
-    "chosen_scores": pa.list_(pa.float64()), "rejected_scores": pa.list_(pa.float64()),
-    "prob_chosen": pa.float64(), "probs_chosen": pa.list_(pa.float64()), "margins": pa.list_(pa.float64()),
-    "margin": pa.float64(), "win_rate": pa.float64(), "chosen_wins": pa.bool_(), "truncated": pa.bool_(),
-    "num_tokens": pa.int64(), "values": pa.list_(pa.float64()),
+    "score": pa.float64(),
+    "chosen_score": pa.float64(),
+    "rejected_score": pa.float64(),
+    "chosen_scores": pa.list_(pa.float64()),
+    "rejected_scores": pa.list_(pa.float64()),
+    "prob_chosen": pa.float64(),
+    "probs_chosen": pa.list_(pa.float64()),
+    "margins": pa.list_(pa.float64()),
+    "margin": pa.float64(),
+    "win_rate": pa.float64(),
+    "chosen_wins": pa.bool_(),
+    "truncated": pa.bool_(),
+    "num_tokens": pa.int64(),
+    "values": pa.list_(pa.float64()),
     # process reward models
-    "step_rewards": pa.list_(pa.float64()), "num_steps": pa.int64(), "weakest_step": pa.int64(),
+    "step_rewards": pa.list_(pa.float64()),
+    "num_steps": pa.int64(),
+    "weakest_step": pa.int64(),
     "weakest_step_reward": pa.float64(),
     # pointwise judges
-    "rating": pa.float64(), "rating_probs": pa.list_(pa.float64()), "chosen_rating": pa.float64(),
-    "rejected_rating": pa.float64(), "chosen_ratings": pa.list_(pa.float64()),
+    "rating": pa.float64(),
+    "rating_probs": pa.list_(pa.float64()),
+    "chosen_rating": pa.float64(),
+    "rejected_rating": pa.float64(),
+    "chosen_ratings": pa.list_(pa.float64()),
     "rejected_ratings": pa.list_(pa.float64()),
 }
 SIDE_VECTORS = ("chosen_values", "rejected_values", "chosen_step_rewards", "rejected_step_rewards")
@@ -93,16 +107,25 @@ class TokenizeStage:
         kind = kind_of(self.layout.kind)
         if kind.one_response_at_a_time:  # a prm's solutions / a pointwise judge's items, one unit each
             encoded = self.encoder.encode(kind.fast_op, units, f"{where}: {UNIT_NAMES[kind.unit]}")
-            return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
-                    "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row)}
+            return {
+                "_ids": [e.ids for e in encoded],
+                "_truncated": any(e.truncated for e in encoded),
+                "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row),
+            }
         if kind.judges_pairs:
             prompts, flags = critic_orders(units, self.debias)
             encoded = self.encoder.encode_judge_items(prompts, f"{where}: judge prompt")
-            return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
-                    "_chosen_is_b": flags}
+            return {
+                "_ids": [e.ids for e in encoded],
+                "_truncated": any(e.truncated for e in encoded),
+                "_chosen_is_b": flags,
+            }
         encoded = self.encoder.encode_inputs(units, f"{where}: conversation")
-        return {"_ids": [e.ids for e in encoded], "_truncated": any(e.truncated for e in encoded),
-                "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row)}
+        return {
+            "_ids": [e.ids for e in encoded],
+            "_truncated": any(e.truncated for e in encoded),
+            "_n_chosen": len(units) // 2 if not self.layout.multi else _n_chosen(row),
+        }
 
 
 def _n_chosen(row: Mapping[str, Any]) -> int:
@@ -119,8 +142,15 @@ class _ScoreStage:
     per model actor. It then returns one row of counts per batch. Without `out_dir` (score_dataset)
     it returns the batch's rows with their result columns."""
 
-    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool,
-                 out_dir: str | None = None, flush_s: float = FLUSH_S):
+    def __init__(
+        self,
+        kind: str,
+        layout: dict[str, Any],
+        debias: bool,
+        keep_errors: bool,
+        out_dir: str | None = None,
+        flush_s: float = FLUSH_S,
+    ):
         self.kind = kind
         self.op = kind_of(kind).fast_op  # a reward model / prm: rewards, step rewards; a judge: P(verdict)
         self.layout = Layout(**layout)
@@ -172,10 +202,18 @@ class _ScoreStage:
                 results.append({})
                 continue
             n = len(col["_ids"][i])
-            results.append(row_result(self.layout, outputs[at:at + n], col["_truncated"][i],
-                                      sum(len(s) for s in col["_ids"][i]), n_chosen=col["_n_chosen"][i],
-                                      chosen_is_b=col["_chosen_is_b"][i], debias=self.debias,
-                                      values=vectors[at:at + n]))
+            results.append(
+                row_result(
+                    self.layout,
+                    outputs[at : at + n],
+                    col["_truncated"][i],
+                    sum(len(s) for s in col["_ids"][i]),
+                    n_chosen=col["_n_chosen"][i],
+                    chosen_is_b=col["_chosen_is_b"][i],
+                    debias=self.debias,
+                    values=vectors[at : at + n],
+                )
+            )
             at += n
         out = batch.drop_columns(list(INTERNAL))
         for name in self.layout.result_columns:
@@ -193,8 +231,16 @@ class _ScoreStage:
 class ModelStage(_ScoreStage):
     """Loads the model once per actor; its runner plans length-sorted token-budget passes."""
 
-    def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, keep_errors: bool, threads: int,
-                 out_dir: str | None = None, flush_s: float = FLUSH_S):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        layout: dict[str, Any],
+        debias: bool,
+        keep_errors: bool,
+        threads: int,
+        out_dir: str | None = None,
+        flush_s: float = FLUSH_S,
+    ):
         import torch
 
         from cluster.engine.loading import load_model
@@ -209,9 +255,20 @@ class ServeStage(_ScoreStage):
     """Scores on the Serve app's replicas: the rows' sequences planned into calls under the
     replica's per-call token budget, all in flight together (the replicas gather and balance them)."""
 
-    def __init__(self, kind: str, layout: dict[str, Any], debias: bool, keep_errors: bool, app_name: str,
-                 deployment: str, call_tokens: int, model_name: str, out_dir: str | None = None,
-                 flush_s: float = FLUSH_S, spec: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        layout: dict[str, Any],
+        debias: bool,
+        keep_errors: bool,
+        app_name: str,
+        deployment: str,
+        call_tokens: int,
+        model_name: str,
+        out_dir: str | None = None,
+        flush_s: float = FLUSH_S,
+        spec: dict[str, Any] | None = None,
+    ):
         from ray import serve
 
         from cluster.core.service import ScoringService

@@ -38,8 +38,9 @@ class Generation:
 class CriticRunner(CausalRunner):
     """Verdict reads pad right with no mask and share prefixes (CausalRunner); generation pads left."""
 
-    def __init__(self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids,
-                 max_new_tokens: int, **kw):
+    def __init__(
+        self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids, max_new_tokens: int, **kw
+    ):
         super().__init__(model, **kw)
         self.read_side = "right"
         self.lm = LMHead(model)
@@ -90,8 +91,13 @@ class CriticRunner(CausalRunner):
         batch = self._pad(seqs, side="left")
         # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
         # the model's own head on one position per row
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        )
         return self._answer(out.logits[:, -1, :].float())
 
     # -- slow path
@@ -107,9 +113,17 @@ class CriticRunner(CausalRunner):
     def _generate(self, seqs: list[Sequence[int]], max_new_tokens: int) -> list[Generation]:
         batch = self._pad(seqs)
         out = self.model.generate(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
-            max_new_tokens=max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
-            output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            output_logits=True,
+            return_dict_in_generate=True,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
         width = batch.input_ids.shape[1]
         results = []
@@ -130,7 +144,7 @@ class CriticRunner(CausalRunner):
     def _prob_at_verdict(self, new_ids: list[int], step_logits: list[torch.Tensor]) -> float | None:
         prefix, n = self.verdict.prefix, len(self.verdict.prefix)
         for t in range(len(new_ids) - n):
-            if new_ids[t:t + n] == prefix and new_ids[t + n] in (self.verdict.token_a, self.verdict.token_b):
+            if new_ids[t : t + n] == prefix and new_ids[t + n] in (self.verdict.token_a, self.verdict.token_b):
                 step = step_logits[t + n].float()
                 return torch.sigmoid(step[self.verdict.token_a] - step[self.verdict.token_b]).item()
         return None

@@ -53,8 +53,16 @@ from cluster.kinds.pointwise import rating_extra_fields
 class ChatEncoder:
     """Turns validated inputs into token ids for one model. Tokenizes in batches (fast tokenizer)."""
 
-    def __init__(self, tokenizer, *, max_length: int, truncation: str, verdicts: tuple[str, str] | None = None,
-                 judge_template: str | None = None, add_special_tokens: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_length: int,
+        truncation: str,
+        verdicts: tuple[str, str] | None = None,
+        judge_template: str | None = None,
+        add_special_tokens: bool = True,
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = truncation
@@ -81,44 +89,58 @@ class ChatEncoder:
             return RatingEncoder(tokenizer, spec)
         if kind.encoder == "judge":
             # the critic card tokenizes with apply_chat_template(tokenize=True): no special tokens added
-            return cls(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
-                       verdicts=spec.verdicts, judge_template=spec.template, add_special_tokens=False)
+            return cls(
+                tokenizer,
+                max_length=spec.max_length,
+                truncation=spec.truncation,
+                verdicts=spec.verdicts,
+                judge_template=spec.template,
+                add_special_tokens=False,
+            )
         return cls(tokenizer, max_length=spec.max_length, truncation=spec.truncation)
 
     # -- public entry points ------------------------------------------------------------------
 
-    def encode(self, op: str, inputs: Any, what: str = "conversations", swap: bool = False,
-               options: EncodeOptions | None = None) -> list[Encoded]:
+    def encode(
+        self,
+        op: str,
+        inputs: Any,
+        what: str = "conversations",
+        swap: bool = False,
+        options: EncodeOptions | None = None,
+    ) -> list[Encoded]:
         """What the request core asks for: reward inputs for op "score", judge items otherwise."""
         if op in ("score", "tokenize"):
             return self.encode_inputs(inputs, what, options or DEFAULT_OPTIONS)
         return self.encode_judge_items(inputs, what, swap=swap)
 
-    def encode_inputs(self, inputs: Any, what: str = "conversations",
-                      options: EncodeOptions = DEFAULT_OPTIONS) -> list[Encoded]:
+    def encode_inputs(
+        self, inputs: Any, what: str = "conversations", options: EncodeOptions = DEFAULT_OPTIONS
+    ) -> list[Encoded]:
         """Reward inputs: each item is a conversation (list of messages), a pre-templated string, or
         token ids (a list of ints, used as given: the client tokenized it)."""
         items = check_list(inputs, what)
         if items and isinstance(items[0], Mapping) and "role" in items[0]:
-            raise InvalidInput(
-                f"{what}: got a single conversation; pass a list of conversations, e.g. [conversation]"
-            )
+            raise InvalidInput(f"{what}: got a single conversation; pass a list of conversations, e.g. [conversation]")
         texts: list[str | tuple[str, str] | list[int]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
                 check_text(item, item_location(what, i))
                 text = self.strip_padding(item) if options.strip_padding else item
                 if not text:
-                    raise InvalidInput(f"{item_location(what, i)}: the text is empty" + (
-                        " once its padding and EOS tokens are stripped" if item else ""))
+                    raise InvalidInput(
+                        f"{item_location(what, i)}: the text is empty"
+                        + (" once its padding and EOS tokens are stripped" if item else "")
+                    )
                 texts.append(text)
             elif isinstance(item, list) and not item and what in ("input", "input_ids"):
                 raise InvalidInput(f"{item_location(what, i)}: an empty list: no token ids (nor messages) to score")
             elif is_token_ids(item):
                 texts.append(self._check_ids(item, item_location(what, i)))
             else:
-                messages = validate_conversation(item, item_location(what, i), require_assistant_last=True,
-                                                 any_role=options.any_role)
+                messages = validate_conversation(
+                    item, item_location(what, i), require_assistant_last=True, any_role=options.any_role
+                )
                 if self.text_pairs:
                     texts.append(self._text_pair(messages, item_location(what, i)))
                 else:
@@ -146,14 +168,15 @@ class ChatEncoder:
         if tail is None:
             return text
         eos = self.tokenizer.eos_token
-        return text[:tail.start()] + (eos if eos and eos in tail.group(0) else "")
+        return text[: tail.start()] + (eos if eos and eos in tail.group(0) else "")
 
     def _check_ids(self, ids: list[int], where: str) -> list[int]:
         vocab = len(self.tokenizer)
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidInput(f"{where}: token id {shown_int(bad)} is outside this model's vocabulary "
-                               f"(0..{vocab - 1})")
+            raise InvalidInput(
+                f"{where}: token id {shown_int(bad)} is outside this model's vocabulary (0..{vocab - 1})"
+            )
         return list(ids)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
@@ -200,8 +223,9 @@ class ChatEncoder:
             start += 1
         return ids[start:] if start else ids
 
-    def _tokenize(self, texts: list[str | tuple[str, str] | list[int]],
-                  add_special_tokens: bool | None = None) -> list[list[int]]:
+    def _tokenize(
+        self, texts: list[str | tuple[str, str] | list[int]], add_special_tokens: bool | None = None
+    ) -> list[list[int]]:
         """The card's tokenizer call, batched. Text pairs go through the tokenizer's own pair format
         ([CLS] q [SEP] a [SEP]); where it marks the answer with token type 1, the type rides in the
         id (see pack_segments), since every transport carries one list of ints per item. Token ids
@@ -215,28 +239,46 @@ class ChatEncoder:
             for i, ids in zip(singles, batch["input_ids"]):
                 out[i] = self.collapse_bos(list(ids))
         if pairs:
-            batch = self.tokenizer([texts[i][0] for i in pairs], [texts[i][1] for i in pairs],
-                                   add_special_tokens=special, return_token_type_ids=True)
+            batch = self.tokenizer(
+                [texts[i][0] for i in pairs],
+                [texts[i][1] for i in pairs],
+                add_special_tokens=special,
+                return_token_type_ids=True,
+            )
             for row, i in enumerate(pairs):
                 out[i] = pack_segments(batch["input_ids"][row], batch["token_type_ids"][row])
         return out
 
-    def _encode_texts(self, texts: list[str | tuple[str, str] | list[int]], what: str, limit: int,
-                      allow_truncation: bool = True, options: EncodeOptions = DEFAULT_OPTIONS):
+    def _encode_texts(
+        self,
+        texts: list[str | tuple[str, str] | list[int]],
+        what: str,
+        limit: int,
+        allow_truncation: bool = True,
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ):
         if not texts:
             return []
         out: list[Encoded | None] = []
         # a request's own cut: a side, or keep the last k (vLLM's truncate_prompt_tokens), whatever the spec says
-        truncation = (options.truncate if isinstance(options.truncate, str)
-                      else "left" if options.truncate is not None else self.truncation)
+        truncation = (
+            options.truncate
+            if isinstance(options.truncate, str)
+            else "left"
+            if options.truncate is not None
+            else self.truncation
+        )
         for i, ids in enumerate(self._tokenize(texts, options.add_special_tokens)):
             if len(ids) <= limit:
                 out.append(Encoded(ids, False, len(ids)))
             elif truncation == "error":
                 raise InputTooLong(
                     f"{item_location(what, i)}: {len(ids)} tokens, over this model's limit of {limit}"
-                    + (" (truncation='error'; use truncation='left' to keep the end instead)"
-                       if options.truncate is None else "")
+                    + (
+                        " (truncation='error'; use truncation='left' to keep the end instead)"
+                        if options.truncate is None
+                        else ""
+                    )
                 )
             elif not allow_truncation:
                 out.append(None)
@@ -250,7 +292,7 @@ class ChatEncoder:
         """Keep a leading BOS / [CLS] (the encoder's pooled position) and the last tokens (the end
         of the response)."""
         head = ids[:1] if ids and ids[0] in self.head_ids else []
-        return head + ids[len(ids) - (limit - len(head)):]
+        return head + ids[len(ids) - (limit - len(head)) :]
 
     def _text_pair(self, messages: list[dict], where: str) -> tuple[str, str]:
         roles = [m["role"] for m in messages]
@@ -271,6 +313,7 @@ class ChatEncoder:
     def _shorten_judge_item(self, item: dict[str, str], where: str, limit: int) -> Encoded:
         """A judge prompt that is too long loses the start of the question, never the instructions
         or either response (the verdict depends on all of both). Binary search on characters."""
+
         def encode(question: str) -> list[int]:
             return self._tokenize([self._judge_text({**item, "prompt": question}, where)])[0]
 
@@ -301,7 +344,6 @@ class ChatEncoder:
             raise ConfigError(f"verdicts {verdicts}: one tokenizes as a prefix of the other; they cannot be told apart")
         return VerdictTokens(prefix=list(a[:n]), token_a=a[n], token_b=b[n])
 
-
     def _choice_tokens(self, strings: Sequence[str], what: str) -> ChoiceTokens:
         """The answer strings' shared prefix and the one token that tells each apart (e.g. `[[` and
         the rating's digit). Strings that differ only later, or first at the same token, cannot be
@@ -312,15 +354,17 @@ class ChatEncoder:
             n += 1
         short = [t for t, x in zip(strings, ids) if len(x) <= n]
         if short:
-            raise ConfigError(f"{what}: {short[0]!r} tokenizes as the shared prefix of all the others; they cannot "
-                              "be told apart")
+            raise ConfigError(
+                f"{what}: {short[0]!r} tokenizes as the shared prefix of all the others; they cannot be told apart"
+            )
         first: dict[int, str] = {}
         for t, x in zip(strings, ids):
             if x[n] in first:
                 raise ConfigError(
                     f"{what}: {first[x[n]]!r} and {t!r} begin with the same token after their shared prefix, so one "
                     "forward pass cannot tell them apart; use ratings that are one token each in this tokenizer "
-                    "(e.g. a 1-9 scale) or another rating_format")
+                    "(e.g. a 1-9 scale) or another rating_format"
+                )
             first[x[n]] = t
         return ChoiceTokens(prefix=list(ids[0][:n]), tokens=[x[n] for x in ids])
 
@@ -346,11 +390,14 @@ class StepEncoder(ChatEncoder):
             raise ConfigError(f"model '{spec.name}': step_tag {spec.step_tag!r} tokenizes to nothing")
         self.tag_id: int = tag_ids[-1]
         if spec.prm_template is None and not tokenizer.chat_template:
-            raise ModelLoadError(f"model '{spec.name}': its tokenizer has no chat template; give prm_template (e.g. "
-                                 "'{prompt} {response}', as Math-Shepherd's card formats its input)")
+            raise ModelLoadError(
+                f"model '{spec.name}': its tokenizer has no chat template; give prm_template (e.g. "
+                "'{prompt} {response}', as Math-Shepherd's card formats its input)"
+            )
 
-    def encode(self, op: str, inputs: Any, what: str = "items", swap: bool = False,
-               options: EncodeOptions | None = None) -> list[Encoded]:
+    def encode(
+        self, op: str, inputs: Any, what: str = "items", swap: bool = False, options: EncodeOptions | None = None
+    ) -> list[Encoded]:
         options = options or DEFAULT_OPTIONS
         items = check_list(inputs, what)
         texts: list[str | list[int]] = []
@@ -359,8 +406,9 @@ class StepEncoder(ChatEncoder):
             where = item_location(what, i)
             if isinstance(item, Mapping) and "role" not in item:
                 prompt, solution, system = validate_step_item(item, where)
-                head = ([{"role": "system", "content": system}] if system is not None else []) + \
-                    [{"role": "user", "content": prompt}]
+                head = ([{"role": "system", "content": system}] if system is not None else []) + [
+                    {"role": "user", "content": prompt}
+                ]
                 text, n = self._tagged(head, solution, where)
             elif isinstance(item, str):
                 text, n = check_text(item, where), None
@@ -387,13 +435,18 @@ class StepEncoder(ChatEncoder):
             if n is not None and found != n:
                 raise InvalidInput(
                     f"{where}: {n} step(s) but the step tag {self.spec.step_tag!r} (token {self.tag_id}) is found "
-                    f"{found} time(s) once tokenized; the text around a tag must not merge with it (check step_format)")
+                    f"{found} time(s) once tokenized; the text around a tag must not merge with it (check step_format)"
+                )
             if found == 0:
-                raise InvalidInput(f"{where}: no step tag {self.spec.step_tag!r} (token {self.tag_id}) in it; a prm "
-                                   "reads a reward at each tag after a step (or send prompt and steps)")
+                raise InvalidInput(
+                    f"{where}: no step tag {self.spec.step_tag!r} (token {self.tag_id}) in it; a prm "
+                    "reads a reward at each tag after a step (or send prompt and steps)"
+                )
             if len(ids) > limit:
-                raise InputTooLong(f"{where}: {len(ids)} tokens, over this model's limit of {limit}; a prm reads every "
-                                   "step, so its input is never cut")
+                raise InputTooLong(
+                    f"{where}: {len(ids)} tokens, over this model's limit of {limit}; a prm reads every "
+                    "step, so its input is never cut"
+                )
             out.append(Encoded(ids, False, len(ids)))
         return out
 
@@ -405,22 +458,27 @@ class StepEncoder(ChatEncoder):
         """`prm_template` filled with the one user message before the solution and the tagged solution."""
         users = [m["content"] for m in head if m["role"] == "user"]
         if len(users) != 1 or len(head) != 1:
-            raise InvalidInput(f"{where}: this prm reads plain text ({self.spec.prm_template!r}): send one prompt, "
-                               f"no system message (got roles {[m['role'] for m in head]})")
+            raise InvalidInput(
+                f"{where}: this prm reads plain text ({self.spec.prm_template!r}): send one prompt, "
+                f"no system message (got roles {[m['role'] for m in head]})"
+            )
         return self.spec.prm_template.format(prompt=users[0], response=response)
 
     def _tagged(self, head: list[dict], solution: list[str] | str, where: str) -> tuple[str, int]:
         """The card's text for a solution after `head` (system / user messages), and its step count."""
         steps = self.split(solution) if isinstance(solution, str) else solution
         if not steps:
-            raise InvalidInput(f"{where}: the response has no steps (nothing but whitespace between separators "
-                               f"{self.spec.step_separator!r})")
+            raise InvalidInput(
+                f"{where}: the response has no steps (nothing but whitespace between separators "
+                f"{self.spec.step_separator!r})"
+            )
         tag = self.spec.step_tag
         for j, step in enumerate(steps):
             if tag in step:
                 raise InvalidInput(f"{where}: step {j} contains the step tag {tag!r}; a step's own text must not")
-        response = self.spec.step_joiner.join(self.spec.step_format.format(step=s, tag=tag, index=j + 1)
-                                              for j, s in enumerate(steps))
+        response = self.spec.step_joiner.join(
+            self.spec.step_format.format(step=s, tag=tag, index=j + 1) for j, s in enumerate(steps)
+        )
         if self.spec.prm_template is not None:
             return self._plain(head, response, where), len(steps)
         if self.spec.system_prompt is not None and not any(m["role"] == "system" for m in head):
@@ -435,22 +493,30 @@ class RatingEncoder(ChatEncoder):
     tokenized as the critic card does (the template alone decides the special tokens)."""
 
     def __init__(self, tokenizer, spec: ModelSpec):
-        super().__init__(tokenizer, max_length=spec.max_length, truncation=spec.truncation,
-                         judge_template=spec.template, add_special_tokens=False)
+        super().__init__(
+            tokenizer,
+            max_length=spec.max_length,
+            truncation=spec.truncation,
+            judge_template=spec.template,
+            add_special_tokens=False,
+        )
         self.system_prompt = spec.system_prompt
         self.extra_fields = rating_extra_fields(spec.template)
         self.rating_tokens = self._choice_tokens(spec.rating_strings, f"model '{spec.name}': ratings")
         self.verdict_tokens = self.rating_tokens  # what the fast path appends (the shared prefix) and reads
 
-    def encode(self, op: str, inputs: Any, what: str = "items", swap: bool = False,
-               options: EncodeOptions | None = None) -> list[Encoded]:
+    def encode(
+        self, op: str, inputs: Any, what: str = "items", swap: bool = False, options: EncodeOptions | None = None
+    ) -> list[Encoded]:
         if op in ("score", "tokenize"):
             raise InvalidInput(f"{what}: a pointwise judge rates items {{prompt, response}}; it has no reward to score")
         return self.encode_judge_items(inputs, what)
 
     def encode_judge_items(self, items: Any, what: str = "items", swap: bool = False) -> list[Encoded]:
-        checked = [validate_rating_item(item, item_location(what, i), self.extra_fields)
-                   for i, item in enumerate(check_list(items, what))]
+        checked = [
+            validate_rating_item(item, item_location(what, i), self.extra_fields)
+            for i, item in enumerate(check_list(items, what))
+        ]
         return self._encode_judge_texts(checked, what, self.rating_tokens.prefix)
 
     def _judge_text(self, item: dict[str, str], where: str) -> str:

@@ -84,15 +84,17 @@ def load_config(spec: ModelSpec, label: str | None = None):
             "point it at a directory written by save_pretrained or at a hub id"
         )
     # a hub id is NAME or ORG/NAME: an absolute or relative path, or more slashes, is a missing directory
-    if not os.path.isdir(spec.path) and (os.path.isabs(spec.path) or spec.path.startswith(".")
-                                         or spec.path.count("/") > 1):
+    if not os.path.isdir(spec.path) and (
+        os.path.isabs(spec.path) or spec.path.startswith(".") or spec.path.count("/") > 1
+    ):
         raise ModelLoadError(f"{label}: {spec.path!r} does not exist")
     local_only = False
     if not os.path.isdir(spec.path):
         local_only = _hub_offline(spec, label)
     try:
-        return AutoConfig.from_pretrained(spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                          local_files_only=local_only)
+        return AutoConfig.from_pretrained(
+            spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, local_files_only=local_only
+        )
     except Exception as err:
         raise ModelLoadError(f"{label}: cannot load a model config from {spec.path!r}: {err}") from None
 
@@ -111,7 +113,8 @@ def _hub_offline(spec: ModelSpec, label: str) -> bool:
         if not cached:
             raise ModelLoadError(
                 f"{label}: {spec.path!r} is not a local directory and not in the Hugging Face cache, and "
-                "HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or point at a local copy")
+                "HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or point at a local copy"
+            )
         return True
     reason = _hub_unreachable()
     if reason is None:
@@ -121,7 +124,8 @@ def _hub_offline(spec: ModelSpec, label: str) -> bool:
     raise ModelLoadError(
         f"{label}: {spec.path!r} is not a local directory, and the Hugging Face hub ({constants.ENDPOINT}) cannot "
         f"be reached ({reason}); download it where the hub can be reached and point at that directory, or set "
-        "HF_HUB_OFFLINE=1 to use only the local cache")
+        "HF_HUB_OFFLINE=1 to use only the local cache"
+    )
 
 
 def _hub_unreachable() -> str | None:
@@ -186,24 +190,33 @@ def load_model(spec: ModelSpec | dict[str, Any]):
     placement = weight_placement(spec, config, device, dtype)
     try:
         model = auto_cls.from_pretrained(
-            spec.path, revision=spec.revision, dtype=dtype, attn_implementation=attn,
-            trust_remote_code=spec.trust_remote_code, **placement,
+            spec.path,
+            revision=spec.revision,
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=spec.trust_remote_code,
+            **placement,
         )
     except Exception as err:
         raise ModelLoadError(
-            f"model '{spec.name}': cannot load {spec.path!r} as a {spec.kind} model "
-            f"({auto_cls.__name__}): {err}"
+            f"model '{spec.name}': cannot load {spec.path!r} as a {spec.kind} model ({auto_cls.__name__}): {err}"
         ) from None
     if not placement:
         model.to(device)
     model.eval()
 
     pad_id = _padding_id(tokenizer, text_config)
-    runner_args = dict(name=spec.name, pad_id=pad_id, padding_side=spec.resolved_padding_side,
-                       max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size,
-                       share_prefixes=spec.share_prefixes)
-    parts = Loaded(spec, config, tokenizer, model, encoder, runner_args, head=head, positive=positive,
-                   step_labels=step_labels)
+    runner_args = dict(
+        name=spec.name,
+        pad_id=pad_id,
+        padding_side=spec.resolved_padding_side,
+        max_batch_tokens=spec.max_batch_tokens,
+        max_batch_size=spec.max_batch_size,
+        share_prefixes=spec.share_prefixes,
+    )
+    parts = Loaded(
+        spec, config, tokenizer, model, encoder, runner_args, head=head, positive=positive, step_labels=step_labels
+    )
     return LOADERS[kind.name](parts)
 
 
@@ -229,26 +242,48 @@ def _reward_model(p: Loaded) -> RewardModel:
 
 def _prm_model(p: Loaded) -> PrmModel:
     assert isinstance(p.encoder, StepEncoder)
-    runner = StepRewardRunner(p.model, tag_id=p.encoder.tag_id, positive=p.positive, step_labels=p.step_labels,
-                              **(p.runner_args | {"padding_side": "right"}))
+    runner = StepRewardRunner(
+        p.model,
+        tag_id=p.encoder.tag_id,
+        positive=p.positive,
+        step_labels=p.step_labels,
+        **(p.runner_args | {"padding_side": "right"}),
+    )
     return PrmModel(p.spec, p.encoder, runner)
 
 
 def _pointwise_model(p: Loaded) -> PointwiseModel:
-    runner = RatingRunner(p.model, p.tokenizer, p.encoder.rating_tokens, p.spec.rating_strings,
-                          _eos_ids(p.model, p.tokenizer), p.spec.max_new_tokens, **p.runner_args)
+    runner = RatingRunner(
+        p.model,
+        p.tokenizer,
+        p.encoder.rating_tokens,
+        p.spec.rating_strings,
+        _eos_ids(p.model, p.tokenizer),
+        p.spec.max_new_tokens,
+        **p.runner_args,
+    )
     return PointwiseModel(p.spec, p.encoder, runner)
 
 
 def _critic_model(p: Loaded) -> CriticModel:
-    runner = CriticRunner(p.model, p.tokenizer, p.encoder.verdict_tokens, p.spec.verdicts,
-                          _eos_ids(p.model, p.tokenizer), p.spec.max_new_tokens, **p.runner_args)
+    runner = CriticRunner(
+        p.model,
+        p.tokenizer,
+        p.encoder.verdict_tokens,
+        p.spec.verdicts,
+        _eos_ids(p.model, p.tokenizer),
+        p.spec.max_new_tokens,
+        **p.runner_args,
+    )
     return CriticModel(p.spec, p.encoder, runner)
 
 
 # each kind's loaded-model class and runner, by kind name (cluster/kinds)
 LOADERS: dict[str, Callable[[Loaded], LoadedModel]] = {
-    "reward": _reward_model, "critic": _critic_model, "prm": _prm_model, "pointwise": _pointwise_model,
+    "reward": _reward_model,
+    "critic": _critic_model,
+    "prm": _prm_model,
+    "pointwise": _pointwise_model,
 }
 
 
@@ -267,8 +302,9 @@ def weight_placement(spec: ModelSpec, config, device: torch.device, dtype: torch
             f"model '{spec.name}': devices={spec.devices} but {visible} CUDA device(s) are visible here; "
             "serve it with replicas.num_gpus >= devices so Ray gives the replica that many GPUs"
         )
-    device_map = plan_placement(config, placement_kind(spec, config), spec.devices, dtype,
-                                quantization=spec.quantization)
+    device_map = plan_placement(
+        config, placement_kind(spec, config), spec.devices, dtype, quantization=spec.quantization
+    )
     return {"device_map": device_map, "quantization_config": quantization}
 
 
@@ -287,13 +323,16 @@ def prm_positive_label(spec: ModelSpec, config) -> int:
     labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
     if spec.reward_label is None:
         if n != 2:
-            raise ConfigError(f"model '{spec.name}': a prm with {n} labels {labels}; name its positive label "
-                              "with reward_label")
+            raise ConfigError(
+                f"model '{spec.name}': a prm with {n} labels {labels}; name its positive label with reward_label"
+            )
         return 1
     index = labels.index(spec.reward_label) if spec.reward_label in labels else spec.reward_label
     if not isinstance(index, int) or not 0 <= index < n:
-        raise ConfigError(f"model '{spec.name}': reward_label={spec.reward_label!r} is not one of its {n} labels "
-                          f"{labels} (or an index below {n})")
+        raise ConfigError(
+            f"model '{spec.name}': reward_label={spec.reward_label!r} is not one of its {n} labels "
+            f"{labels} (or an index below {n})"
+        )
     return index
 
 
@@ -306,8 +345,10 @@ def prm_step_labels(spec: ModelSpec, tokenizer) -> tuple[int, int]:
     if isinstance(good, str) and isinstance(bad, str):
         ids = tokenizer(f"{good} {bad}", add_special_tokens=False)["input_ids"]
         if len(ids) != 2:
-            raise ConfigError(f"{where} {[good, bad]!r} tokenize as {len(ids)} tokens together ({ids}), not one each; "
-                              "give the two token ids instead")
+            raise ConfigError(
+                f"{where} {[good, bad]!r} tokenize as {len(ids)} tokens together ({ids}), not one each; "
+                "give the two token ids instead"
+            )
         return ids[0], ids[1]
     out = []
     for label in (good, bad):
@@ -367,8 +408,10 @@ def reward_head(spec: ModelSpec, config) -> RewardHead:
     if spec.reward_label is not None:
         index = labels.index(spec.reward_label) if spec.reward_label in labels else spec.reward_label
         if not isinstance(index, int) or not 0 <= index < n:
-            raise ConfigError(f"{where}: reward_label={spec.reward_label!r} is not one of its {n} labels "
-                              f"{list(labels)} (or an index below {n})")
+            raise ConfigError(
+                f"{where}: reward_label={spec.reward_label!r} is not one of its {n} labels "
+                f"{list(labels)} (or an index below {n})"
+            )
         return RewardHead(labels, index)
     if n != 1:
         raise ConfigError(
@@ -439,6 +482,10 @@ def local_service(config) -> Any:
     its forward passes run on the event loop's thread, so it is for tests and light local use,
     not a server under load."""
     loaded = {m.name: load_model(m.spec()) for m in config.models}
-    return ScoringService(config.models, LocalEncoder({n: m.encoder for n, m in loaded.items()}),
-                          LocalBackend({n: m.runner for n, m in loaded.items()}), ensembles=config.ensembles,
-                          max_items=config.max_items_per_request)
+    return ScoringService(
+        config.models,
+        LocalEncoder({n: m.encoder for n, m in loaded.items()}),
+        LocalBackend({n: m.runner for n, m in loaded.items()}),
+        ensembles=config.ensembles,
+        max_items=config.max_items_per_request,
+    )

@@ -68,5 +68,6 @@ class LoadedModel:
 
     @cached_property
     def service(self) -> Any:
-        return ScoringService([self.spec], LocalEncoder({self.name: self.encoder}),
-                              LocalBackend({self.name: self.runner}))
+        return ScoringService(
+            [self.spec], LocalEncoder({self.name: self.encoder}), LocalBackend({self.name: self.runner})
+        )

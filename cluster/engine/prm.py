@@ -50,8 +50,13 @@ class StepRewardRunner(ForwardRunner):
         [P(good), P(bad)] (vLLM's `returned_token_ids` order)."""
         column = self.positive if self.step_labels is None else 0
         labels = self.model.config.num_labels if self.step_labels is None else 2
-        return {"labels": None, "problem_type": None, "step_tag_id": self.tag_id, "reward_column": column,
-                "num_columns": labels}
+        return {
+            "labels": None,
+            "problem_type": None,
+            "step_tag_id": self.tag_id,
+            "reward_column": column,
+            "num_columns": labels,
+        }
 
     def step_rewards(self, seqs: list[Sequence[int]]) -> list[list[float]]:
         """One forward pass over `seqs`; each one's rewards at its tags, in order."""
@@ -64,8 +69,10 @@ class StepRewardRunner(ForwardRunner):
             out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             every = out.logits if hasattr(out, "logits") else out[0]
             if every.dim() != 3 or tuple(every.shape[:2]) != tuple(batch.input_ids.shape):
-                raise ModelFailure(f"model '{self.name}' returned logits of shape {tuple(every.shape)} for a batch of "
-                                   f"shape {tuple(batch.input_ids.shape)}; a prm returns [batch, tokens, labels]")
+                raise ModelFailure(
+                    f"model '{self.name}' returned logits of shape {tuple(every.shape)} for a batch of "
+                    f"shape {tuple(batch.input_ids.shape)}; a prm returns [batch, tokens, labels]"
+                )
             logits = self._at(every, places).float()
         if self.step_labels is not None:  # Math-Shepherd: softmax over (good, bad), P(good)
             probs = logits[:, list(self.step_labels)].softmax(dim=-1)[:, 0]

@@ -28,8 +28,9 @@ class RatingRunner(CriticRunner):
 
     verdict: ChoiceTokens
 
-    def __init__(self, model, tokenizer, ratings: ChoiceTokens, rating_strings: Sequence[str], eos_ids,
-                 max_new_tokens: int, **kw):
+    def __init__(
+        self, model, tokenizer, ratings: ChoiceTokens, rating_strings: Sequence[str], eos_ids, max_new_tokens: int, **kw
+    ):
         super().__init__(model, tokenizer, ratings, tuple(rating_strings), eos_ids, max_new_tokens, **kw)
         # the longest first, so that "10" is found before "1"
         order = sorted(range(len(rating_strings)), key=lambda i: -len(rating_strings[i]))
@@ -48,8 +49,9 @@ class RatingRunner(CriticRunner):
             match = self._last_rating(gen.text)
             choice = self.verdicts.index(match.group(0)) if match else None
             read = gen.prob_a  # (choice, probs, where its token ends in the text), or None
-            same = (read is not None and match is not None and read[0] == choice
-                    and match.start() < read[2] <= match.end())
+            same = (
+                read is not None and match is not None and read[0] == choice and match.start() < read[2] <= match.end()
+            )
             out.append(GeneratedRating(gen.text, choice, read[1] if same else None))
         return out
 
@@ -71,7 +73,7 @@ class RatingRunner(CriticRunner):
         for t in range(cut - 1, -1, -1):
             if new_ids[t] not in self.verdict.tokens:
                 continue
-            text = self.tokenizer.decode(new_ids[:t + 1], skip_special_tokens=True)
+            text = self.tokenizer.decode(new_ids[: t + 1], skip_special_tokens=True)
             if text.endswith(prefix + self.tokenizer.decode([new_ids[t]])):
                 probs = self._answer(step_logits[t].float().unsqueeze(0))[0]
                 return self.verdict.tokens.index(new_ids[t]), probs, len(text)

@@ -74,8 +74,10 @@ class RewardRunner(ForwardRunner):
 
     def describe_head(self) -> dict[str, Any]:
         """The output labels and the config's problem type (vLLM's classify activation reads it)."""
-        return {"labels": list(self.reward_head.labels),
-                "problem_type": getattr(self.model.config, "problem_type", None)}
+        return {
+            "labels": list(self.reward_head.labels),
+            "problem_type": getattr(self.model.config, "problem_type", None),
+        }
 
     def rewards_ids(self, seqs: Sequence[Sequence[int]]) -> list[tuple[float, list[float] | None]]:
         """(scalar reward, every label's value when there is more than one) per item, input order."""
@@ -132,9 +134,11 @@ class OwnForwardRunner(RewardRunner):
         if logits.dim() == 1:  # custom heads such as ArmoRM's return the score alone, shape (batch,)
             logits = logits.unsqueeze(-1)
         if logits.dim() != 2 or logits.shape[0] != len(seqs) or logits.shape[1] != self.num_labels:
-            raise ModelFailure(f"model '{self.name}' returned logits of shape {tuple(logits.shape)} for {len(seqs)} "
-                               f"items; its config declares {self.num_labels} output label(s) "
-                               f"(a sequence classifier returns [batch, num_labels])")
+            raise ModelFailure(
+                f"model '{self.name}' returned logits of shape {tuple(logits.shape)} for {len(seqs)} "
+                f"items; its config declares {self.num_labels} output label(s) "
+                f"(a sequence classifier returns [batch, num_labels])"
+            )
         return logits.float().tolist()
 
 

@@ -27,8 +27,9 @@ class PaddedBatch:
         return tuple(self.input_ids.shape)
 
     def to(self, device) -> PaddedBatch:
-        return PaddedBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                           self.position_ids.to(device), self.offsets)
+        return PaddedBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), self.offsets
+        )
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> PaddedBatch:
@@ -41,9 +42,9 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -
     offsets = []
     for row, s in enumerate(seqs):
         start = width - len(s) if side == "left" else 0
-        ids[row, start:start + len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[row, start:start + len(s)] = 1
-        pos[row, start:start + len(s)] = torch.arange(len(s))
+        ids[row, start : start + len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[row, start : start + len(s)] = 1
+        pos[row, start : start + len(s)] = torch.arange(len(s))
         offsets.append(start)
     return PaddedBatch(ids, mask, pos, offsets)
 
@@ -83,8 +84,17 @@ CPU_PASS_TOKENS = 2048
 class ForwardRunner:
     """Shared plumbing for runners: device, padding, budgeted batches, failures as ModelFailure."""
 
-    def __init__(self, model, *, name: str, pad_id: int, padding_side: str, max_batch_tokens: int,
-                 max_batch_size: int, share_prefixes: bool = True):
+    def __init__(
+        self,
+        model,
+        *,
+        name: str,
+        pad_id: int,
+        padding_side: str,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        share_prefixes: bool = True,
+    ):
         self.model = model
         self.name = name
         self.pad_id = pad_id
@@ -118,8 +128,10 @@ class ForwardRunner:
             groups = shared_prefix_groups(seqs, [spec.read_limit(s) for s in seqs])
         grouped = {i for g in groups for i in g.members}
         alone = [i for i in range(len(seqs)) if i not in grouped]
-        plan = [[alone[k] for k in b] for b in plan_batches([lengths[i] for i in alone], self.pass_tokens,
-                                                            self.max_batch_size)]
+        plan = [
+            [alone[k] for k in b]
+            for b in plan_batches([lengths[i] for i in alone], self.pass_tokens, self.max_batch_size)
+        ]
         outputs: list = [None] * len(seqs)
         computed = sum(max(lengths[i] for i in b) * len(b) for b in plan)
         try:
@@ -166,8 +178,10 @@ class PrefixLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         rows = key_states.shape[0]
-        return (torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
-                torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2))
+        return (
+            torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+            torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2),
+        )
 
 
 def cache_argument(base) -> str:
@@ -210,8 +224,12 @@ class CausalRunner(ForwardRunner):
         if self.read_side == "right":  # no mask, no position ids: the fused causal path (see the class docstring)
             hidden = self.base(input_ids=batch.input_ids, use_cache=False).last_hidden_state
         else:
-            hidden = self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
+            hidden = self.base(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            ).last_hidden_state
         cols = [off + self.read_index(s) for s, off in zip(seqs, batch.offsets)]
         return self._read(hidden, cols)
 
@@ -231,8 +249,12 @@ class CausalRunner(ForwardRunner):
         rests = [lengths[i] - p for i in group.members]
         for sub in plan_batches(rests, self.pass_tokens, self.max_batch_size):
             batch = [group.members[k] for k in sub]
-            yield batch, self._read_after_prefix(layers, p, [list(seqs[i][p:]) for i in batch],
-                                                 [self.read_index(seqs[i]) - p for i in batch])
+            yield (
+                batch,
+                self._read_after_prefix(
+                    layers, p, [list(seqs[i][p:]) for i in batch], [self.read_index(seqs[i]) - p for i in batch]
+                ),
+            )
 
     def _read_after_prefix(self, layers, p: int, rests: list[list[int]], reads: list[int]) -> list:
         """Always right-padded: the rows start at position P together, and padding at the end reaches

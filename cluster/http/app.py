@@ -83,7 +83,7 @@ MAX_MESSAGE = 2000  # characters of an error message; what a client sent is neve
 def printable(text: str, limit: int = MAX_MESSAGE) -> str:
     """`text` as a JSON body can carry it (a lone surrogate escaped) and at most `limit` characters."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def failure(err: BaseException, request_id: str) -> Failure:
@@ -205,7 +205,7 @@ def route_path(scope) -> str:
     """The path the app routes on: without the `root_path` a Serve route_prefix (or a proxy) puts
     in front of it, as Starlette's router takes it."""
     path, root = scope.get("path", "/"), scope.get("root_path", "")
-    return (path[len(root):] or "/") if root and path.startswith(root) else path
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
 
 
 def _loopback(client) -> bool:
@@ -229,9 +229,12 @@ def warn_if_open(host: str | None, client=None) -> None:
         where = f"a request came from {client[0]}"
     else:
         return
-    logger.warning("NO API KEY IS SET and %s: anyone who can reach this port can use the models. Set api_keys, "
-                   "api_keys_file or SCORING_API_KEYS (in the environment of `ray start`), or listen on 127.0.0.1 "
-                   "(http_options.host).", where)
+    logger.warning(
+        "NO API KEY IS SET and %s: anyone who can reach this port can use the models. Set api_keys, "
+        "api_keys_file or SCORING_API_KEYS (in the environment of `ray start`), or listen on 127.0.0.1 "
+        "(http_options.host).",
+        where,
+    )
 
 
 class Guard:
@@ -240,16 +243,25 @@ class Guard:
     whatever Content-Length says), a body read as JSON whatever its content type, and any
     unexpected exception answered as a 500 with the request id."""
 
-    def __init__(self, app, *, api_keys: Sequence[str], max_request_bytes: int,
-                 trusted_networks: Sequence[str] = (), styles: dict[str, ErrorStyle] | None = None,
-                 body_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        app,
+        *,
+        api_keys: Sequence[str],
+        max_request_bytes: int,
+        trusted_networks: Sequence[str] = (),
+        styles: dict[str, ErrorStyle] | None = None,
+        body_timeout_s: float = 30.0,
+    ):
         self.app = app
         self.body_timeout_s = body_timeout_s
         self.warned_open = False
         # every key kept as its SHA-256 digest (configured as "sha256:<hex>", no config or log holds
         # the key itself); digests of equal length are what is compared, so timing tells nothing
-        self.digests = [(k[7:] if k.startswith(HASHED) else hashlib.sha256(k.encode()).hexdigest()).lower().encode()
-                        for k in api_keys]
+        self.digests = [
+            (k[7:] if k.startswith(HASHED) else hashlib.sha256(k.encode()).hexdigest()).lower().encode()
+            for k in api_keys
+        ]
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
         self.max_bytes = max_request_bytes
         self.styles = styles or {}  # path -> how that protocol's clients read an error
@@ -296,11 +308,17 @@ class Guard:
             return
         offered = [bearer_or_basic(headers.get("authorization", "")), query_key]
         # every offered key against every configured key, always: timing says nothing about which matched
-        matches = [hmac.compare_digest(hashlib.sha256(token).hexdigest().encode(), digest)
-                   for token in offered if token is not None for digest in self.digests]
+        matches = [
+            hmac.compare_digest(hashlib.sha256(token).hexdigest().encode(), digest)
+            for token in offered
+            if token is not None
+            for digest in self.digests
+        ]
         if not any(matches):
-            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>, or api_key=<key> "
-                               "in the URL's query string)")
+            raise Unauthorized(
+                "missing or invalid API key (send Authorization: Bearer <key>, or api_key=<key> "
+                "in the URL's query string)"
+            )
 
     def _trusted(self, client, headers: Headers) -> bool:
         """The client's address is in a trusted network. A request that came through a proxy
@@ -329,12 +347,15 @@ class Guard:
                     chunks.append(message.get("body", b""))
                     size += len(chunks[-1])
                     if size > self.max_bytes:  # counted as it arrives: chunked bodies too
-                        raise RequestTooLarge(f"request body of more than {self.max_bytes} bytes; the limit is "
-                                              f"{self.max_bytes} (max_request_bytes)")
+                        raise RequestTooLarge(
+                            f"request body of more than {self.max_bytes} bytes; the limit is "
+                            f"{self.max_bytes} (max_request_bytes)"
+                        )
                     more = message.get("more_body", False)
         except TimeoutError:
-            raise RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g}s "
-                                 f"(body_timeout_s); {size} bytes came") from None
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.body_timeout_s:g}s (body_timeout_s); {size} bytes came"
+            ) from None
         body = b"".join(chunks)
         scope["state"]["body"] = body  # the validation handler re-reads it (see json_errors)
         if body and scope["method"] != "GET":
@@ -351,22 +372,38 @@ class Guard:
         return replay
 
 
-def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_request_bytes: int = 32 << 20,
-               trusted_networks: Sequence[str] = (), title: str = "scoring-cluster", docs: bool = False,
-               body_timeout_s: float = 30.0) -> FastAPI:
+def create_app(
+    service: ScoringService,
+    *,
+    api_keys: Sequence[str] = (),
+    max_request_bytes: int = 32 << 20,
+    trusted_networks: Sequence[str] = (),
+    title: str = "scoring-cluster",
+    docs: bool = False,
+    body_timeout_s: float = 30.0,
+) -> FastAPI:
     """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers.
     `docs`: serve /docs, /redoc and /openapi.json (behind the API key, as every route)."""
     from cluster.http import PROTOCOLS
 
     if trusted_networks and not api_keys:
-        raise ConfigError("trusted_networks without api_keys: every client would be let in; set api_keys "
-                          "(the networks are the clients that need no key)")
-    app = FastAPI(title=title, version=__version__, **({} if docs else
-                                                       {"docs_url": None, "redoc_url": None, "openapi_url": None}))
+        raise ConfigError(
+            "trusted_networks without api_keys: every client would be let in; set api_keys "
+            "(the networks are the clients that need no key)"
+        )
+    app = FastAPI(
+        title=title, version=__version__, **({} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None})
+    )
     styles: dict[str, ErrorStyle] = {}
     app.state.error_styles = styles
-    app.add_middleware(Guard, api_keys=list(api_keys), max_request_bytes=max_request_bytes,
-                       trusted_networks=list(trusted_networks), styles=styles, body_timeout_s=body_timeout_s)
+    app.add_middleware(
+        Guard,
+        api_keys=list(api_keys),
+        max_request_bytes=max_request_bytes,
+        trusted_networks=list(trusted_networks),
+        styles=styles,
+        body_timeout_s=body_timeout_s,
+    )
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, err: ScoringError) -> JSONResponse:
@@ -380,11 +417,15 @@ def create_app(service: ScoringService, *, api_keys: Sequence[str] = (), max_req
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 400:  # FastAPI's "error parsing the body": bytes json.loads refused
-            return error_response(InvalidInput("body: Invalid JSON: not UTF-8, nested too deep, or a number too "
-                                               "long"), request_id(request), style_of(request))
+            return error_response(
+                InvalidInput("body: Invalid JSON: not UTF-8, nested too deep, or a number too long"),
+                request_id(request),
+                style_of(request),
+            )
         if err.status_code == 404 and request.scope.get("route") is None:
-            err = StarletteHTTPException(404, f"no route {request.method} {route_path(request.scope)[:200]}; "
-                                              "the README lists the routes")
+            err = StarletteHTTPException(
+                404, f"no route {request.method} {route_path(request.scope)[:200]}; the README lists the routes"
+            )
         elif err.status_code == 405:
             err = StarletteHTTPException(405, f"{route_path(request.scope)[:200]} does not take {request.method}")
         return error_response(err, request_id(request), style_of(request))

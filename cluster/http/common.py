@@ -16,8 +16,9 @@ from cluster.core.service import Rewards, ScoringService
 ONE_LABEL = {"labels": ["LABEL_0"], "problem_type": None}
 
 
-async def label_values(service: ScoringService, model: ModelSpec | Ensemble, inputs: list, what: str,
-                       options: EncodeOptions | None = None) -> tuple[Rewards, list[list[float]], dict[str, Any]]:
+async def label_values(
+    service: ScoringService, model: ModelSpec | Ensemble, inputs: list, what: str, options: EncodeOptions | None = None
+) -> tuple[Rewards, list[list[float]], dict[str, Any]]:
     """(the rewards, every label's value per item, the head's labels and problem type). A one-label
     model's value is its reward, shaped when the model has shaping (what an RL client reads as the
     reward); a multi-output model gives its raw outputs; an ensemble its combined reward."""
@@ -49,7 +50,9 @@ def top_label(row: list[float], labels: list[str]) -> str:
 
 def status_style(statuses: dict[int, int], body: Callable[[Any, int], dict]):
     """An ErrorStyle: our status mapped through `statuses` (e.g. 422 -> 400), then `body(failure, status)`."""
+
     def style(f) -> tuple[int, dict]:
         status = statuses.get(f.status, f.status)
         return status, body(f, status)
+
     return style

@@ -35,7 +35,12 @@ def router(service: ScoringService) -> APIRouter:
         if not body.query:
             return ok(schemas.GetRewardResponse(rewards=[], scores=[], extra_logs={"rm_truncated": []}))
         result = await service.submit(service.rewards_job(model, body.query, "query", OPTIONS))
-        return ok(schemas.GetRewardResponse(rewards=result.scores, scores=result.scores,
-                                            extra_logs={"rm_truncated": [float(t) for t in result.truncated]}))
+        return ok(
+            schemas.GetRewardResponse(
+                rewards=result.scores,
+                scores=result.scores,
+                extra_logs={"rm_truncated": [float(t) for t in result.truncated]},
+            )
+        )
 
     return r

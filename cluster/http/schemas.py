@@ -169,9 +169,17 @@ class StepResult(BaseModel):
 
 def step_results(results) -> list[StepResult]:
     """The core's StepRewards in the shape every door answers (/v1/step_rewards, the handle API)."""
-    return [StepResult(score=r.score, step_rewards=r.step_rewards, num_steps=len(r.step_rewards),
-                       weakest_step=r.weakest_step, truncated=r.truncated, num_tokens=r.num_tokens)
-            for r in results]
+    return [
+        StepResult(
+            score=r.score,
+            step_rewards=r.step_rewards,
+            num_steps=len(r.step_rewards),
+            weakest_step=r.weakest_step,
+            truncated=r.truncated,
+            num_tokens=r.num_tokens,
+        )
+        for r in results
+    ]
 
 
 class StepRewardsResponse(BaseModel):
@@ -206,8 +214,10 @@ class RatingResult(BaseModel):
 
 def rating_results(results) -> list[RatingResult]:
     """The core's Ratings in the shape every door answers (/v1/rate, the handle API)."""
-    return [RatingResult(expected=r.expected, rating=r.rating, probs=r.probs, truncated=r.truncated, text=r.text)
-            for r in results]
+    return [
+        RatingResult(expected=r.expected, rating=r.rating, probs=r.probs, truncated=r.truncated, text=r.text)
+        for r in results
+    ]
 
 
 class RateResponse(BaseModel):

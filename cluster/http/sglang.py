@@ -34,14 +34,25 @@ from cluster.http.common import classify_activation, label_values, status_style,
 from cluster.http.schemas import Lenient, ModelName, usage
 
 REFUSE_OVER_LENGTH = EncodeOptions(truncate="error")
-ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 413: "RequestTooLarge",
-               503: "ServiceUnavailableError"}
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "Unauthorized",
+    404: "NotFoundError",
+    413: "RequestTooLarge",
+    503: "ServiceUnavailableError",
+}
 
 
 def _flat_body(f, status: int) -> dict:
     """SGLang's OpenAI-style ErrorResponse: {"object": "error", message, type, param, code}."""
-    return {"object": "error", "message": f.message, "type": ERROR_TYPES.get(status, "InternalServerError"),
-            "param": "model" if f.code == "unknown_model" else None, "code": status, "request_id": f.request_id}
+    return {
+        "object": "error",
+        "message": f.message,
+        "type": ERROR_TYPES.get(status, "InternalServerError"),
+        "param": "model" if f.code == "unknown_model" else None,
+        "code": status,
+        "request_id": f.request_id,
+    }
 
 
 ERROR_STYLE = status_style({422: 400}, _flat_body)
@@ -78,26 +89,38 @@ class EmbeddingRequest(Lenient):
 async def native_classify(service: ScoringService, text: Any, input_ids: Any, name: str | None, rid: Any) -> Any:
     """SGLang's native /classify: {"embedding", "meta_info"} per input; one object for one input."""
     if (text is None) == (input_ids is None):
-        raise InvalidInput("give one of text or input_ids" if text is None else
-                           "text and input_ids cannot be provided at the same time")
+        raise InvalidInput(
+            "give one of text or input_ids"
+            if text is None
+            else "text and input_ids cannot be provided at the same time"
+        )
     given = text if text is not None else input_ids
     single = isinstance(given, str) or (isinstance(given, list) and given and not isinstance(given[0], list | str))
     items = [given] if single else list(given)
     if not items:
         raise InvalidInput("At least one of text, input_ids, or image should be provided")
-    items = [[{"role": "user", "content": i[0]}, {"role": "assistant", "content": i[1]}]
-             if isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i) else i for i in items]
+    items = [
+        [{"role": "user", "content": i[0]}, {"role": "assistant", "content": i[1]}]
+        if isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i)
+        else i
+        for i in items
+    ]
     ids = [rid] if isinstance(rid, str) else rid
     if ids is not None and len(ids) != len(items):
         raise InvalidInput(f"rid: {len(ids)} request id(s) for {len(items)} input(s); give one per input")
     for i, one in enumerate(ids or ()):  # answered back in meta_info.id: text the answer can carry
         check_text(one, "rid" if isinstance(rid, str) else f"rid[{i}]")
     model = service.resolve(model_name(name), ("reward",))
-    result, rows, _ = await label_values(service, model, items, "text" if text is not None else "input_ids",
-                                         REFUSE_OVER_LENGTH)
-    out = [{"embedding": row, "meta_info": {"id": ids[i] if ids else uuid.uuid4().hex, "finish_reason": None,
-                                            "prompt_tokens": n}}
-           for i, (row, n) in enumerate(zip(rows, result.num_tokens))]
+    result, rows, _ = await label_values(
+        service, model, items, "text" if text is not None else "input_ids", REFUSE_OVER_LENGTH
+    )
+    out = [
+        {
+            "embedding": row,
+            "meta_info": {"id": ids[i] if ids else uuid.uuid4().hex, "finish_reason": None, "prompt_tokens": n},
+        }
+        for i, (row, n) in enumerate(zip(rows, result.num_tokens))
+    ]
     return out[0] if single else out
 
 
@@ -110,8 +133,9 @@ def router(service: ScoringService) -> APIRouter:
         model = service.resolve(model_name(body.model), ("reward",))
         result, rows, _ = await label_values(service, model, body.items(), "input", REFUSE_OVER_LENGTH)
         data = [{"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(rows)]
-        return JSONResponse({"data": data, "model": model.name, "object": "list",
-                             "usage": usage(result.tokens).model_dump()})
+        return JSONResponse(
+            {"data": data, "model": model.name, "object": "list", "usage": usage(result.tokens).model_dump()}
+        )
 
     @r.post("/v1/classify")
     async def classify(body: EmbeddingRequest, request: Request) -> JSONResponse:
@@ -121,10 +145,18 @@ def router(service: ScoringService) -> APIRouter:
         data = []
         for i, row in enumerate(rows):
             probs = classify_activation(row, None) if len(row) > 1 else [1.0]  # SGLang: softmax, whatever the head
-            data.append({"index": i, "label": top_label(row, head["labels"]), "probs": probs,
-                         "num_classes": len(probs)})
-        return JSONResponse({"id": f"classify-{request_id(request)}", "object": "list", "created": int(time.time()),
-                             "model": model.name, "data": data,
-                             "usage": {**usage(result.tokens).model_dump(), "prompt_tokens_details": None}})
+            data.append(
+                {"index": i, "label": top_label(row, head["labels"]), "probs": probs, "num_classes": len(probs)}
+            )
+        return JSONResponse(
+            {
+                "id": f"classify-{request_id(request)}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": model.name,
+                "data": data,
+                "usage": {**usage(result.tokens).model_dump(), "prompt_tokens_details": None},
+            }
+        )
 
     return r

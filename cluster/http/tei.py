@@ -32,11 +32,17 @@ from cluster.http.schemas import Lenient, ModelName
 
 # our error code -> (TEI's status, TEI's error_type)
 TEI_ERRORS = {
-    "input_too_long": (413, "Validation"), "request_too_large": (413, "Validation"),
-    "invalid_input": (422, "Validation"), "invalid_config": (422, "Validation"),
-    "unknown_model": (404, "Validation"), "not_found": (404, "Validation"),
-    "method_not_allowed": (405, "Validation"), "unauthorized": (401, "Unauthorized"),
-    "overloaded": (429, "Overloaded"), "model_failure": (424, "Backend"), "model_load_error": (424, "Backend"),
+    "input_too_long": (413, "Validation"),
+    "request_too_large": (413, "Validation"),
+    "invalid_input": (422, "Validation"),
+    "invalid_config": (422, "Validation"),
+    "unknown_model": (404, "Validation"),
+    "not_found": (404, "Validation"),
+    "method_not_allowed": (405, "Validation"),
+    "unauthorized": (401, "Unauthorized"),
+    "overloaded": (429, "Overloaded"),
+    "model_failure": (424, "Backend"),
+    "model_load_error": (424, "Backend"),
 }
 
 
@@ -59,12 +65,15 @@ class PredictRequest(Lenient):
             if not inputs:
                 raise InvalidInput("inputs: empty")
             if isinstance(inputs[0], str) and len(inputs) > 2:
-                raise InvalidInput(f"inputs: a flat list is one input, a string or a pair [string, string]; got "
-                                   f"{len(inputs)} strings (a batch is [[string], [string, string], ...])")
+                raise InvalidInput(
+                    f"inputs: a flat list is one input, a string or a pair [string, string]; got "
+                    f"{len(inputs)} strings (a batch is [[string], [string, string], ...])"
+                )
             for i, item in enumerate(inputs):
                 if isinstance(item, list) and not 1 <= len(item) <= 2:
-                    raise InvalidInput(f"inputs[{i}]: each input is [string] or a pair [string, string], got "
-                                       f"{len(item)} strings")
+                    raise InvalidInput(
+                        f"inputs[{i}]: each input is [string] or a pair [string, string], got {len(item)} strings"
+                    )
         return inputs
 
     def items(self) -> tuple[list[list[str]], bool]:
@@ -106,8 +115,14 @@ def router(service: ScoringService) -> APIRouter:
         _, rows, head = await label_values(service, model, [scored(i) for i in items], "inputs", body.options())
         if not body.raw_scores:
             rows = [classify_activation(row, None) for row in rows]  # TEI: softmax or sigmoid, whatever the head
-        answers = [sorted(({"score": v, "label": head["labels"][k]} for k, v in enumerate(row)),
-                          key=lambda p: p["score"], reverse=True) for row in rows]
+        answers = [
+            sorted(
+                ({"score": v, "label": head["labels"][k]} for k, v in enumerate(row)),
+                key=lambda p: p["score"],
+                reverse=True,
+            )
+            for row in rows
+        ]
         return JSONResponse(answers if batch else answers[0])
 
     return r

@@ -37,15 +37,29 @@ from cluster.http.common import classify_activation, label_values, status_style,
 from cluster.http.schemas import Lenient, ModelName, Usage, usage
 from cluster.kinds import kind_of
 
-ERROR_TYPES = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 405: "MethodNotAllowed",
-               413: "RequestTooLarge", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "Unauthorized",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "RequestTooLarge",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
 
 
 def _vllm_body(f, status: int) -> dict:
     """vLLM's ErrorResponse since v0.10.1: {"error": {message, type, param, code}} (code = the status)."""
     param = "model" if f.code == "unknown_model" else ("input" if f.code == "input_too_long" else None)
-    return {"error": {"message": f.message, "type": ERROR_TYPES.get(status, "BadRequestError"), "param": param,
-                      "code": status, "request_id": f.request_id}}
+    return {
+        "error": {
+            "message": f.message,
+            "type": ERROR_TYPES.get(status, "BadRequestError"),
+            "param": param,
+            "code": status,
+            "request_id": f.request_id,
+        }
+    }
 
 
 # vLLM answers invalid input (and over-length input) with 400, never 422
@@ -68,11 +82,14 @@ class ChatMessage(Lenient):
             texts = []
             for k, part in enumerate(content):
                 if part.get("type") != "text":
-                    raise InvalidInput(f"{where}.content[{k}]: only text parts can be scored, got type "
-                                       f"{shown(part.get('type'))}")
+                    raise InvalidInput(
+                        f"{where}.content[{k}]: only text parts can be scored, got type {shown(part.get('type'))}"
+                    )
                 if not isinstance(part.get("text"), str):
-                    raise InvalidInput(f"{where}.content[{k}].text: a text part's text must be a string, got "
-                                       f"{type(part.get('text')).__name__}")
+                    raise InvalidInput(
+                        f"{where}.content[{k}].text: a text part's text must be a string, got "
+                        f"{type(part.get('text')).__name__}"
+                    )
                 texts.append(part["text"])
             content = "\n".join(texts)
         return {"role": self.role, "content": content or ""}
@@ -101,8 +118,11 @@ class PoolingParams(Lenient):
         if self.truncate_prompt_tokens is None:
             return EncodeOptions(truncate="error", add_special_tokens=self.add_special_tokens, any_role=any_role)
         limit = None if self.truncate_prompt_tokens == -1 else self.truncate_prompt_tokens
-        return EncodeOptions(truncate=limit if limit is not None else "left",
-                             add_special_tokens=self.add_special_tokens, any_role=any_role)
+        return EncodeOptions(
+            truncate=limit if limit is not None else "left",
+            add_special_tokens=self.add_special_tokens,
+            any_role=any_role,
+        )
 
 
 class InputRequest(PoolingParams):
@@ -162,9 +182,12 @@ class ScoreRequest(PoolingParams):
     items: ScoreInputs | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
-        forms = {("text_1", "text_2"): (self.text_1, self.text_2), ("data_1", "data_2"): (self.data_1, self.data_2),
-                 ("queries", "documents"): (self.queries, self.documents),
-                 ("queries", "items"): (self.queries, self.items)}
+        forms = {
+            ("text_1", "text_2"): (self.text_1, self.text_2),
+            ("data_1", "data_2"): (self.data_1, self.data_2),
+            ("queries", "documents"): (self.queries, self.documents),
+            ("queries", "items"): (self.queries, self.items),
+        }
         given = [(names, (a, b)) for names, (a, b) in forms.items() if a is not None and b is not None]
         if not given:
             raise InvalidInput("give text_1 and text_2 (or data_1/data_2, queries/documents, queries/items)")
@@ -294,10 +317,11 @@ def _f32(x: float) -> float:
 
 
 STEP_TASKS = ("token_classify", "encode")  # vLLM's task for a prm's STEP pooler ("encode" before v0.11)
-OTHER_KINDS = {"prm": "a process reward model: its step rewards are served by /pooling (task token_classify) and "
-                      "/v1/step_rewards",
-               "pointwise": "a pointwise judge: its ratings are served by /v1/rate",
-               "critic": "a critic: its verdicts are served by /v1/judge and /v1/compare"}
+OTHER_KINDS = {
+    "prm": "a process reward model: its step rewards are served by /pooling (task token_classify) and /v1/step_rewards",
+    "pointwise": "a pointwise judge: its ratings are served by /v1/rate",
+    "critic": "a critic: its verdicts are served by /v1/judge and /v1/compare",
+}
 
 
 def router(service: ScoringService) -> APIRouter:
@@ -310,8 +334,9 @@ def router(service: ScoringService) -> APIRouter:
             return service.resolve(name, ("reward",))
         except InvalidInput:
             other = service.resolve(name, tuple(OTHER_KINDS))
-            raise InvalidInput(f"model '{other.name}' is {OTHER_KINDS[other.kind]}; {route} answers a reward "
-                               "model's values") from None
+            raise InvalidInput(
+                f"model '{other.name}' is {OTHER_KINDS[other.kind]}; {route} answers a reward model's values"
+            ) from None
 
     def named_prm(name: str | None):
         """The prm a step task's request names (or the first prm served), else None."""
@@ -344,32 +369,45 @@ def router(service: ScoringService) -> APIRouter:
         for flag in ("normalize", "softmax", "activation", "use_activation"):  # vLLM's precedence
             if getattr(body, flag) is not None:
                 if not getattr(body, flag):
-                    raise InvalidInput(f"{flag}: false asks for raw logits; model '{model.name}' is a process reward "
-                                       "model served as its step probabilities (vLLM's default softmax rows), not "
-                                       f"its logits: leave {flag} out")
+                    raise InvalidInput(
+                        f"{flag}: false asks for raw logits; model '{model.name}' is a process reward "
+                        "model served as its step probabilities (vLLM's default softmax rows), not "
+                        f"its logits: leave {flag} out"
+                    )
                 break
         head = await service.head(model.name)
         if head["num_columns"] != 2:
-            raise InvalidInput(f"model '{model.name}' is a process reward model with {head['num_columns']} labels; "
-                               "only its positive class's probability is served, so /pooling answers per-step rows "
-                               "for two-label prms only (use /v1/step_rewards)")
+            raise InvalidInput(
+                f"model '{model.name}' is a process reward model with {head['num_columns']} labels; "
+                "only its positive class's probability is served, so /pooling answers per-step rows "
+                "for two-label prms only (use /v1/step_rewards)"
+            )
         items, what = body.items()
         options = replace(body.options(), tagged=True)  # the client wrote the step tags: rendered as sent
         result = await service.submit(service.rewards_job(model, items, what, options))
         column = head["reward_column"]
         rows = [[[_f32(1.0 - p), p] if column == 1 else [p, _f32(1.0 - p)] for p in steps] for steps in result.steps]
-        return _ok(PoolingResponse(id=f"pool-{request_id(request)}", created=int(time.time()), model=model.name,
-                                   data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
-                                   usage=_usage(result.tokens)))
+        return _ok(
+            PoolingResponse(
+                id=f"pool-{request_id(request)}",
+                created=int(time.time()),
+                model=model.name,
+                data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
+                usage=_usage(result.tokens),
+            )
+        )
 
-    async def pair_scores(body: PoolingParams, pairs: list[tuple[str, str]],
-                          route: str) -> tuple[Any, list[float], int]:
+    async def pair_scores(
+        body: PoolingParams, pairs: list[tuple[str, str]], route: str
+    ) -> tuple[Any, list[float], int]:
         model = reward_model(body.model, route)
         convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": d}] for q, d in pairs]
         result, rows, head = await label_values(service, model, convs, "pairs", body.options())
         if len(head["labels"]) > 1:
-            raise InvalidInput(f"model '{model.name}' has {len(head['labels'])} outputs; the score API needs a "
-                               "one-output model (use /classify)")
+            raise InvalidInput(
+                f"model '{model.name}' has {len(head['labels'])} outputs; the score API needs a "
+                "one-output model (use /classify)"
+            )
         # vLLM's score activation is the cross-encoder's: sigmoid on the one logit, whatever problem_type says
         values = [classify_activation(row, None) if body.activation_on() else row for row in rows]
         return model, [v[0] for v in values], result.tokens
@@ -386,10 +424,19 @@ def router(service: ScoringService) -> APIRouter:
         result, rows, head = await label_values(service, model, items, what, body.options())
         if body.activation_on():
             rows = [classify_activation(row, head["problem_type"]) for row in rows]
-        data = [ClassificationData(index=i, label=top_label(row, head["labels"]), probs=row, num_classes=len(row))
-                for i, row in enumerate(rows)]
-        return _ok(ClassificationResponse(id=f"classify-{request_id(request)}", created=int(time.time()),
-                                          model=model.name, data=data, usage=_usage(result.tokens)))
+        data = [
+            ClassificationData(index=i, label=top_label(row, head["labels"]), probs=row, num_classes=len(row))
+            for i, row in enumerate(rows)
+        ]
+        return _ok(
+            ClassificationResponse(
+                id=f"classify-{request_id(request)}",
+                created=int(time.time()),
+                model=model.name,
+                data=data,
+                usage=_usage(result.tokens),
+            )
+        )
 
     @r.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
@@ -403,24 +450,36 @@ def router(service: ScoringService) -> APIRouter:
         if body.task not in (None, "classify"):
             task = body.task if body.task.isprintable() and len(body.task) <= 80 else shown(body.task)  # vLLM's words
             if service.default_model("prm") is None:
-                raise InvalidInput(f"Task {task} is not supported: this server answers a sequence's values "
-                                   "(task classify); per-token output is not served")
-            raise InvalidInput(f"Task {task} is not supported: this server answers a reward model's sequence values "
-                               "(task classify) and a process reward model's per-step rows (task token_classify); "
-                               "a reward model's per-token output is not served")
+                raise InvalidInput(
+                    f"Task {task} is not supported: this server answers a sequence's values "
+                    "(task classify); per-token output is not served"
+                )
+            raise InvalidInput(
+                f"Task {task} is not supported: this server answers a reward model's sequence values "
+                "(task classify) and a process reward model's per-step rows (task token_classify); "
+                "a reward model's per-token output is not served"
+            )
         model = pooled_model(body.model)
         if kind_of(model).steps:
             if body.task == "classify":
-                raise InvalidInput(f"Task classify is not supported by model '{model.name}': a process reward model "
-                                   "answers per-step rows (task token_classify)")
+                raise InvalidInput(
+                    f"Task classify is not supported by model '{model.name}': a process reward model "
+                    "answers per-step rows (task token_classify)"
+                )
             return await step_pooling(model, body, request)
         items, what = body.items()
         result, rows, head = await label_values(service, model, items, what, body.options())
         if body.activation_on(default=body.task == "classify"):
             rows = [classify_activation(row, head["problem_type"]) for row in rows]
-        return _ok(PoolingResponse(id=f"pool-{request_id(request)}", created=int(time.time()), model=model.name,
-                                   data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
-                                   usage=_usage(result.tokens)))
+        return _ok(
+            PoolingResponse(
+                id=f"pool-{request_id(request)}",
+                created=int(time.time()),
+                model=model.name,
+                data=[PoolingData(index=i, data=row) for i, row in enumerate(rows)],
+                usage=_usage(result.tokens),
+            )
+        )
 
     @r.post("/score", response_model=ScoreResponse)
     @r.post("/v1/score", response_model=ScoreResponse, include_in_schema=False)
@@ -428,9 +487,15 @@ def router(service: ScoringService) -> APIRouter:
         """Each (text_1, text_2) pair scored as a prompt and its response: sigmoid(reward) unless
         `use_activation: false` (the raw reward)."""
         model, scores, tokens = await pair_scores(body, body.pairs(), "/score")
-        return _ok(ScoreResponse(id=f"score-{request_id(request)}", created=int(time.time()), model=model.name,
-                                 data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
-                                 usage=_usage(tokens)))
+        return _ok(
+            ScoreResponse(
+                id=f"score-{request_id(request)}",
+                created=int(time.time()),
+                model=model.name,
+                data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+                usage=_usage(tokens),
+            )
+        )
 
     @r.post("/rerank", response_model=RerankResponse)
     @r.post("/v1/rerank", response_model=RerankResponse, include_in_schema=False)
@@ -442,13 +507,24 @@ def router(service: ScoringService) -> APIRouter:
         checked_texts(body.query, "query")
         checked_texts(body.documents, "documents")
         model, scores, tokens = await pair_scores(body, [(body.query, d) for d in body.documents], "/rerank")
-        results = sorted((RerankResult(index=i, document={"text": d}, relevance_score=s)
-                          for i, (d, s) in enumerate(zip(body.documents, scores))),
-                         key=lambda x: x.relevance_score, reverse=True)
+        results = sorted(
+            (
+                RerankResult(index=i, document={"text": d}, relevance_score=s)
+                for i, (d, s) in enumerate(zip(body.documents, scores))
+            ),
+            key=lambda x: x.relevance_score,
+            reverse=True,
+        )
         if 0 < body.top_n < len(results):
-            results = results[:body.top_n]
-        return _ok(RerankResponse(id=f"rerank-{request_id(request)}", model=model.name, results=results,
-                                  usage={"prompt_tokens": tokens, "total_tokens": tokens}))
+            results = results[: body.top_n]
+        return _ok(
+            RerankResponse(
+                id=f"rerank-{request_id(request)}",
+                model=model.name,
+                results=results,
+                usage={"prompt_tokens": tokens, "total_tokens": tokens},
+            )
+        )
 
     @r.post("/tokenize", response_model=TokenizeResponse)
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
@@ -456,8 +532,9 @@ def router(service: ScoringService) -> APIRouter:
         rendered as scored, without a generation prompt)."""
         model = service.resolve(body.model, ("reward",))
         if isinstance(model, Ensemble):
-            raise InvalidInput(f"'{model.name}' is an ensemble of models with their own tokenizers; tokenize "
-                               "with one of its members")
+            raise InvalidInput(
+                f"'{model.name}' is an ensemble of models with their own tokenizers; tokenize with one of its members"
+            )
         if body.return_token_strs:
             raise InvalidInput("return_token_strs is not supported here")
         if body.messages is not None:
@@ -465,8 +542,9 @@ def router(service: ScoringService) -> APIRouter:
         else:
             item, what = body.prompt, "prompt"
         # no length limit: the client compares count with max_model_len itself, as with vLLM
-        options = EncodeOptions(truncate="none", add_special_tokens=body.add_special_tokens,
-                                any_role=body.messages is not None)
+        options = EncodeOptions(
+            truncate="none", add_special_tokens=body.add_special_tokens, any_role=body.messages is not None
+        )
         [encoded] = await service.submit(TokenizeJob(model.name, [item], what, options))
         tokens, _ = unpack_segments(encoded.ids)  # an encoder's text pair: plain vocabulary ids
         return _ok(TokenizeResponse(count=len(tokens), max_model_len=model.max_length, tokens=tokens))

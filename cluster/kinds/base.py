@@ -112,7 +112,8 @@ class JudgeFields(BaseModel):
     max_new_tokens: int = Field(64, ge=1, le=8192, description="generate mode: the most tokens the judge writes")
 
 
-SYSTEM_PROMPT = ("pointwise judge / prm: a system message before the prompt (a prm's item or conversation may "
-                 "bring its own)")
+SYSTEM_PROMPT = (
+    "pointwise judge / prm: a system message before the prompt (a prm's item or conversation may bring its own)"
+)
 JUDGE_TEMPLATE_ONLY = "judge_template is only for kind='critic' or 'pointwise'"
 REWARD_LABEL_ONLY = "reward_label / reward_weights are for kind='reward' (and 'prm': its positive label)"

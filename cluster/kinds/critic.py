@@ -47,10 +47,19 @@ def check(spec: Any) -> None:
 
 
 KIND = Kind(
-    name="critic", title="a critic", summary="a pairwise critic: [[A]] or [[B]]",
-    spec_fields=Fields, refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
-    fast_op=Op.VERDICTS, head="next_token", encoder="judge", unit="pair",
-    padding_side="left", fixed_padding=True, needs_chat_template=True,
-    check=check, margin_label="critic log-odds that chosen wins",
+    name="critic",
+    title="a critic",
+    summary="a pairwise critic: [[A]] or [[B]]",
+    spec_fields=Fields,
+    refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
+    fast_op=Op.VERDICTS,
+    head="next_token",
+    encoder="judge",
+    unit="pair",
+    padding_side="left",
+    fixed_padding=True,
+    needs_chat_template=True,
+    check=check,
+    margin_label="critic log-odds that chosen wins",
     report=ReportText(name="critic", margins="critic margins", margin_axis="critic margin: log-odds that chosen wins"),
 )

@@ -33,8 +33,10 @@ def check_rating_template(template: str) -> None:
     fields = template_fields(template)
     missing = [f for f in RATING_FIELDS if f not in fields]
     if missing:
-        raise ValueError(f"judge_template of a pointwise judge must use the fields {{input}} and {{response}} "
-                         f"(missing: {missing}); other fields are read from each item")
+        raise ValueError(
+            f"judge_template of a pointwise judge must use the fields {{input}} and {{response}} "
+            f"(missing: {missing}); other fields are read from each item"
+        )
     bad = sorted(f for f in fields if not f.isidentifier() or f in ("prompt",))
     if bad:
         raise ValueError(f"judge_template: field(s) {bad} cannot be item keys; use names such as {{rubric}}")
@@ -64,8 +66,9 @@ class Fields(JudgeFields):
     # the rating strings (each read at one token), how the answer writes one, their values
     ratings: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
     rating_format: str = Field("[[{rating}]]", description="how the judge writes its rating, {rating} in it")
-    rating_values: tuple[float, ...] | None = Field(None, description="each rating's value (default: the "
-                                                    "rating strings read as numbers)")
+    rating_values: tuple[float, ...] | None = Field(
+        None, description="each rating's value (default: the rating strings read as numbers)"
+    )
 
     @property
     def template(self) -> str:
@@ -89,12 +92,26 @@ def check(spec: Any) -> None:
 
 
 KIND = Kind(
-    name="pointwise", title="a pointwise judge", summary="a pointwise judge: a rating on a scale",
-    spec_fields=Fields, refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
-    fast_op=Op.VERDICTS, head="next_token", encoder="rating", unit="rating",
-    padding_side="left", fixed_padding=True, needs_chat_template=True,
-    check=check, margin_label="expected rating chosen - rejected",
+    name="pointwise",
+    title="a pointwise judge",
+    summary="a pointwise judge: a rating on a scale",
+    spec_fields=Fields,
+    refused={"reward_label": REWARD_LABEL_ONLY, "reward_weights": REWARD_LABEL_ONLY},
+    fast_op=Op.VERDICTS,
+    head="next_token",
+    encoder="rating",
+    unit="rating",
+    padding_side="left",
+    fixed_padding=True,
+    needs_chat_template=True,
+    check=check,
+    margin_label="expected rating chosen - rejected",
     score_label="expected ratings",
-    report=ReportText(name="pointwise judge", score_axis="judge's expected rating", scores="expected ratings",
-                      margins="rating margins", margin_axis="rating margin: chosen expected rating - rejected"),
+    report=ReportText(
+        name="pointwise judge",
+        score_axis="judge's expected rating",
+        scores="expected ratings",
+        margins="rating margins",
+        margin_axis="rating margin: chosen expected rating - rejected",
+    ),
 )

@@ -14,7 +14,8 @@ class Fields(BaseModel):
     # reward models with several outputs (attribute / multi-objective heads): the scalar reward
     reward_label: int | str | None = Field(None, description="one output label, by index or id2label name")
     reward_weights: list[float] | dict[str, float] | None = Field(
-        None, description="the scalar reward as a weighted sum over the output labels")
+        None, description="the scalar reward as a weighted sum over the output labels"
+    )
 
 
 def check(spec: Any) -> None:
@@ -23,8 +24,15 @@ def check(spec: Any) -> None:
 
 
 KIND = Kind(
-    name="reward", title="a reward model", summary="a reward model: one scalar per conversation",
-    spec_fields=Fields, refused={"judge_template": JUDGE_TEMPLATE_ONLY},
-    fast_op=Op.SCORE, head="sequence", encoder="chat", unit="reward", padding_side="right",
+    name="reward",
+    title="a reward model",
+    summary="a reward model: one scalar per conversation",
+    spec_fields=Fields,
+    refused={"judge_template": JUDGE_TEMPLATE_ONLY},
+    fast_op=Op.SCORE,
+    head="sequence",
+    encoder="chat",
+    unit="reward",
+    padding_side="right",
     check=check,
 )

@@ -116,9 +116,7 @@ async def _fetch_rewards_via_http_0_10_4(self, queries_list, prompts_list, label
                     logger.info(f"Unexpected error, please check: {e}")
                 await asyncio.sleep(1)
 
-            raise RuntimeError(
-                f"Request error for {try_max_times} times, returning None. Please check the API server."
-            )
+            raise RuntimeError(f"Request error for {try_max_times} times, returning None. Please check the API server.")
 
         tasks.append(asyncio.create_task(_post_request(rm, payload)))
     return await asyncio.gather(*tasks)
@@ -177,6 +175,7 @@ def request_api_wrapper(url, data, score_key="rewards", try_max_times=5):
         except Exception as e:
             logger.info(f"Unexpected error, please check: {e}")
         import time
+
         time.sleep(1)
 
     raise Exception(f"Request error for {try_max_times} times, returning None. Please check the API server.")
@@ -205,8 +204,10 @@ def strip_sequence(text, pad_token, eos_token):
 
 def queries_for(rm, convs):
     tok = rm.encoder.tokenizer
-    return ([tok.apply_chat_template(c, tokenize=False) for c in convs],
-            [tok.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True) for c in convs])
+    return (
+        [tok.apply_chat_template(c, tokenize=False) for c in convs],
+        [tok.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True) for c in convs],
+    )
 
 
 def test_current_openrlhf_gets_the_card_rewards_with_the_key_in_its_url(live):
@@ -217,8 +218,9 @@ def test_current_openrlhf_gets_the_card_rewards_with_the_key_in_its_url(live):
     executor = SingleTurnAgentExecutor(f"{live['keyed']}/get_reward?api_key={API_KEY}")
 
     async def rollout():
-        return await asyncio.gather(*(executor._fetch_rewards_via_http([q], [p], [None])
-                                      for q, p in zip(queries, prompts)))
+        return await asyncio.gather(
+            *(executor._fetch_rewards_via_http([q], [p], [None]) for q, p in zip(queries, prompts))
+        )
 
     answers = asyncio.run(rollout())
     expected = rm.score(CONVERSATIONS[:4])
@@ -228,8 +230,16 @@ def test_current_openrlhf_gets_the_card_rewards_with_the_key_in_its_url(live):
         assert info["score"].flatten().tolist() == pytest.approx([want], abs=TOL)
         # merged into the trainer's metrics without replacing any of its own
         assert set(extra_logs) == {"rm_truncated"} and info["rm_truncated"].flatten().tolist() == [0.0]
-        assert not set(extra_logs) & {"truncated", "response_length", "total_length", "reward", "score",
-                                      "response_clip_ratio", "policy_loss", "kl"}
+        assert not set(extra_logs) & {
+            "truncated",
+            "response_length",
+            "total_length",
+            "reward",
+            "score",
+            "response_clip_ratio",
+            "policy_loss",
+            "kl",
+        }
 
 
 def test_round_robin_over_several_urls_and_basic_auth(live):
@@ -299,8 +309,9 @@ def test_python_file_reward_func(live, monkeypatch):
     spec.loader.exec_module(reward_module)
     rm = live["models"]["rm"]
     queries, prompts = queries_for(rm, CONVERSATIONS[:2])
-    answers = [asyncio.run(asyncio.to_thread(reward_module.reward_func, [q], [p], [None]))
-               for q, p in zip(queries, prompts)]
+    answers = [
+        asyncio.run(asyncio.to_thread(reward_module.reward_func, [q], [p], [None])) for q, p in zip(queries, prompts)
+    ]
     got = [read_reward([a])[0]["reward"].item() for a in answers]
     assert got == pytest.approx(rm.score(CONVERSATIONS[:2]), abs=TOL)
 

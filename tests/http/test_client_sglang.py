@@ -39,8 +39,9 @@ def test_native_classify_single_input_ids_and_put(live):
     assert isinstance(one, dict) and one["embedding"] == pytest.approx(rm.score(CONVS[:1]), abs=TOL)
     assert one["meta_info"]["id"] == "r1"
     ids = rm.encoder.encode_inputs([text])[0].ids
-    by_ids = requests.put(f"{live['keyed']}/classify", json={"input_ids": [ids, ids]},
-                          headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    by_ids = requests.put(
+        f"{live['keyed']}/classify", json={"input_ids": [ids, ids]}, headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
     assert [r["embedding"][0] for r in by_ids] == pytest.approx(rm.score(CONVS[:1]) * 2, abs=TOL)
     both = requests.post(f"{live['trusted']}/classify", json={"text": text, "input_ids": ids})
     assert both.status_code == 400 and "cannot be provided at the same time" in both.json()["error"]["message"]

@@ -45,8 +45,9 @@ def test_predict_multi_label_sorted_and_truncation(live):
     long_text = "hello " * 600
     full = rm.encoder.encode_inputs([long_text])[0].ids  # the reference model's limit is larger: not cut
     assert len(full) > 512
-    [kept_end] = predict(live, {"inputs": long_text, "truncate": True, "truncation_direction": "Left",
-                                "raw_scores": True}).json()
+    [kept_end] = predict(
+        live, {"inputs": long_text, "truncate": True, "truncation_direction": "Left", "raw_scores": True}
+    ).json()
     assert kept_end["score"] == pytest.approx(rm.runner.score_ids([full[:1] + full[-511:]])[0], abs=TOL)
     [kept_start] = predict(live, {"inputs": long_text, "truncate": True, "raw_scores": True}).json()  # Right
     assert kept_start["score"] == pytest.approx(rm.runner.score_ids([full[:512]])[0], abs=TOL)

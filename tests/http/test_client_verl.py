@@ -112,8 +112,9 @@ def router_address(url: str) -> str:
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
-@pytest.mark.parametrize("model_path", ["path", "~/models/Skywork-Reward-Llama-3.1-8B-v0.2",
-                                        "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"])
+@pytest.mark.parametrize(
+    "model_path", ["path", "~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"]
+)
 def test_reward_loop_request_gets_the_card_reward(live, engine, model_path):
     """verl's reward-model request, `model` its config's model_path: the absolute path the model
     was loaded from, or one of its configured aliases (a `~` path, a hub id)."""
@@ -125,8 +126,9 @@ def test_reward_loop_request_gets_the_card_reward(live, engine, model_path):
 
 
 def test_reward_loop_request_with_an_unknown_model_is_a_4xx_that_verl_does_not_retry(live):
-    worker = RewardLoopWorker(router_address(live["trusted"]), "vllm", "/no/such/model", live["models"]["rm"]
-                              .encoder.tokenizer)
+    worker = RewardLoopWorker(
+        router_address(live["trusted"]), "vllm", "/no/such/model", live["models"]["rm"].encoder.tokenizer
+    )
     with pytest.raises(aiohttp.ClientResponseError) as err:
         asyncio.run(worker.compute_score_disrm(CONVERSATIONS[0]))
     assert err.value.status == 404  # a 5xx would be retried for ~330 s
@@ -144,13 +146,24 @@ def test_custom_reward_function_with_verl_kwargs(live, monkeypatch):
     reward_kwargs = {"url": live["keyed"], "api_key": API_KEY, "model": "rm"}
     compute_score = partial(_call_with_kwargs, verl_reward.compute_score, reward_kwargs)
     extra_reward_kwargs = {"reward_router_address": "10.0.0.1:9000", "reward_model_tokenizer": rm.encoder.tokenizer}
-    got = [compute_score(data_source="gsm8k", solution_str=c[-1]["content"], ground_truth="",
-                         extra_info={"messages": c[:-1], "num_turns": 2, "rollout_reward_scores": {}},
-                         **extra_reward_kwargs)
-           for c in CONVERSATIONS[:3]]
+    got = [
+        compute_score(
+            data_source="gsm8k",
+            solution_str=c[-1]["content"],
+            ground_truth="",
+            extra_info={"messages": c[:-1], "num_turns": 2, "rollout_reward_scores": {}},
+            **extra_reward_kwargs,
+        )
+        for c in CONVERSATIONS[:3]
+    ]
     assert got == pytest.approx(rm.score(CONVERSATIONS[:3]), abs=TOL)
     batch = partial(_call_with_kwargs, verl_reward.compute_score_batch, reward_kwargs)
     convs = CONVERSATIONS[:3]
-    scores = batch(data_sources=["x"] * 3, solution_strs=[c[-1]["content"] for c in convs], ground_truths=[""] * 3,
-                   extra_infos=[{"messages": c[:-1]} for c in convs], **extra_reward_kwargs)
+    scores = batch(
+        data_sources=["x"] * 3,
+        solution_strs=[c[-1]["content"] for c in convs],
+        ground_truths=[""] * 3,
+        extra_infos=[{"messages": c[:-1]} for c in convs],
+        **extra_reward_kwargs,
+    )
     assert scores == pytest.approx(rm.score(convs), abs=TOL)

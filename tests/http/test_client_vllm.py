@@ -82,15 +82,21 @@ def test_classify_token_ids_special_tokens_and_chat_messages(live):
     # add_special_tokens: false is the client's choice: no BOS (the card's ids have one)
     bare = tok(PROMPTS[1], add_special_tokens=False)["input_ids"]
     assert bare != ids
-    got = post_http_request({"model": "rm", "input": PROMPTS[1], "add_special_tokens": False,
-                             "use_activation": False}, api_url).json()
+    got = post_http_request(
+        {"model": "rm", "input": PROMPTS[1], "add_special_tokens": False, "use_activation": False}, api_url
+    ).json()
     assert got["data"][0]["probs"][0] == pytest.approx(rm.runner.score_ids([bare])[0], abs=TOL)
     # chat form: content as text parts, a name, the conversation's own roles
-    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                {"role": "user", "content": "What is 2 + 3?", "name": "alice"},
-                {"role": "assistant", "content": [{"type": "text", "text": "It is"}, {"type": "text", "text": "5."}]}]
-    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
-             {"role": "assistant", "content": "It is\n5."}]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": "What is 2 + 3?", "name": "alice"},
+        {"role": "assistant", "content": [{"type": "text", "text": "It is"}, {"type": "text", "text": "5."}]},
+    ]
+    plain = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "It is\n5."},
+    ]
     got = post_http_request({"model": "rm", "messages": messages, "use_activation": False}, api_url).json()
     assert got["data"][0]["probs"][0] == pytest.approx(rm.score([plain])[0], abs=TOL)
     # the last turn need not be the assistant's, as in vLLM
@@ -137,8 +143,10 @@ def test_cross_encoder_score_client(live):
     api_url = url(live, "/score")
 
     def expected(pairs):
-        return [sigmoid(r) for r in rm.score([[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                                              for q, a in pairs])]
+        return [
+            sigmoid(r)
+            for r in rm.score([[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs])
+        ]
 
     text_1 = "What is the capital of Brazil?"
     text_2 = "The capital of Brazil is Brasilia."
@@ -177,12 +185,14 @@ def test_rerank_client(live):
     response = requests.post(url(live, "/rerank"), headers=headers, json=data)
     assert response.status_code == 200, response.text
     body = response.json()
-    rewards = rm.score([[{"role": "user", "content": data["query"]}, {"role": "assistant", "content": d}]
-                        for d in data["documents"]])
+    rewards = rm.score(
+        [[{"role": "user", "content": data["query"]}, {"role": "assistant", "content": d}] for d in data["documents"]]
+    )
     order = sorted(range(3), key=lambda i: rewards[i], reverse=True)
     assert [r["index"] for r in body["results"]] == order
-    assert [r["relevance_score"] for r in body["results"]] == pytest.approx([sigmoid(rewards[i]) for i in order],
-                                                                             abs=1e-5)
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx(
+        [sigmoid(rewards[i]) for i in order], abs=1e-5
+    )
     assert [r["document"]["text"] for r in body["results"]] == [data["documents"][i] for i in order]
     top = requests.post(url(live, "/v1/rerank"), json={**data, "top_n": 1}).json()
     assert [r["index"] for r in top["results"]] == order[:1]
@@ -215,8 +225,9 @@ def test_errors_are_vllm_error_responses(live):
     assert too_long.status_code == 400 and "limit of 512" in too_long.json()["error"]["message"]
     over = post_http_request({"model": "rm", "input": long_text, "truncate_prompt_tokens": 513}, api_url)
     assert over.status_code == 400 and "truncate_prompt_tokens" in over.json()["error"]["message"]
-    cut = post_http_request({"model": "rm", "input": long_text, "truncate_prompt_tokens": 5,
-                             "use_activation": False}, api_url).json()
+    cut = post_http_request(
+        {"model": "rm", "input": long_text, "truncate_prompt_tokens": 5, "use_activation": False}, api_url
+    ).json()
     assert cut["usage"]["prompt_tokens"] == 5
     ids = rm.encoder.encode_inputs([long_text], options=EncodeOptions(truncate=5))[0].ids
     assert len(ids) == 5 and ids[0] == rm.encoder.bos_id  # the last tokens, and the BOS kept

@@ -130,9 +130,19 @@ async def call_app(app, receive, path="/v1/rewards", headers=()):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "root_path": "",
-             "query_string": b"", "headers": [(b"authorization", f"Bearer {API_KEY}".encode()), *headers],
-             "client": ("127.0.0.1", 1), "server": ("x", 80), "scheme": "http", "http_version": "1.1"}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {API_KEY}".encode()), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("x", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+    }
     await app(scope, receive, send)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -194,9 +204,19 @@ def test_routes_and_open_paths_are_found_under_a_route_prefix(inproc):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/scoring/healthz", "raw_path": b"/scoring/healthz",
-             "root_path": "/scoring", "query_string": b"", "headers": [], "client": ("10.0.0.1", 1),
-             "server": ("x", 80), "scheme": "http", "http_version": "1.1"}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/scoring/healthz",
+        "raw_path": b"/scoring/healthz",
+        "root_path": "/scoring",
+        "query_string": b"",
+        "headers": [],
+        "client": ("10.0.0.1", 1),
+        "server": ("x", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+    }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 200  # open without a key, as /healthz is at the root
 

@@ -26,10 +26,22 @@ def test_models_and_health(inproc):
     assert InProcessClient(inproc["app"]).get("/healthz").json() == {"status": "ok"}
     cards = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
     rm = {k: v for k, v in cards["rm"].items() if k != "created"}
-    assert rm == {"id": "rm", "object": "model", "owned_by": "scoring-cluster", "root": str(inproc["paths"][0]),
-                  "parent": None, "max_model_len": 512, "permission": [], "name": "rm", "kind": "reward",
-                  "max_length": 512, "default": True, "members": None, "shaping": None,
-                  "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"]}
+    assert rm == {
+        "id": "rm",
+        "object": "model",
+        "owned_by": "scoring-cluster",
+        "root": str(inproc["paths"][0]),
+        "parent": None,
+        "max_model_len": 512,
+        "permission": [],
+        "name": "rm",
+        "kind": "reward",
+        "max_length": 512,
+        "default": True,
+        "members": None,
+        "shaping": None,
+        "aliases": ["~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"],
+    }
     assert cards["rm-mix"]["members"] == {"rm": 3.0, "rm-gemma": 1.0} and cards["rm-mix"]["kind"] == "reward"
     assert cards["rm-gemma"]["default"] is False and cards["judge"]["kind"] == "critic"
 
@@ -141,8 +153,11 @@ def test_classify_as_vllm_clients_send_it(inproc):
     assert activated["data"][0]["probs"][0] == pytest.approx(sigmoid(expected[0]), abs=1e-5)
     legacy = inproc["client"].post("/classify", json={"model": "rm", "input": texts[0], "activation": False}).json()
     assert legacy["data"][0]["probs"][0] == pytest.approx(expected[0], abs=TOL)
-    chat = inproc["client"].post("/classify", json={"model": "rm", "messages": CONVERSATIONS[0],
-                                                    "use_activation": False}).json()
+    chat = (
+        inproc["client"]
+        .post("/classify", json={"model": "rm", "messages": CONVERSATIONS[0], "use_activation": False})
+        .json()
+    )
     assert chat["data"][0]["probs"][0] == pytest.approx(expected[0], abs=TOL)
     assert body["usage"]["prompt_tokens"] > 0
 
@@ -159,8 +174,11 @@ def test_multi_output_model_over_http(inproc):
     assert body["scores"] == pytest.approx([r.score for r in expected], abs=TOL)
     for got, want in zip(body["values"], expected):
         assert got == pytest.approx(want.values, abs=TOL) and got[1] == pytest.approx(want.score, abs=TOL)
-    raw = inproc["client"].post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0],
-                                                   "use_activation": False}).json()
+    raw = (
+        inproc["client"]
+        .post("/classify", json={"model": "rm-attrs", "messages": CONVERSATIONS[0], "use_activation": False})
+        .json()
+    )
     [row] = raw["data"]
     assert row["num_classes"] == 5 and row["probs"] == pytest.approx(expected[0].values, abs=TOL)
     assert row["label"] == HELPSTEER2_LABELS[max(range(5), key=expected[0].values.__getitem__)]
@@ -190,13 +208,17 @@ def test_encoder_reward_model_over_http(inproc):
     ("path", "body", "status", "code", "fragment"),
     [
         ("/v1/rewards", {"conversations": [[{"role": "bot", "content": "x"}]]}, 422, "invalid_input", "role"),
-        ("/v1/rewards", {"conversations": [[{"role": "user", "content": "x"}]]}, 422, "invalid_input",
-         "last message must be the assistant"),
+        (
+            "/v1/rewards",
+            {"conversations": [[{"role": "user", "content": "x"}]]},
+            422,
+            "invalid_input",
+            "last message must be the assistant",
+        ),
         ("/v1/rewards", {"conversations": []}, 422, "invalid_input", "conversations"),
         ("/v1/rewards", {"conversation": [CONVERSATIONS[0]]}, 422, "invalid_input", "conversation"),
         ("/v1/rewards", {"model": "nope", "conversations": [CONVERSATIONS[0]]}, 404, "unknown_model", "nope"),
-        ("/v1/rewards", {"model": "judge", "conversations": [CONVERSATIONS[0]]}, 422, "invalid_input",
-         "is a critic"),
+        ("/v1/rewards", {"model": "judge", "conversations": [CONVERSATIONS[0]]}, 422, "invalid_input", "is a critic"),
         ("/v1/rewards", {"conversations": [CONVERSATIONS[1]] * 65}, 413, "request_too_large", "limit is 64"),
         ("/v1/judge", {"items": ITEMS, "mode": "sample"}, 422, "invalid_input", "mode"),
         ("/v1/compare", {"prompt": "q"}, 422, "invalid_input", "response_a"),
@@ -208,7 +230,7 @@ def test_errors_are_mapped_with_a_request_id_and_no_traceback(inproc, path, body
     err = r.json()["error"]
     assert err["code"] == code and fragment in err["message"]
     assert err["request_id"] == "req-42"  # the proxy's id (Serve sends it as x-request-id)
-    assert "Traceback" not in r.text and "File \"" not in r.text
+    assert "Traceback" not in r.text and 'File "' not in r.text
 
 
 def test_body_over_the_byte_limit_is_413(inproc):
@@ -234,7 +256,6 @@ def test_api_keys(inproc):
     assert anonymous.post("/v1/rewards", content=b"{bad").status_code == 401
 
 
-
 @pytest.mark.parametrize(
     ("err", "status", "code", "message"),
     [
@@ -251,9 +272,11 @@ def test_failures_map_to_500_and_503_without_internals(err, status, code, messag
     from cluster.core.errors import ModelFailure
     from cluster.http.app import error_response
 
-    exc = {"model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),
-           "unexpected": KeyError("secret internal detail"),
-           "backpressure": BackPressureError(num_queued_requests=5, max_queued_requests=4)}[err]
+    exc = {
+        "model_failure": ModelFailure("model 'rm' failed on a batch: RuntimeError: CUDA error"),
+        "unexpected": KeyError("secret internal detail"),
+        "backpressure": BackPressureError(num_queued_requests=5, max_queued_requests=4),
+    }[err]
     response = error_response(exc, "req-123")
     body = json.loads(response.body)
     assert response.status_code == status
@@ -313,9 +336,22 @@ def test_openapi_documents_every_routes_body(inproc):
     assert InProcessClient(app).get("/openapi.json").status_code == 401
     spec = InProcessClient(app, {"Authorization": f"Bearer {API_KEY}"}).get("/openapi.json").json()
     posts = {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
-    assert set(posts) == {"/v1/rewards", "/v1/compare", "/v1/judge", "/get_reward", "/classify", "/pooling",
-                          "/score", "/rerank", "/tokenize", "/v1/embeddings", "/v1/classify", "/predict",
-                          "/v1/step_rewards", "/v1/rate"}
+    assert set(posts) == {
+        "/v1/rewards",
+        "/v1/compare",
+        "/v1/judge",
+        "/get_reward",
+        "/classify",
+        "/pooling",
+        "/score",
+        "/rerank",
+        "/tokenize",
+        "/v1/embeddings",
+        "/v1/classify",
+        "/predict",
+        "/v1/step_rewards",
+        "/v1/rate",
+    }
     for path, op in posts.items():
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.rsplit("/", 1)[-1] in spec["components"]["schemas"], path
@@ -345,8 +381,12 @@ class FakeEncoder:
             if "bad" in part.inputs:
                 out.append(InvalidInput(f"{part.what}[{part.inputs.index('bad')}]: bad input"))
                 continue
-            out.append([Encoded([i + 1] * self.length, self.truncated(part.model, i), self.length)
-                        for i in range(len(part.inputs))])
+            out.append(
+                [
+                    Encoded([i + 1] * self.length, self.truncated(part.model, i), self.length)
+                    for i in range(len(part.inputs))
+                ]
+            )
         return out
 
 
@@ -373,20 +413,33 @@ def fake_service(backend, encoder=None, **config):
     from cluster.core.config import AppConfig
     from cluster.core.service import ScoringService
 
-    config = AppConfig.parse({"models": [{"name": "a", "path": "x", "kind": "reward"},
-                                         {"name": "b", "path": "y", "kind": "reward"}], **config})
-    return ScoringService(config.models, encoder or FakeEncoder(), backend, ensembles=config.ensembles,
-                          max_items=config.max_items_per_request)
+    config = AppConfig.parse(
+        {
+            "models": [{"name": "a", "path": "x", "kind": "reward"}, {"name": "b", "path": "y", "kind": "reward"}],
+            **config,
+        }
+    )
+    return ScoringService(
+        config.models,
+        encoder or FakeEncoder(),
+        backend,
+        ensembles=config.ensembles,
+        max_items=config.max_items_per_request,
+    )
 
 
 def test_model_shaping_returns_shaped_and_raw_scores():
     service = fake_service(
         FakeBackend({"a": [2.0, 10.0], "b": [0.0, 1.0]}),
         FakeEncoder(truncated=lambda model, i: model == "b" and i == 1),
-        models=[{"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
-                {"name": "b", "path": "y", "kind": "reward"}],
-        ensembles=[{"name": "mix", "members": [{"model": "a"}, {"model": "b", "weight": 3}],
-                    "shaping": {"clip": [-1.0, 1.0]}}])
+        models=[
+            {"name": "a", "path": "x", "kind": "reward", "shaping": {"normalize": {"mean": 2.0, "std": 4.0}}},
+            {"name": "b", "path": "y", "kind": "reward"},
+        ],
+        ensembles=[
+            {"name": "mix", "members": [{"model": "a"}, {"model": "b", "weight": 3}], "shaping": {"clip": [-1.0, 1.0]}}
+        ],
+    )
     shaped = service.one(service.rewards_job(service.resolve("a", ("reward",)), ["x", "y"]))
     assert shaped.scores == [0.0, 2.0] and shaped.raw == [2.0, 10.0] and shaped.tokens == 10
     mixed = service.one(service.rewards_job(service.resolve("mix", ("reward",)), ["x", "y"]))
@@ -402,8 +455,7 @@ def test_concurrent_jobs_share_one_encoder_call_and_budgeted_calls_in_input_orde
 
     encoder, backend = FakeEncoder(), FakeBackend({"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0]}, call_tokens=12)
     service = fake_service(backend, encoder)
-    jobs = [service.rewards_job(service.resolve(m, ("reward",)), ["x"] * n)
-            for m, n in (("a", 3), ("b", 2), ("a", 1))]
+    jobs = [service.rewards_job(service.resolve(m, ("reward",)), ["x"] * n) for m, n in (("a", 3), ("b", 2), ("a", 1))]
     results = asyncio.run(service.arun(jobs))
     assert [r.scores for r in results] == [[1.0, 2.0, 3.0], [10.0, 20.0], [1.0]]
     assert len(encoder.calls) == 1 and len(encoder.calls[0]) == 3  # one call, every part
@@ -415,8 +467,10 @@ def test_one_jobs_bad_input_or_failed_call_fails_that_job_alone():
     from cluster.core.errors import InvalidInput, ModelFailure
 
     service = fake_service(FakeBackend({"a": [1.0, 2.0], "b": [5.0]}))
-    jobs = [service.rewards_job(service.resolve("a", ("reward",)), ["x", "bad"]),
-            service.rewards_job(service.resolve("b", ("reward",)), ["x"])]
+    jobs = [
+        service.rewards_job(service.resolve("a", ("reward",)), ["x", "bad"]),
+        service.rewards_job(service.resolve("b", ("reward",)), ["x"]),
+    ]
     bad, good = service.run(jobs)
     assert isinstance(bad, InvalidInput) and "conversations[1]: bad input" in bad.message
     assert good.scores == [5.0]
@@ -434,8 +488,11 @@ def test_backend_failures_reach_clients_as_mapped_errors(fail, status, code):
     from cluster.core.errors import ModelFailure, Overloaded
     from cluster.http.app import create_app
 
-    err = {"model_failure": ModelFailure("model 'a' ran out of memory"), "overloaded": Overloaded("queue is full"),
-           "unexpected": KeyError("secret internal detail")}[fail]
+    err = {
+        "model_failure": ModelFailure("model 'a' ran out of memory"),
+        "overloaded": Overloaded("queue is full"),
+        "unexpected": KeyError("secret internal detail"),
+    }[fail]
     app = create_app(fake_service(FakeBackend(fail=err)))
     r = InProcessClient(app).post("/v1/rewards", json={"conversations": ["x"]})
     assert r.status_code == status and r.json()["error"]["code"] == code
@@ -445,9 +502,11 @@ def test_backend_failures_reach_clients_as_mapped_errors(fail, status, code):
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"", "body: Invalid JSON: EOF while parsing"),
-     (b'{"conversations": 5}', "conversations: Input should be a valid array"),
-     (b"[1]", "body: Input should be an object")],
+    [
+        (b"", "body: Invalid JSON: EOF while parsing"),
+        (b'{"conversations": 5}', "conversations: Input should be a valid array"),
+        (b"[1]", "body: Input should be an object"),
+    ],
 )
 def test_body_errors_read_as_the_schema_states_them_for_json(inproc, raw, message):
     r = inproc["client"].post("/v1/rewards", content=raw)
@@ -459,14 +518,16 @@ BAD = {"role": "bot", "content": "hi"}
 
 @pytest.mark.parametrize(
     "convs",
-    [[CONVERSATIONS[0], [BAD]],                                                     # an unknown role
-     [CONVERSATIONS[0], [CONVERSATIONS[1][0], {"role": "assistant", "content": 5}]],  # content not a string
-     [CONVERSATIONS[0], [{"role": "user", "content": "q"}, {"role": "assistant"}]],   # no content
-     [CONVERSATIONS[0], []],                                                        # an empty conversation
-     [CONVERSATIONS[0], 7],                                                         # not a list
-     [CONVERSATIONS[0], [CONVERSATIONS[1][0], "a"]],                                # a message not an object
-     [CONVERSATIONS[1][:1]],                                                        # no response to score
-     [[CONVERSATIONS[1][0], {"role": "assistant", "content": "a\ud800"}]]],          # not valid Unicode
+    [
+        [CONVERSATIONS[0], [BAD]],  # an unknown role
+        [CONVERSATIONS[0], [CONVERSATIONS[1][0], {"role": "assistant", "content": 5}]],  # content not a string
+        [CONVERSATIONS[0], [{"role": "user", "content": "q"}, {"role": "assistant"}]],  # no content
+        [CONVERSATIONS[0], []],  # an empty conversation
+        [CONVERSATIONS[0], 7],  # not a list
+        [CONVERSATIONS[0], [CONVERSATIONS[1][0], "a"]],  # a message not an object
+        [CONVERSATIONS[1][:1]],  # no response to score
+        [[CONVERSATIONS[1][0], {"role": "assistant", "content": "a\ud800"}]],
+    ],  # not valid Unicode
     ids=["role", "content-type", "no-content", "empty", "not-a-list", "not-an-object", "no-response", "surrogate"],
 )
 def test_a_bad_conversation_is_named_alike_over_http_and_in_process(inproc, convs):
@@ -485,11 +546,13 @@ def test_a_bad_conversation_is_named_alike_over_http_and_in_process(inproc, conv
 
 @pytest.mark.parametrize(
     ("items", "extra"),
-    [([ITEMS[0], {"prompt": "q", "response_a": "a"}], {}),
-     ([ITEMS[0], {"prompt": 1, "response_a": "a", "response_b": "b"}], {}),
-     ([{**ITEMS[0], "response_c": "c"}], {}),
-     (["not an item"], {}),
-     (ITEMS, {"mode": "sample"})],
+    [
+        ([ITEMS[0], {"prompt": "q", "response_a": "a"}], {}),
+        ([ITEMS[0], {"prompt": 1, "response_a": "a", "response_b": "b"}], {}),
+        ([{**ITEMS[0], "response_c": "c"}], {}),
+        (["not an item"], {}),
+        (ITEMS, {"mode": "sample"}),
+    ],
     ids=["missing", "not-a-string", "unknown-field", "not-an-object", "mode"],
 )
 def test_a_bad_judge_item_is_named_alike_over_http_and_in_process(inproc, items, extra):
@@ -509,14 +572,21 @@ def test_a_bad_judge_item_is_named_alike_over_http_and_in_process(inproc, items,
 
 @pytest.mark.parametrize(
     ("path", "body", "message"),
-    [("/v1/rewards", {"conversations": [CONVERSATIONS[0], [{**CONVERSATIONS[1][0], "name": "x"},
-                                                           CONVERSATIONS[1][1]]]},
-      "conversations[1][0]: unknown field(s) ['name'] (expected role, content)"),
-     ("/get_reward", {"query": ["a", 5]}, "query[1]: Input should be a valid string"),
-     ("/classify", {"model": "rm", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]},
-      "messages[1].content: Input should be a valid string"),
-     ("/v1/embeddings", {"model": "rm", "input": [[1, "x"]]}, "input[0][1]: Input should be a valid integer"),
-     ("/predict", {"inputs": [["q", "a", "b"]]}, "inputs[0]: each input is [string] or a pair")],
+    [
+        (
+            "/v1/rewards",
+            {"conversations": [CONVERSATIONS[0], [{**CONVERSATIONS[1][0], "name": "x"}, CONVERSATIONS[1][1]]]},
+            "conversations[1][0]: unknown field(s) ['name'] (expected role, content)",
+        ),
+        ("/get_reward", {"query": ["a", 5]}, "query[1]: Input should be a valid string"),
+        (
+            "/classify",
+            {"model": "rm", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]},
+            "messages[1].content: Input should be a valid string",
+        ),
+        ("/v1/embeddings", {"model": "rm", "input": [[1, "x"]]}, "input[0][1]: Input should be a valid integer"),
+        ("/predict", {"inputs": [["q", "a", "b"]]}, "inputs[0]: each input is [string] or a pair"),
+    ],
 )
 def test_schema_errors_name_locations_with_indices_in_brackets(inproc, path, body, message):
     """What the schemas alone check is located as the in-process checks write it, on our routes and
@@ -629,8 +699,12 @@ def test_trusted_networks_need_no_key(inproc):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return (await c.get("/v1/models")).status_code
 
-    assert [asyncio.run(status(ip)) for ip in ("10.1.2.3", "::1", "11.0.0.1", "::ffff:10.0.0.7")] == [200, 200, 401,
-                                                                                                      200]
+    assert [asyncio.run(status(ip)) for ip in ("10.1.2.3", "::1", "11.0.0.1", "::ffff:10.0.0.7")] == [
+        200,
+        200,
+        401,
+        200,
+    ]
 
     async def forwarded(client_ip: str) -> int:  # Serve's uvicorn takes the client address from X-Forwarded-For
         transport = httpx.ASGITransport(app=app, client=(client_ip, 5000))
@@ -674,8 +748,14 @@ def test_a_model_answers_to_its_aliases_and_its_path(inproc, tmp_path):
     c = inproc["client"]
     rm_path = str(inproc["paths"][0])
     expected = inproc["models"]["rm"].score(CONVERSATIONS[:1])
-    for name in ("rm", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2", "~/models/Skywork-Reward-Llama-3.1-8B-v0.2",
-                 rm_path, rm_path + "/", os.path.join(rm_path, "..", os.path.basename(rm_path))):
+    for name in (
+        "rm",
+        "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
+        "~/models/Skywork-Reward-Llama-3.1-8B-v0.2",
+        rm_path,
+        rm_path + "/",
+        os.path.join(rm_path, "..", os.path.basename(rm_path)),
+    ):
         r = c.post("/v1/rewards", json={"model": name, "conversations": CONVERSATIONS[:1]})
         assert r.status_code == 200, (name, r.text)
         assert r.json()["model"] == "rm" and r.json()["scores"] == pytest.approx(expected, abs=TOL)
@@ -689,11 +769,16 @@ def test_path_names_follow_the_route_kind_and_ambiguity_is_refused(tmp_path):
     from cluster.core.service import ScoringService
 
     home = os.path.expanduser("~")
-    config = AppConfig.parse({"models": [
-        {"name": "a", "path": "~/models/same", "kind": "reward"},
-        {"name": "judge", "path": "~/models/same", "kind": "critic"},
-        {"name": "b", "path": "/data/twin", "kind": "reward"},
-        {"name": "c", "path": "/data/twin", "kind": "reward"}]})
+    config = AppConfig.parse(
+        {
+            "models": [
+                {"name": "a", "path": "~/models/same", "kind": "reward"},
+                {"name": "judge", "path": "~/models/same", "kind": "critic"},
+                {"name": "b", "path": "/data/twin", "kind": "reward"},
+                {"name": "c", "path": "/data/twin", "kind": "reward"},
+            ]
+        }
+    )
     service = ScoringService(config.models, None, None)
     assert service.resolve(f"{home}/models/same", ("reward",)).name == "a"
     assert service.resolve("~/models/same/", ("critic",)).name == "judge"

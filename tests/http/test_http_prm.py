@@ -52,14 +52,29 @@ TOL = 1e-4
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 PROBLEMS = [  # different lengths and step counts: batches pad and sort
     ("Add 2 and 3.", ["2 + 3 = 5.", "The answer is \\boxed{5}."]),
-    ("What is the capital of France?", ["France is a country in Europe.", "Its capital is Paris.",
-                                        "So the answer is \\boxed{Paris}."]),
+    (
+        "What is the capital of France?",
+        ["France is a country in Europe.", "Its capital is Paris.", "So the answer is \\boxed{Paris}."],
+    ),
     ("Is water wet?", ["Yes."]),
-    ("Compute 1 + 2 + 3 + 4.", ["1 + 2 = 3.", "3 + 3 = 6.", "6 + 4 = 10.", "The sum is 10, so the answer is "
-                                "\\boxed{10}, because addition of the four numbers gives ten."]),
+    (
+        "Compute 1 + 2 + 3 + 4.",
+        [
+            "1 + 2 = 3.",
+            "3 + 3 = 6.",
+            "6 + 4 = 10.",
+            "The sum is 10, so the answer is \\boxed{10}, because addition of the four numbers gives ten.",
+        ],
+    ),
 ]
-SHEPHERD = {"kind": "prm", "step_tag": "ки", "step_format": "{step} {tag}", "step_joiner": "\n",
-            "prm_template": "{prompt} {response}", "step_labels": ["+", "-"]}
+SHEPHERD = {
+    "kind": "prm",
+    "step_tag": "ки",
+    "step_format": "{step} {tag}",
+    "step_joiner": "\n",
+    "prm_template": "{prompt} {response}",
+    "step_labels": ["+", "-"],
+}
 RUBRIC_TEMPLATE = "Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\nRate 1-10 as [[N]]."
 ITEMS = [
     {"prompt": "Add 2 and 3.", "response": "5"},
@@ -71,11 +86,11 @@ ITEMS = [
 VLLM_DATA = {
     "system": "Please reason step by step, and put your final answer within \\boxed{}. ",
     "query": "Sue lives in a fun neighborhood.  One weekend, the neighbors decided to play a prank on Sue.  On Friday "
-             "morning, the neighbors placed 18 pink plastic flamingos out on Sue's front yard.  On Saturday morning, "
-             "the neighbors took back one third of the flamingos, painted them white, and put these newly painted "
-             "white flamingos back out on Sue's front yard.  Then, on Sunday morning, they added another 18 pink "
-             "plastic flamingos to the collection. At noon on Sunday, how many more pink plastic flamingos were out "
-             "than white plastic flamingos?",
+    "morning, the neighbors placed 18 pink plastic flamingos out on Sue's front yard.  On Saturday morning, "
+    "the neighbors took back one third of the flamingos, painted them white, and put these newly painted "
+    "white flamingos back out on Sue's front yard.  Then, on Sunday morning, they added another 18 pink "
+    "plastic flamingos to the collection. At noon on Sunday, how many more pink plastic flamingos were out "
+    "than white plastic flamingos?",
     "response": [
         "To find out how many more pink plastic flamingos were out than white plastic flamingos at noon on Sunday, "
         "we can break down the problem into steps. First, on Friday, the neighbors start with 18 pink plastic "
@@ -97,8 +112,10 @@ VLLM_DATA = {
 def vllm_test_prompt(data: dict) -> str:
     """vllm-project/vllm@089c137d test_reward.py: the pre-templated prompt, as written there."""
     answer = "<extra_0>".join(data["response"]) + "<extra_0>"
-    return (f"<im_start>system\n{data['system']}<im_end>\n<im_start>user\n{data['query']}<im_end>\n"
-            f"<im_start>assistant\n{answer}<im_end><|endoftext|>")
+    return (
+        f"<im_start>system\n{data['system']}<im_end>\n<im_start>user\n{data['query']}<im_end>\n"
+        f"<im_start>assistant\n{answer}<im_end><|endoftext|>"
+    )
 
 
 # ---------------------------------------------------------------- fixtures (each tiny model built once)
@@ -107,21 +124,39 @@ def vllm_test_prompt(data: dict) -> str:
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prm-http")
-    return {"qwen": str(build_tiny_prm(root / "qwen", style="qwen")),
-            "shepherd": str(build_tiny_prm(root / "shepherd", style="shepherd")),
-            "judge": str(build_tiny_model(root / "judge", kind="pointwise"))}
+    return {
+        "qwen": str(build_tiny_prm(root / "qwen", style="qwen")),
+        "shepherd": str(build_tiny_prm(root / "shepherd", style="shepherd")),
+        "judge": str(build_tiny_model(root / "judge", kind="pointwise")),
+    }
 
 
 @pytest.fixture(scope="module")
 def served(dirs):
-    config = AppConfig.parse({"models": [
-        {"name": "qwen-prm", "path": dirs["qwen"], "kind": "prm", "step_tag": "<extra_0>", "trust_remote_code": True,
-         "dtype": "float32", "system_prompt": SYSTEM},
-        {"name": "shepherd-prm", "path": dirs["shepherd"], "dtype": "float32", **SHEPHERD},
-        {"name": "judge", "path": dirs["judge"], "kind": "pointwise", "dtype": "float32", "max_new_tokens": 16},
-        {"name": "judge-rubric", "path": dirs["judge"], "kind": "pointwise", "dtype": "float32",
-         "judge_template": RUBRIC_TEMPLATE},
-    ]})
+    config = AppConfig.parse(
+        {
+            "models": [
+                {
+                    "name": "qwen-prm",
+                    "path": dirs["qwen"],
+                    "kind": "prm",
+                    "step_tag": "<extra_0>",
+                    "trust_remote_code": True,
+                    "dtype": "float32",
+                    "system_prompt": SYSTEM,
+                },
+                {"name": "shepherd-prm", "path": dirs["shepherd"], "dtype": "float32", **SHEPHERD},
+                {"name": "judge", "path": dirs["judge"], "kind": "pointwise", "dtype": "float32", "max_new_tokens": 16},
+                {
+                    "name": "judge-rubric",
+                    "path": dirs["judge"],
+                    "kind": "pointwise",
+                    "dtype": "float32",
+                    "judge_template": RUBRIC_TEMPLATE,
+                },
+            ]
+        }
+    )
     service = local_service(config)
     app = create_app(service)
     return {"app": app, "service": service, "client": InProcessClient(app)}
@@ -203,8 +238,11 @@ def test_pooling_qwen_chat_form_as_vllm_clients_send_it(client, dirs):
     """The chat form: system, user, and the assistant's steps joined by <extra_0> (the card's
     messages), content as a string or as text parts (token_reward_online.py's form)."""
     for q, steps in PROBLEMS[:2]:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                    {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
+        messages = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+        ]
         outputjson = client.post("/pooling", json={"model": "qwen-prm", "messages": messages}).json()
         outputdata = outputjson["data"][0]["data"]
         step = [i[1] for i in outputdata]
@@ -230,14 +268,23 @@ def test_pooling_shepherd_text_and_chat_forms(client, dirs):
         output = shepherd_output(steps)
         card = shepherd_card_step_rewards(dirs["shepherd"], q, output)
         text = client.post("/pooling", json={"model": "shepherd-prm", "input": f"{q} {output}"}).json()
-        chat = client.post("/pooling", json={"model": "shepherd-prm", "task": "token_classify", "messages": [
-            {"role": "user", "content": q}, {"role": "assistant", "content": output}]}).json()
+        chat = client.post(
+            "/pooling",
+            json={
+                "model": "shepherd-prm",
+                "task": "token_classify",
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": output}],
+            },
+        ).json()
         for body in (text, chat):
             rows = body["data"][0]["data"]
             assert close([row[0] for row in rows], card), (rows, card)
             assert all(abs(row[0] + row[1] - 1) <= 1e-6 for row in rows)
-    with_system = [{"role": "system", "content": "x"}, {"role": "user", "content": "q"},
-                   {"role": "assistant", "content": "a ки"}]
+    with_system = [
+        {"role": "system", "content": "x"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a ки"},
+    ]
     refused = client.post("/pooling", json={"model": "shepherd-prm", "messages": with_system})
     assert "reads plain text" in error(refused, 400)
 
@@ -269,11 +316,14 @@ def test_pooling_prm_errors_are_vllms_400s(client, served, monkeypatch):
     assert "with 3 labels" in message and "two-label prms only" in message
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/classify", {"input": "x"}),
-    ("/score", {"text_1": "q", "text_2": "a"}),
-    ("/rerank", {"query": "q", "documents": ["a", "b"]}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/classify", {"input": "x"}),
+        ("/score", {"text_1": "q", "text_2": "a"}),
+        ("/rerank", {"query": "q", "documents": ["a", "b"]}),
+    ],
+)
 @pytest.mark.parametrize("model, where", [("qwen-prm", "/v1/step_rewards"), ("judge", "/v1/rate")])
 def test_reward_model_routes_refuse_a_prm_or_a_judge(client, path, body, model, where):
     message = error(client.post(path, json={"model": model, **body}), 400)
@@ -296,8 +346,15 @@ def test_step_rewards_explicit_steps_batched_equal_the_card(client, dirs):
         assert res["weakest_step"] == res["step_rewards"].index(min(res["step_rewards"]))
         assert res["truncated"] is False and res["num_tokens"] > 0
     assert body["usage"]["prompt_tokens"] == sum(res["num_tokens"] for res in body["results"])
-    shepherd = client.post("/v1/step_rewards", json={"model": "shepherd-prm", "items": [
-        {"prompt": q, "steps": [f"Step {i + 1}: {s}" for i, s in enumerate(steps)]} for q, steps in PROBLEMS]}).json()
+    shepherd = client.post(
+        "/v1/step_rewards",
+        json={
+            "model": "shepherd-prm",
+            "items": [
+                {"prompt": q, "steps": [f"Step {i + 1}: {s}" for i, s in enumerate(steps)]} for q, steps in PROBLEMS
+            ],
+        },
+    ).json()
     for (q, steps), res in zip(PROBLEMS, shepherd["results"]):
         assert close(res["step_rewards"], shepherd_card_step_rewards(dirs["shepherd"], q, shepherd_output(steps)))
 
@@ -305,11 +362,15 @@ def test_step_rewards_explicit_steps_batched_equal_the_card(client, dirs):
 def test_step_rewards_response_conversation_and_system(client, dirs):
     q, steps = PROBLEMS[1]
     text = "\n\n".join(steps) + "\n\n"  # split at the default separator; the empty tail is dropped
-    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                    {"role": "assistant", "content": text}]
+    conversation = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": text},
+    ]
     own_system = {"prompt": q, "steps": steps, "system": "Be brief."}
-    body = client.post("/v1/step_rewards", json={"items": [{"prompt": q, "response": text}, conversation,
-                                                           own_system]}).json()
+    body = client.post(
+        "/v1/step_rewards", json={"items": [{"prompt": q, "response": text}, conversation, own_system]}
+    ).json()
     card = qwen_card_step_rewards(dirs["qwen"], SYSTEM, q, steps)
     assert body["model"] == "qwen-prm"  # the first prm served
     assert close(body["results"][0]["step_rewards"], card) and close(body["results"][1]["step_rewards"], card)
@@ -326,17 +387,24 @@ def test_step_rewards_each_aggregate(client, how):
         assert res["score"] == pytest.approx(expected[how](res["step_rewards"]), abs=1e-12)
 
 
-@pytest.mark.parametrize("payload, pattern", [
-    ({"items": [{"prompt": "q", "steps": ["a"]}, {"steps": ["a"]}]}, r"items\[1\]\.prompt: missing"),
-    ({"items": [{"prompt": "q", "steps": ["a"]}, {"prompt": "q", "steps": ["a"], "response": "a"}]},
-     r"items\[1\]: give the solution as steps .*not both"),
-    ({"items": [{"prompt": "q", "steps": ["a"]}, {"prompt": "q", "steps": []}]}, r"items\[1\]\.steps: empty"),
-    ({"items": [{"prompt": "q", "steps": ["a", "b<extra_0>c"]}]}, r"items\[0\]: step 1 contains the step tag"),
-    ({"items": [{"prompt": "q", "steps": ["a"]}], "aggregate": "median"},
-     r"aggregate: .*must be one of min, last, mean, product"),
-    ({"items": [{"prompt": "q", "steps": ["a"]}], "model": "judge"}, r"model 'judge' is a pointwise"),
-    ({"items": []}, r"items"),
-])
+@pytest.mark.parametrize(
+    "payload, pattern",
+    [
+        ({"items": [{"prompt": "q", "steps": ["a"]}, {"steps": ["a"]}]}, r"items\[1\]\.prompt: missing"),
+        (
+            {"items": [{"prompt": "q", "steps": ["a"]}, {"prompt": "q", "steps": ["a"], "response": "a"}]},
+            r"items\[1\]: give the solution as steps .*not both",
+        ),
+        ({"items": [{"prompt": "q", "steps": ["a"]}, {"prompt": "q", "steps": []}]}, r"items\[1\]\.steps: empty"),
+        ({"items": [{"prompt": "q", "steps": ["a", "b<extra_0>c"]}]}, r"items\[0\]: step 1 contains the step tag"),
+        (
+            {"items": [{"prompt": "q", "steps": ["a"]}], "aggregate": "median"},
+            r"aggregate: .*must be one of min, last, mean, product",
+        ),
+        ({"items": [{"prompt": "q", "steps": ["a"]}], "model": "judge"}, r"model 'judge' is a pointwise"),
+        ({"items": []}, r"items"),
+    ],
+)
 def test_step_rewards_bad_inputs_are_named(client, payload, pattern):
     r = client.post("/v1/step_rewards", json=payload)
     assert r.status_code in (400, 422), r.text
@@ -344,8 +412,9 @@ def test_step_rewards_bad_inputs_are_named(client, payload, pattern):
 
 
 def test_rewards_route_with_a_prm_answers_the_aggregates(client, dirs):
-    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": "\n\n".join(steps)}]
-             for q, steps in PROBLEMS]
+    convs = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": "\n\n".join(steps)}] for q, steps in PROBLEMS
+    ]
     r = client.post("/v1/rewards", json={"model": "qwen-prm", "conversations": convs})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -380,8 +449,9 @@ def test_rate_logits_equals_one_forward_at_the_rating_token(client, dirs):
     assert body["model"] == "judge" and body["ratings"] == [str(v) for v in range(1, 11)]
     prefix, tokens = rating_tokens(dirs["judge"])
     for item, res in zip(ITEMS, body["results"]):
-        expected, probs = pointwise_reference_rating(dirs["judge"], reference_ids(dirs["judge"], item) + prefix,
-                                                     tokens, [float(v) for v in range(1, 11)])
+        expected, probs = pointwise_reference_rating(
+            dirs["judge"], reference_ids(dirs["judge"], item) + prefix, tokens, [float(v) for v in range(1, 11)]
+        )
         assert abs(res["expected"] - expected) <= TOL
         assert close(res["probs"], probs) and res["rating"] == float(1 + max(range(10), key=probs.__getitem__))
         assert res["truncated"] is False and res["text"] is None
@@ -432,5 +502,8 @@ def test_reward_client_step_rewards_and_rate_over_http(served, client):
 def test_models_lists_the_kinds(client):
     cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert {k: (c["kind"], c["default"]) for k, c in cards.items()} == {
-        "qwen-prm": ("prm", True), "shepherd-prm": ("prm", False), "judge": ("pointwise", True),
-        "judge-rubric": ("pointwise", False)}
+        "qwen-prm": ("prm", True),
+        "shepherd-prm": ("prm", False),
+        "judge": ("pointwise", True),
+        "judge-rubric": ("pointwise", False),
+    }

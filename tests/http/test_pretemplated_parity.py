@@ -50,21 +50,32 @@ FAMILIES = {
     "llama3": (dict(arch="llama"), None, "<|eot_id|>, tokenizer adds BOS"),
     "gemma2": (dict(arch="gemma2"), None, "<end_of_turn>\\n, BOS in template and tokenizer"),
     "mistral": (dict(arch="mistral"), None, "</s>, no pad token"),
-    "trailing-whitespace": (dict(arch="llama", pad="eos"), TRAILING_WHITESPACE_TEMPLATE,
-                            "<|eot_id|>\\n\\n, pad == EOS"),
+    "trailing-whitespace": (
+        dict(arch="llama", pad="eos"),
+        TRAILING_WHITESPACE_TEMPLATE,
+        "<|eot_id|>\\n\\n, pad == EOS",
+    ),
 }
 NO_SYSTEM = {"gemma2", "mistral"}  # their templates refuse a system turn, as the real ones do
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "5"},
+    ],
     # a response that itself ends in newlines (templates that trim and templates that do not)
     [{"role": "user", "content": "Write two lines."}, {"role": "assistant", "content": "Line one.\nLine two.\n\n"}],
-    [{"role": "user", "content": "Can you help me?"}, {"role": "assistant", "content": "I'm sorry, but I can't."},
-     {"role": "user", "content": "Please, it's about water boiling."},
-     {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level. " * 3}],
+    [
+        {"role": "user", "content": "Can you help me?"},
+        {"role": "assistant", "content": "I'm sorry, but I can't."},
+        {"role": "user", "content": "Please, it's about water boiling."},
+        {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level. " * 3},
+    ],
 ]
 
 
@@ -93,8 +104,9 @@ def servers(model_dirs):
             tok.chat_template = template
             tok.save_pretrained(path)
         config = AppConfig.parse({"models": [{"name": family, "path": str(path), "kind": "reward"}]})
-        app = create_app(local_service(config), api_keys=[API_KEY], max_request_bytes=200_000,
-                         trusted_networks=["127.0.0.0/8"])
+        app = create_app(
+            local_service(config), api_keys=[API_KEY], max_request_bytes=200_000, trusted_networks=["127.0.0.0/8"]
+        )
         rm = load_model(ModelSpec(name=family, path=str(path), kind="reward"))
         out[family] = {"server": LiveServer(app), "path": path, "rm": rm}
     yield out
@@ -128,13 +140,16 @@ def test_openrlhf_get_reward(servers, family):
     send them, read as `_process_response_into_experience` reads them."""
     entry = servers[family]
     convs, queries, expected = texts_and_cards(entry, family)
-    prompts = [entry["rm"].encoder.tokenizer.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True)
-               for c in convs]
+    prompts = [
+        entry["rm"].encoder.tokenizer.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True)
+        for c in convs
+    ]
     executor = SingleTurnAgentExecutor(f"{entry['server'].url}/get_reward?api_key={API_KEY}")
 
     async def rollout():
-        return await asyncio.gather(*(executor._fetch_rewards_via_http([q], [p], [None])
-                                      for q, p in zip(queries, prompts)))
+        return await asyncio.gather(
+            *(executor._fetch_rewards_via_http([q], [p], [None]) for q, p in zip(queries, prompts))
+        )
 
     got = [read_reward(answer)[0]["reward"].item() for answer in asyncio.run(rollout())]
     assert got == pytest.approx(expected, abs=TOL)
@@ -153,16 +168,18 @@ def test_vllm_classify_pooling_and_score(servers, family):
     base = entry["server"].url
     classify = post_http_request({"model": family, "input": texts}, f"{base}/classify?api_key={API_KEY}").json()
     assert [d["probs"][0] for d in classify["data"]] == pytest.approx([sigmoid(e) for e in expected], abs=TOL)
-    raw = post_http_request({"model": family, "input": texts, "use_activation": False},
-                            f"{base}/classify?api_key={API_KEY}").json()
+    raw = post_http_request(
+        {"model": family, "input": texts, "use_activation": False}, f"{base}/classify?api_key={API_KEY}"
+    ).json()
     assert [d["probs"][0] for d in raw["data"]] == pytest.approx(expected, abs=TOL)
     for text, want in zip(texts, expected):
         pooled = post_http_request({"model": family, "input": text}, f"{base}/pooling?api_key={API_KEY}").json()
         assert pooled["data"][0]["data"] == pytest.approx([want], abs=TOL)
     pairs = [(c[-2]["content"], c[-1]["content"], card_score(entry["path"], c[-2:])) for c in convs]
     for text_1, text_2, want in pairs:
-        scored = post_http_request({"model": family, "text_1": text_1, "text_2": text_2},
-                                   f"{base}/score?api_key={API_KEY}").json()
+        scored = post_http_request(
+            {"model": family, "text_1": text_1, "text_2": text_2}, f"{base}/score?api_key={API_KEY}"
+        ).json()
         assert scored["data"][0]["score"] == pytest.approx(sigmoid(want), abs=TOL)
 
 
@@ -212,8 +229,9 @@ def test_tei_predict(servers, family, monkeypatch):
         out = client.text_classification(text)
         top = out[0] if isinstance(out, list) else out
         assert top.score == pytest.approx(sigmoid(want), abs=TOL)
-    raw = requests.post(url, json={"inputs": [[t] for t in texts], "raw_scores": True},
-                        headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    raw = requests.post(
+        url, json={"inputs": [[t] for t in texts], "raw_scores": True}, headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
     assert [r[0]["score"] for r in raw] == pytest.approx(expected, abs=TOL)
 
 

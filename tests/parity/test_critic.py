@@ -10,11 +10,17 @@ from cluster import InputTooLong, InvalidInput, ModelSpec, load_model
 from cluster.kinds.critic import skywork_critic_template
 
 ITEMS = [
-    {"prompt": "What is the capital of France?", "response_a": "The capital of France is Paris.",
-     "response_b": "Paris."},
+    {
+        "prompt": "What is the capital of France?",
+        "response_a": "The capital of France is Paris.",
+        "response_b": "Paris.",
+    },
     {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 5, because addition."},
-    {"prompt": "Say something kind.", "response_a": "I'm sorry, I can't help.",
-     "response_b": "Sure! Here is a detailed answer."},
+    {
+        "prompt": "Say something kind.",
+        "response_a": "I'm sorry, I can't help.",
+        "response_b": "Sure! Here is a detailed answer.",
+    },
     {"prompt": "Name a prime number.", "response_a": "7 is prime.", "response_b": "7 is prime."},
 ]
 
@@ -120,8 +126,11 @@ def test_debias_averages_both_orders_and_is_symmetric(critic_dir, mode):
 
 def test_long_question_is_cut_from_the_left_and_responses_are_kept(critic_dir):
     critic = load_critic(critic_dir, max_length=512)
-    long_item = {"prompt": "Tell me everything about France. " * 40 + "THE END?", "response_a": "Paris is the capital.",
-                 "response_b": "Water boils at 100 degrees."}
+    long_item = {
+        "prompt": "Tell me everything about France. " * 40 + "THE END?",
+        "response_a": "Paris is the capital.",
+        "response_b": "Water boils at 100 degrees.",
+    }
     [v] = critic.judge([long_item])
     [enc] = critic.encoder.encode_judge_items([long_item])
     assert v.truncated and enc.truncated

@@ -40,17 +40,29 @@ NO_SYSTEM = {"gemma2", "mistral"}  # their templates raise on a system turn, as 
 
 TYPED_SPECIALS = "<|eot_id|> <|im_end|> <|im_start|>user <end_of_turn> </s> [INST] [SEP] <|endoftext|>"
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
-    [{"role": "user", "content": "Écris « bonjour » ✓ — 日本語で 🙂"},
-     {"role": "assistant", "content": "Bonjour ! こんにちは 🙂 ñ ü ß"}],
-    [{"role": "user", "content": f"Repeat after me: {TYPED_SPECIALS}"},
-     {"role": "assistant", "content": f"{TYPED_SPECIALS} [[A]]"}],
-    [{"role": "user", "content": "Can you help me?"}, {"role": "assistant", "content": "I'm sorry, but I can't."},
-     {"role": "user", "content": "Please, it's about water boiling."},
-     {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level. " * 4}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "5"},
+    ],
+    [
+        {"role": "user", "content": "Écris « bonjour » ✓ — 日本語で 🙂"},
+        {"role": "assistant", "content": "Bonjour ! こんにちは 🙂 ñ ü ß"},
+    ],
+    [
+        {"role": "user", "content": f"Repeat after me: {TYPED_SPECIALS}"},
+        {"role": "assistant", "content": f"{TYPED_SPECIALS} [[A]]"},
+    ],
+    [
+        {"role": "user", "content": "Can you help me?"},
+        {"role": "assistant", "content": "I'm sorry, but I can't."},
+        {"role": "user", "content": "Please, it's about water boiling."},
+        {"role": "assistant", "content": "Water boils at 100 degrees Celsius at sea level. " * 4},
+    ],
     [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1 2 3 4 5 6 7 8 9 10"}],
 ]
 
@@ -180,7 +192,7 @@ def test_over_length_keeps_the_head_token_and_the_end_of_the_response(family_dir
             continue
         card = card_inputs(path, conv)
         head = 1 if card["input_ids"][0, 0].item() in head_ids else 0
-        keep = {k: torch.cat([v[:, :head], v[:, v.shape[1] - (limit - head):]], dim=1) for k, v in card.items()}
+        keep = {k: torch.cat([v[:, :head], v[:, v.shape[1] - (limit - head) :]], dim=1) for k, v in card.items()}
         assert keep["input_ids"].shape[1] == res.num_tokens == limit
         assert res.score == pytest.approx(card_forward(path, keep)[0], abs=TOL)
     if family == "qwen2":  # no BOS to keep: a plain cut from the left
@@ -229,18 +241,26 @@ def test_multi_output_returns_the_whole_vector_and_the_chosen_scalar(multi_dir):
     assert weighted == pytest.approx(expected, abs=TOL)
     assert load(multi_dir, reward_weights=list(weights.values())).score(convs) == pytest.approx(weighted, abs=1e-9)
     # a one-label model reports no vector: the scalar is the whole output
-    assert load(multi_dir, reward_label=0).labels == ("helpfulness", "correctness", "coherence", "complexity",
-                                                       "verbosity")
+    assert load(multi_dir, reward_label=0).labels == (
+        "helpfulness",
+        "correctness",
+        "coherence",
+        "complexity",
+        "verbosity",
+    )
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({}, r"has 5 output labels \['helpfulness'.*choose the scalar reward with reward_label"),
-    ({"reward_label": "safety"}, r"reward_label='safety' is not one of its 5 labels"),
-    ({"reward_label": 5}, r"reward_label=5 is not one of its 5 labels"),
-    ({"reward_weights": [1.0, 2.0]}, r"reward_weights has 2 values for 5 output labels"),
-    ({"reward_weights": {"safety": 1.0}}, r"reward_weights names unknown label\(s\) \['safety'\]"),
-    ({"reward_label": 0, "reward_weights": [1, 1, 1, 1, 1]}, "set reward_label or reward_weights, not both"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({}, r"has 5 output labels \['helpfulness'.*choose the scalar reward with reward_label"),
+        ({"reward_label": "safety"}, r"reward_label='safety' is not one of its 5 labels"),
+        ({"reward_label": 5}, r"reward_label=5 is not one of its 5 labels"),
+        ({"reward_weights": [1.0, 2.0]}, r"reward_weights has 2 values for 5 output labels"),
+        ({"reward_weights": {"safety": 1.0}}, r"reward_weights names unknown label\(s\) \['safety'\]"),
+        ({"reward_label": 0, "reward_weights": [1, 1, 1, 1, 1]}, "set reward_label or reward_weights, not both"),
+    ],
+)
 def test_multi_output_without_a_clear_scalar_is_refused(multi_dir, fields, message):
     with pytest.raises(ConfigError, match=message):
         load(multi_dir, **fields)
@@ -267,12 +287,17 @@ def test_custom_head_runs_its_own_forward_batch_invariantly(custom_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(custom_dir, trust_remote_code=True)
-    model = AutoModelForSequenceClassification.from_pretrained(custom_dir, trust_remote_code=True,
-                                                               dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        custom_dir, trust_remote_code=True, dtype=torch.float32
+    ).eval()
     convs = conversations("llama3-skywork")
     with torch.inference_mode():
-        reference = [model(input_ids=tok.apply_chat_template(c, return_tensors="pt", return_dict=True)["input_ids"]
-                           ).score[0].item() for c in convs]
+        reference = [
+            model(input_ids=tok.apply_chat_template(c, return_tensors="pt", return_dict=True)["input_ids"])
+            .score[0]
+            .item()
+            for c in convs
+        ]
     rm = load(custom_dir, trust_remote_code=True)
     assert type(rm.runner) is OwnForwardRunner
     assert rm.score(convs) == pytest.approx(reference, abs=TOL)

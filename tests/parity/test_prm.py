@@ -35,16 +35,31 @@ SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}
 # solutions of different lengths and step counts, so batches pad and sort
 PROBLEMS = [
     ("Add 2 and 3.", ["2 + 3 = 5.", "The answer is \\boxed{5}."]),
-    ("What is the capital of France?", ["France is a country in Europe.", "Its capital is Paris.",
-                                        "So the answer is \\boxed{Paris}."]),
+    (
+        "What is the capital of France?",
+        ["France is a country in Europe.", "Its capital is Paris.", "So the answer is \\boxed{Paris}."],
+    ),
     ("Name a prime number.", ["2 is only divisible by 1 and itself.", "\\boxed{2}"]),
     ("Add 2 and 3.", ["2 + 3 = 6.", "The answer is \\boxed{6}."]),
-    ("Compute 1 + 2 + 3 + 4.", ["1 + 2 = 3.", "3 + 3 = 6.", "6 + 4 = 10.", "The sum is 10, so the answer is "
-                                "\\boxed{10}, because addition of the four numbers gives ten."]),
+    (
+        "Compute 1 + 2 + 3 + 4.",
+        [
+            "1 + 2 = 3.",
+            "3 + 3 = 6.",
+            "6 + 4 = 10.",
+            "The sum is 10, so the answer is \\boxed{10}, because addition of the four numbers gives ten.",
+        ],
+    ),
     ("Is water wet?", ["Yes."]),
 ]
-SHEPHERD = {"kind": "prm", "step_tag": "ки", "step_format": "{step} {tag}", "step_joiner": "\n",
-            "prm_template": "{prompt} {response}", "step_labels": ["+", "-"]}
+SHEPHERD = {
+    "kind": "prm",
+    "step_tag": "ки",
+    "step_format": "{step} {tag}",
+    "step_joiner": "\n",
+    "prm_template": "{prompt} {response}",
+    "step_labels": ["+", "-"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +79,17 @@ def judge_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen(qwen_dir):
-    return load_model({"name": "qwen-prm", "path": qwen_dir, "kind": "prm", "step_tag": "<extra_0>",
-                       "trust_remote_code": True, "dtype": "float32", "system_prompt": SYSTEM})
+    return load_model(
+        {
+            "name": "qwen-prm",
+            "path": qwen_dir,
+            "kind": "prm",
+            "step_tag": "<extra_0>",
+            "trust_remote_code": True,
+            "dtype": "float32",
+            "system_prompt": SYSTEM,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +99,9 @@ def shepherd(shepherd_dir):
 
 @pytest.fixture(scope="module")
 def judge(judge_dir):
-    return load_model({"name": "judge", "path": judge_dir, "kind": "pointwise", "dtype": "float32",
-                       "max_new_tokens": 16})
+    return load_model(
+        {"name": "judge", "path": judge_dir, "kind": "pointwise", "dtype": "float32", "max_new_tokens": 16}
+    )
 
 
 def close(ours, theirs):
@@ -102,8 +127,11 @@ def test_qwen_style_equals_the_card_one_at_a_time(qwen, qwen_dir):
 def test_a_response_is_split_at_the_separator_and_a_conversation_scores_alike(qwen, qwen_dir):
     q, steps = PROBLEMS[1]
     text = "\n\n".join(steps) + "\n\n"  # a trailing separator leaves an empty piece: dropped
-    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                    {"role": "assistant", "content": text}]
+    conversation = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": text},
+    ]
     split, conv = qwen.step_rewards([{"prompt": q, "response": text}, conversation])
     card = qwen_card_step_rewards(qwen_dir, SYSTEM, q, steps)
     assert close(split.step_rewards, card) and close(conv.step_rewards, card)
@@ -144,9 +172,14 @@ def test_bad_prm_items_are_named(qwen):
 def test_pre_tagged_text_and_token_ids_are_scored_as_sent(qwen, qwen_dir):
     q, steps = PROBLEMS[0]
     tok = AutoTokenizer.from_pretrained(qwen_dir)
-    text = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                                    {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}],
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+        ],
+        tokenize=False,
+    )
     card = qwen_card_step_rewards(qwen_dir, SYSTEM, q, steps)
     by_text, by_ids = qwen.step_rewards([text, tok.encode(text)])
     assert close(by_text.step_rewards, card) and close(by_ids.step_rewards, card)
@@ -185,8 +218,9 @@ def test_shepherd_read_through_its_own_forward_is_the_same(shepherd, shepherd_di
 
 def test_step_numbers_from_the_format(shepherd_dir):
     """Math-Shepherd's solutions number their steps ("Step 1: ..."): `{index}` writes the numbers."""
-    numbered = load_model({"name": "s", "path": shepherd_dir, "dtype": "float32", **SHEPHERD,
-                           "step_format": "Step {index}: {step} {tag}"})
+    numbered = load_model(
+        {"name": "s", "path": shepherd_dir, "dtype": "float32", **SHEPHERD, "step_format": "Step {index}: {step} {tag}"}
+    )
     q, steps = PROBLEMS[4]
     r = numbered.step_rewards([{"prompt": q, "response": "\n\n".join(steps)}])[0]
     assert close(r.step_rewards, shepherd_card_step_rewards(shepherd_dir, q, shepherd_output(steps)))
@@ -203,19 +237,22 @@ def test_step_labels_given_as_token_ids_are_the_same(shepherd_dir, shepherd):
 # ---------------------------------------------------------------- specs
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"kind": "prm"}, r"a prm needs step_tag"),
-    ({"kind": "prm", "step_tag": "x", "step_format": "{tag}{step}"}, r"step_format must end with \{tag\}"),
-    ({"kind": "prm", "step_tag": "x", "step_format": "{step}"}, r"step_format must use \{step\} and \{tag\}"),
-    ({"kind": "prm", "step_tag": "x", "prm_template": "{question} {response}"}, r"prm_template must use exactly"),
-    ({"kind": "prm", "step_tag": "x", "padding_side": "left"}, r"padding_side must be auto or right"),
-    ({"kind": "reward", "step_tag": "x"}, r"step_tag is for kind 'prm', not 'reward'"),
-    ({"kind": "critic", "ratings": ["1", "2"]}, r"ratings is for kind 'pointwise', not 'critic'"),
-    ({"kind": "pointwise", "ratings": ["good", "bad"]}, r"ratings \['good', 'bad'\] are not numbers"),
-    ({"kind": "pointwise", "ratings": ["1"]}, r"ratings must be at least two different"),
-    ({"kind": "pointwise", "rating_format": "[[x]]"}, r"rating_format must hold \{rating\} once"),
-    ({"kind": "pointwise", "judge_template": "{input} only"}, r"must use the fields \{input\} and \{response\}"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"kind": "prm"}, r"a prm needs step_tag"),
+        ({"kind": "prm", "step_tag": "x", "step_format": "{tag}{step}"}, r"step_format must end with \{tag\}"),
+        ({"kind": "prm", "step_tag": "x", "step_format": "{step}"}, r"step_format must use \{step\} and \{tag\}"),
+        ({"kind": "prm", "step_tag": "x", "prm_template": "{question} {response}"}, r"prm_template must use exactly"),
+        ({"kind": "prm", "step_tag": "x", "padding_side": "left"}, r"padding_side must be auto or right"),
+        ({"kind": "reward", "step_tag": "x"}, r"step_tag is for kind 'prm', not 'reward'"),
+        ({"kind": "critic", "ratings": ["1", "2"]}, r"ratings is for kind 'pointwise', not 'critic'"),
+        ({"kind": "pointwise", "ratings": ["good", "bad"]}, r"ratings \['good', 'bad'\] are not numbers"),
+        ({"kind": "pointwise", "ratings": ["1"]}, r"ratings must be at least two different"),
+        ({"kind": "pointwise", "rating_format": "[[x]]"}, r"rating_format must hold \{rating\} once"),
+        ({"kind": "pointwise", "judge_template": "{input} only"}, r"must use the fields \{input\} and \{response\}"),
+    ],
+)
 def test_bad_specs_are_named(fields, message):
     with pytest.raises(ConfigError, match=message):
         ModelSpec(name="m", path="/nowhere", **fields)
@@ -287,21 +324,33 @@ def test_expected_rating_equals_one_forward_at_the_rating_token(judge, judge_dir
     prefix, tokens = rating_tokens(judge_dir)
     results = judge.rate(ITEMS)
     for item, r in zip(ITEMS, results):
-        expected, probs = pointwise_reference_rating(judge_dir, reference_ids(judge_dir, item) + prefix, tokens,
-                                                     [float(v) for v in range(1, 11)])
+        expected, probs = pointwise_reference_rating(
+            judge_dir, reference_ids(judge_dir, item) + prefix, tokens, [float(v) for v in range(1, 11)]
+        )
         assert abs(r.expected - expected) <= SCORE_TOLERANCE
         assert close(r.probs, probs) and sum(r.probs) == pytest.approx(1.0, abs=1e-9)
         assert r.rating == float(1 + max(range(10), key=probs.__getitem__))  # the greedy choice at that step
 
 
 def test_a_system_prompt_and_custom_values(judge_dir):
-    judge = load_model({"name": "j", "path": judge_dir, "kind": "pointwise", "dtype": "float32",
-                        "system_prompt": "You are a helpful assistant.",
-                        "rating_values": [v / 10 for v in range(1, 11)]})
+    judge = load_model(
+        {
+            "name": "j",
+            "path": judge_dir,
+            "kind": "pointwise",
+            "dtype": "float32",
+            "system_prompt": "You are a helpful assistant.",
+            "rating_values": [v / 10 for v in range(1, 11)],
+        }
+    )
     prefix, tokens = rating_tokens(judge_dir)
     r = judge.rate(ITEMS[:1])[0]
-    expected, _ = pointwise_reference_rating(judge_dir, reference_ids(judge_dir, ITEMS[0], "You are a helpful "
-                                             "assistant.") + prefix, tokens, [v / 10 for v in range(1, 11)])
+    expected, _ = pointwise_reference_rating(
+        judge_dir,
+        reference_ids(judge_dir, ITEMS[0], "You are a helpful assistant.") + prefix,
+        tokens,
+        [v / 10 for v in range(1, 11)],
+    )
     assert abs(r.expected - expected) <= SCORE_TOLERANCE
 
 
@@ -330,9 +379,15 @@ def test_the_last_rating_in_a_reasoned_answer_is_the_verdict(judge):
 
 
 def test_template_fields_come_from_each_item(judge_dir):
-    judge = load_model({"name": "j", "path": judge_dir, "kind": "pointwise", "dtype": "float32",
-                        "judge_template": "Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\nRate 1-10 as "
-                                          "[[N]]."})
+    judge = load_model(
+        {
+            "name": "j",
+            "path": judge_dir,
+            "kind": "pointwise",
+            "dtype": "float32",
+            "judge_template": "Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\nRate 1-10 as [[N]].",
+        }
+    )
     r = judge.rate([{"prompt": "Add 2 and 3.", "response": "5", "rubric": "correctness"}])[0]
     assert r.expected is not None and 1 <= r.expected <= 10
     with pytest.raises(InvalidInput, match=r"items\[0\]\.rubric: missing \(this judge's template uses it\)"):
@@ -349,7 +404,7 @@ def test_aggregate_of_no_steps_is_refused():
 def test_the_readme_prm_and_judge_example_runs(tmp_path, capsys):
 
     readme = (REPO / "docs" / "models.md").read_text()  # moved from the README
-    section = readme[readme.index("## Process reward models and pointwise judges"):]
+    section = readme[readme.index("## Process reward models and pointwise judges") :]
     [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
     exec(compile(code.replace("/tmp/readme-", str(tmp_path / "readme-")), "docs/models.md (PRMs)", "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()

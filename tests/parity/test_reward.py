@@ -66,7 +66,7 @@ def test_token_ids_are_the_cards_with_a_doubled_bos_collapsed(reward_dir, varian
     for conv, enc in zip(conversations_for(variant), rm.encoder.encode_inputs(conversations_for(variant))):
         literal = tok(tok.apply_chat_template(conv, tokenize=False))["input_ids"]
         assert leading(literal, bos) == card_bos and leading(enc.ids, bos) == our_bos
-        assert enc.ids == literal[card_bos - our_bos:]  # otherwise exactly the card's ids
+        assert enc.ids == literal[card_bos - our_bos :]  # otherwise exactly the card's ids
         assert enc.ids == card_ids(path, conv)
 
 
@@ -158,7 +158,7 @@ def test_left_truncation_keeps_bos_and_the_end_of_the_response(reward_dir):
         assert res.truncated == (len(enc.ids) > limit)
         if res.truncated:
             assert res.num_tokens == limit
-            kept = [bos] + enc.ids[-(limit - 1):]
+            kept = [bos] + enc.ids[-(limit - 1) :]
             assert res.score == pytest.approx(card_score_ids(path, kept), abs=TOL)
         else:
             assert res.score == pytest.approx(card_score(path, conv), abs=TOL)
@@ -174,13 +174,16 @@ def test_truncation_error_rejects_long_items_by_index(reward_dir):
 def test_compare_is_sigmoid_of_the_reward_difference(reward_dir):
     path = reward_dir("llama")
     rm = load_rm(path)
-    items = [{"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
-             {"prompt": "Add 2 and 3.", "response_a": "6", "response_b": "2 + 3 = 5"}]
+    items = [
+        {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
+        {"prompt": "Add 2 and 3.", "response_a": "6", "response_b": "2 + 3 = 5"},
+    ]
     out = rm.compare(items)
     for item, cmp in zip(items, out):
-        r_a, r_b = (card_score(path, [{"role": "user", "content": item["prompt"]},
-                                      {"role": "assistant", "content": item[key]}])
-                    for key in ("response_a", "response_b"))
+        r_a, r_b = (
+            card_score(path, [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": item[key]}])
+            for key in ("response_a", "response_b")
+        )
         assert cmp.reward_a == pytest.approx(r_a, abs=TOL) and cmp.reward_b == pytest.approx(r_b, abs=TOL)
         assert cmp.prob_a == pytest.approx(1 / (1 + torch.exp(torch.tensor(r_b - r_a)).item()), abs=1e-5)
         assert cmp.winner == ("A" if r_a >= r_b else "B")

@@ -30,16 +30,19 @@ DECODERS = {  # build_tiny_model kwargs per family (tests/parity/test_families.p
     "gpt_neox": dict(arch="gpt_neox", pad="eos"),  # pad == EOS: the read position is before it
 }
 NO_SYSTEM = {"gemma2", "mistral"}
-WORDS = ("the river runs past old stone walls while children count boats and the baker sells warm bread "
-         "to every tired traveller who asks about the weather in the hills beyond town").split()
+WORDS = (
+    "the river runs past old stone walls while children count boats and the baker sells warm bread "
+    "to every tired traveller who asks about the weather in the hills beyond town"
+).split()
 
 
 def prose(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
 
 
-def grpo_batch(family: str, seed: int = 0, groups: int = 3, n: int = 4, prompt_words: int = 60,
-               response_words: int = 40) -> list:
+def grpo_batch(
+    family: str, seed: int = 0, groups: int = 3, n: int = 4, prompt_words: int = 60, response_words: int = 40
+) -> list:
     """`groups` prompts x `n` responses of different lengths (two identical), plus unrelated
     conversations, in shuffled order."""
     rng = random.Random(seed)
@@ -50,8 +53,10 @@ def grpo_batch(family: str, seed: int = 0, groups: int = 3, n: int = 4, prompt_w
         responses = [prose(rng, rng.randint(3, response_words)) for _ in range(n - 1)]
         responses.append(responses[0])  # the same answer twice: identical items share all but the read
         convs += [turns + [{"role": "assistant", "content": r}] for r in responses]
-    convs += [[{"role": "user", "content": prose(rng, 12)}, {"role": "assistant", "content": prose(rng, 25)}]
-              for _ in range(3)]
+    convs += [
+        [{"role": "user", "content": prose(rng, 12)}, {"role": "assistant", "content": prose(rng, 25)}]
+        for _ in range(3)
+    ]
     rng.shuffle(convs)
     return convs
 
@@ -71,8 +76,10 @@ def test_groups_take_what_a_run_of_items_shares():
     # the 8 answers share 100 tokens; the 9th item shares only 40 of them: a smaller saving, left out;
     # `other` saves 60 of 430 tokens (< 25%): not worth a second kind of pass
     assert [(g.prefix, sorted(g.members)) for g in groups] == [(100, list(range(8)))]
-    assert [(g.prefix, sorted(g.members)) for g in shared_prefix_groups(
-        seqs, [len(s) - 1 for s in seqs], min_saved_share=0.0)] == [(100, list(range(8))), (60, [8, 10])]
+    assert [
+        (g.prefix, sorted(g.members))
+        for g in shared_prefix_groups(seqs, [len(s) - 1 for s in seqs], min_saved_share=0.0)
+    ] == [(100, list(range(8))), (60, [8, 10])]
 
 
 def test_groups_never_share_a_read_position_and_ignore_short_prefixes():
@@ -193,7 +200,8 @@ def test_a_critic_whose_forward_scales_its_logits_is_read_through_its_own_forwar
     assert runner.ops()["verdicts"].read_limit is None  # no sharing on that path
     assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(reference, abs=1e-5)
     assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(
-        [card_prob_a(critic_dir, critic, it) for it in ITEMS], abs=1e-5)
+        [card_prob_a(critic_dir, critic, it) for it in ITEMS], abs=1e-5
+    )
 
 
 class ScaledHead(torch.nn.Module):

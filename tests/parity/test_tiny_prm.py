@@ -21,17 +21,26 @@ from cluster.tiny import build_tiny_model, build_tiny_prm  # noqa: E402
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN_ITEMS = [
-    ("What is (2 + 3 - 1) * 2?", ["To find the sum, we add 2 + 3 = 5.", "Then 5 - 1 = 4.", "So 4 * 2 = 8.",
-                                  "The answer is \\boxed{8}."]),
-    ("Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
-     ["Janet's ducks lay 16 eggs per day.\n\n", "She eats 3, so 16 - 3 = 13 eggs are left.\n\n",
-      "The answer is \\boxed{13}."]),
+    (
+        "What is (2 + 3 - 1) * 2?",
+        ["To find the sum, we add 2 + 3 = 5.", "Then 5 - 1 = 4.", "So 4 * 2 = 8.", "The answer is \\boxed{8}."],
+    ),
+    (
+        "Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
+        [
+            "Janet's ducks lay 16 eggs per day.\n\n",
+            "She eats 3, so 16 - 3 = 13 eggs are left.\n\n",
+            "The answer is \\boxed{13}.",
+        ],
+    ),
     ("Name a prime number.", ["7 is prime."]),
 ]
 SHEPHERD_ITEMS = [
-    ("Janet's ducks lay 16 eggs per day. She eats 3 and sells the rest for $2 each. How much does she make?",
-     "Step 1: Janet's ducks lay 16 eggs per day. ки\nStep 2: She eats 3, so 16 - 3 = 13 eggs are left. ки\n"
-     "Step 3: She sells 13 eggs for $2 each, so she makes 13 * 2 = 26 dollars. The answer is: 26 ки"),
+    (
+        "Janet's ducks lay 16 eggs per day. She eats 3 and sells the rest for $2 each. How much does she make?",
+        "Step 1: Janet's ducks lay 16 eggs per day. ки\nStep 2: She eats 3, so 16 - 3 = 13 eggs are left. ки\n"
+        "Step 3: She sells 13 eggs for $2 each, so she makes 13 * 2 = 26 dollars. The answer is: 26 ки",
+    ),
     ("What is 2 + 3?", "Step 1: We add 2 + 3 = 5. ки\nStep 2: The answer is: 5 ки"),
     ("Name a prime number.", "Step 1: 7 is prime. The answer is: 7 ки"),
 ]
@@ -57,8 +66,10 @@ def spread_out(rewards: list[float]) -> bool:
 def test_qwen_prm_loads_through_automodel_with_remote_code(qwen_prm):
     config = json.loads((qwen_prm / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForProcessRewardModel"] and config["model_type"] == "qwen2"
-    assert config["auto_map"] == {"AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
-                                  "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+        "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel",
+    }
     assert type(AutoConfig.from_pretrained(qwen_prm, trust_remote_code=True)).__name__ == "Qwen2RMConfig"
     model = AutoModel.from_pretrained(qwen_prm, trust_remote_code=True, dtype=torch.float32).eval()
     assert type(model).__name__ == "Qwen2ForProcessRewardModel"
@@ -176,8 +187,11 @@ def test_ratings_one_to_ten_are_single_tokens_in_the_critic_tokenizer(critic):
 
 def test_pointwise_references(critic):
     tok = AutoTokenizer.from_pretrained(critic)
-    out = tok.apply_chat_template([{"role": "user", "content": "Rate the answer from 1 to 10. 2 + 3 = 5"}],
-                                  tokenize=True, add_generation_prompt=True)
+    out = tok.apply_chat_template(
+        [{"role": "user", "content": "Rate the answer from 1 to 10. 2 + 3 = 5"}],
+        tokenize=True,
+        add_generation_prompt=True,
+    )
     prompt = list(out["input_ids"] if hasattr(out, "keys") else out)
     ratings = [tok.encode(str(v), add_special_tokens=False)[0] for v in range(1, 11)]
     expected, probs = ref.pointwise_reference_rating(critic, prompt, ratings, [float(v) for v in range(1, 11)])

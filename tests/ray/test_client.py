@@ -47,11 +47,26 @@ class Script:
             return step
         if [] in body["conversations"]:  # what the real server says about an empty conversation
             at = body["conversations"].index([])
-            return httpx.Response(422, json={"error": {"code": "invalid_input", "request_id": "x",
-                                                       "message": f"conversations[{at}]: the conversation is empty"}})
+            return httpx.Response(
+                422,
+                json={
+                    "error": {
+                        "code": "invalid_input",
+                        "request_id": "x",
+                        "message": f"conversations[{at}]: the conversation is empty",
+                    }
+                },
+            )
         scores = [float(len(json.dumps(c))) for c in body["conversations"]]
-        return httpx.Response(200, json={"model": "rm", "scores": scores, "truncated": [False] * len(scores),
-                                         "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return httpx.Response(
+            200,
+            json={
+                "model": "rm",
+                "scores": scores,
+                "truncated": [False] * len(scores),
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            },
+        )
 
 
 def scripted(script: Script, **options) -> tuple[RewardClient, list[float]]:
@@ -60,8 +75,9 @@ def scripted(script: Script, **options) -> tuple[RewardClient, list[float]]:
     async def record(delay: float) -> None:
         sleeps.append(delay)
 
-    client = RewardClient.http("http://rm.test", api_key="k", transport=httpx.MockTransport(script),
-                               sleep=record, seed=0, **options)
+    client = RewardClient.http(
+        "http://rm.test", api_key="k", transport=httpx.MockTransport(script), sleep=record, seed=0, **options
+    )
     return client, sleeps
 
 
@@ -90,8 +106,9 @@ def test_chunks_respect_the_character_budget():
 
 def test_workers_refused_together_do_not_come_back_together():
     """Seen before: `Retry-After: 1` dominated the jitter, so every refused worker retried at 1.000 s."""
-    busy = httpx.Response(503, headers={"Retry-After": "1"}, json={"error": {"code": "overloaded", "message": "full",
-                                                                            "request_id": "r"}})
+    busy = httpx.Response(
+        503, headers={"Retry-After": "1"}, json={"error": {"code": "overloaded", "message": "full", "request_id": "r"}}
+    )
     waits = []
     for seed in range(20):
         sleeps: list[float] = []
@@ -99,8 +116,14 @@ def test_workers_refused_together_do_not_come_back_together():
         async def record(delay: float, sleeps=sleeps) -> None:
             sleeps.append(delay)
 
-        client = RewardClient.http("http://rm.test", api_key="k", transport=httpx.MockTransport(Script(busy)),
-                                   sleep=record, seed=seed, backoff_s=0.01)
+        client = RewardClient.http(
+            "http://rm.test",
+            api_key="k",
+            transport=httpx.MockTransport(Script(busy)),
+            sleep=record,
+            seed=seed,
+            backoff_s=0.01,
+        )
         assert client.score(["text"]) == expected_lengths(["text"])
         waits.append(sleeps[0])
         client.close()
@@ -108,8 +131,11 @@ def test_workers_refused_together_do_not_come_back_together():
 
 
 def test_retries_503_with_retry_after_and_a_dropped_connection():
-    busy = httpx.Response(503, headers={"Retry-After": "0.75"},
-                          json={"error": {"code": "overloaded", "message": "queue full", "request_id": "x"}})
+    busy = httpx.Response(
+        503,
+        headers={"Retry-After": "0.75"},
+        json={"error": {"code": "overloaded", "message": "queue full", "request_id": "x"}},
+    )
     script = Script(busy, httpx.RemoteProtocolError("server disconnected"), httpx.ConnectError("refused"))
     client, sleeps = scripted(script, backoff_s=0.01)
     convs = CONVERSATIONS[:2]
@@ -121,8 +147,9 @@ def test_retries_503_with_retry_after_and_a_dropped_connection():
 
 
 def test_gives_up_at_the_deadline_with_a_clear_error():
-    busy = httpx.Response(503, headers={"Retry-After": "30"}, json={"error": {"code": "overloaded", "message": "full",
-                                                                              "request_id": "x"}})
+    busy = httpx.Response(
+        503, headers={"Retry-After": "30"}, json={"error": {"code": "overloaded", "message": "full", "request_id": "x"}}
+    )
     client, sleeps = scripted(Script(busy), deadline_s=5)
     with pytest.raises(Overloaded, match=r"conversations\[0:1\]: gave up after 1 attempt.*HTTP 503: full"):
         client.score(CONVERSATIONS[:1])
@@ -137,8 +164,9 @@ def test_client_errors_are_raised_at_once_and_named():
         client.score([CONVERSATIONS[0], []])  # the second chunk (item 1) is the bad one: its item 0
     assert bad.value.message == "conversations[1]: the conversation is empty"  # the call's index, as in-process
     assert client.stats["retries"] == 0
-    unnamed = httpx.Response(404, json={"error": {"code": "unknown_model", "message": "no model 'x'",
-                                                  "request_id": "r"}})
+    unnamed = httpx.Response(
+        404, json={"error": {"code": "unknown_model", "message": "no model 'x'", "request_id": "r"}}
+    )
     client2, _ = scripted(Script(unnamed))
     with pytest.raises(UnknownModel, match=r"^conversations\[0:2\]: no model 'x'$"):  # names no item: the chunk
         client2.score(CONVERSATIONS[:2])
@@ -188,8 +216,10 @@ def test_rewards_equal_load_model_over_both_transports(served, clients, transpor
 @pytest.mark.parametrize("transport", ["http", "handle"])
 def test_judge_and_unknown_model_over_both_transports(served, transport):
     base = f"http://127.0.0.1:{served['port']}"
-    make = {"http": lambda m: RewardClient.http(base, api_key=API_KEY, model=m),
-            "handle": lambda m: RewardClient.handle("scoring", model=m)}[transport]
+    make = {
+        "http": lambda m: RewardClient.http(base, api_key=API_KEY, model=m),
+        "handle": lambda m: RewardClient.handle("scoring", model=m),
+    }[transport]
     with make("judge") as judge:
         got = judge.judge(ITEMS, debias=True)
         want = served["models"]["judge"].judge(ITEMS, debias=True)
@@ -220,8 +250,10 @@ def test_both_transports_answer_the_same_keys_values_and_errors(served, clients)
 
     base = f"http://127.0.0.1:{served['port']}"
     rm_http, rm_handle = clients["http"], clients["handle"]
-    with RewardClient.http(base, api_key=API_KEY, model="judge") as critic_http, \
-            RewardClient.handle("scoring", model="judge") as critic_handle:
+    with (
+        RewardClient.http(base, api_key=API_KEY, model="judge") as critic_http,
+        RewardClient.handle("scoring", model="judge") as critic_handle,
+    ):
         assert_same_results(rm_http.compare(ITEMS), rm_handle.compare(ITEMS))
         assert_same_results(critic_http.compare(ITEMS), critic_handle.compare(ITEMS))
         assert_same_results(critic_http.judge(ITEMS, debias=True), critic_handle.judge(ITEMS, debias=True))
@@ -257,10 +289,14 @@ def test_a_replica_killed_mid_stream_loses_no_reward(served, transport):
 
     convs = CONVERSATIONS * 4
     expected = served["models"]["rm"].score(convs)
-    client = make_client(served, transport, "rm", max_items_per_call=2, max_concurrency=4, backoff_s=0.05,
-                         deadline_s=120)
-    [victim] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if "reward-rm#" in a["name"] and "SERVE_REPLICA" in a["name"]][:1]
+    client = make_client(
+        served, transport, "rm", max_items_per_call=2, max_concurrency=4, backoff_s=0.05, deadline_s=120
+    )
+    [victim] = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "reward-rm#" in a["name"] and "SERVE_REPLICA" in a["name"]
+    ][:1]
 
     async def stream():
         async def caller() -> list:  # keeps both replicas busy for 3 s
@@ -334,15 +370,24 @@ def test_verl_compute_score_single_and_batched(served, scoring_env):
 
     rm = served["models"]["rm"]
     single = load_file(verl_module.__file__, "compute_score")
-    reward = single(data_source="hh", solution_str="Paris.", ground_truth=None,
-                    extra_info={"question": "What is the capital of France?"})
-    [want] = rm.score([[{"role": "user", "content": "What is the capital of France?"},
-                        {"role": "assistant", "content": "Paris."}]])
+    reward = single(
+        data_source="hh",
+        solution_str="Paris.",
+        ground_truth=None,
+        extra_info={"question": "What is the capital of France?"},
+    )
+    [want] = rm.score(
+        [[{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]]
+    )
     assert abs(reward - want) <= TOL
     batched = load_file(verl_module.__file__, "compute_score_batch")
     convs = CONVERSATIONS[:3]
-    got = batched(data_sources=["hh"] * 3, solution_strs=[c[-1]["content"] for c in convs],
-                  ground_truths=[None] * 3, extra_infos=[{"messages": c[:-1]} for c in convs])
+    got = batched(
+        data_sources=["hh"] * 3,
+        solution_strs=[c[-1]["content"] for c in convs],
+        ground_truths=[None] * 3,
+        extra_infos=[{"messages": c[:-1]} for c in convs],
+    )
     assert close(got, rm.score(convs))
     with pytest.raises(InvalidInput, match=r"extra_info\[0\]: a reward model needs the prompt"):
         single(data_source="hh", solution_str="x", ground_truth=None, extra_info={})
@@ -371,9 +416,24 @@ def test_calibrate_measures_mean_and_std(served, tmp_path, capsys):
     rm = served["models"]["rm"]
     rows = [{"conversations": c} for c in CONVERSATIONS]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rc = main(["calibrate", str(tmp_path / "c.jsonl"), str(tmp_path / "scores"), "--model", str(served["paths"][0]),
-               "--out", str(tmp_path / "cal.json"), "--no-progress", "--num-gpus", "0", "--num-cpus", "0.5",
-               "--tokenizer-num-cpus", "0.25"])
+    rc = main(
+        [
+            "calibrate",
+            str(tmp_path / "c.jsonl"),
+            str(tmp_path / "scores"),
+            "--model",
+            str(served["paths"][0]),
+            "--out",
+            str(tmp_path / "cal.json"),
+            "--no-progress",
+            "--num-gpus",
+            "0",
+            "--num-cpus",
+            "0.5",
+            "--tokenizer-num-cpus",
+            "0.25",
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "cal.json").read_text())
     scores = rm.score(CONVERSATIONS)
@@ -390,8 +450,17 @@ def test_ppo_reward_loop_example_small(served, transport):
     spec_path = REPO / "examples" / "ppo_reward_loop.py"
     run_loop = load_file(spec_path, "run_loop")
     corpus = CONVERSATIONS * 3
-    stats = run_loop(corpus, transport, actors=2, steps=2, batch_size=5, url=f"http://127.0.0.1:{served['port']}",
-                     api_key=API_KEY, model="rm", verbose=False)
+    stats = run_loop(
+        corpus,
+        transport,
+        actors=2,
+        steps=2,
+        batch_size=5,
+        url=f"http://127.0.0.1:{served['port']}",
+        api_key=API_KEY,
+        model="rm",
+        verbose=False,
+    )
     expected = served["models"]["rm"].score(corpus)
     assert stats["rewards"] == 2 * 2 * 5 and stats["rewards_per_s"] > 0 and stats["p99_ms"] >= stats["p50_ms"]
     for step in stats["steps"]:
@@ -408,7 +477,8 @@ def test_shaping_and_ensemble_config_and_arithmetic():
     shaping = Shaping(normalize={"mean": 1.0, "std": 2.0}, clip=(-1.0, 1.0))
     assert shaping.apply([0.0, 2.0, 9.0]) == [-0.5, 0.5, 1.0]
     assert Ensemble(name="m", members=[{"model": "a", "weight": 3}, {"model": "b"}]).combine(
-        [[1.0, 2.0], [5.0, 6.0]]) == [2.0, 3.0]  # (3*1 + 5)/4, (3*2 + 6)/4
+        [[1.0, 2.0], [5.0, 6.0]]
+    ) == [2.0, 3.0]  # (3*1 + 5)/4, (3*2 + 6)/4
     with pytest.raises(ConfigError, match="clip: the low bound must be below"):
         Shaping.parse({"clip": [1, 1]})
     with pytest.raises(ConfigError, match="std"):

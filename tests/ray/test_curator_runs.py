@@ -39,16 +39,38 @@ def cli_env() -> dict:
 
 
 def test_aside_is_one_to_one_and_leaves_other_names_alone():
-    names = [*OUTPUT_COLUMNS, *STAGE_COLUMNS, "input_error", "input_input_error", "id", "subset", "prompt",
-             "chosen", "rejected", "input_", "input_x", "errors", "Score"]
+    names = [
+        *OUTPUT_COLUMNS,
+        *STAGE_COLUMNS,
+        "input_error",
+        "input_input_error",
+        "id",
+        "subset",
+        "prompt",
+        "chosen",
+        "rejected",
+        "input_",
+        "input_x",
+        "errors",
+        "Score",
+    ]
     moved = [aside(n) for n in names]
     assert len(set(moved)) == len(names)  # no two input columns end up under one name
     assert not set(moved) & (set(OUTPUT_COLUMNS) | set(STAGE_COLUMNS))  # and none under one of ours
-    assert [aside(n) for n in ("id", "subset", "prompt", "chosen", "input_x", "errors", "Score")] == \
-        ["id", "subset", "prompt", "chosen", "input_x", "errors", "Score"]
+    assert [aside(n) for n in ("id", "subset", "prompt", "chosen", "input_x", "errors", "Score")] == [
+        "id",
+        "subset",
+        "prompt",
+        "chosen",
+        "input_x",
+        "errors",
+        "Score",
+    ]
     assert aside("error") == "input_error" and aside("input_error") == "input_input_error"
-    assert moved_columns([aside(n) for n in ("error", "input_error", "id")]) == \
-        {"error": "input_error", "input_error": "input_input_error"}
+    assert moved_columns([aside(n) for n in ("error", "input_error", "id")]) == {
+        "error": "input_error",
+        "input_error": "input_input_error",
+    }
     assert move_aside({"error": 1, "id": 2}) == {"input_error": 1, "id": 2}
 
 
@@ -56,8 +78,15 @@ def clashing_rows(n: int) -> list[dict]:
     """Pairs whose other columns carry every name the pipeline writes or uses between its stages,
     and the name the first of them moves to, each with a value that says which row it came from."""
     extra = [*OUTPUT_COLUMNS, *STAGE_COLUMNS, "input_error"]
-    return [{"prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "rejected": BAD[(i + 3) % 8],
-             **{name: f"{name}-{i}" for name in extra}} for i in range(n)]
+    return [
+        {
+            "prompt": PROMPTS[i % 8],
+            "chosen": GOOD[i % 8],
+            "rejected": BAD[(i + 3) % 8],
+            **{name: f"{name}-{i}" for name in extra},
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -89,17 +118,36 @@ def test_score_dataset_moves_clashing_columns_aside_too(ray_cluster, rm_path, rm
 def rm_bench_rows(n: int) -> list[dict]:
     """RM-Bench's record shape (THU-KEG/RM-Bench data/*_filtered.json): three responses per side,
     and its own `error` / `error_key` columns."""
-    return [{"id": i, "subset": "alpacaeval", "prompt": PROMPTS[i % 8],
-             "chosen": [GOOD[(i + k) % 8] for k in range(3)], "rejected": [BAD[(i + k) % 8] for k in range(3)],
-             "error_key": "k", "error": f"the rejected answers' error, row {i}"} for i in range(n)]
+    return [
+        {
+            "id": i,
+            "subset": "alpacaeval",
+            "prompt": PROMPTS[i % 8],
+            "chosen": [GOOD[(i + k) % 8] for k in range(3)],
+            "rejected": [BAD[(i + k) % 8] for k in range(3)],
+            "error_key": "k",
+            "error": f"the rejected answers' error, row {i}",
+        }
+        for i in range(n)
+    ]
 
 
 def rewardbench_rows(n: int) -> list[dict]:
     """RewardBench's filtered split (allenai/reward-bench): prompt, chosen, rejected strings, the
     models that wrote them, a subset name and an integer id."""
     subsets = ["alpacaeval-easy", "llmbar-natural", "donotanswer", "math-prm"]
-    return [{"prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "chosen_model": "gpt-4", "rejected": BAD[i % 8],
-             "rejected_model": "llama-7b", "subset": subsets[i % 4], "id": 1000 + i} for i in range(n)]
+    return [
+        {
+            "prompt": PROMPTS[i % 8],
+            "chosen": GOOD[i % 8],
+            "chosen_model": "gpt-4",
+            "rejected": BAD[i % 8],
+            "rejected_model": "llama-7b",
+            "subset": subsets[i % 4],
+            "id": 1000 + i,
+        }
+        for i in range(n)
+    ]
 
 
 def test_rm_bench_and_rewardbench_files_score_as_they_are(ray_cluster, tmp_path, rm_path, rm):
@@ -125,8 +173,11 @@ def test_rm_bench_and_rewardbench_files_score_as_they_are(ray_cluster, tmp_path,
             first = rows[0]
             chosen = first["chosen"] if isinstance(first["chosen"], list) else [first["chosen"]]
             want = rm.score([turn(first["prompt"], c) for c in chosen])
-            got = mine["chosen_scores"][0].as_py() if "chosen_scores" in mine.column_names else [
-                mine["chosen_score"][0].as_py()]
+            got = (
+                mine["chosen_scores"][0].as_py()
+                if "chosen_scores" in mine.column_names
+                else [mine["chosen_score"][0].as_py()]
+            )
             assert close(got, want), rel
 
 
@@ -137,8 +188,9 @@ def test_a_batch_is_committed_in_pieces_of_about_flush_s(ray_cluster, tmp_path, 
     """One Ray batch holding the whole corpus is still written as it goes: pieces of about
     flush_s seconds of work (the first one small, to measure), so an interrupt loses one piece."""
     n = 120
-    rows = [{"id": i, "prompt": " ".join(PROMPTS) * (2 + i % 3), "response": GOOD[(i * 3) % 8] * 3}
-            for i in range(n)]  # ~200-400 tokens a row: the first piece (1,024 tokens) is a few rows
+    rows = [
+        {"id": i, "prompt": " ".join(PROMPTS) * (2 + i % 3), "response": GOOD[(i * 3) % 8] * 3} for i in range(n)
+    ]  # ~200-400 tokens a row: the first piece (1,024 tokens) is a few rows
     corpus = write(tmp_path / "one-batch.jsonl", rows)
     opts = {**FAST, "batch_rows": n, "rows_per_shard": n, "flush_s": 0.05}
     score_corpus(corpus, tmp_path / "out", rm_path, **opts)
@@ -172,14 +224,41 @@ def test_ctrl_c_says_what_is_written_and_how_to_resume(ray_cluster, tmp_path, rm
     rows = [{"id": i, "prompt": PROMPTS[i % 8] * (1 + i % 3), "response": GOOD[(i * 5) % 8]} for i in range(n)]
     corpus = write(tmp_path / "big.jsonl", rows)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "cluster", "score", str(corpus), str(out), "--model", rm_path,
-            "--address", ray_cluster["address"], "--batch-rows", "8", "--rows-per-shard", "50", "--flush-s", "0.2",
-            "--num-cpus", "0.5", "--num-gpus", "0", "--tokenizer-num-cpus", "0.25"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "score",
+        str(corpus),
+        str(out),
+        "--model",
+        rm_path,
+        "--address",
+        ray_cluster["address"],
+        "--batch-rows",
+        "8",
+        "--rows-per-shard",
+        "50",
+        "--flush-s",
+        "0.2",
+        "--num-cpus",
+        "0.5",
+        "--num-gpus",
+        "0",
+        "--tokenizer-num-cpus",
+        "0.25",
+    ]
     # SIGINT as a terminal's foreground command has it, even where this test's own runner ignores
     # it (a CI job started in the background does; Python then installs no KeyboardInterrupt)
-    proc = subprocess.Popen(argv, env=cli_env(), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        argv,
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "parts").glob("part-*.parquet")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -279,8 +358,9 @@ def test_progress_off_prints_nothing(tmp_path):
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster", *args], env=env or cli_env(), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cluster", *args], env=env or cli_env(), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_wrong_model_path_is_one_line_naming_the_path_before_ray_starts(tmp_path):

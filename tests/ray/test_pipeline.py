@@ -27,14 +27,44 @@ from cluster.data.pipeline import filter_pairs, read_scores, score_corpus, score
 
 ray = pytest.importorskip("ray")
 
-FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 3, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,
-        "num_gpus": 0}  # the fake GPUs belong to the Serve replicas
-PROMPTS = ["What is the capital of France?", "Add 2 and 3.", "How do I print in Python?", "Tell me something.",
-           "Count to five.", "Is water wet?", "Name a colour.", "Say hi."]
-GOOD = ["Paris.", "5", "print('hello')", "Water boils at 100 degrees Celsius at sea level.", "1 2 3 4 5",
-        "Yes, in the everyday sense.", "Blue.", "Hi!"]
-BAD = ["London.", "2 + 3 = 6, because addition.", "You cannot.", "No.", "five four", "Maybe",
-       "I'm sorry, but I can't.", "Goodbye, and here is a long unrelated paragraph about nothing in particular."]
+FAST = {
+    "progress": False,
+    "batch_rows": 4,
+    "rows_per_shard": 3,
+    "tokenizer_num_cpus": 0.25,
+    "num_cpus": 0.5,
+    "num_gpus": 0,
+}  # the fake GPUs belong to the Serve replicas
+PROMPTS = [
+    "What is the capital of France?",
+    "Add 2 and 3.",
+    "How do I print in Python?",
+    "Tell me something.",
+    "Count to five.",
+    "Is water wet?",
+    "Name a colour.",
+    "Say hi.",
+]
+GOOD = [
+    "Paris.",
+    "5",
+    "print('hello')",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "1 2 3 4 5",
+    "Yes, in the everyday sense.",
+    "Blue.",
+    "Hi!",
+]
+BAD = [
+    "London.",
+    "2 + 3 = 6, because addition.",
+    "You cannot.",
+    "No.",
+    "five four",
+    "Maybe",
+    "I'm sorry, but I can't.",
+    "Goodbye, and here is a long unrelated paragraph about nothing in particular.",
+]
 
 
 def turn(prompt: str, response: str) -> list[dict]:
@@ -53,8 +83,17 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 def pair_rows(n: int = 8, subset=lambda i: "s", **extra) -> list[dict]:
-    return [{"id": f"r{i}", "subset": subset(i), "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8],
-             "rejected": BAD[(i + 3) % 8], **extra} for i in range(n)]
+    return [
+        {
+            "id": f"r{i}",
+            "subset": subset(i),
+            "prompt": PROMPTS[i % 8],
+            "chosen": GOOD[i % 8],
+            "rejected": BAD[(i + 3) % 8],
+            **extra,
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +111,19 @@ def close(a: list[float], b: list[float]) -> bool:
 SHAPES = {
     "conversations.jsonl": (
         lambda: [{"conversations": c, "tag": i} for i, c in enumerate(CONVERSATIONS)],
-        lambda rows: [r["conversations"] for r in rows]),
+        lambda rows: [r["conversations"] for r in rows],
+    ),
     "prompt_response.parquet": (
         lambda: [{"prompt": p, "response": g, "tag": i} for i, (p, g) in enumerate(zip(PROMPTS, GOOD))],
-        lambda rows: [turn(r["prompt"], r["response"]) for r in rows]),
+        lambda rows: [turn(r["prompt"], r["response"]) for r in rows],
+    ),
     "messages-with-system-prompt.json": (
-        lambda: [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}],
-                  "response": g} for p, g in zip(PROMPTS, GOOD)],
-        lambda rows: [r["prompt"] + [{"role": "assistant", "content": r["response"]}] for r in rows]),
+        lambda: [
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}], "response": g}
+            for p, g in zip(PROMPTS, GOOD)
+        ],
+        lambda rows: [r["prompt"] + [{"role": "assistant", "content": r["response"]}] for r in rows],
+    ),
 }
 
 
@@ -98,11 +142,17 @@ def test_plain_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, 
 
 PAIR_SHAPES = {
     "strings.jsonl": lambda r: r,
-    "response-turns.parquet": lambda r: {**r, "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                                         "rejected": [{"role": "assistant", "content": r["rejected"]}]},
+    "response-turns.parquet": lambda r: {
+        **r,
+        "chosen": [{"role": "assistant", "content": r["chosen"]}],
+        "rejected": [{"role": "assistant", "content": r["rejected"]}],
+    },
     "whole-conversations-no-prompt.jsonl": lambda r: {
-        "id": r["id"], "subset": r["subset"], "chosen": turn(r["prompt"], r["chosen"]),
-        "rejected": turn(r["prompt"], r["rejected"])},
+        "id": r["id"],
+        "subset": r["subset"],
+        "chosen": turn(r["prompt"], r["chosen"]),
+        "rejected": turn(r["prompt"], r["rejected"]),
+    },
 }
 
 
@@ -124,9 +174,16 @@ def test_pair_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, n
 
 def test_several_responses_per_side_rm_bench(ray_cluster, tmp_path, rm_path, rm):
     """RM-Bench rows (3 chosen x 3 rejected): the 3x3 matrix, and easy/normal/hard computed here."""
-    rows = [{"id": i, "subset": "chat" if i < 3 else "code", "prompt": PROMPTS[i],
-             "chosen": [GOOD[i], GOOD[i] + " Indeed.", f"**{GOOD[i]}**"],
-             "rejected": [BAD[i], BAD[(i + 1) % 8], f"**{BAD[i]}**"]} for i in range(5)]
+    rows = [
+        {
+            "id": i,
+            "subset": "chat" if i < 3 else "code",
+            "prompt": PROMPTS[i],
+            "chosen": [GOOD[i], GOOD[i] + " Indeed.", f"**{GOOD[i]}**"],
+            "rejected": [BAD[i], BAD[(i + 1) % 8], f"**{BAD[i]}**"],
+        }
+        for i in range(5)
+    ]
     summary = score_corpus(write(tmp_path / "rmb.json", rows), tmp_path / "out", rm_path, **FAST)
     table = read_scores(tmp_path / "out")
     easy = normal = hard = 0.0
@@ -168,21 +225,25 @@ def test_critic_judges_pairs_like_critic_model(ray_cluster, tmp_path, critic_dir
     else:  # chosen goes second where the stable hash says so; P(chosen) = 1 - P(A) there
         swaps = [critic_swap(it) for it in items]
         assert any(swaps) and not all(swaps)
-        flipped = [{**it, "response_a": it["response_b"], "response_b": it["response_a"]} if s else it
-                   for it, s in zip(items, swaps)]
+        flipped = [
+            {**it, "response_a": it["response_b"], "response_b": it["response_a"]} if s else it
+            for it, s in zip(items, swaps)
+        ]
         expected = [1 - v.prob_a if s else v.prob_a for v, s in zip(critic.judge(flipped), swaps)]
     assert close(got, expected)
 
 
 def test_critic_judges_every_pair_of_several_responses(ray_cluster, tmp_path, critic_dir, critic):
-    rows = [{"prompt": PROMPTS[i], "chosen": [GOOD[i], GOOD[i] + "!"], "rejected": [BAD[i], BAD[i] + "?"]}
-            for i in range(3)]
+    rows = [
+        {"prompt": PROMPTS[i], "chosen": [GOOD[i], GOOD[i] + "!"], "rejected": [BAD[i], BAD[i] + "?"]} for i in range(3)
+    ]
     spec = {"name": "judge", "path": str(critic_dir), "kind": "critic"}
     score_corpus(write(tmp_path / "m.json", rows), tmp_path / "out", spec, debias=True, **FAST)
     got = read_scores(tmp_path / "out")
     for row, probs in zip(rows, got["probs_chosen"].to_pylist()):
-        items = [{"prompt": row["prompt"], "response_a": c, "response_b": r}
-                 for c in row["chosen"] for r in row["rejected"]]  # row-major: chosen i, rejected j
+        items = [
+            {"prompt": row["prompt"], "response_a": c, "response_b": r} for c in row["chosen"] for r in row["rejected"]
+        ]  # row-major: chosen i, rejected j
         assert close(probs, [v.prob_a for v in critic.judge(items, debias=True)])
     assert got["win_rate"].to_pylist() == [sum(p > 0.5 for p in ps) / 4 for ps in got["probs_chosen"].to_pylist()]
 
@@ -195,17 +256,29 @@ def test_glob_input_picks_matching_files_in_order(ray_cluster, tmp_path, rm_path
     table = read_scores(tmp_path / "out")
     assert summary["rows"] == 5
     assert list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist())) == [
-        ("a.jsonl", 0), ("a.jsonl", 1), ("a.jsonl", 2), ("b.jsonl", 0), ("b.jsonl", 1)]
+        ("a.jsonl", 0),
+        ("a.jsonl", 1),
+        ("a.jsonl", 2),
+        ("b.jsonl", 0),
+        ("b.jsonl", 1),
+    ]
 
 
 # ---------------------------------------------------------------- metrics with known answers
 
 
 def test_summary_rewardbench_sections_and_ties(ray_cluster, tmp_path, rm_path, rm):
-    subsets = ["alpacaeval-easy"] * 3 + ["mt-bench-easy"] * 2 + ["llmbar-natural"] * 2 + ["donotanswer"] * 2 \
+    subsets = (
+        ["alpacaeval-easy"] * 3
+        + ["mt-bench-easy"] * 2
+        + ["llmbar-natural"] * 2
+        + ["donotanswer"] * 2
         + ["math-prm"] * 1
-    rows = [{"subset": s, "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "rejected": BAD[(i * 3) % 8]}
-            for i, s in enumerate(subsets)]
+    )
+    rows = [
+        {"subset": s, "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "rejected": BAD[(i * 3) % 8]}
+        for i, s in enumerate(subsets)
+    ]
     rows.append({"subset": "math-prm", "prompt": "Tie?", "chosen": "Same answer.", "rejected": "Same answer."})
     summary = score_corpus(write(tmp_path / "rb.jsonl", rows), tmp_path / "out", rm_path, **FAST)
     wins: dict[str, list[bool]] = {}
@@ -232,14 +305,40 @@ def test_killed_run_resumes_without_loss_or_duplicates(ray_cluster, tmp_path, rm
     n = 400
     rows = [{"id": i, "prompt": PROMPTS[i % 8] * (1 + i % 3), "response": GOOD[(i * 5) % 8]} for i in range(n)]
     corpus = write(tmp_path / "big.jsonl", rows)
-    opts = ["--rows-per-shard", "8", "--batch-rows", "4", "--no-progress", "--num-cpus", "0.5", "--num-gpus", "0",
-            "--tokenizer-num-cpus", "0.25"]
+    opts = [
+        "--rows-per-shard",
+        "8",
+        "--batch-rows",
+        "4",
+        "--no-progress",
+        "--num-cpus",
+        "0.5",
+        "--num-gpus",
+        "0",
+        "--tokenizer-num-cpus",
+        "0.25",
+    ]
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "score", str(corpus), str(out), "--model", rm_path,
-         "--address", ray_cluster["address"], *opts], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "score",
+            str(corpus),
+            str(out),
+            "--model",
+            rm_path,
+            "--address",
+            ray_cluster["address"],
+            *opts,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "parts").glob("part-*.parquet"))) < 3:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -319,8 +418,13 @@ def test_skip_mode_keeps_every_row_accounted_for(ray_cluster, tmp_path, rm_path,
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     reasons = {(e["source_file"], e["source_row"]): e["error"] for e in errors}
     assert table["source_row"].to_pylist() == [0, 1, 3, 5]
-    assert set(reasons) == {("mixed.jsonl", 2), ("mixed.jsonl", 4), ("mixed.jsonl", 6), ("mixed.jsonl", 7),
-                            ("zero.jsonl", None)}
+    assert set(reasons) == {
+        ("mixed.jsonl", 2),
+        ("mixed.jsonl", 4),
+        ("mixed.jsonl", 6),
+        ("mixed.jsonl", 7),
+        ("zero.jsonl", None),
+    }
     assert "unknown role 'bot'" in reasons[("mixed.jsonl", 2)]
     assert "rejected: missing" in reasons[("mixed.jsonl", 4)]
     assert "must be a JSON object" in reasons[("mixed.jsonl", 6)]
@@ -374,8 +478,14 @@ def rm_spec(rm_path):
 def test_skip_keeps_every_valid_row_around_bad_first_rows_of_chunks(tmp_path, rm_spec):
     """A chunk's columns come from all its rows: a bad row 0, or a bad first row of a later chunk,
     fails alone (before: row 0 ended the run; a later one turned its chunk's rows into errors)."""
-    bad = {0: "invalid-json", 8: "missing-rejected", 16: "chosen-number", 17: "not-an-object", 24: "prompt-number",
-           31: "chosen-null"}
+    bad = {
+        0: "invalid-json",
+        8: "missing-rejected",
+        16: "chosen-number",
+        17: "not-an-object",
+        24: "prompt-number",
+        31: "chosen-null",
+    }
     rows, lines = _corrupted(32, bad)
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -435,10 +545,12 @@ def test_skip_with_no_row_that_can_be_scored_says_so(tmp_path, rm_spec):
         _read_stage(path, rm_spec, "skip", 1)
 
 
-@settings(max_examples=60, derandomize=True, database=None, deadline=None,
-          suppress_health_check=list(HealthCheck))
-@given(n=st.integers(1, 30), rows_per_shard=st.integers(1, 9),
-       bad=st.dictionaries(st.integers(0, 29), st.sampled_from(sorted(CORRUPT)), max_size=12))
+@settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    n=st.integers(1, 30),
+    rows_per_shard=st.integers(1, 9),
+    bad=st.dictionaries(st.integers(0, 29), st.sampled_from(sorted(CORRUPT)), max_size=12),
+)
 def test_skip_property_every_row_once_valid_rows_intact(rm_spec, n, rows_per_shard, bad):
     """Any corruptions anywhere: each valid row comes out once with its columns intact, each bad
     one once as an error naming its row; nothing else."""
@@ -498,11 +610,15 @@ def test_skip_run_scores_valid_rows_as_the_clean_file_does(ray_cluster, tmp_path
 
 def test_filter_pairs_keeps_what_the_model_agrees_with(ray_cluster, tmp_path, rm_path, rm):
     rows = pair_rows(8)
-    margins = [c - r for c, r in zip(rm.score([turn(r["prompt"], r["chosen"]) for r in rows]),
-                                     rm.score([turn(r["prompt"], r["rejected"]) for r in rows]))]
+    margins = [
+        c - r
+        for c, r in zip(
+            rm.score([turn(r["prompt"], r["chosen"]) for r in rows]),
+            rm.score([turn(r["prompt"], r["rejected"]) for r in rows]),
+        )
+    ]
     threshold = sorted(m for m in margins if m > 0)[0] + 1e-3 if any(m > 0 for m in margins) else 0.0
-    summary = filter_pairs(write(tmp_path / "p.parquet", rows), tmp_path / "out", rm_path, min_margin=threshold,
-                           **FAST)
+    summary = filter_pairs(write(tmp_path / "p.parquet", rows), tmp_path / "out", rm_path, min_margin=threshold, **FAST)
     kept = pq.read_table(tmp_path / "out" / "kept.parquet")
     dropped = pq.read_table(tmp_path / "out" / "dropped.parquet")
     expected = [r["id"] for r, m in zip(rows, margins) if m > 0 and m >= threshold]
@@ -556,8 +672,24 @@ def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
     from cluster.cli.main import main
 
     corpus = write(tmp_path / "p.jsonl", pair_rows(6, subset=lambda i: "chat" if i % 2 else "code"))
-    rc = main(["score", str(corpus), str(tmp_path / "out"), "--model", rm_path, "--no-progress",
-               "--batch-rows", "4", "--num-cpus", "0.5", "--tokenizer-num-cpus", "0.25", "--num-gpus", "0"])
+    rc = main(
+        [
+            "score",
+            str(corpus),
+            str(tmp_path / "out"),
+            "--model",
+            rm_path,
+            "--no-progress",
+            "--batch-rows",
+            "4",
+            "--num-cpus",
+            "0.5",
+            "--tokenizer-num-cpus",
+            "0.25",
+            "--num-gpus",
+            "0",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed.lower() and str(tmp_path / "out") in printed
@@ -569,15 +701,18 @@ def test_cli_score_then_report(ray_cluster, tmp_path, rm_path, capsys):
     assert "no input files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("address", "env", "expected"), [
-    (None, None, "local"),  # never the cluster a previous `ray start` recorded in /tmp/ray/ray_current_cluster
-    (None, "10.0.0.5:6379", "10.0.0.5:6379"),  # a Ray Job's driver: RAY_ADDRESS
-    ("auto", None, "auto"),  # asked for: the recorded one
-    ("auto", "10.0.0.5:6379", "auto"),  # (ray.init itself lets RAY_ADDRESS override "auto")
-    ("10.0.0.7:6379", "10.0.0.5:6379", "10.0.0.7:6379"),
-    ("ray://head:10001", None, "ray://head:10001"),
-    ("local", "10.0.0.5:6379", "local"),
-])
+@pytest.mark.parametrize(
+    ("address", "env", "expected"),
+    [
+        (None, None, "local"),  # never the cluster a previous `ray start` recorded in /tmp/ray/ray_current_cluster
+        (None, "10.0.0.5:6379", "10.0.0.5:6379"),  # a Ray Job's driver: RAY_ADDRESS
+        ("auto", None, "auto"),  # asked for: the recorded one
+        ("auto", "10.0.0.5:6379", "auto"),  # (ray.init itself lets RAY_ADDRESS override "auto")
+        ("10.0.0.7:6379", "10.0.0.5:6379", "10.0.0.7:6379"),
+        ("ray://head:10001", None, "ray://head:10001"),
+        ("local", "10.0.0.5:6379", "local"),
+    ],
+)
 def test_cli_address_choice(address, env, expected):
     from cluster.cli.score import ray_address
 
@@ -668,7 +803,8 @@ def test_watchdog_ends_what_a_sigkilled_command_left(tmp_path):
         "mid.wait()\n"
         "time.sleep(2.5)  # the watchdog notes descendants every second\n"
         "print(plain.pid, bare.pid, orphan, watchdog.pid, flush=True)\n"
-        "time.sleep(300)\n")
+        "time.sleep(300)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env, start_new_session=True)
     *children, watchdog = [int(p) for p in proc.stdout.readline().split()]
@@ -703,8 +839,9 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
     monkeypatch.setenv("SCORING_JOB_ADDRESS", ray_cluster["dashboard"])
     monkeypatch.setenv("PYTHONPATH", str(root))
     nb = nbformat.read(root / "examples" / "score_corpus.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "kept" in outputs and "report.html" in outputs
     assert "set SCORING_JOB_ADDRESS" not in outputs  # the job cell really ran
@@ -722,8 +859,15 @@ def test_job_failure_is_reported_with_its_logs(ray_cluster, tmp_path):
 
     # the job's own error line, from its logs (the input is checked first, before Ray starts)
     with pytest.raises(RuntimeError, match=r"(?s)ended FAILED.*error: .*missing.jsonl: no input files"):
-        submit_scoring_job(ray_cluster["dashboard"], str(tmp_path / "missing.jsonl"), str(tmp_path / "out"),
-                           "/nonexistent-model", wait=True, timeout_s=300, progress=False)
+        submit_scoring_job(
+            ray_cluster["dashboard"],
+            str(tmp_path / "missing.jsonl"),
+            str(tmp_path / "out"),
+            "/nonexistent-model",
+            wait=True,
+            timeout_s=300,
+            progress=False,
+        )
 
 
 def test_readme_pipeline_example_runs(ray_cluster):

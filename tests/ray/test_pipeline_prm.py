@@ -24,10 +24,21 @@ pytestmark = pytest.mark.slow  # a Ray Data suite: `pytest -m slow` (CI runs it 
 
 ray = pytest.importorskip("ray")
 
-FAST = {"progress": False, "batch_rows": 4, "rows_per_shard": 4, "tokenizer_num_cpus": 0.25, "num_cpus": 0.5,
-        "num_gpus": 0}
-QUESTIONS = ["What is (2 + 3 - 1) * 2?", "Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
-             "Name a prime number.", "What is 9 * 2?", "How much does she make selling 13 eggs at $2 each?"]
+FAST = {
+    "progress": False,
+    "batch_rows": 4,
+    "rows_per_shard": 4,
+    "tokenizer_num_cpus": 0.25,
+    "num_cpus": 0.5,
+    "num_gpus": 0,
+}
+QUESTIONS = [
+    "What is (2 + 3 - 1) * 2?",
+    "Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
+    "Name a prime number.",
+    "What is 9 * 2?",
+    "How much does she make selling 13 eggs at $2 each?",
+]
 STEPS = [
     ["To find the sum, we add 2 + 3 = 5.", "Then 5 - 1 = 4.", "So 4 * 2 = 8.", "The answer is \\boxed{8}."],
     ["Janet's ducks lay 16 eggs per day.", "She eats 3, so 16 - 3 = 13 eggs are left.", "The answer is \\boxed{13}."],
@@ -37,8 +48,13 @@ STEPS = [
     ["Step 1: 16 - 3 = 13.", "Step 2: 13 * 2 = 26.", "Step 3: The answer is 26."],
 ]
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-STEP_COLUMNS = {"score": pa.float64(), "step_rewards": pa.list_(pa.float64()), "num_steps": pa.int64(),
-                "weakest_step": pa.int64(), "weakest_step_reward": pa.float64()}
+STEP_COLUMNS = {
+    "score": pa.float64(),
+    "step_rewards": pa.list_(pa.float64()),
+    "num_steps": pa.int64(),
+    "weakest_step": pa.int64(),
+    "weakest_step_reward": pa.float64(),
+}
 
 
 def write(path: Path, rows: list[dict]) -> Path:
@@ -60,8 +76,14 @@ def close(a: list[float], b: list[float]) -> bool:
 @pytest.fixture(scope="module")
 def prm_spec(tmp_path_factory) -> dict:
     path = build_tiny_prm(tmp_path_factory.mktemp("qwen-prm"), style="qwen")
-    return {"name": "prm", "path": str(path), "kind": "prm", "step_tag": "<extra_0>", "dtype": "float32",
-            "trust_remote_code": True}
+    return {
+        "name": "prm",
+        "path": str(path),
+        "kind": "prm",
+        "step_tag": "<extra_0>",
+        "dtype": "float32",
+        "trust_remote_code": True,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +108,19 @@ def judge(judge_spec):
 def solution_rows() -> tuple[list[dict], list[dict]]:
     """A parquet file of steps (a list column; a system message on some rows) and a JSONL file of
     responses (one text, split at the model's separator), with one row that has no step at all."""
-    steps = [{"id": f"s{i}", "prompt": QUESTIONS[i % 5], "steps": STEPS[i % 6][i % 2:] or STEPS[i % 6],
-              "system": SYSTEM if i % 3 == 0 else None} for i in range(10)]
-    responses = [{"id": f"r{i}", "prompt": QUESTIONS[(i + 2) % 5], "response": "\n\n".join(STEPS[(i + 1) % 6])}
-                 for i in range(10)]
+    steps = [
+        {
+            "id": f"s{i}",
+            "prompt": QUESTIONS[i % 5],
+            "steps": STEPS[i % 6][i % 2 :] or STEPS[i % 6],
+            "system": SYSTEM if i % 3 == 0 else None,
+        }
+        for i in range(10)
+    ]
+    responses = [
+        {"id": f"r{i}", "prompt": QUESTIONS[(i + 2) % 5], "response": "\n\n".join(STEPS[(i + 1) % 6])}
+        for i in range(10)
+    ]
     responses[4] = {"id": "r4", "prompt": QUESTIONS[0], "response": "\n\n  \n\n"}  # no step: the one bad row
     return steps, responses
 
@@ -143,7 +174,8 @@ def test_prm_summary_step_statistics(prm_run):
         assert stats["solutions"] == 19 and stats["steps"] == sum(len(e.step_rewards) for e in expected)
         assert stats["steps_per_solution"]["mean"] == pytest.approx(stats["steps"] / 19)
         assert stats["step_rewards"]["mean"] == pytest.approx(
-            sum(sum(e.step_rewards) for e in expected) / stats["steps"], abs=TOL)
+            sum(sum(e.step_rewards) for e in expected) / stats["steps"], abs=TOL
+        )
         assert stats["weakest_step_rewards"]["mean"] == pytest.approx(sum(weakest) / 19, abs=TOL)
         assert stats["weakest_step_rewards"]["p50"] is not None
         assert stats["weak_solutions"] == sum(w < 0.5 for w in weakest)
@@ -164,8 +196,9 @@ def test_filter_solutions_keeps_the_solutions_whose_weakest_step_reaches_the_thr
     root, rows, expected = prm_run["root"], prm_run["rows"], prm_run["expected"]
     threshold = split_threshold([min(e.step_rewards) for e in expected])
     # the same arguments as the scoring run: it resumes (nothing to score again) and filters
-    summary = filter_solutions(root / "corpus", root / "out", prm_spec, min_step_reward=threshold,
-                               on_error="skip", **FAST)
+    summary = filter_solutions(
+        root / "corpus", root / "out", prm_spec, min_step_reward=threshold, on_error="skip", **FAST
+    )
     kept, dropped = pq.read_table(root / "out" / "kept.parquet"), pq.read_table(root / "out" / "dropped.parquet")
     want = [r["id"] for r, e in zip(rows, expected) if min(e.step_rewards) >= threshold]
     assert kept["id"].to_pylist() == want and 0 < len(want) < len(rows)
@@ -182,9 +215,28 @@ def test_cli_filter_solutions(prm_run, prm_spec, capsys):
     from cluster.cli.main import main
 
     root, expected = prm_run["root"], prm_run["expected"]
-    rc = main(["filter-solutions", str(root / "corpus"), str(root / "out"), "--model", json.dumps(prm_spec),
-               "--min-step-reward", "0", "--on-error", "skip", "--no-progress", "--batch-rows", "4",
-               "--num-cpus", "0.5", "--tokenizer-num-cpus", "0.25", "--num-gpus", "0"])
+    rc = main(
+        [
+            "filter-solutions",
+            str(root / "corpus"),
+            str(root / "out"),
+            "--model",
+            json.dumps(prm_spec),
+            "--min-step-reward",
+            "0",
+            "--on-error",
+            "skip",
+            "--no-progress",
+            "--batch-rows",
+            "4",
+            "--num-cpus",
+            "0.5",
+            "--tokenizer-num-cpus",
+            "0.25",
+            "--num-gpus",
+            "0",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"kept {len(expected)} solutions" in printed and "dropped 0 solutions" in printed
@@ -195,15 +247,25 @@ def test_cli_filter_solutions(prm_run, prm_spec, capsys):
 
 
 def test_prm_pairs_score_each_side_like_step_rewards(ray_cluster, tmp_path, prm_spec, prm):
-    rows = [{"id": f"p{i}", "prompt": QUESTIONS[i % 5], "chosen": "\n\n".join(STEPS[i % 6]),
-             "rejected": "\n\n".join(STEPS[(i + 3) % 6]), **({"system": SYSTEM} if i == 2 else {})}
-            for i in range(6)]
+    rows = [
+        {
+            "id": f"p{i}",
+            "prompt": QUESTIONS[i % 5],
+            "chosen": "\n\n".join(STEPS[i % 6]),
+            "rejected": "\n\n".join(STEPS[(i + 3) % 6]),
+            **({"system": SYSTEM} if i == 2 else {}),
+        }
+        for i in range(6)
+    ]
     summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", prm_spec, **FAST)
     table = read_scores(tmp_path / "out")
 
     def item(row, side):
-        return {"prompt": row["prompt"], "response": row[side], **({"system": row["system"]} if "system" in row
-                                                                      else {})}
+        return {
+            "prompt": row["prompt"],
+            "response": row[side],
+            **({"system": row["system"]} if "system" in row else {}),
+        }
 
     chosen = prm.step_rewards([item(r, "chosen") for r in rows])
     rejected = prm.step_rewards([item(r, "rejected") for r in rows])
@@ -227,8 +289,15 @@ def test_prm_pairs_score_each_side_like_step_rewards(ray_cluster, tmp_path, prm_
 
 
 def test_pointwise_rates_rows_like_rate(ray_cluster, tmp_path, tiny_rubric_judge):
-    rows = [{"id": f"w{i}", "prompt": QUESTIONS[i % 5], "response": " ".join(STEPS[i % 6]),
-             "rubric": "Correctness." if i % 2 else "Clarity."} for i in range(8)]
+    rows = [
+        {
+            "id": f"w{i}",
+            "prompt": QUESTIONS[i % 5],
+            "response": " ".join(STEPS[i % 6]),
+            "rubric": "Correctness." if i % 2 else "Clarity.",
+        }
+        for i in range(8)
+    ]
     spec, rubric = tiny_rubric_judge
     summary = score_corpus(write(tmp_path / "rows.parquet", rows), tmp_path / "out", spec, **FAST)
     table = read_scores(tmp_path / "out")
@@ -241,23 +310,35 @@ def test_pointwise_rates_rows_like_rate(ray_cluster, tmp_path, tiny_rubric_judge
     assert summary["kind"] == "pointwise" and summary["layout"] == "scores"
     counts = Counter(f"{e.rating:g}" for e in expected)
     assert summary["rating_stats"]["counts"] == dict(sorted(counts.items(), key=lambda kv: float(kv[0])))
-    assert close(summary["rating_stats"]["mean_probs"],
-                 [sum(e.probs[j] for e in expected) / len(expected) for j in range(len(expected[0].probs))])
+    assert close(
+        summary["rating_stats"]["mean_probs"],
+        [sum(e.probs[j] for e in expected) / len(expected) for j in range(len(expected[0].probs))],
+    )
     assert summary["score_stats"]["mean"] == pytest.approx(sum(e.expected for e in expected) / 8, abs=TOL)
 
 
 @pytest.fixture(scope="module")
 def tiny_rubric_judge(judge_spec):
     """The judge with a template naming a further field, {rubric}: read from each row's column."""
-    template = ("Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\n"
-                "Rate the answer from 1 to 10 and write the rating as [[rating]].")
+    template = (
+        "Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\n"
+        "Rate the answer from 1 to 10 and write the rating as [[rating]]."
+    )
     spec = {**judge_spec, "name": "pw-rubric", "judge_template": template}
     return spec, load_model(spec)
 
 
 def test_pointwise_pairs_rate_both_responses(ray_cluster, tmp_path, judge_spec, judge):
-    rows = [{"id": f"q{i}", "subset": "math" if i % 2 else "chat", "prompt": QUESTIONS[i % 5],
-             "chosen": " ".join(STEPS[i % 6]), "rejected": STEPS[(i + 2) % 6][0]} for i in range(8)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "subset": "math" if i % 2 else "chat",
+            "prompt": QUESTIONS[i % 5],
+            "chosen": " ".join(STEPS[i % 6]),
+            "rejected": STEPS[(i + 2) % 6][0],
+        }
+        for i in range(8)
+    ]
     summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", judge_spec, **FAST)
     table = read_scores(tmp_path / "out")
     chosen = judge.rate([{"prompt": r["prompt"], "response": r["chosen"]} for r in rows])
@@ -298,8 +379,10 @@ def test_filter_solutions_needs_a_prm_and_single_solutions(tmp_path, prm_spec, j
 
 
 def test_shapes_a_kind_cannot_read_are_named(tmp_path, judge_spec, rm_path):
-    conversations = write(tmp_path / "c.jsonl", [{"conversations": [{"role": "user", "content": "Q"},
-                                                                    {"role": "assistant", "content": "A"}]}])
+    conversations = write(
+        tmp_path / "c.jsonl",
+        [{"conversations": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}],
+    )
     with pytest.raises(InvalidInput, match="pointwise judge rates 'prompt' \\+ 'response' rows or pairs"):
         score_corpus(conversations, tmp_path / "o1", judge_spec, **FAST)
     steps = write(tmp_path / "s.jsonl", [{"prompt": "Q", "steps": ["a", "b"]}])
@@ -315,4 +398,5 @@ def test_model_identity_adds_the_new_kinds_fields_only_to_them(prm_spec, judge_s
     assert {"step_tag", "step_format", "step_separator", "step_aggregate", "prm_template"} <= set(prm_identity)
     assert prm_identity["step_tag"] == "<extra_0>"
     assert {"ratings", "rating_format", "rating_values", "system_prompt"} <= set(
-        _model_identity(ModelSpec.parse(judge_spec)))
+        _model_identity(ModelSpec.parse(judge_spec))
+    )

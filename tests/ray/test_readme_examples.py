@@ -21,13 +21,16 @@ RL_DOC = (ROOT / "docs" / "rl.md").read_text()  # the RewardClient example moved
 DOCS = README + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
 
 # the example's two settings lines: the demo's values as written (a comment gives a cluster's)
-SETTINGS = re.compile(r'^URL, API_KEY = "(?P<url>[^"]+)", (?P<key>\S+)\n'
-                      r'^RM, CRITIC = "(?P<rm>[^"]+)", "(?P<critic>[^"]+)"\n', flags=re.M)
+SETTINGS = re.compile(
+    r'^URL, API_KEY = "(?P<url>[^"]+)", (?P<key>\S+)\n'
+    r'^RM, CRITIC = "(?P<rm>[^"]+)", "(?P<critic>[^"]+)"\n',
+    flags=re.M,
+)
 
 
 def rl_example() -> str:
     """The first Python block of docs/rl.md's section "Rewards for RL training"."""
-    section = RL_DOC[RL_DOC.index("## Rewards for RL training"):]
+    section = RL_DOC[RL_DOC.index("## Rewards for RL training") :]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
@@ -60,8 +63,12 @@ def test_the_readme_curl_answers_from_the_app(live):
     url = next(a for a in args if a.startswith("http"))
     headers = dict(h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H"))
     body = json.loads(args[args.index("-d") + 1]) | {"model": "rm"}
-    reply = httpx.post(live["keyed"] + urlsplit(url).path, content=json.dumps(body), timeout=60,
-                       headers=headers | {"Authorization": f"Bearer {API_KEY}"})
+    reply = httpx.post(
+        live["keyed"] + urlsplit(url).path,
+        content=json.dumps(body),
+        timeout=60,
+        headers=headers | {"Authorization": f"Bearer {API_KEY}"},
+    )
     assert reply.status_code == 200, reply.text
     answer = reply.json()
     assert answer["scores"] == pytest.approx(live["models"]["rm"].score(body["conversations"]), abs=TOL)
@@ -90,8 +97,10 @@ def test_the_rl_example_runs_against_a_serve_app(served, capsys):
     replaced (that app's port and key, and its models `rm` and `judge` for the demo's)."""
     code = rl_example()
     settings = SETTINGS.search(code)
-    code = code.replace(settings.group(0), f'URL, API_KEY = "http://127.0.0.1:{served["port"]}", "{API_KEY}"\n'
-                                           'RM, CRITIC = "rm", "judge"\n')
+    code = code.replace(
+        settings.group(0),
+        f'URL, API_KEY = "http://127.0.0.1:{served["port"]}", "{API_KEY}"\nRM, CRITIC = "rm", "judge"\n',
+    )
     names: dict = {"__name__": "readme_example"}
     exec(compile(code, "docs/rl.md (Rewards for RL training)", "exec"), names)
 

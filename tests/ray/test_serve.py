@@ -54,8 +54,15 @@ ROUTES = [
     ("POST", "/v1/judge", {"model": "rm-mix", "items": ITEMS}),
     # the other protocols' routes (tests/http/test_client_*.py replay their clients in-process)
     ("POST", "/get_reward", {"query": []}),
-    ("POST", "/classify", {"model": "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2", "input": [[5, 6, 7], "hello"],
-                           "truncate_prompt_tokens": 2}),
+    (
+        "POST",
+        "/classify",
+        {
+            "model": "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
+            "input": [[5, 6, 7], "hello"],
+            "truncate_prompt_tokens": 2,
+        },
+    ),
     ("POST", "/classify", {"model": "rm", "input": "hello " * 600}),
     ("POST", "/pooling", {"model": "rm-attrs", "messages": CONVERSATIONS[0], "task": "classify"}),
     ("POST", "/score", {"model": "rm", "text_1": "q", "text_2": ["a", "b"], "use_activation": False}),
@@ -100,6 +107,7 @@ def test_auth_and_limits_hold_behind_serve(served):
     big = {"conversations": [[{"role": "user", "content": "x" * 250_000}, {"role": "assistant", "content": "y"}]]}
     assert served["client"].post("/v1/rewards", json=big).status_code == 413
 
+
 def test_keyless_clients_behind_serve(served, ray_cluster):
     """What OpenRLHF and verl can send: the key in the URL, or nothing from a trusted address
     (the proxy hands the client's address to the ingress); the key is never written to Serve's logs."""
@@ -132,11 +140,13 @@ def test_overload_waits_its_turn(served):
     r = served["client"].post("/v1/judge", json={"model": "judge", "items": items, "debias": True})
     assert r.status_code == 200, r.text
     assert [v["prob_a"] for v in r.json()["results"]] == pytest.approx(
-        [v.prob_a for v in judge.judge(items, debias=True)], abs=TOL)
+        [v.prob_a for v in judge.judge(items, debias=True)], abs=TOL
+    )
 
     async def burst():
-        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=served["client"].base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as c:
             body = {"items": ITEMS * 8, "mode": "generate"}
             return await asyncio.gather(*(c.post("/v1/judge", json=body) for _ in range(8)))
 
@@ -162,8 +172,9 @@ def test_a_third_gpu_replica_waits(served):
     from cluster.core.config import ServedModel
     from deployments.app import replica_deployment
 
-    extra = ServedModel(name="rm-extra", path=str(served["paths"][0]), kind="reward",
-                        replicas={"num_gpus": 1, "num_cpus": 0.1})
+    extra = ServedModel(
+        name="rm-extra", path=str(served["paths"][0]), kind="reward", replicas={"num_gpus": 1, "num_cpus": 0.1}
+    )
     serve._run(replica_deployment(extra), _blocking=False, name="gpu-probe", route_prefix=None)
     try:
         time.sleep(8)
@@ -183,9 +194,11 @@ def rm_totals(*keys: str) -> dict[str, int]:
 
 def one_per_request(served, convs: list) -> list:
     """Every conversation in its own concurrent /v1/rewards request (an RL worker per sample)."""
+
     async def send():
-        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=served["client"].base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as c:
             return await asyncio.gather(*(c.post("/v1/rewards", json={"conversations": [conv]}) for conv in convs))
 
     return asyncio.run(send())
@@ -228,8 +241,9 @@ def test_a_bad_request_does_not_fail_the_requests_gathered_with_it(served):
     bad = {"conversations": [[{"role": "user", "content": "no answer to score"}]]}
 
     async def mixed():
-        async with httpx.AsyncClient(base_url=served["client"].base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=served["client"].base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as c:
             bodies = [bad if i % 3 == 0 else {"conversations": [CONVERSATIONS[i % 6]]} for i in range(18)]
             return bodies, await asyncio.gather(*(c.post("/v1/rewards", json=b) for b in bodies))
 
@@ -248,9 +262,15 @@ def test_live_reconfigure_keeps_replicas(served):
     by reconfigure() on the running replicas, not by restarting them."""
     before = set(replica_stats("reward-rm", 2))
     new_settings = {"batch_max_tokens": 8192, "batch_wait_timeout_s": 0.02, "max_batch_tokens": 1024}
-    deploy({"name": "scoring", "route_prefix": "/", "import_path": "deployments.app:build_app",
+    deploy(
+        {
+            "name": "scoring",
+            "route_prefix": "/",
+            "import_path": "deployments.app:build_app",
             "args": app_args(*served["paths"]),
-            "deployments": [{"name": "reward-rm", "user_config": new_settings}]})
+            "deployments": [{"name": "reward-rm", "user_config": new_settings}],
+        }
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         after = replica_stats("reward-rm", 2)
@@ -268,8 +288,13 @@ def test_custom_metrics_are_exported(served):
     """Tokens scored, batch sizes, padding efficiency and queue wait, per model, on Ray's
     Prometheus endpoint (what the Serve metrics dashboards read)."""
     served["client"].post("/v1/rewards", json={"conversations": CONVERSATIONS})
-    wanted = ["ray_scoring_tokens_total", "ray_scoring_batch_requests", "ray_scoring_batch_tokens",
-              "ray_scoring_padding_efficiency", "ray_scoring_queue_wait_seconds"]
+    wanted = [
+        "ray_scoring_tokens_total",
+        "ray_scoring_batch_requests",
+        "ray_scoring_batch_tokens",
+        "ray_scoring_padding_efficiency",
+        "ray_scoring_queue_wait_seconds",
+    ]
     text = ""
     for _ in range(40):
         text = httpx.get(f"http://127.0.0.1:{served['metrics_port']}/metrics", timeout=10).text
@@ -290,8 +315,14 @@ def test_two_node_cluster_places_one_replica_per_node(reward_dir):
 
     root = REPO
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, str(root / "tests" / "two_node_cluster.py"), str(reward_dir("llama"))],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    proc = subprocess.run(
+        [sys.executable, str(root / "tests" / "two_node_cluster.py"), str(reward_dir("llama"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"nodes"')]
     result = json.loads(line)
@@ -301,8 +332,7 @@ def test_two_node_cluster_places_one_replica_per_node(reward_dir):
     assert {r["node_id"] for r in replicas} == set(result["nodes"])  # one replica on each node
     assert all(len(r["gpu_ids"]) == 1 for r in replicas)
     assert all(r["calls"] > 0 for r in replicas)  # requests were served from both
-    expected = load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward")).score(
-        [CONVERSATIONS[0]])[0]
+    expected = load_model(ModelSpec(name="rm", path=str(reward_dir("llama")), kind="reward")).score([CONVERSATIONS[0]])[
+        0
+    ]
     assert result["scores"] == pytest.approx([expected] * 24, abs=TOL)
-
-

@@ -15,15 +15,22 @@ from cluster.engine.loading import load_model
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]  # `pytest -m slow` (CI runs it)
 
 APP, PREFIX = "scoring-prm", "/prm"
-SHEPHERD = {"step_tag": "ки", "step_format": "Step {index}: {step} {tag}", "step_joiner": "\n",
-            "prm_template": "{prompt} {response}", "step_labels": ["+", "-"]}
+SHEPHERD = {
+    "step_tag": "ки",
+    "step_format": "Step {index}: {step} {tag}",
+    "step_joiner": "\n",
+    "prm_template": "{prompt} {response}",
+    "step_labels": ["+", "-"],
+}
 ITEMS = [
     {"prompt": "Add 2 and 3.", "steps": ["2 + 3 = 5.", "The answer is 5."]},
     {"prompt": "What is the capital of France?", "response": "France is in Europe.\n\nIts capital is Paris.\n\nParis."},
     {"prompt": "Name a prime number.", "steps": ["2 is only divisible by 1 and itself, so 2 is prime."]},
 ]
-RATE = [{"prompt": "Add 2 and 3.", "response": "5"},
-        {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}]
+RATE = [
+    {"prompt": "Add 2 and 3.", "response": "5"},
+    {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
+]
 TOL = 1e-5  # the same computation on both sides (fp32): only batch composition differs
 
 
@@ -39,19 +46,51 @@ def prm_app(serve_port, tmp_path_factory):
     judge = build_tiny_model(root / "judge", kind="pointwise")
     cpu = {"num_gpus": 0, "num_cpus": 0.25, "max_ongoing_requests": 16, "max_queued_requests": 64}
     specs = [
-        {"name": "qwen-prm", "path": str(qwen), "kind": "prm", "trust_remote_code": True, "step_tag": "<extra_0>",
-         "dtype": "float32", "max_length": 1024, "max_batch_tokens": 4096},
-        {"name": "shepherd-prm", "path": str(shepherd), "kind": "prm", "dtype": "float32", **SHEPHERD,
-         "max_length": 1024, "max_batch_tokens": 4096},
-        {"name": "judge", "path": str(judge), "kind": "pointwise", "dtype": "float32", "max_length": 1024,
-         "max_batch_tokens": 4096, "max_new_tokens": 12},
+        {
+            "name": "qwen-prm",
+            "path": str(qwen),
+            "kind": "prm",
+            "trust_remote_code": True,
+            "step_tag": "<extra_0>",
+            "dtype": "float32",
+            "max_length": 1024,
+            "max_batch_tokens": 4096,
+        },
+        {
+            "name": "shepherd-prm",
+            "path": str(shepherd),
+            "kind": "prm",
+            "dtype": "float32",
+            **SHEPHERD,
+            "max_length": 1024,
+            "max_batch_tokens": 4096,
+        },
+        {
+            "name": "judge",
+            "path": str(judge),
+            "kind": "pointwise",
+            "dtype": "float32",
+            "max_length": 1024,
+            "max_batch_tokens": 4096,
+            "max_new_tokens": 12,
+        },
     ]
-    deploy({"name": APP, "route_prefix": PREFIX, "import_path": "deployments.app:build_app",
-            "args": {"api_keys": [API_KEY], "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
-                     "models": [{**s, "replicas": cpu} for s in specs]}})
+    deploy(
+        {
+            "name": APP,
+            "route_prefix": PREFIX,
+            "import_path": "deployments.app:build_app",
+            "args": {
+                "api_keys": [API_KEY],
+                "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
+                "models": [{**s, "replicas": cpu} for s in specs],
+            },
+        }
+    )
     local = {s["name"]: load_model({k: v for k, v in s.items()}) for s in specs}
-    client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}{PREFIX}", timeout=120,
-                          headers={"Authorization": f"Bearer {API_KEY}"})
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{serve_port}{PREFIX}", timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     yield {"client": client, "local": local, "port": serve_port}
     client.close()
     serve.delete(APP)
@@ -84,10 +123,16 @@ def test_many_requests_at_once_are_gathered_and_each_answered_alike(prm_app):
     want_rate = [r.expected for r in prm_app["local"]["judge"].rate(RATE)]
 
     async def burst():
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{prm_app['port']}{PREFIX}", timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
-            calls = [c.post("/v1/step_rewards", json={"model": m, "items": [ITEMS[i % 3]]})
-                     for i in range(12) for m in ("qwen-prm", "shepherd-prm")]
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{prm_app['port']}{PREFIX}",
+            timeout=120,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as c:
+            calls = [
+                c.post("/v1/step_rewards", json={"model": m, "items": [ITEMS[i % 3]]})
+                for i in range(12)
+                for m in ("qwen-prm", "shepherd-prm")
+            ]
             calls += [c.post("/v1/rate", json={"items": [RATE[i % 2]]}) for i in range(6)]
             return await asyncio.gather(*calls)
 
@@ -123,8 +168,9 @@ def test_the_handle_api_through_reward_client(prm_app):
     assert all(close(g["step_rewards"], w.step_rewards) for g, w in zip(got, want))
     with RewardClient.http(f"http://127.0.0.1:{prm_app['port']}{PREFIX}", api_key=API_KEY, model="judge") as client:
         rated = client.rate(RATE)
-    assert [r["expected"] for r in rated] == pytest.approx([w.expected for w in prm_app["local"]["judge"].rate(RATE)],
-                                                           abs=TOL)
+    assert [r["expected"] for r in rated] == pytest.approx(
+        [w.expected for w in prm_app["local"]["judge"].rate(RATE)], abs=TOL
+    )
 
 
 def test_ray_data_via_serve_scores_prm_and_judge_rows_like_in_process(prm_app, tmp_path):
@@ -134,8 +180,15 @@ def test_ray_data_via_serve_scores_prm_and_judge_rows_like_in_process(prm_app, t
 
     from cluster.data.pipeline import read_scores, score_corpus
 
-    fast = {"progress": False, "batch_rows": 2, "rows_per_shard": 2, "tokenizer_num_cpus": 0.25, "num_cpus": 0.25,
-            "num_gpus": 0, "via_serve": APP}
+    fast = {
+        "progress": False,
+        "batch_rows": 2,
+        "rows_per_shard": 2,
+        "tokenizer_num_cpus": 0.25,
+        "num_cpus": 0.25,
+        "num_gpus": 0,
+        "via_serve": APP,
+    }
     rows = [{"id": f"s{i}", **item} for i, item in enumerate(ITEMS * 2)]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = score_corpus(tmp_path / "steps.jsonl", tmp_path / "prm", "shepherd-prm", **fast)

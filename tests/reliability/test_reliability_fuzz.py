@@ -46,8 +46,15 @@ FORBIDDEN = ("Traceback", 'File "', '.py", line')
 def fuzz_settings(n: int) -> settings:
     """Reproducible (derandomized, no example database). No shrinking: the failing request is in
     the assertion's message already, and shrinking re-runs models for minutes."""
-    return settings(max_examples=n, derandomize=True, database=None, deadline=None, print_blob=False,
-                    phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        print_blob=False,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # ----------------------------------------------------------------------------- the routes
@@ -109,8 +116,11 @@ ROUTES: dict[tuple[str, str], list] = {
         {"input": TEXT},
         {"input": [TEXT, "b"], "task": "classify"},
         {"messages": SYSTEM_CONV, "softmax": False},
-        {"model": "prm", "input": "What is 2 + 2? 2 + 2 = 4.<extra_0>The answer is 4.<extra_0>",
-         "task": "token_classify"},
+        {
+            "model": "prm",
+            "input": "What is 2 + 2? 2 + 2 = 4.<extra_0>The answer is 4.<extra_0>",
+            "task": "token_classify",
+        },
     ],
     ("POST", "/score"): [
         {"text_1": "What is 2 + 2?", "text_2": ["4", "5"]},
@@ -149,17 +159,38 @@ OPEN_PATHS = {"/healthz", "/health"}
 HTML_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc"}
 
 GROUPS = {  # path -> the protocol module that serves it (its error style)
-    **dict.fromkeys(["/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge", "/v1/step_rewards",
-                     "/v1/rate"], "ours"),
+    **dict.fromkeys(
+        ["/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge", "/v1/step_rewards", "/v1/rate"], "ours"
+    ),
     "/get_reward": "openrlhf",
-    **dict.fromkeys(["/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
-                     "/tokenize", "/health", "/version"], "vllm"),
+    **dict.fromkeys(
+        [
+            "/classify",
+            "/pooling",
+            "/score",
+            "/v1/score",
+            "/rerank",
+            "/v1/rerank",
+            "/v2/rerank",
+            "/tokenize",
+            "/health",
+            "/version",
+        ],
+        "vllm",
+    ),
     **dict.fromkeys(["/v1/embeddings", "/v1/classify"], "sglang"),
     "/predict": "tei",
     **dict.fromkeys(["/openapi.json", *HTML_PATHS], "docs"),
 }
-STYLE_OF_GROUP = {"ours": "ours", "openrlhf": "ours", "docs": "ours", "unknown": "ours", "vllm": "vllm",
-                  "sglang": "sglang", "tei": "tei"}
+STYLE_OF_GROUP = {
+    "ours": "ours",
+    "openrlhf": "ours",
+    "docs": "ours",
+    "unknown": "ours",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "tei": "tei",
+}
 PATHS = sorted({p for _, p in ROUTES})
 POST_ROUTES = sorted(k for k, bodies in ROUTES.items() if bodies != [None])
 GET_ROUTES = sorted(k for k, bodies in ROUTES.items() if bodies == [None])
@@ -195,6 +226,7 @@ class Raw(str):
 def dumps(value) -> bytes:
     """JSON as a hostile client writes it: NaN / Infinity literals, lone surrogates as escapes,
     Raw text verbatim."""
+
     def enc(v) -> str:
         if isinstance(v, Raw):
             return str(v)
@@ -205,12 +237,20 @@ def dumps(value) -> bytes:
         if isinstance(v, list | tuple):
             return "[" + ",".join(enc(x) for x in v) + "]"
         return json.dumps(v)
+
     return enc(value).encode("utf-8")
 
 
 class Request:
-    def __init__(self, method: str, path: str, content: bytes | None = None, headers: dict | None = None,
-                 key: str | None = "header", query: str = ""):
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None = None,
+        headers: dict | None = None,
+        key: str | None = "header",
+        query: str = "",
+    ):
         self.method, self.path, self.content, self.query = method, path, content, query
         self.headers = dict(headers or {})
         if content is not None and not any(h.lower() == "content-type" for h in self.headers):
@@ -289,7 +329,8 @@ class Fuzzer:
         if req.method == "HEAD" and not resp.content:
             return  # a HEAD answer has no body
         assert resp.headers.get("content-type", "").startswith("application/json"), (
-            f"{resp.status_code} answered as {resp.headers.get('content-type')!r} for {req!r}: {text[:500]}")
+            f"{resp.status_code} answered as {resp.headers.get('content-type')!r} for {req!r}: {text[:500]}"
+        )
         assert len(resp.content) <= MAX_ERROR_BODY, f"{len(resp.content)}-byte error body for {req!r}: {text[:500]}"
         message = error_message(STYLE_OF_GROUP[group_of(req.path)], resp.status_code, resp.json())
         assert message and len(message) < MAX_MESSAGE, f"message of {len(message)} chars for {req!r}: {message[:300]}"
@@ -333,18 +374,44 @@ def fuzz_app(inproc, tmp_path_factory):
     extra = tmp_path_factory.mktemp("fuzz-prm")
     args = app_args(*inproc["paths"])
     args["models"] += [
-        {"name": "prm", "path": str(build_tiny_prm(extra / "prm", style="qwen")), "kind": "prm",
-         "trust_remote_code": True, "step_tag": "<extra_0>", "max_length": 512, "max_batch_tokens": 2048},
-        {"name": "rater", "path": str(build_tiny_model(extra / "rater", kind="pointwise")), "kind": "pointwise",
-         "max_length": 1024, "max_batch_tokens": 2048, "max_new_tokens": 8},
+        {
+            "name": "prm",
+            "path": str(build_tiny_prm(extra / "prm", style="qwen")),
+            "kind": "prm",
+            "trust_remote_code": True,
+            "step_tag": "<extra_0>",
+            "max_length": 512,
+            "max_batch_tokens": 2048,
+        },
+        {
+            "name": "rater",
+            "path": str(build_tiny_model(extra / "rater", kind="pointwise")),
+            "kind": "pointwise",
+            "max_length": 1024,
+            "max_batch_tokens": 2048,
+            "max_new_tokens": 8,
+        },
     ]
     config = AppConfig.parse(args)
-    app = create_app(local_service(config), api_keys=config.api_keys, max_request_bytes=config.max_request_bytes,
-                     trusted_networks=config.trusted_networks)
+    app = create_app(
+        local_service(config),
+        api_keys=config.api_keys,
+        max_request_bytes=config.max_request_bytes,
+        trusted_networks=config.trusted_networks,
+    )
     models_dir = str(Path(inproc["paths"][0]).parent)
     repo = str(Path(cluster.__file__).resolve().parents[1])
-    internal = [repo, models_dir, str(Path(models_dir).parent), str(extra), str(extra.parent), sys.prefix,
-                sys.base_prefix, sysconfig.get_paths()["purelib"], "site-packages"]
+    internal = [
+        repo,
+        models_dir,
+        str(Path(models_dir).parent),
+        str(extra),
+        str(extra.parent),
+        sys.prefix,
+        sys.base_prefix,
+        sysconfig.get_paths()["purelib"],
+        "site-packages",
+    ]
     return app, internal
 
 
@@ -352,23 +419,72 @@ def fuzz_app(inproc, tmp_path_factory):
 def fuzzer(fuzz_app, figures):
     f = Fuzzer(*fuzz_app)
     yield f
-    figures(tried=sum(f.tried.values()), per_group=dict(sorted(f.tried.items())),
-            statuses=dict(sorted(f.statuses.items())), five_xx=f.five_xx, tracebacks=f.tracebacks)
+    figures(
+        tried=sum(f.tried.values()),
+        per_group=dict(sorted(f.tried.items())),
+        statuses=dict(sorted(f.statuses.items())),
+        five_xx=f.five_xx,
+        tracebacks=f.tracebacks,
+    )
 
 
 # ----------------------------------------------------------------------------- strategies
 
 SURROGATES = ["\ud800", "\udfff", "a\udc80b", "\ud83d"]  # lone halves of a UTF-16 pair
-STRANGE_TEXT = ["", " ", "\x00", "a\x00b", "\u202e\u0635\u0644\u0627\u0645", "\U0001f600" * 50, "\ufeff", "\r\n\t",
-                "<|begin_of_text|>", "<s></s>[CLS][SEP]", "{{ raise_exception('x') }}", "{% for %}", "%s%n%x",
-                "null", "../../etc/passwd", "a" * 600, "tok " * 2000, *SURROGATES]
-BIG_NUMBERS = [10**30, -(10**30), 2**63, -(2**63) - 1, 2**64, 1e308, -1e308, 5e-324, float("nan"), float("inf"),
-               float("-inf"), Raw("9" * 4000), Raw("-" + "9" * 4000), Raw("1e999999"), Raw("1" + "0" * 5000),
-               Raw("0." + "1" * 5000)]
+STRANGE_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\u202e\u0635\u0644\u0627\u0645",
+    "\U0001f600" * 50,
+    "\ufeff",
+    "\r\n\t",
+    "<|begin_of_text|>",
+    "<s></s>[CLS][SEP]",
+    "{{ raise_exception('x') }}",
+    "{% for %}",
+    "%s%n%x",
+    "null",
+    "../../etc/passwd",
+    "a" * 600,
+    "tok " * 2000,
+    *SURROGATES,
+]
+BIG_NUMBERS = [
+    10**30,
+    -(10**30),
+    2**63,
+    -(2**63) - 1,
+    2**64,
+    1e308,
+    -1e308,
+    5e-324,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    Raw("9" * 4000),
+    Raw("-" + "9" * 4000),
+    Raw("1e999999"),
+    Raw("1" + "0" * 5000),
+    Raw("0." + "1" * 5000),
+]
 WRONG_TYPES = [None, True, False, 0, -1, 1, 1.5, "", "x", [], {}, [[]], [{}], {"": None}, [None], ["x"], [1]]
 ROLES = ["bot", "", "USER", "tool", "function", "developer", "system ", "\ud800", "assistant\x00", "a" * 5000]
-TOKEN_IDS = [[-1], [0, -5, 3], [10**12], [2**63], [2**32 + 5], [1, 2, 10**30], [True, False], [1.0, 2.0],
-             [Raw("9" * 3000)], [511, 512], [0] * 10_000, list(range(-5, 5))]
+TOKEN_IDS = [
+    [-1],
+    [0, -5, 3],
+    [10**12],
+    [2**63],
+    [2**32 + 5],
+    [1, 2, 10**30],
+    [True, False],
+    [1.0, 2.0],
+    [Raw("9" * 3000)],
+    [511, 512],
+    [0] * 10_000,
+    list(range(-5, 5)),
+]
 
 
 def deep(depth: int, kind: str = "list") -> Raw:
@@ -381,29 +497,87 @@ def long_list(n: int, item) -> list:
 
 
 HOSTILE = [
-    *WRONG_TYPES, *BIG_NUMBERS, *STRANGE_TEXT, *TOKEN_IDS,
-    deep(64), deep(600), deep(5000), deep(300, "dict"), deep(3000, "dict"),
-    "x" * 50_000, "x" * 210_000,  # within and past the byte limit
-    long_list(10_000, 1), long_list(10_000, "a"), long_list(10_000, None), long_list(65, "a"), long_list(65, CONV),
-    long_list(65, ITEM), long_list(10_000, {}), long_list(3_000, CONV),
-    [{"role": r, "content": "hi"} for r in ROLES[:4]], [{"role": "user"}], [{"content": "hi"}],
+    *WRONG_TYPES,
+    *BIG_NUMBERS,
+    *STRANGE_TEXT,
+    *TOKEN_IDS,
+    deep(64),
+    deep(600),
+    deep(5000),
+    deep(300, "dict"),
+    deep(3000, "dict"),
+    "x" * 50_000,
+    "x" * 210_000,  # within and past the byte limit
+    long_list(10_000, 1),
+    long_list(10_000, "a"),
+    long_list(10_000, None),
+    long_list(65, "a"),
+    long_list(65, CONV),
+    long_list(65, ITEM),
+    long_list(10_000, {}),
+    long_list(3_000, CONV),
+    [{"role": r, "content": "hi"} for r in ROLES[:4]],
+    [{"role": "user"}],
+    [{"content": "hi"}],
     [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}],
     [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}],
-    [{"role": "user", "content": [{"type": "text", "text": 5}]}], [{"role": "assistant", "content": "a"}] * 3,
-    [[{"role": "user", "content": "q"}]], [["q", "a"]], [["q", "a", "b"]], [[]], [["", ""]],
+    [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    [{"role": "assistant", "content": "a"}] * 3,
+    [[{"role": "user", "content": "q"}]],
+    [["q", "a"]],
+    [["q", "a", "b"]],
+    [[]],
+    [["", ""]],
 ]
-CORE_HOSTILE = [None, True, -1, 1.5, "", [], {}, [None], 10**30, float("nan"), float("inf"), Raw("9" * 4000),
-                "\ud800", "a\udc80b", "a\x00b", "x" * 50_000, deep(600), [-1, 10**12], long_list(10_000, "a")]
-EXTRA_KEYS = ["extra", "", "__proto__", "constructor", "\x00", "k" * 5_000, "\ud800", "model ", "conversations\x00",
-              "items.0", "$ref"]
+CORE_HOSTILE = [
+    None,
+    True,
+    -1,
+    1.5,
+    "",
+    [],
+    {},
+    [None],
+    10**30,
+    float("nan"),
+    float("inf"),
+    Raw("9" * 4000),
+    "\ud800",
+    "a\udc80b",
+    "a\x00b",
+    "x" * 50_000,
+    deep(600),
+    [-1, 10**12],
+    long_list(10_000, "a"),
+]
+EXTRA_KEYS = [
+    "extra",
+    "",
+    "__proto__",
+    "constructor",
+    "\x00",
+    "k" * 5_000,
+    "\ud800",
+    "model ",
+    "conversations\x00",
+    "items.0",
+    "$ref",
+]
 
-json_leaves = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
-               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
-               | st.sampled_from(STRANGE_TEXT))
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+    | st.sampled_from(STRANGE_TEXT)
+)
 json_values = st.recursive(
     json_leaves,
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6),
-    max_leaves=30)
+    max_leaves=30,
+)
 
 
 def field_dicts(names: list[str]):
@@ -465,9 +639,19 @@ def near_valid(draw):
     return route, body
 
 
-CONTENT_TYPES = [None, "application/json", "text/plain", "application/x-www-form-urlencoded",
-                 "multipart/form-data; boundary=xyz", "application/json; charset=latin-1", "application/xml",
-                 "application/octet-stream", "garbage", "application/json; charset=utf-16", ""]
+CONTENT_TYPES = [
+    None,
+    "application/json",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=xyz",
+    "application/json; charset=latin-1",
+    "application/xml",
+    "application/octet-stream",
+    "garbage",
+    "application/json; charset=utf-16",
+    "",
+]
 
 
 @st.composite
@@ -475,12 +659,13 @@ def raw_bodies(draw):
     """Bytes that are not JSON, or not UTF-8, or JSON cut short or wrapped, with any content type."""
     route = draw(st.sampled_from(POST_ROUTES))
     valid = dumps(draw(st.sampled_from(ROUTES[route])))
-    kind = draw(st.sampled_from(["binary", "truncated", "bad_utf8", "bom", "utf16", "form", "wrapped", "empty",
-                                 "text"]))
+    kind = draw(
+        st.sampled_from(["binary", "truncated", "bad_utf8", "bom", "utf16", "form", "wrapped", "empty", "text"])
+    )
     if kind == "binary":
         content = draw(st.binary(max_size=400))
     elif kind == "truncated":
-        content = valid[:draw(st.integers(0, max(0, len(valid) - 1)))]
+        content = valid[: draw(st.integers(0, max(0, len(valid) - 1)))]
     elif kind == "bad_utf8":
         at = draw(st.integers(0, len(valid)))
         junk = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\x80"]))
@@ -492,8 +677,17 @@ def raw_bodies(draw):
     elif kind == "form":
         content = b"conversations=hi&input=x&query=y"
     elif kind == "wrapped":
-        content = draw(st.sampled_from([b"[" + valid + b"]", b'{"body": ' + valid + b"}", valid + valid,
-                                        valid + b"garbage", b"  \n" + valid + b"\n\x00"]))
+        content = draw(
+            st.sampled_from(
+                [
+                    b"[" + valid + b"]",
+                    b'{"body": ' + valid + b"}",
+                    valid + valid,
+                    valid + b"garbage",
+                    b"  \n" + valid + b"\n\x00",
+                ]
+            )
+        )
     elif kind == "empty":
         content = draw(st.sampled_from([b"", b" ", b"null", b"{}", b"[]", b'""', b"0", b"NaN"]))
     else:
@@ -519,8 +713,12 @@ def test_valid_bodies_answer_200(fuzzer, fuzz_app):
     """The seeds the mutations start from are valid: every one answers 2xx (the documentation
     routes where the app serves them)."""
     served = served_routes(fuzz_app[0])
-    requests = [Request(m, p, None if b is None else dumps(b)) for (m, p), bodies in ROUTES.items() for b in bodies
-                if (m, p) in served]
+    requests = [
+        Request(m, p, None if b is None else dumps(b))
+        for (m, p), bodies in ROUTES.items()
+        for b in bodies
+        if (m, p) in served
+    ]
     for req, resp in zip(requests, fuzzer.send(*requests)):
         assert 200 <= resp.status_code < 300, f"{req!r}: {resp.status_code} {resp.text[:500]}"
 
@@ -528,6 +726,7 @@ def test_valid_bodies_answer_200(fuzzer, fuzz_app):
 def test_arbitrary_json_on_every_route(fuzzer):
     """Any JSON value (NaN and Infinity literals, huge integers, odd text) as the body of any route
     and method, valid key."""
+
     @fuzz_settings(500)
     @given(st.data())
     def run(data):
@@ -535,6 +734,7 @@ def test_arbitrary_json_on_every_route(fuzzer):
         names = sorted({k for b in ROUTES[(method, path)] if b for k in b})
         body = data.draw(json_values | field_dicts(names or ["x"]))
         fuzzer.send(Request(method, path, dumps(body)))
+
     run()
 
 
@@ -542,11 +742,13 @@ def test_near_valid_bodies(fuzzer):
     """A valid body per route with one to three fields mutated: wrong types, huge numbers,
     NaN / Infinity, deep nesting, long strings, lone surrogates and NULs, empty and 10k-item lists,
     extra and missing keys, token ids out of range, wrong roles."""
+
     @fuzz_settings(1100)
     @given(near_valid())
     def run(case):
         (method, path), body = case
         fuzzer.send(Request(method, path, dumps(body)))
+
     run()
 
 
@@ -567,7 +769,7 @@ def test_every_hostile_value_in_every_field(fuzzer):
         for field in seed:
             requests.append(Request(method, path, dumps({k: v for k, v in seed.items() if k != field})))
     for i in range(0, len(requests), 50):
-        fuzzer.send(*requests[i:i + 50])
+        fuzzer.send(*requests[i : i + 50])
 
 
 def test_every_role_and_text_in_every_message_form(fuzzer):
@@ -577,38 +779,61 @@ def test_every_role_and_text_in_every_message_form(fuzzer):
     for model in ("rm", "rm-gemma", "rm-attrs", "rm-bert", "rm-mix"):
         for role in ROLES:
             conv = [{"role": role, "content": "hi"}, {"role": "assistant", "content": "a"}]
-            requests += [Request("POST", "/v1/rewards", dumps({"model": model, "conversations": [conv]})),
-                         Request("POST", "/classify", dumps({"model": model, "messages": conv})),
-                         Request("POST", "/pooling", dumps({"model": model, "messages": conv[::-1]}))]
+            requests += [
+                Request("POST", "/v1/rewards", dumps({"model": model, "conversations": [conv]})),
+                Request("POST", "/classify", dumps({"model": model, "messages": conv})),
+                Request("POST", "/pooling", dumps({"model": model, "messages": conv[::-1]})),
+            ]
             if model != "rm-mix":
                 requests.append(Request("POST", "/tokenize", dumps({"model": model, "messages": conv})))
         for text in STRANGE_TEXT:
             requests += [
-                Request("POST", "/v1/rewards", dumps({"model": model, "conversations": [
-                    [{"role": "user", "content": text}, {"role": "assistant", "content": text}], text]})),
+                Request(
+                    "POST",
+                    "/v1/rewards",
+                    dumps(
+                        {
+                            "model": model,
+                            "conversations": [
+                                [{"role": "user", "content": text}, {"role": "assistant", "content": text}],
+                                text,
+                            ],
+                        }
+                    ),
+                ),
                 Request("POST", "/classify", dumps({"model": model, "text": [[text, text]]})),
                 Request("POST", "/classify", dumps({"model": model, "input": text, "add_special_tokens": False})),
                 Request("POST", "/classify", dumps({"model": model, "input": text, "truncate_prompt_tokens": 1})),
                 Request("POST", "/predict", dumps({"model": model, "inputs": [text, text]})),
                 Request("POST", "/get_reward", dumps({"model": model, "query": [text]})),
                 Request("POST", "/score", dumps({"model": model, "text_1": text, "text_2": [text]})),
-                Request("POST", "/v1/compare", dumps({"model": model, "prompt": text, "response_a": text,
-                                                       "response_b": "b"})),
+                Request(
+                    "POST",
+                    "/v1/compare",
+                    dumps({"model": model, "prompt": text, "response_a": text, "response_b": "b"}),
+                ),
             ]
     for text in STRANGE_TEXT:
-        requests.append(Request("POST", "/v1/judge", dumps({"items": [{"prompt": text, "response_a": text,
-                                                                      "response_b": "b"}], "debias": True})))
+        requests.append(
+            Request(
+                "POST",
+                "/v1/judge",
+                dumps({"items": [{"prompt": text, "response_a": text, "response_b": "b"}], "debias": True}),
+            )
+        )
     for i in range(0, len(requests), 50):
-        fuzzer.send(*requests[i:i + 50])
+        fuzzer.send(*requests[i : i + 50])
 
 
 def test_raw_bytes_content_types_and_bad_utf8(fuzzer):
     """Bodies that are not JSON, not UTF-8, cut short or wrapped, under any content type."""
+
     @fuzz_settings(350)
     @given(raw_bodies())
     def run(case):
         (method, path), content, headers = case
         fuzzer.send(Request(method, path, content, headers))
+
     run()
 
 
@@ -628,13 +853,38 @@ def odd_requests(draw):
         path = "/" + "/".join(draw(st.lists(segment, min_size=1, max_size=4)))
         method = draw(st.sampled_from(METHODS))
     elif kind == "variant":
-        path = draw(st.sampled_from([path + "/", path.upper(), "/" + path, path + "/x", path + "%00",
-                                     path.replace("/", "//"), path + "/..", path + ";x", "/" + "a" * 3000]))
+        path = draw(
+            st.sampled_from(
+                [
+                    path + "/",
+                    path.upper(),
+                    "/" + path,
+                    path + "/x",
+                    path + "%00",
+                    path.replace("/", "//"),
+                    path + "/..",
+                    path + ";x",
+                    "/" + "a" * 3000,
+                ]
+            )
+        )
     queries = draw(st.lists(st.tuples(query_part, query_part), max_size=4))
     query = "&".join(f"{k}={v}" for k, v in queries)
     if draw(st.booleans()):
-        query += draw(st.sampled_from(["", "&%ff=%fe", "&api_key=", "&api_key=wrong", "&a=%zz", "&&&=&",
-                                       "&model=rm&model=judge", "&x=" + "y" * 3000]))
+        query += draw(
+            st.sampled_from(
+                [
+                    "",
+                    "&%ff=%fe",
+                    "&api_key=",
+                    "&api_key=wrong",
+                    "&a=%zz",
+                    "&&&=&",
+                    "&model=rm&model=judge",
+                    "&x=" + "y" * 3000,
+                ]
+            )
+        )
     body = ROUTES.get((method, path), [None])[0] if draw(st.booleans()) else draw(json_values)
     content = None if body is None and method in ("GET", "HEAD") else dumps(body)
     return Request(method, path, content, query=query)
@@ -645,12 +895,26 @@ def test_wrong_methods_unknown_paths_and_query_strings(fuzzer):
     @given(odd_requests())
     def run(req):
         fuzzer.send(req)
+
     run()
 
 
-AUTH = ["", "Bearer", "Bearer ", "Bearer wrong-key", f"Bearer {API_KEY}x", f"bearer  {API_KEY[:-1]}", "Basic",
-        "Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(), "Basic " + base64.b64encode(
-            b"user:wrong").decode(), "Token " + API_KEY, API_KEY, "Bearer " + "k" * 5000, "Bearer \x7f\x01"]
+AUTH = [
+    "",
+    "Bearer",
+    "Bearer ",
+    "Bearer wrong-key",
+    f"Bearer {API_KEY}x",
+    f"bearer  {API_KEY[:-1]}",
+    "Basic",
+    "Basic !!!notbase64",
+    "Basic " + base64.b64encode(b"no-colon").decode(),
+    "Basic " + base64.b64encode(b"user:wrong").decode(),
+    "Token " + API_KEY,
+    API_KEY,
+    "Bearer " + "k" * 5000,
+    "Bearer \x7f\x01",
+]
 
 
 @st.composite
@@ -666,19 +930,30 @@ def unauthorized(draw):
 def test_missing_and_wrong_keys(fuzzer):
     """Without a valid key every route but the health checks answers 401, in its own error shape,
     whatever the body; with the key in the query string or as a Basic password, as with the header."""
+
     @fuzz_settings(250)
     @given(unauthorized())
     def run(req):
         fuzzer.send(req)
+
     run()
     served = served_routes(fuzzer.app)
-    keyed = [Request(m, p, None if b is None else dumps(b), key=k)
-             for (m, p), bodies in ROUTES.items() for b in bodies[:1] for k in ("query", "basic") if (m, p) in served]
+    keyed = [
+        Request(m, p, None if b is None else dumps(b), key=k)
+        for (m, p), bodies in ROUTES.items()
+        for b in bodies[:1]
+        for k in ("query", "basic")
+        if (m, p) in served
+    ]
     for req, resp in zip(keyed, fuzzer.send(*keyed)):
         assert 200 <= resp.status_code < 300, f"{req!r}: {resp.status_code} {resp.text[:300]}"
     # `/route/` is redirected to `/route`; a key given in the query string is not in the redirect
-    slashed = [Request(m, p + "/", None if b is None else dumps(b), key="query")
-               for (m, p), bodies in ROUTES.items() for b in bodies[:1] if (m, p) in served]
+    slashed = [
+        Request(m, p + "/", None if b is None else dumps(b), key="query")
+        for (m, p), bodies in ROUTES.items()
+        for b in bodies[:1]
+        if (m, p) in served
+    ]
     for req, resp in zip(slashed, fuzzer.send(*slashed)):
         assert resp.status_code == 307, f"{req!r}: {resp.status_code} {resp.text[:300]}"
 
@@ -710,17 +985,34 @@ def test_lying_headers_and_oversized_bodies(fuzzer):
         fuzzer.check(Request(method, path, seed[:5]), resp)
 
 
-async def _raw_asgi(app, method: str, path: str, chunks: list[bytes], headers: dict[bytes, bytes],
-                    disconnect: bool = False) -> httpx.Response:
+async def _raw_asgi(
+    app, method: str, path: str, chunks: list[bytes], headers: dict[bytes, bytes], disconnect: bool = False
+) -> httpx.Response:
     """One request straight through ASGI: headers as given (a lying Content-Length), the body in
     chunks, or the client gone after the first."""
-    sent = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1 or disconnect}
-            for i, c in enumerate(chunks)] + ([{"type": "http.disconnect"}] if disconnect else [])
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"in-process"), (b"authorization", f"Bearer {API_KEY}".encode()),
-                         (b"content-type", b"application/json"), *headers.items()],
-             "client": ("127.0.0.1", 5555), "server": ("in-process", 80)}
+    sent = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1 or disconnect}
+        for i, c in enumerate(chunks)
+    ] + ([{"type": "http.disconnect"}] if disconnect else [])
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"in-process"),
+            (b"authorization", f"Bearer {API_KEY}".encode()),
+            (b"content-type", b"application/json"),
+            *headers.items(),
+        ],
+        "client": ("127.0.0.1", 5555),
+        "server": ("in-process", 80),
+    }
     status, body = 0, []
     response_headers: list = []
 
@@ -738,8 +1030,11 @@ async def _raw_asgi(app, method: str, path: str, chunks: list[bytes], headers: d
             body.append(message.get("body", b""))
 
     await app(scope, receive, send)
-    return httpx.Response(status, headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response_headers],
-                          content=b"".join(body))
+    return httpx.Response(
+        status,
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response_headers],
+        content=b"".join(body),
+    )
 
 
 # ----------------------------------------------------------------------------- the checker itself
@@ -766,8 +1061,12 @@ def test_an_unexpected_exception_fails_the_fuzzer(fuzz_app, inproc):
     broken = replace(service, encoder=FaultyEncoder(service.encoder))
     app = create_app(broken, api_keys=[API_KEY], max_request_bytes=MAX_REQUEST_BYTES)
     fuzzer = Fuzzer(app, fuzz_app[1])
-    for method, path in [("POST", "/v1/rewards"), ("POST", "/classify"), ("POST", "/v1/embeddings"),
-                         ("POST", "/predict")]:
+    for method, path in [
+        ("POST", "/v1/rewards"),
+        ("POST", "/classify"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/predict"),
+    ]:
         with pytest.raises(AssertionError, match="^500 for"):
             fuzzer.send(Request(method, path, dumps(ROUTES[(method, path)][0])))
     assert fuzzer.five_xx == 4 and fuzzer.tracebacks == 0

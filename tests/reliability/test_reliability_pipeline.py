@@ -50,7 +50,7 @@ def _stat(pid: int) -> tuple[int, str, int] | None:
     """(parent pid, state, start time) from /proc, None when gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         return int(fields[1]), fields[0], int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
@@ -112,8 +112,16 @@ def test_killed_cli_runs_resume_exactly_once_and_leave_nothing(tmp_path, reward_
     assert sys.platform.startswith("linux"), "counts processes through /proc"
     started = time.monotonic()
     rm = str(reward_dir("llama"))
-    rows = [{"id": i, "subset": "chat", "prompt": PROMPTS[i % 8] * (1 + i % 3), "chosen": GOOD[(i * 5) % 8],
-             "rejected": BAD[(i * 3) % 8]} for i in range(ROWS)]
+    rows = [
+        {
+            "id": i,
+            "subset": "chat",
+            "prompt": PROMPTS[i % 8] * (1 + i % 3),
+            "chosen": GOOD[(i * 5) % 8],
+            "rejected": BAD[(i * 3) % 8],
+        }
+        for i in range(ROWS)
+    ]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
@@ -124,8 +132,13 @@ def test_killed_cli_runs_resume_exactly_once_and_leave_nothing(tmp_path, reward_
 
     def start(out: Path, mark: str) -> subprocess.Popen:
         log = open(tmp_path / f"{mark}.log", "w")  # the process writes it; closed when the test ends
-        return subprocess.Popen(command(out), env={**env, "RELIABILITY_RUN": mark}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command(out),
+            env={**env, "RELIABILITY_RUN": mark},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log_tail(mark: str) -> str:
         return (tmp_path / f"{mark}.log").read_text()[-3000:]
@@ -176,14 +189,26 @@ def test_killed_cli_runs_resume_exactly_once_and_leave_nothing(tmp_path, reward_
     ids = table["source_row"].to_pylist()
     got = table.to_pylist()
     lost, duplicated = len(set(range(ROWS)) - set(ids)), len(ids) - len(set(ids))
-    diffs = [max(abs(g["chosen_score"] - w["chosen_score"]), abs(g["rejected_score"] - w["rejected_score"]))
-             for g, w in zip(got, whole)]
+    diffs = [
+        max(abs(g["chosen_score"] - w["chosen_score"]), abs(g["rejected_score"] - w["rejected_score"]))
+        for g, w in zip(got, whole)
+    ]
     identical = sum(d == 0 for d in diffs)
-    figures(rows=ROWS, kills=kills, committed_at_kills=committed_at_kill, lost=lost, duplicated=duplicated,
-            rows_done_before_final=summary["rows_done_before"], max_score_diff=f"{max(diffs):.2g}",
-            bit_identical_rows=identical, ray_processes_at_kills=seen, orphans=orphans,
-            orphans_after_clean_exit=len(clean_left), all_gone_after_s=gone_s,
-            seconds=round(time.monotonic() - started))
+    figures(
+        rows=ROWS,
+        kills=kills,
+        committed_at_kills=committed_at_kill,
+        lost=lost,
+        duplicated=duplicated,
+        rows_done_before_final=summary["rows_done_before"],
+        max_score_diff=f"{max(diffs):.2g}",
+        bit_identical_rows=identical,
+        ray_processes_at_kills=seen,
+        orphans=orphans,
+        orphans_after_clean_exit=len(clean_left),
+        all_gone_after_s=gone_s,
+        seconds=round(time.monotonic() - started),
+    )
     assert lost == 0 and duplicated == 0 and ids == list(range(ROWS))
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     assert max(diffs) <= TOL
@@ -221,10 +246,18 @@ def rm_bench_corpus(folder: Path) -> Path:
         return RM_BENCH
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("chat", 129), ("code", 228), ("safety-refuse", 284), ("safety-response", 157)):
-        rows = [{"id": i, "subset": name, "prompt": PROMPTS[i % 8] * (1 + i % 5),
-                 "chosen": [GOOD[(i + k) % 8] * (1 + k * 4) for k in range(3)],
-                 "rejected": [BAD[(i + k) % 8] * (1 + k * 4) for k in range(3)], "error_key": "k",
-                 "error": "why the rejected answers are wrong"} for i in range(n)]
+        rows = [
+            {
+                "id": i,
+                "subset": name,
+                "prompt": PROMPTS[i % 8] * (1 + i % 5),
+                "chosen": [GOOD[(i + k) % 8] * (1 + k * 4) for k in range(3)],
+                "rejected": [BAD[(i + k) % 8] * (1 + k * 4) for k in range(3)],
+                "error_key": "k",
+                "error": "why the rejected answers are wrong",
+            }
+            for i in range(n)
+        ]
         (folder / f"{name}.json").write_text(json.dumps(rows))
     return folder
 
@@ -232,8 +265,14 @@ def rm_bench_corpus(folder: Path) -> Path:
 def cli_run(args: list[str], ray_tmpdir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env |= {"PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmpdir)}
-    return subprocess.Popen([sys.executable, "-m", "cluster", "score", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster", "score", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_a_default_run_on_rm_bench_is_quiet(tmp_path, reward_dir, ray_tmpdir, figures):
@@ -247,9 +286,13 @@ def test_a_default_run_on_rm_bench_is_quiet(tmp_path, reward_dir, ray_tmpdir, fi
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     lines = err.splitlines()
-    figures(corpus="../shared RM-Bench" if corpus == RM_BENCH else "generated RM-Bench-shaped", stderr_lines=len(lines),
-            stdout_lines=len(out.splitlines()), seconds=round(time.monotonic() - started),
-            last_stderr_line=lines[-1] if lines else None)
+    figures(
+        corpus="../shared RM-Bench" if corpus == RM_BENCH else "generated RM-Bench-shaped",
+        stderr_lines=len(lines),
+        stdout_lines=len(out.splitlines()),
+        seconds=round(time.monotonic() - started),
+        last_stderr_line=lines[-1] if lines else None,
+    )
     assert 1 <= len(lines) <= STDERR_LIMIT, err
     assert all(line.startswith("rows written: ") for line in lines), err
     for noise in ("INFO", "WARNING", "ERROR", "core_worker", "Traceback", "logging_progress", "(raylet)"):
@@ -290,9 +333,15 @@ def test_a_killed_run_loses_at_most_flush_s_of_work(tmp_path, reward_dir, ray_tm
     assert rerun.returncode == 0, err[-3000:]
     table = read_scores(out)
     ids = list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist()))
-    figures(flush_s=flush_s, rows_written_at_kill=written, seconds_since_last_commit_at_kill=round(at_risk_s, 1),
-            median_seconds_between_commits=round(gaps[len(gaps) // 2], 1), shards_at_kill=len(parts),
-            rows_after_resume=len(ids), duplicated=len(ids) - len(set(ids)))
+    figures(
+        flush_s=flush_s,
+        rows_written_at_kill=written,
+        seconds_since_last_commit_at_kill=round(at_risk_s, 1),
+        median_seconds_between_commits=round(gaps[len(gaps) // 2], 1),
+        shards_at_kill=len(parts),
+        rows_after_resume=len(ids),
+        duplicated=len(ids) - len(set(ids)),
+    )
     assert at_risk_s <= 2 * flush_s + 2, at_risk_s
     assert gaps[len(gaps) // 2] <= 2 * flush_s + 2  # one actor: a commit about every flush_s seconds
     assert len(ids) == len(set(ids)) == 798

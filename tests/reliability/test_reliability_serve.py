@@ -50,11 +50,26 @@ def attack_args(rm, critic, key_file) -> dict:
         "tokenizer": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1},
         "ingress": {"min_replicas": 1, "max_replicas": 1, "admission_timeout_s": 4},
         "models": [
-            {"name": "rm", "path": str(rm), "kind": "reward", "max_length": 512, "max_batch_tokens": 2048,
-             "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 2, "max_queued_requests": 2,
-                          "batch_max_tokens": 1024}},
-            {"name": "judge", "path": str(critic), "kind": "critic", "max_new_tokens": 8,
-             "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+            {
+                "name": "rm",
+                "path": str(rm),
+                "kind": "reward",
+                "max_length": 512,
+                "max_batch_tokens": 2048,
+                "replicas": {
+                    "num_cpus": 0.1,
+                    "max_ongoing_requests": 2,
+                    "max_queued_requests": 2,
+                    "batch_max_tokens": 1024,
+                },
+            },
+            {
+                "name": "judge",
+                "path": str(critic),
+                "kind": "critic",
+                "max_new_tokens": 8,
+                "replicas": {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1},
+            },
         ],
     }
 
@@ -64,12 +79,21 @@ def attack(serve_port, reward_dir, critic_dir, tmp_path_factory):
     rm = reward_dir("llama")
     key_file = tmp_path_factory.mktemp("secrets") / "api_keys"
     key_file.write_text(f"# the attack app's second key\n{FILE_KEY}\n")
-    deploy({"name": "attack", "route_prefix": PREFIX, "import_path": "deployments.app:build_app",
-            "args": attack_args(rm, critic_dir, key_file)})
+    deploy(
+        {
+            "name": "attack",
+            "route_prefix": PREFIX,
+            "import_path": "deployments.app:build_app",
+            "args": attack_args(rm, critic_dir, key_file),
+        }
+    )
     base = f"http://127.0.0.1:{serve_port}{PREFIX}"
-    yield {"base": base, "port": serve_port,
-           "rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward", max_length=512)),  # as served
-           "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8))}
+    yield {
+        "base": base,
+        "port": serve_port,
+        "rm": load_model(ModelSpec(name="rm", path=str(rm), kind="reward", max_length=512)),  # as served
+        "judge": load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic", max_new_tokens=8)),
+    }
     serve.delete("attack")
 
 
@@ -124,16 +148,20 @@ def test_overload_every_valid_request_succeeds_under_retry(attack, figures):
     singles = conversations(240, seed=1)
     longs = [conversations(30, seed=10 + k, long=True) for k in range(6)]
     items = [dict(ITEMS[i % 2], prompt=f"{ITEMS[i % 2]['prompt']} ({i})") for i in range(12)]
-    bodies = ([("/v1/rewards", {"conversations": [c]}) for c in singles]
-              + [("/v1/rewards", {"conversations": batch}) for batch in longs]
-              + [("/v1/judge", {"items": items, "debias": True})] * 6)
+    bodies = (
+        [("/v1/rewards", {"conversations": [c]}) for c in singles]
+        + [("/v1/rewards", {"conversations": batch}) for batch in longs]
+        + [("/v1/judge", {"items": items, "debias": True})] * 6
+    )
 
     async def run():
         first: Counter = Counter()
         done: dict[int, dict] = {}
         retried = 0
-        async with httpx.AsyncClient(base_url=attack["base"], headers=AUTH, timeout=120,
-                                     limits=httpx.Limits(max_connections=400)) as c:
+        async with httpx.AsyncClient(
+            base_url=attack["base"], headers=AUTH, timeout=120, limits=httpx.Limits(max_connections=400)
+        ) as c:
+
             async def one(k: int, path: str, body: dict) -> None:
                 nonlocal retried
                 for attempt in range(60):
@@ -170,9 +198,17 @@ def test_overload_every_valid_request_succeeds_under_retry(attack, figures):
     client = RewardClient.http(attack["base"], api_key=API_KEY, model="rm")
     got = client.score(many)
     assert got == pytest.approx(rm.score(many), abs=TOL)
-    figures(requests=len(bodies), first_try=dict(sorted(first.items())), retried_503=retried,
-            succeeded=len(done), lost=len(bodies) - len(done), seconds=round(seconds, 1),
-            rewardclient_items=len(many), rewardclient_results=len(got), rewardclient_retries=client.stats["retries"])
+    figures(
+        requests=len(bodies),
+        first_try=dict(sorted(first.items())),
+        retried_503=retried,
+        succeeded=len(done),
+        lost=len(bodies) - len(done),
+        seconds=round(seconds, 1),
+        rewardclient_items=len(many),
+        rewardclient_results=len(got),
+        rewardclient_retries=client.stats["retries"],
+    )
     client.close()
 
 
@@ -206,14 +242,24 @@ def test_a_replica_killed_mid_stream_loses_and_duplicates_nothing(attack, transp
     rm = attack["rm"]
     many = conversations(2000, seed=3 if transport == "http" else 4)
     want = rm.score(many)
-    client = (RewardClient.http(attack["base"], api_key=API_KEY, model="rm") if transport == "http"
-              else RewardClient.handle("attack", model="rm"))
+    client = (
+        RewardClient.http(attack["base"], api_key=API_KEY, model="rm")
+        if transport == "http"
+        else RewardClient.handle("attack", model="rm")
+    )
     got, mid_stream = _kill_during(lambda: client.score(many), "reward-rm", after_s=1.5)
     wait_healthy()
     lost = sum(g is None for g in got) + (len(many) - len(got))
     wrong = sum(abs(g - w) > TOL for g, w in zip(got, want))  # a duplicate or shifted result lands here
-    figures(transport=transport, items=len(many), killed_mid_stream=mid_stream, results=len(got), lost=lost,
-            wrong_or_duplicated=wrong, client_retries=client.stats["retries"])
+    figures(
+        transport=transport,
+        items=len(many),
+        killed_mid_stream=mid_stream,
+        results=len(got),
+        lost=lost,
+        wrong_or_duplicated=wrong,
+        client_retries=client.stats["retries"],
+    )
     assert mid_stream and lost == 0 and wrong == 0
     client.close()
 
@@ -225,8 +271,9 @@ def test_a_critic_killed_during_generation_answers_a_retryable_status(attack, fi
     want = [v.winner for v in judge.judge(items, mode="generate")]
 
     def generate():
-        return httpx.post(f"{attack['base']}/v1/judge", json={"items": items, "mode": "generate"}, headers=AUTH,
-                          timeout=120)
+        return httpx.post(
+            f"{attack['base']}/v1/judge", json={"items": items, "mode": "generate"}, headers=AUTH, timeout=120
+        )
 
     statuses, mid_stream = [], []
     for after_s in (0.3, 1.0):
@@ -240,8 +287,12 @@ def test_a_critic_killed_during_generation_answers_a_retryable_status(attack, fi
             assert r.headers["retry-after"] and r.json()["error"]["code"] == "overloaded"
         else:
             assert [v["winner"] for v in r.json()["results"]] == want
-    figures(kills=len(statuses), killed_mid_request=mid_stream, statuses=statuses,
-            five_hundreds=sum(s == 500 for s in statuses))
+    figures(
+        kills=len(statuses),
+        killed_mid_request=mid_stream,
+        statuses=statuses,
+        five_hundreds=sum(s == 500 for s in statuses),
+    )
     assert all(mid_stream)
 
 
@@ -262,8 +313,9 @@ def _status(s: socket.socket) -> tuple[int, bytes]:
             break
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
     while len(rest) < length:
         chunk = s.recv(65536)
         if not chunk:
@@ -275,15 +327,18 @@ def _status(s: socket.socket) -> tuple[int, bytes]:
 def test_slow_bodies_time_out_and_leave_the_app_answering(attack, figures):
     """Seen before: 520 authenticated slow bodies filled the ingress's 512 slots and /healthz timed out."""
     n = 60
-    head = (f"POST {PREFIX}/v1/rewards HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    head = (
+        f"POST {PREFIX}/v1/rewards HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
     slow = [_raw(attack["port"], head + b'{"conversations": [') for _ in range(n)]
     time.sleep(0.5)
     started = time.perf_counter()
     health = httpx.get(f"{attack['base']}/healthz", timeout=10)
     health_s = time.perf_counter() - started
-    valid = httpx.post(f"{attack['base']}/v1/rewards", json={"conversations": [CONVERSATIONS[0]]}, headers=AUTH,
-                       timeout=30)
+    valid = httpx.post(
+        f"{attack['base']}/v1/rewards", json={"conversations": [CONVERSATIONS[0]]}, headers=AUTH, timeout=30
+    )
     statuses, bodies = Counter(), []
     for s in slow:
         status, rest = _status(s)
@@ -291,8 +346,14 @@ def test_slow_bodies_time_out_and_leave_the_app_answering(attack, figures):
         bodies.append(rest)
         s.close()
     waited = time.perf_counter() - started
-    figures(slow_bodies=n, healthz_status=health.status_code, healthz_s=round(health_s, 2),
-            valid_request=valid.status_code, slow_statuses=dict(statuses), all_answered_within_s=round(waited, 1))
+    figures(
+        slow_bodies=n,
+        healthz_status=health.status_code,
+        healthz_s=round(health_s, 2),
+        valid_request=valid.status_code,
+        slow_statuses=dict(statuses),
+        all_answered_within_s=round(waited, 1),
+    )
     assert health.status_code == 200 and health_s < 5 and valid.status_code == 200
     assert statuses == {408: n}
     assert all(b'"request_timeout"' in b and b"body_timeout_s" in b for b in bodies if b)
@@ -300,8 +361,10 @@ def test_slow_bodies_time_out_and_leave_the_app_answering(attack, figures):
 
 def test_a_chunked_body_is_refused_before_it_is_read_in_full(attack, figures):
     """Seen before: a chunked 300 MB body was read into memory in full before the 413."""
-    head = (f"POST {PREFIX}/v1/rewards HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    head = (
+        f"POST {PREFIX}/v1/rewards HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     s = _raw(attack["port"], head)
     chunk = b"x" * (1 << 20)
     sent, status, rest = 0, 0, b""
@@ -334,13 +397,38 @@ def test_hostile_bodies_over_the_proxy(attack, figures):
     """A sample of hostile bodies through Serve's proxy and the ingress replica (the in-process
     fuzzer, test_reliability_fuzz.py, sends thousands): no 5xx, no traceback, our error shape."""
     rng = random.Random(14)
-    paths = ["/v1/rewards", "/v1/compare", "/v1/judge", "/get_reward", "/classify", "/pooling", "/score",
-             "/rerank", "/tokenize", "/v1/embeddings", "/v1/classify", "/predict", "/nope", "/v1/models"]
-    bodies = [b"", b"{", b"null", b"[]", b'{"conversations": null}', b'{"conversations": [[]]}',
-              b'{"conversations": [[{"role": "bot", "content": "x"}]]}', b"\xff\xfe\xfd", b'{"model": "' +
-              b"m" * 100_000 + b'"}', b'{"items": [{"prompt": 1}]}', b'{"input": [[-1, 99999999999]]}',
-              b'{"text": [' + b"[" * 5000 + b"]" * 5000 + b"]}", b'{"query": NaN}', b'{"conversations": "' +
-              b"\\ud800" * 100 + b'"}']
+    paths = [
+        "/v1/rewards",
+        "/v1/compare",
+        "/v1/judge",
+        "/get_reward",
+        "/classify",
+        "/pooling",
+        "/score",
+        "/rerank",
+        "/tokenize",
+        "/v1/embeddings",
+        "/v1/classify",
+        "/predict",
+        "/nope",
+        "/v1/models",
+    ]
+    bodies = [
+        b"",
+        b"{",
+        b"null",
+        b"[]",
+        b'{"conversations": null}',
+        b'{"conversations": [[]]}',
+        b'{"conversations": [[{"role": "bot", "content": "x"}]]}',
+        b"\xff\xfe\xfd",
+        b'{"model": "' + b"m" * 100_000 + b'"}',
+        b'{"items": [{"prompt": 1}]}',
+        b'{"input": [[-1, 99999999999]]}',
+        b'{"text": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+        b'{"query": NaN}',
+        b'{"conversations": "' + b"\\ud800" * 100 + b'"}',
+    ]
     statuses: Counter = Counter()
     bad = []
     with httpx.Client(base_url=attack["base"], headers=AUTH, timeout=60) as c:

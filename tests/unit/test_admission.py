@@ -159,8 +159,11 @@ class PoisonBackend:
 
 def test_one_jobs_failing_call_does_not_fail_the_jobs_gathered_with_it():
     backend = PoisonBackend()
-    jobs = [SequencesJob("rm", "score", [[1, 2], [3]]), SequencesJob("rm", "score", [[5], [-1]]),
-            SequencesJob("rm", "score", [[4, 4]])]
+    jobs = [
+        SequencesJob("rm", "score", [[1, 2], [3]]),
+        SequencesJob("rm", "score", [[5], [-1]]),
+        SequencesJob("rm", "score", [[4, 4]]),
+    ]
     results = run_sync(jobs, encoder=None, backend=backend)
     assert results[0] == [3.0, 3.0] and results[2] == [8.0]
     assert isinstance(results[1], ModelFailure)

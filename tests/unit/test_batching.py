@@ -26,7 +26,7 @@ def test_batches_fit_the_budget_and_cover_every_item_once(budget):
         assert len(b) <= 64
     # length sorting keeps padding small
     eff = padding_efficiency([[lengths[i] for i in b] for b in batches])
-    arrival = padding_efficiency([lengths[i:i + 16] for i in range(0, len(lengths), 16)])
+    arrival = padding_efficiency([lengths[i : i + 16] for i in range(0, len(lengths), 16)])
     assert eff >= 0.95 and arrival < 0.8
 
 

@@ -20,14 +20,15 @@ MODELS_DOC = (ROOT / "docs" / "models.md").read_text()  # the manual's page on t
 
 def python_block(text: str, heading: str | None = None) -> str:
     """The first Python block of `text`, or of its section `heading`."""
-    section = text[text.index(heading):] if heading else text
+    section = text[text.index(heading) :] if heading else text
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
 def run_cli(*args, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "cluster", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "cluster", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def test_tiny_model_command_writes_a_loadable_model(tmp_path):
@@ -63,9 +64,23 @@ def test_serve_demo_answers_every_route_over_http(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     routes = re.findall(r"^(GET|POST) (\S+)", proc.stdout, flags=re.M)
     statuses = re.findall(r"^  -> (\d{3}) ", proc.stdout, flags=re.M)
-    assert {p for _, p in routes} >= {"/healthz", "/v1/models", "/v1/rewards", "/v1/compare", "/v1/judge",
-                                      "/get_reward", "/classify", "/pooling", "/score", "/rerank", "/tokenize",
-                                      "/health", "/version", "/v1/embeddings", "/predict"}
+    assert {p for _, p in routes} >= {
+        "/healthz",
+        "/v1/models",
+        "/v1/rewards",
+        "/v1/compare",
+        "/v1/judge",
+        "/get_reward",
+        "/classify",
+        "/pooling",
+        "/score",
+        "/rerank",
+        "/tokenize",
+        "/health",
+        "/version",
+        "/v1/embeddings",
+        "/predict",
+    }
     assert statuses == ["200"] * (len(statuses) - 1) + ["422"]  # the last request is the bad one
     assert '"text": "[[A]]"' in proc.stdout or '"text": "[[B]]"' in proc.stdout
     assert "conversations[0][0].role: unknown role 'bot'" in proc.stdout  # the 422 in the in-process words
@@ -75,8 +90,18 @@ def test_serve_demo_answers_every_route_over_http(tmp_path):
 
 
 # what Ray and Serve print on their own during the demo, which its quiet default keeps out of the terminal
-SERVE_NOISE = ("graceful_shutdown", "infinite retries", "LongPollClient", "Connecting to existing Serve app",
-               "Started Serve", "is ready at", "(raylet)", "(ServeController", "(ProxyActor", "(ServeReplica")
+SERVE_NOISE = (
+    "graceful_shutdown",
+    "infinite retries",
+    "LongPollClient",
+    "Connecting to existing Serve app",
+    "Started Serve",
+    "is ready at",
+    "(raylet)",
+    "(ServeController",
+    "(ProxyActor",
+    "(ServeReplica",
+)
 
 
 def test_demo_takes_verbose_and_nothing_by_prefix():
@@ -178,7 +203,7 @@ def test_readme_documents_model_spec_fields(field):
     """A spec field (shared, or a kind's own) is explained in docs/models.md's ModelSpec table (every
     field is also in the generated docs/configuration.md: tests/unit/test_config_reference.py)."""
     assert any(field in ModelSpec.of_kind(k).model_fields for k in NAMES)
-    table = MODELS_DOC[MODELS_DOC.index("### ModelSpec"):MODELS_DOC.index("## Process reward models")]
+    table = MODELS_DOC[MODELS_DOC.index("### ModelSpec") : MODELS_DOC.index("## Process reward models")]
     assert f"`{field}`" in table
 
 
@@ -186,13 +211,21 @@ def test_light_entry_points_import_neither_torch_nor_pyarrow():
     """The client, the RL reward-function files, the HTTP layer and the CLI's parser load without
     torch, pyarrow or the Serve layer (package exports are lazy; each CLI command is imported only
     when it runs)."""
-    code = ("import sys; from cluster import RewardClient, ScoringError, InvalidInput; "
-            "import cluster.client.verl_reward, cluster.client.openrlhf_reward_func, cluster.http.app; "
-            "from cluster.cli.main import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'pyarrow', 'transformers', 'deployments', 'ray.serve') "
-            "if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys; from cluster import RewardClient, ScoringError, InvalidInput; "
+        "import cluster.client.verl_reward, cluster.client.openrlhf_reward_func, cluster.http.app; "
+        "from cluster.cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'pyarrow', 'transformers', 'deployments', 'ray.serve') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
     help_text = run_cli("--help")

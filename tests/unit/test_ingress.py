@@ -26,8 +26,11 @@ def test_ingress_settings_are_validated():
 
 
 def test_ingress_autoscales_like_the_other_deployments():
-    options = ingress_options(IngressSettings(min_replicas=1, max_replicas=4, target_ongoing_requests=32,
-                                              num_cpus=0.5, max_ongoing_requests=300))
+    options = ingress_options(
+        IngressSettings(
+            min_replicas=1, max_replicas=4, target_ongoing_requests=32, num_cpus=0.5, max_ongoing_requests=300
+        )
+    )
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32}
     assert options["num_replicas"] is None and options["ray_actor_options"] == {"num_cpus": 0.5}
     assert options["max_ongoing_requests"] == 300
@@ -35,7 +38,10 @@ def test_ingress_autoscales_like_the_other_deployments():
     assert fixed["num_replicas"] == 2 and fixed["autoscaling_config"] is None
     # the baseline switch deploys the ingress as before issue 13
     assert ingress_options(IngressSettings(fast_path=False)) == {
-        "name": "ingress", "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 0}}
+        "name": "ingress",
+        "max_ongoing_requests": 512,
+        "ray_actor_options": {"num_cpus": 0},
+    }
 
 
 def test_gatherer_runs_concurrent_jobs_in_shared_flows():
@@ -52,7 +58,8 @@ def test_gatherer_runs_concurrent_jobs_in_shared_flows():
 
     gather, results = asyncio.run(main())
     assert [r if not isinstance(r, BaseException) else str(r) for r in results] == [
-        str(InvalidInput(f"bad {j}")) if j % 5 == 0 else j * 10 for j in range(1, 21)]
+        str(InvalidInput(f"bad {j}")) if j % 5 == 0 else j * 10 for j in range(1, 21)
+    ]
     assert sorted(j for f in flows for j in f) == list(range(1, 21))  # each job run once
     assert max(len(f) for f in flows) == 8 and len(flows) < 20  # gathered, never more than max_jobs
     assert gather.stats["flows"] == len(flows) and gather.stats["jobs"] == 20

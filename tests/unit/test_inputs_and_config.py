@@ -21,10 +21,14 @@ def rm(reward_dir):
     [
         ([[]], r"conversations\[0\]: the conversation is empty"),
         ([GOOD, [{"role": "bot", "content": "hi"}]], r"conversations\[1\]\[0\]\.role: unknown role 'bot'"),
-        ([[{"role": "user", "content": "q"}, {"role": "assistant", "content": 3}]],
-         r"conversations\[0\]\[1\]\.content: must be a string, got int"),
-        ([[{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]],
-         r"conversations\[0\]\[1\]\.content: must be a string, got NoneType"),
+        (
+            [[{"role": "user", "content": "q"}, {"role": "assistant", "content": 3}]],
+            r"conversations\[0\]\[1\]\.content: must be a string, got int",
+        ),
+        (
+            [[{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]],
+            r"conversations\[0\]\[1\]\.content: must be a string, got NoneType",
+        ),
         ([[{"role": "user", "content": "q"}]], r"conversations\[0\]: the last message must be the assistant's"),
         ([[{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]], r"got role 'user'"),
         ([["just a string in a list"]], r"conversations\[0\]\[0\]: a message must be an object"),
@@ -109,21 +113,26 @@ def test_unsupported_device_settings_are_config_errors(reward_dir):
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
         load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", device="cuda"))
     with pytest.raises(ConfigError, match="flash_attention_2' needs a CUDA device"):
-        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward",
-                             attn_implementation="flash_attention_2"))
+        load_model(
+            ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", attn_implementation="flash_attention_2")
+        )
 
 
 def test_max_length_beyond_the_model_is_rejected(reward_dir):
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings=4096"):
-        load_model(ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", max_length=8192,
-                             max_batch_tokens=8192))
+        load_model(
+            ModelSpec(name="m", path=str(reward_dir("llama")), kind="reward", max_length=8192, max_batch_tokens=8192)
+        )
 
 
 def test_every_error_class_has_one_status():
     import cluster.core.errors as errors
 
-    classes = [c for c in vars(errors).values()
-               if isinstance(c, type) and issubclass(c, ScoringError) and c is not ScoringError]
+    classes = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, ScoringError) and c is not ScoringError
+    ]
     assert set(classes) == set(HTTP_STATUS)
     assert http_status(errors.InputTooLong("x")) == 422
     assert http_status(errors.UnknownModel("x")) == 404
@@ -165,30 +174,53 @@ def test_the_all_seed_models_config_places_every_seed_model():
     raw = yaml.safe_load((REPO / "ray_config.all-seed-models.yaml").read_text())
     [app] = ServeDeploySchema(**raw).applications
     models = {m.path: m for m in AppConfig.parse(app.args).models}
-    llama8b = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                   num_key_value_heads=8, vocab_size=128256)
+    llama8b = dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    )
     shapes = {
         "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2": LlamaConfig(**llama8b),
-        "Skywork/Skywork-Reward-V2-Qwen3-8B": Qwen3Config(hidden_size=4096, intermediate_size=12288,
-                                                          num_hidden_layers=36, num_attention_heads=32,
-                                                          num_key_value_heads=8, head_dim=128, vocab_size=151936),
-        "Skywork/Skywork-Reward-Gemma-2-27B-v0.2": Gemma2Config(hidden_size=4608, intermediate_size=36864,
-                                                                num_hidden_layers=46, num_attention_heads=32,
-                                                                num_key_value_heads=16, head_dim=128,
-                                                                vocab_size=256000),
+        "Skywork/Skywork-Reward-V2-Qwen3-8B": Qwen3Config(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+        ),
+        "Skywork/Skywork-Reward-Gemma-2-27B-v0.2": Gemma2Config(
+            hidden_size=4608,
+            intermediate_size=36864,
+            num_hidden_layers=46,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            head_dim=128,
+            vocab_size=256000,
+        ),
         "Skywork/Skywork-Critic-Llama-3.1-8B": LlamaConfig(**llama8b, tie_word_embeddings=False),
-        "Skywork/Skywork-Critic-Llama-3.1-70B": LlamaConfig(hidden_size=8192, intermediate_size=28672,
-                                                            num_hidden_layers=80, num_attention_heads=64,
-                                                            num_key_value_heads=8, vocab_size=128256,
-                                                            tie_word_embeddings=False),
+        "Skywork/Skywork-Critic-Llama-3.1-70B": LlamaConfig(
+            hidden_size=8192,
+            intermediate_size=28672,
+            num_hidden_layers=80,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+        ),
     }
     assert set(models) == set(shapes)
     gpu = 80 * 10**9
     for path, config in shapes.items():
         served = models[path]
         assert served.replicas.num_gpus >= served.devices
-        plan = plan_placement(config, served.kind, served.devices, torch.bfloat16,
-                              max_memory={i: gpu for i in range(served.devices)})
+        plan = plan_placement(
+            config, served.kind, served.devices, torch.bfloat16, max_memory={i: gpu for i in range(served.devices)}
+        )
         layers = layers_per_device(plan)
         assert sorted(i for ids in layers.values() for i in ids) == list(range(config.num_hidden_layers)), path
         assert len(layers) == served.devices, path
@@ -200,11 +232,18 @@ def test_the_all_seed_models_config_places_every_seed_model():
         ({"models": []}, r"AppConfig\.models"),
         ({"models": [{"name": "a", "path": "p", "kind": "reward"}], "extra": 1}, r"unknown field 'extra'"),
         ({"models": [{"name": "a", "path": "p", "kind": "reward"}] * 2}, r"repeated: \['a'\]"),
-        ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"gpus": 1}}]},
-         r"AppConfig\.models\[0\]: ServedModel\.replicas: ReplicaSettings: unknown field 'gpus'"),
-        ({"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"min_replicas": 3,
-                                                                            "max_replicas": 2}}]},
-         r"min_replicas \(3\) > max_replicas \(2\)"),
+        (
+            {"models": [{"name": "a", "path": "p", "kind": "reward", "replicas": {"gpus": 1}}]},
+            r"AppConfig\.models\[0\]: ServedModel\.replicas: ReplicaSettings: unknown field 'gpus'",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "a", "path": "p", "kind": "reward", "replicas": {"min_replicas": 3, "max_replicas": 2}}
+                ]
+            },
+            r"min_replicas \(3\) > max_replicas \(2\)",
+        ),
     ],
 )
 def test_bad_app_configs_are_named(args, message):

@@ -67,34 +67,40 @@ def rm_bench_table() -> pa.Table:
     chosen = [[1.0, 2.0, 3.0], [2.0, 1.0, 3.0]]
     rejected = [[0.5, 1.5, 2.5], [1.0, 1.0, 3.5]]
     margins = [[c - r for c in row_chosen for r in row_rejected] for row_chosen, row_rejected in zip(chosen, rejected)]
-    return pa.table({
-        "subset": ["chat", "code"],
-        "chosen_scores": chosen,
-        "rejected_scores": rejected,
-        "margins": margins,
-        "margin": [sum(row) / 9 for row in margins],
-        "win_rate": [sum(m > 0 for m in row) / 9 for row in margins],
-        "chosen_wins": [all(m > 0 for m in row) for row in margins],
-        "truncated": [False, False],
-    })
+    return pa.table(
+        {
+            "subset": ["chat", "code"],
+            "chosen_scores": chosen,
+            "rejected_scores": rejected,
+            "margins": margins,
+            "margin": [sum(row) / 9 for row in margins],
+            "win_rate": [sum(m > 0 for m in row) / 9 for row in margins],
+            "chosen_wins": [all(m > 0 for m in row) for row in margins],
+            "truncated": [False, False],
+        }
+    )
 
 
 def critic_table() -> pa.Table:
     probs = [0.9, 0.5, 0.2, 1.0]
-    return pa.table({
-        "prob_chosen": probs,
-        "margin": [math.log(9.0), 0.0, math.log(0.25), math.inf],
-        "chosen_wins": [p > 0.5 for p in probs],  # 0.5 is a tie: it loses
-        "truncated": [False, True, False, False],
-    })
+    return pa.table(
+        {
+            "prob_chosen": probs,
+            "margin": [math.log(9.0), 0.0, math.log(0.25), math.inf],
+            "chosen_wins": [p > 0.5 for p in probs],  # 0.5 is a tie: it loses
+            "truncated": [False, True, False, False],
+        }
+    )
 
 
 def plain_table() -> pa.Table:
-    return pa.table({
-        "subset": ["x", "x", "y", "y", "y"],
-        "score": pa.array([1.0, 2.0, 3.0, 4.0, None], pa.float64()),
-        "truncated": [True, False, True, False, False],
-    })
+    return pa.table(
+        {
+            "subset": ["x", "x", "y", "y", "y"],
+            "score": pa.array([1.0, 2.0, 3.0, 4.0, None], pa.float64()),
+            "truncated": [True, False, True, False, False],
+        }
+    )
 
 
 # ---------------------------------------------------------------- metrics
@@ -126,8 +132,11 @@ def test_rewardbench_sections_are_weighted_by_rows_in_the_table():
     # Chat: (0.75 * 4 + 0.0 * 2) / 6 = 0.5, not the unweighted (0.75 + 0.0) / 2 = 0.375.
     chat = (0.75 * 4 + 0.0 * 2) / (4 + 2)
     reasoning = 1.0
-    assert sections == {"Chat": pytest.approx(chat), "Reasoning": pytest.approx(reasoning),
-                        "Score": pytest.approx((chat + reasoning) / 2)}  # absent sections omitted
+    assert sections == {
+        "Chat": pytest.approx(chat),
+        "Reasoning": pytest.approx(reasoning),
+        "Score": pytest.approx((chat + reasoning) / 2),
+    }  # absent sections omitted
 
 
 def test_no_rewardbench_key_unless_every_subset_is_rewardbench():
@@ -143,14 +152,26 @@ def test_rm_bench_easy_normal_hard():
     summary = summarize(rm_bench_table())
     easy, normal, hard = (1 + 2 / 3) / 2, (1 + 1 / 3) / 2, (0 + 1 / 3) / 2  # 5/6, 2/3, 1/6: all differ
     assert without_ci(summary["rm_bench"]) == {
-        "rows": 2, "easy": pytest.approx(easy), "normal": pytest.approx(normal), "hard": pytest.approx(hard),
+        "rows": 2,
+        "easy": pytest.approx(easy),
+        "normal": pytest.approx(normal),
+        "hard": pytest.approx(hard),
         "total": pytest.approx((easy + normal + hard) / 3),
     }
     assert without_ci(summary["rm_bench_per_subset"]["chat"]) == {
-        "rows": 1, "easy": 1.0, "normal": 1.0, "hard": 0.0, "total": pytest.approx(2 / 3)}
+        "rows": 1,
+        "easy": 1.0,
+        "normal": 1.0,
+        "hard": 0.0,
+        "total": pytest.approx(2 / 3),
+    }
     assert without_ci(summary["rm_bench_per_subset"]["code"]) == {
-        "rows": 1, "easy": pytest.approx(2 / 3), "normal": pytest.approx(1 / 3), "hard": pytest.approx(1 / 3),
-        "total": pytest.approx(4 / 9)}
+        "rows": 1,
+        "easy": pytest.approx(2 / 3),
+        "normal": pytest.approx(1 / 3),
+        "hard": pytest.approx(1 / 3),
+        "total": pytest.approx(4 / 9),
+    }
     # One row per subset: every resample is that row, so its intervals are single points.
     assert summary["rm_bench_per_subset"]["chat"]["ci"]["hard"] == [0.0, 0.0]
     # Two rows: a resample is chat twice, code twice, or one each; hard is 0, 1/6 or 1/3 -> [0, 1/3].
@@ -163,9 +184,17 @@ def test_rm_bench_easy_normal_hard():
 
 
 def test_no_rm_bench_for_other_shapes():
-    table = pa.table({"chosen_scores": [[1.0, 2.0]], "rejected_scores": [[0.0, 3.0]],
-                      "margins": [[1.0, -2.0, 2.0, -1.0]], "margin": [0.0], "win_rate": [0.5],
-                      "chosen_wins": [False], "truncated": [False]})
+    table = pa.table(
+        {
+            "chosen_scores": [[1.0, 2.0]],
+            "rejected_scores": [[0.0, 3.0]],
+            "margins": [[1.0, -2.0, 2.0, -1.0]],
+            "margin": [0.0],
+            "win_rate": [0.5],
+            "chosen_wins": [False],
+            "truncated": [False],
+        }
+    )
     summary = summarize(table)
     assert "rm_bench" not in summary
     assert summary["accuracy"] == 0.5
@@ -187,13 +216,25 @@ def test_critic_table():
 def test_critic_multi_response_rm_bench_from_log_odds():
     # One row, 3x3 log-odds: wins everywhere except the upper-right triangle (indices 1, 2, 5).
     margins = [2.0, -1.0, -1.0, 2.0, 2.0, -1.0, 2.0, 2.0, 2.0]
-    table = pa.table({"probs_chosen": [[1 / (1 + math.exp(-m)) for m in margins]], "margins": [margins],
-                      "margin": [sum(margins) / 9], "win_rate": [6 / 9], "chosen_wins": [False],
-                      "truncated": [False]})
+    table = pa.table(
+        {
+            "probs_chosen": [[1 / (1 + math.exp(-m)) for m in margins]],
+            "margins": [margins],
+            "margin": [sum(margins) / 9],
+            "win_rate": [6 / 9],
+            "chosen_wins": [False],
+            "truncated": [False],
+        }
+    )
     summary = summarize(table)
     assert summary["kind"] == "critic"
-    assert without_ci(summary["rm_bench"]) == {"rows": 1, "easy": 1.0, "normal": 1.0, "hard": 0.0,
-                                               "total": pytest.approx(2 / 3)}
+    assert without_ci(summary["rm_bench"]) == {
+        "rows": 1,
+        "easy": 1.0,
+        "normal": 1.0,
+        "hard": 0.0,
+        "total": pytest.approx(2 / 3),
+    }
 
 
 def test_plain_score_stats():
@@ -217,8 +258,10 @@ def test_null_rows_are_skipped():
     summary = summarize(table)
     assert (summary["rows"], summary["scored"], summary["skipped"]) == (3, 1, 2)
     assert summary["accuracy"] == 1.0  # not 1/3: errored rows are neither wins nor losses
-    assert summary["per_subset"] == {"a": {"rows": 1, "accuracy": 1.0, "ci": [1.0, 1.0]},
-                                     "b": {"rows": 0, "accuracy": None, "ci": None}}
+    assert summary["per_subset"] == {
+        "a": {"rows": 1, "accuracy": 1.0, "ci": [1.0, 1.0]},
+        "b": {"rows": 0, "accuracy": None, "ci": None},
+    }
     assert summary["score_stats"]["count"] == 2  # one chosen, one rejected
     json.dumps(summary, allow_nan=False)
 
@@ -285,10 +328,17 @@ def test_intervals_are_fast_on_benchmark_sized_tables():
     margins = rng.normal(0.5, 1.0, 3000)
     rewardbench = rm_pairs(list(rng.choice(names, 3000)), list(margins), list(margins > 0))
     grid = rng.normal(0.3, 1.0, (800, 9))
-    rm_bench = pa.table({"subset": rng.choice(["chat", "code", "math", "safety"], 800),
-                         "chosen_scores": list(rng.normal(size=(800, 3))), "rejected_scores": list(rng.normal(
-                             size=(800, 3))), "margins": list(grid), "margin": grid.mean(axis=1),
-                         "win_rate": (grid > 0).mean(axis=1), "chosen_wins": (grid > 0).all(axis=1)})
+    rm_bench = pa.table(
+        {
+            "subset": rng.choice(["chat", "code", "math", "safety"], 800),
+            "chosen_scores": list(rng.normal(size=(800, 3))),
+            "rejected_scores": list(rng.normal(size=(800, 3))),
+            "margins": list(grid),
+            "margin": grid.mean(axis=1),
+            "win_rate": (grid > 0).mean(axis=1),
+            "chosen_wins": (grid > 0).all(axis=1),
+        }
+    )
     started = time.perf_counter()
     first, second = summarize(rewardbench), summarize(rm_bench)
     assert time.perf_counter() - started < 2.0
@@ -315,8 +365,15 @@ def test_accuracy_plot_has_the_chance_line_and_the_intervals():
     chance = [line for line in axes.get_lines() if line.get_label() == "chance (50%)"]
     assert len(chance) == 1 and list(chance[0].get_xdata()) == [50, 50]
     labels = [tick.get_text() for tick in axes.get_yticklabels()]
-    assert labels == ["all rows", "RewardBench Chat", "RewardBench Reasoning", "RewardBench Score",
-                      "alpacaeval-easy", "hep-python", "mt-bench-easy"]
+    assert labels == [
+        "all rows",
+        "RewardBench Chat",
+        "RewardBench Reasoning",
+        "RewardBench Score",
+        "alpacaeval-easy",
+        "hep-python",
+        "mt-bench-easy",
+    ]
     (bars,) = [container for container in axes.containers if isinstance(container, BarContainer)]
     assert [round(bar.get_width(), 6) for bar in bars] == [round(100 * 4 / 7, 6), 50.0, 100.0, 75.0, 75.0, 100.0, 0.0]
     (errors,) = [container for container in axes.containers if isinstance(container, ErrorbarContainer)]
@@ -375,8 +432,9 @@ def test_degenerate_and_near_zero_histogram_ranges():
 def write_output_folder(folder, table: pa.Table, summary_json: dict | None = None) -> str:
     """A scoring output folder as the pipeline lays it out: parts/ shards and summary.json."""
     if "source_file" not in table.column_names:
-        table = table.append_column("source_file", pa.array(["data.jsonl"] * table.num_rows)) \
-            .append_column("source_row", pa.array(range(table.num_rows), pa.int64()))
+        table = table.append_column("source_file", pa.array(["data.jsonl"] * table.num_rows)).append_column(
+            "source_row", pa.array(range(table.num_rows), pa.int64())
+        )
     (folder / "parts").mkdir(parents=True)
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), folder / "parts" / "part-0001.parquet")
@@ -387,24 +445,42 @@ def write_output_folder(folder, table: pa.Table, summary_json: dict | None = Non
 
 
 RUN_BLOCK = {
-    "model": "skywork-rm-8b", "model_path": "/models/Skywork-Reward-Llama-3.1-8B", "model_kind": "reward",
-    "model_revision": "f3c1a2b", "input": "/data/rewardbench", "inputs": ["filtered.jsonl"],
-    "started_at": "2025-03-01T10:00:00+00:00", "finished_at": "2025-03-01T10:04:30+00:00",
-    "version": {"package": "0.1.0", "git": "abc1234"}, "options": {"shape": "pairs", "debias": False},
+    "model": "skywork-rm-8b",
+    "model_path": "/models/Skywork-Reward-Llama-3.1-8B",
+    "model_kind": "reward",
+    "model_revision": "f3c1a2b",
+    "input": "/data/rewardbench",
+    "inputs": ["filtered.jsonl"],
+    "started_at": "2025-03-01T10:00:00+00:00",
+    "finished_at": "2025-03-01T10:04:30+00:00",
+    "version": {"package": "0.1.0", "git": "abc1234"},
+    "options": {"shape": "pairs", "debias": False},
 }
 
 
 def test_report_says_what_was_measured(tmp_path):
-    table = rewardbench_table().append_column("source_file", pa.array(["filtered.jsonl"] * 7)) \
+    table = (
+        rewardbench_table()
+        .append_column("source_file", pa.array(["filtered.jsonl"] * 7))
         .append_column("source_row", pa.array(range(7), pa.int64()))
-    folder = write_output_folder(tmp_path / "out", table, {"model": "skywork-rm-8b", "seconds": 270.5,
-                                                             "errors": 3, "run": RUN_BLOCK})
+    )
+    folder = write_output_folder(
+        tmp_path / "out", table, {"model": "skywork-rm-8b", "seconds": 270.5, "errors": 3, "run": RUN_BLOCK}
+    )
     run = load_scored(folder)
     page = write_report(run.table, tmp_path / "r.html", title="T", run=run).read_text(encoding="utf-8")
-    for fact in ("skywork-rm-8b", "/models/Skywork-Reward-Llama-3.1-8B", "f3c1a2b", "/data/rewardbench",
-                 "1: filtered.jsonl", "2025-03-01 10:00:00 UTC to 2025-03-01 10:04:30 UTC", "270.5",
-                 "7 scored, 0 with no result, 3 errors", "scoring-cluster 0.1.0, git abc1234",
-                 "shape=pairs, debias=False"):
+    for fact in (
+        "skywork-rm-8b",
+        "/models/Skywork-Reward-Llama-3.1-8B",
+        "f3c1a2b",
+        "/data/rewardbench",
+        "1: filtered.jsonl",
+        "2025-03-01 10:00:00 UTC to 2025-03-01 10:04:30 UTC",
+        "270.5",
+        "7 scored, 0 with no result, 3 errors",
+        "scoring-cluster 0.1.0, git abc1234",
+        "shape=pairs, debias=False",
+    ):
         assert html.escape(fact) in page, fact
     assert re.search(r"Report generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC by scoring-cluster ", page)
     order = [page.index(heading) for heading in ("What was measured", "Results", "Plots", "Examples")]
@@ -480,11 +556,18 @@ def test_examples_are_the_most_confident_wins_and_losses():
 
 def test_examples_render_message_lists_and_several_responses():
     long_answer = "word " * 200
-    table = rm_bench_table().append_column("prompt", pa.array([
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <there>"}],
-        [{"role": "user", "content": "plain"}]]))
-    table = table.append_column("chosen", pa.array([["c1", "c2", long_answer], ["a", "b", "c"]])) \
-        .append_column("rejected", pa.array([["r1", "r2", "r3"], ["x", "y", "z"]]))
+    table = rm_bench_table().append_column(
+        "prompt",
+        pa.array(
+            [
+                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <there>"}],
+                [{"role": "user", "content": "plain"}],
+            ]
+        ),
+    )
+    table = table.append_column("chosen", pa.array([["c1", "c2", long_answer], ["a", "b", "c"]])).append_column(
+        "rejected", pa.array([["r1", "r2", "r3"], ["x", "y", "z"]])
+    )
     shown = pair_examples(table.filter(pa.array([True, False])), "reward", count=1)
     (win,) = shown["Most confident losses"]  # the row's chosen_wins is False (one of its comparisons lost)
     assert win.texts["prompt"] == "system: Be brief.\nuser: Hi <there>"
@@ -492,13 +575,19 @@ def test_examples_render_message_lists_and_several_responses():
     assert win.texts["chosen"].endswith("[999 characters]")  # shortened, with the full length named
     assert any(value.startswith("chosen scores [1, 2, 3]") for value in win.values)
     assert "win rate 67%" in win.values
-    assert display_text([[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]) == \
-        "[1] user: q\nassistant: a"
+    assert (
+        display_text([[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])
+        == "[1] user: q\nassistant: a"
+    )
 
 
 def test_score_examples_highest_and_lowest():
-    table = pa.table({"conversations": [[{"role": "user", "content": f"q{i}"}] for i in range(4)],
-                      "score": pa.array([0.5, None, 2.0, -1.0], pa.float64())})
+    table = pa.table(
+        {
+            "conversations": [[{"role": "user", "content": f"q{i}"}] for i in range(4)],
+            "score": pa.array([0.5, None, 2.0, -1.0], pa.float64()),
+        }
+    )
     shown = score_examples(table.filter(pa.array([True, False, True, True])), count=1)
     assert shown["Highest scores"][0].texts["conversations"] == "user: q2"
     assert shown["Lowest scores"][0].texts["conversations"] == "user: q3"

@@ -25,27 +25,48 @@ HEADS = {"reward": "score", "critic": "lm_head"}
 
 # Llama-3.1 as in its config.json (Skywork-Critic-Llama3.1-70B and Skywork-Reward-Llama-3.1-8B share it).
 LLAMA31 = dict(
-    vocab_size=128256, max_position_embeddings=131072, num_key_value_heads=8, rms_norm_eps=1e-5,
-    rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
-    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    num_key_value_heads=8,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+    bos_token_id=128000,
+    eos_token_id=[128001, 128008, 128009],
+    rope_scaling={
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
 )
 
 
 def llama_70b() -> LlamaConfig:
-    return LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                       **LLAMA31)
+    return LlamaConfig(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, **LLAMA31
+    )
 
 
 def llama_8b() -> LlamaConfig:
-    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_labels=1, **LLAMA31)
+    return LlamaConfig(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_labels=1, **LLAMA31
+    )
 
 
 def tiny(vocab_size: int = 512, tie: bool = False) -> LlamaConfig:
     # vocab 512: the embeddings weigh about one decoder layer (36992 parameters), as in the 70B (1.2).
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=vocab_size, tie_word_embeddings=tie, num_labels=1)
+    return LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie,
+        num_labels=1,
+    )
 
 
 def skeleton(config, kind, dtype):
@@ -107,8 +128,9 @@ def test_tiny_model_is_spread_evenly(kind, n_devices):
     config = tiny()
     # 30% over an even share: the weights cannot fit on one device fewer, so all n must be used.
     per_device = int(weights_bytes(config, kind, torch.float32) / n_devices * 1.3)
-    device_map = plan_placement(config, kind, n_devices, torch.float32, {i: per_device for i in range(n_devices)},
-                                headroom=0)
+    device_map = plan_placement(
+        config, kind, n_devices, torch.float32, {i: per_device for i in range(n_devices)}, headroom=0
+    )
     per_layer = check_map(config, kind, torch.float32, device_map, n_devices)
     assert counts(per_layer) == [8 // n_devices] * n_devices
 
@@ -277,8 +299,10 @@ def test_unknown_quantization_is_named():
         quantization_config("int4", "cuda")
 
 
-@pytest.mark.parametrize("name, install", [("int8", r"bitsandbytes.*pip install '\.\[quant\]'"),
-                                           ("fp8", r"fbgemm-gpu-genai.*pip install fbgemm-gpu-genai")])
+@pytest.mark.parametrize(
+    "name, install",
+    [("int8", r"bitsandbytes.*pip install '\.\[quant\]'"), ("fp8", r"fbgemm-gpu-genai.*pip install fbgemm-gpu-genai")],
+)
 def test_missing_backend_says_what_to_install(monkeypatch, name, install):
     monkeypatch.setattr(placement, "_backend_available", lambda _: False)
     with pytest.raises(ConfigError, match=install):

@@ -26,14 +26,21 @@ from cluster.data.report import (
 )
 
 
-def pairs(rows: list[int], wins: list[bool | None], margins: list[float | None], subset: str = "chat",
-          margins_lists: list[list[float]] | None = None, critic: bool = False) -> pa.Table:
+def pairs(
+    rows: list[int],
+    wins: list[bool | None],
+    margins: list[float | None],
+    subset: str = "chat",
+    margins_lists: list[list[float]] | None = None,
+    critic: bool = False,
+) -> pa.Table:
     """Scored pair rows of data.jsonl at the given source rows; None marks a row the model failed."""
     columns = {
         "subset": [subset] * len(rows),
         "prompt": [f"prompt {row}" for row in rows],
         ("prob_chosen" if critic else "chosen_score"): pa.array(
-            [None if m is None else (1 / (1 + np.exp(-m)) if critic else m) for m in margins], pa.float64()),
+            [None if m is None else (1 / (1 + np.exp(-m)) if critic else m) for m in margins], pa.float64()
+        ),
         "margin": pa.array(margins, pa.float64()),
         "chosen_wins": pa.array(wins, pa.bool_()),
         "truncated": [False] * len(rows),
@@ -46,13 +53,20 @@ def pairs(rows: list[int], wins: list[bool | None], margins: list[float | None],
 
 
 def scores(rows: list[int], values: list[float | None]) -> pa.Table:
-    return pa.table({"conversations": [[{"role": "user", "content": f"q{row}"}] for row in rows],
-                     "score": pa.array(values, pa.float64()), "truncated": [False] * len(rows),
-                     "source_file": ["data.jsonl"] * len(rows), "source_row": pa.array(rows, pa.int64())})
+    return pa.table(
+        {
+            "conversations": [[{"role": "user", "content": f"q{row}"}] for row in rows],
+            "score": pa.array(values, pa.float64()),
+            "truncated": [False] * len(rows),
+            "source_file": ["data.jsonl"] * len(rows),
+            "source_row": pa.array(rows, pa.int64()),
+        }
+    )
 
 
-def output_folder(path, table: pa.Table, model: str | None = None, inputs: list[str] | None = None,
-                  kind: str = "reward") -> str:
+def output_folder(
+    path, table: pa.Table, model: str | None = None, inputs: list[str] | None = None, kind: str = "reward"
+) -> str:
     (path / "parts").mkdir(parents=True)
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), path / "parts" / "part-a.parquet")
@@ -108,8 +122,9 @@ def test_spearman_gives_ties_their_average_rank():
 
 def test_compare_cli_writes_one_page(tmp_path, capsys):
     folder_a = output_folder(tmp_path / "a", pairs(list(range(6)), A_WINS, A_MARGINS), model="rm")
-    folder_b = output_folder(tmp_path / "b", pairs(B_ROWS, B_WINS, B_MARGINS, critic=True), model="judge",
-                             kind="critic")
+    folder_b = output_folder(
+        tmp_path / "b", pairs(B_ROWS, B_WINS, B_MARGINS, critic=True), model="judge", kind="critic"
+    )
     out = tmp_path / "compare.html"
     assert cli_main(["report", folder_a, folder_b, "--out", str(out), "--labels", "first,second"]) == 0
     page = out.read_text(encoding="utf-8")
@@ -121,17 +136,23 @@ def test_compare_cli_writes_one_page(tmp_path, capsys):
     # B has a row A lacks: 6 of 7 in common is under 90%, which the page points out.
     assert re.findall(r'<p class="warning">Warning: ([^<]*)</p>', page) == [
         "first and second have 6 rows in common (first: 6 rows, second: 7): not the same corpus, or one run is "
-        "incomplete; their agreement is over the common rows only."]
+        "incomplete; their agreement is over the common rows only."
+    ]
     printed = capsys.readouterr().out
     assert "same winner %" in printed and f"report written to {out.resolve()}" in printed
 
 
 def test_compare_warns_about_different_corpora_and_escapes_names(tmp_path):
     hostile = "<script>alert(1)</script>"
-    folder_a = output_folder(tmp_path / "a", pairs(list(range(10)), [True] * 10, [1.0] * 10, subset=hostile),
-                             model="<b>rm</b>", inputs=["rewardbench.jsonl"])
-    folder_b = output_folder(tmp_path / "b", pairs(list(range(8, 20)), [False] * 12, [-1.0] * 12),
-                             model="rm2", inputs=["rm-bench.jsonl"])
+    folder_a = output_folder(
+        tmp_path / "a",
+        pairs(list(range(10)), [True] * 10, [1.0] * 10, subset=hostile),
+        model="<b>rm</b>",
+        inputs=["rewardbench.jsonl"],
+    )
+    folder_b = output_folder(
+        tmp_path / "b", pairs(list(range(8, 20)), [False] * 12, [-1.0] * 12), model="rm2", inputs=["rm-bench.jsonl"]
+    )
     out = tmp_path / "c.html"
     assert cli_main(["report", folder_a, folder_b, "--out", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
@@ -144,8 +165,10 @@ def test_compare_warns_about_different_corpora_and_escapes_names(tmp_path):
 
 def test_labels_default_to_model_names_and_are_made_unique(tmp_path):
     table = pairs([0, 1], [True, False], [1.0, -1.0])
-    runs = [load_scored(output_folder(tmp_path / name, table, model=model))
-            for name, model in (("x", "rm"), ("y", "rm"), ("z", None))]
+    runs = [
+        load_scored(output_folder(tmp_path / name, table, model=model))
+        for name, model in (("x", "rm"), ("y", "rm"), ("z", None))
+    ]
     assert compare_labels(runs) == ["rm (x)", "rm (y)", "z"]
     assert compare_labels(runs, ["a", "a", "a"]) == ["a (x)", "a (y)", "a (z)"]
 
@@ -181,16 +204,19 @@ def test_an_input_file_is_named_as_such(tmp_path, monkeypatch, capsys, name):
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n', encoding="utf-8")
     assert cli_main(["report", name, "--out", "r.html"]) == 2
-    assert one_error_line(capsys) == (f"error: {name}: an input file, not a scoring output; run python -m cluster "
-                                      f"score {name} OUT first, then report OUT")
+    assert one_error_line(capsys) == (
+        f"error: {name}: an input file, not a scoring output; run python -m cluster "
+        f"score {name} OUT first, then report OUT"
+    )
     assert not (tmp_path / "r.html").exists()
 
 
 def test_a_file_of_an_output_folder_points_to_the_folder(tmp_path, capsys):
     folder = output_folder(tmp_path / "out", pairs([0, 1], [True, False], [1.0, -1.0]))
     assert cli_main(["report", f"{folder}/summary.json", "--out", str(tmp_path / "r.html")]) == 2
-    assert one_error_line(capsys).endswith(f"a file of a scoring output; pass its folder: python -m cluster report "
-                                           f"{folder}")
+    assert one_error_line(capsys).endswith(
+        f"a file of a scoring output; pass its folder: python -m cluster report {folder}"
+    )
 
 
 def test_an_input_parquet_file_is_named_as_such(tmp_path, capsys):

@@ -34,17 +34,17 @@ INLINE_PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 # last, with ties, one-step solutions, and a long solution (8 steps) only one reaches.
 STEP_REWARDS = [
     [0.9, 0.8, 0.7],
-    [0.1, 0.9, 0.95],           # weakest first
-    [0.6, 0.05, 0.7, 0.8],      # middle; the lowest of all
-    [0.99],                     # one step
-    [0.7, 0.7, 0.3],            # last
-    [0.5, 0.4, 0.4, 0.9],       # a tie: the first of the two (index 1, middle)
-    [0.85, 0.15],               # last
+    [0.1, 0.9, 0.95],  # weakest first
+    [0.6, 0.05, 0.7, 0.8],  # middle; the lowest of all
+    [0.99],  # one step
+    [0.7, 0.7, 0.3],  # last
+    [0.5, 0.4, 0.4, 0.9],  # a tie: the first of the two (index 1, middle)
+    [0.85, 0.15],  # last
     [0.95, 0.9, 0.92, 0.91, 0.6, 0.93, 0.97, 0.99],  # middle, 8 steps
-    [0.3],                      # one step
-    [0.55, 0.65, 0.75],         # first
+    [0.3],  # one step
+    [0.55, 0.65, 0.75],  # first
     [0.2, 0.25, 0.19, 0.8, 0.9],  # middle
-    [0.81, 0.82],               # first
+    [0.81, 0.82],  # first
 ]
 
 
@@ -57,31 +57,47 @@ def prm_rows(rewards: list[list[float] | None], errors: dict[int, str] | None = 
     def per_row(make, kind):
         return pa.array([make(r) if good and r else None for r, good in zip(rewards, ok)], kind)
 
-    return pa.table({
-        "prompt": [f"problem {i}" for i in range(len(rewards))],
-        "steps": pa.array(steps, pa.list_(pa.string())),
-        "score": per_row(min, pa.float64()),
-        "step_rewards": pa.array([r if good else None for r, good in zip(rewards, ok)], pa.list_(pa.float64())),
-        "num_steps": pa.array([len(r) if good else None for r, good in zip(rewards, ok)], pa.int64()),
-        "weakest_step": per_row(lambda r: int(np.argmin(r)), pa.int64()),
-        "weakest_step_reward": per_row(min, pa.float64()),
-        "truncated": [False] * len(rewards),
-        "num_tokens": pa.array([10 * len(r or []) for r in rewards], pa.int64()),
-        "error": pa.array([errors.get(i) for i in range(len(rewards))], pa.string()),
-        "source_file": ["math.jsonl"] * len(rewards),
-        "source_row": pa.array(range(len(rewards)), pa.int64()),
-    })
+    return pa.table(
+        {
+            "prompt": [f"problem {i}" for i in range(len(rewards))],
+            "steps": pa.array(steps, pa.list_(pa.string())),
+            "score": per_row(min, pa.float64()),
+            "step_rewards": pa.array([r if good else None for r, good in zip(rewards, ok)], pa.list_(pa.float64())),
+            "num_steps": pa.array([len(r) if good else None for r, good in zip(rewards, ok)], pa.int64()),
+            "weakest_step": per_row(lambda r: int(np.argmin(r)), pa.int64()),
+            "weakest_step_reward": per_row(min, pa.float64()),
+            "truncated": [False] * len(rewards),
+            "num_tokens": pa.array([10 * len(r or []) for r in rewards], pa.int64()),
+            "error": pa.array([errors.get(i) for i in range(len(rewards))], pa.string()),
+            "source_file": ["math.jsonl"] * len(rewards),
+            "source_row": pa.array(range(len(rewards)), pa.int64()),
+        }
+    )
 
 
-def output_folder(path, table: pa.Table, kind: str, layout: str, model: str = "qwen-prm",
-                  identity: dict | None = None, errors: list[dict] | None = None, extra: dict | None = None) -> str:
+def output_folder(
+    path,
+    table: pa.Table,
+    kind: str,
+    layout: str,
+    model: str = "qwen-prm",
+    identity: dict | None = None,
+    errors: list[dict] | None = None,
+    extra: dict | None = None,
+) -> str:
     """parts/ (two shards), summary.json, run.json and errors.jsonl, as `score` leaves them."""
     (path / "parts").mkdir(parents=True)
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), path / "parts" / "part-a.parquet")
     pq.write_table(table.slice(half), path / "parts" / "part-b.parquet")
-    summary = {"model": model, "kind": kind, "layout": layout, "seconds": 2.0, "errors": len(errors or []),
-               "run": {"model": model, "model_kind": kind, "inputs": ["math.jsonl"]}} | (extra or {})
+    summary = {
+        "model": model,
+        "kind": kind,
+        "layout": layout,
+        "seconds": 2.0,
+        "errors": len(errors or []),
+        "run": {"model": model, "model_kind": kind, "inputs": ["math.jsonl"]},
+    } | (extra or {})
     (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     (path / "run.json").write_text(json.dumps({"model": {"kind": kind, **(identity or {})}}), encoding="utf-8")
     if errors:
@@ -96,7 +112,7 @@ def inline_pngs(page: str) -> list[bytes]:
 def table_cells(page: str, heading: str) -> dict[str, list[str]]:
     """The rows of the first table after <h3>heading</h3> (or <h2>), as {first cell: the other cells}."""
     start = re.search(rf"<h[23]>{re.escape(heading)}</h[23]>", page).end()
-    body = page[start:page.index("</table>", start)]
+    body = page[start : page.index("</table>", start)]
     rows = {}
     for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.S):
         cells = [html.unescape(cell) for cell in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]
@@ -143,10 +159,15 @@ def expected_table(solutions: list[list[float]]) -> dict[str, str]:
 def prm_folder(tmp_path):
     rewards = STEP_REWARDS + [None]  # row 12 failed
     table = prm_rows(rewards, errors={12: "InputTooLong: 9000 tokens"})
-    return output_folder(tmp_path / "prm", table, "prm", "scores",
-                         identity={"step_aggregate": "min", "step_separator": "\n\n"},
-                         errors=[{"source_file": "math.jsonl", "source_row": 12, "error": "InputTooLong"}],
-                         extra={"steps": {"aggregate": "min"}})
+    return output_folder(
+        tmp_path / "prm",
+        table,
+        "prm",
+        "scores",
+        identity={"step_aggregate": "min", "step_separator": "\n\n"},
+        errors=[{"source_file": "math.jsonl", "source_row": 12, "error": "InputTooLong"}],
+        extra={"steps": {"aggregate": "min"}},
+    )
 
 
 def test_prm_report_step_table_is_worked_from_the_rows(prm_folder, tmp_path):
@@ -176,22 +197,28 @@ def test_prm_report_step_table_is_worked_from_the_rows(prm_folder, tmp_path):
 def test_prm_examples_are_the_lowest_weakest_steps_with_each_step_and_the_weakest_marked(prm_folder, tmp_path):
     run = load_scored(prm_folder)
     page = write_report(run.table, tmp_path / "prm.html", run=run, examples=3).read_text(encoding="utf-8")
-    section = page[page.index("<h3>Solutions with the weakest steps</h3>"):]
-    section = section[:section.index("</table>")]
+    section = page[page.index("<h3>Solutions with the weakest steps</h3>") :]
+    section = section[: section.index("</table>")]
     # lowest weakest-step rewards: solution 2 (0.05), 1 (0.1), 6 (0.15)
     assert re.findall(r"problem (\d+)", section) == ["2", "1", "6"]
     assert "weakest step 2 of 4: 0.05" in section
     weakest = re.findall(r'<li value="(\d+)" class="weakest"><span class="reward">([^<]*)</span>([^<]*)</li>', section)
-    assert weakest == [("2", "0.05", "step 2 of solution 2"), ("1", "0.1", "step 1 of solution 1"),
-                       ("2", "0.15", "step 2 of solution 6")]
+    assert weakest == [
+        ("2", "0.05", "step 2 of solution 2"),
+        ("1", "0.1", "step 1 of solution 1"),
+        ("2", "0.15", "step 2 of solution 6"),
+    ]
     steps_of_2 = re.findall(r'<li value="\d+"[^>]*><span class="reward">([^<]*)</span>step \d of solution 2<', section)
     assert steps_of_2 == ["0.6", "0.05", "0.7", "0.8"]
     assert "Highest scores" not in page  # the weakest solutions replace the score examples
 
 
 def test_prm_solution_split_from_a_response_at_the_recorded_separator(tmp_path):
-    table = prm_rows([[0.9, 0.2, 0.8]]).drop_columns(["steps"]).append_column(
-        "response", pa.array(["First || Second, the bad one ||  || Third"]))
+    table = (
+        prm_rows([[0.9, 0.2, 0.8]])
+        .drop_columns(["steps"])
+        .append_column("response", pa.array(["First || Second, the bad one ||  || Third"]))
+    )
     folder = output_folder(tmp_path / "prm", table, "prm", "scores", identity={"step_separator": "||"})
     run = load_scored(folder)
     page = write_report(run.table, tmp_path / "r.html", run=run).read_text(encoding="utf-8")
@@ -239,8 +266,9 @@ def test_tiny_empty_and_failed_prm_outputs_do_not_crash(tmp_path):
 
     # an empty list of step rewards (with a score) is a solution of no steps, left out of the weakest rows
     table = prm_rows([[0.4, 0.6], [0.9]])
-    empty = table.set_column(table.schema.get_field_index("step_rewards"), "step_rewards",
-                              pa.array([[0.4, 0.6], []], pa.list_(pa.float64())))
+    empty = table.set_column(
+        table.schema.get_field_index("step_rewards"), "step_rewards", pa.array([[0.4, 0.6], []], pa.list_(pa.float64()))
+    )
     page = write_report(empty, tmp_path / "empty.html").read_text(encoding="utf-8")
     rows = table_cells(page, "Step rewards")
     assert rows["solutions"] == ["2"] and rows["steps"] == ["2"]
@@ -266,17 +294,28 @@ def prm_pairs(multi: bool = False) -> pa.Table:
         "prompt": [f"problem {i}" for i in range(4)],
         "chosen": [f"good {i} step A\n\ngood {i} step B" for i in range(4)],
         "rejected": [f"bad {i}" for i in range(4)],
-        "chosen_score": chosen_score, "rejected_score": rejected_score, "margin": margins,
-        "chosen_wins": [m > 0 for m in margins], "truncated": [False] * 4,
+        "chosen_score": chosen_score,
+        "rejected_score": rejected_score,
+        "margin": margins,
+        "chosen_wins": [m > 0 for m in margins],
+        "truncated": [False] * 4,
         "chosen_step_rewards": pa.array(chosen, pa.list_(pa.float64())),
         "rejected_step_rewards": pa.array(rejected, pa.list_(pa.float64())),
-        "source_file": ["pairs.jsonl"] * 4, "source_row": pa.array(range(4), pa.int64()),
+        "source_file": ["pairs.jsonl"] * 4,
+        "source_row": pa.array(range(4), pa.int64()),
     }
     if multi:  # one row of 2 chosen x 1 rejected
         columns = {
-            "prompt": ["p"], "chosen": [["c0", "c1"]], "rejected": [["r0"]],
-            "chosen_scores": [[0.9, 0.3]], "rejected_scores": [[0.5]], "margins": [[0.4, -0.2]], "margin": [0.1],
-            "win_rate": [0.5], "chosen_wins": [False], "truncated": [False],
+            "prompt": ["p"],
+            "chosen": [["c0", "c1"]],
+            "rejected": [["r0"]],
+            "chosen_scores": [[0.9, 0.3]],
+            "rejected_scores": [[0.5]],
+            "margins": [[0.4, -0.2]],
+            "margin": [0.1],
+            "win_rate": [0.5],
+            "chosen_wins": [False],
+            "truncated": [False],
             "chosen_step_rewards": pa.array([[[0.9, 0.95], [0.3]]], pa.list_(pa.list_(pa.float64()))),
             "rejected_step_rewards": pa.array([[[0.5, 0.6]]], pa.list_(pa.list_(pa.float64()))),
         }
@@ -289,25 +328,29 @@ def test_prm_pairs_report_has_accuracy_and_chosen_and_rejected_step_parts(tmp_pa
     page = write_report(run.table, tmp_path / "pairs.html", run=run, examples=2).read_text(encoding="utf-8")
     rows = table_cells(page, "Step rewards")
     assert rows[""] == ["chosen", "rejected"]
-    chosen, rejected = expected_table([[0.9, 0.8], [0.7, 0.2, 0.9], [0.95], [0.6, 0.65]]), \
-        expected_table([[0.3, 0.1], [0.8, 0.85, 0.9], [0.4, 0.5], [0.9, 0.05, 0.2]])
+    chosen, rejected = (
+        expected_table([[0.9, 0.8], [0.7, 0.2, 0.9], [0.95], [0.6, 0.65]]),
+        expected_table([[0.3, 0.1], [0.8, 0.85, 0.9], [0.4, 0.5], [0.9, 0.05, 0.2]]),
+    )
     for name in chosen:
         assert rows[name] == [chosen[name], rejected[name]], name
     assert "accuracy (%) [95% CI]" in page and "75.0 [" in page  # rows 0, 2, 3 win (row 1: 0.2 < 0.8)
     assert len(inline_pngs(page)) == 6  # accuracy, scores, margins, then the three step plots
-    chosen_ex = page[page.index("<h3>Chosen solutions with the weakest steps</h3>"):]
-    chosen_ex = chosen_ex[:chosen_ex.index("</table>")]
+    chosen_ex = page[page.index("<h3>Chosen solutions with the weakest steps</h3>") :]
+    chosen_ex = chosen_ex[: chosen_ex.index("</table>")]
     assert re.findall(r"problem (\d+)", chosen_ex) == ["1", "3"]  # weakest 0.2, then 0.6
     assert '<li value="1" class="weakest"><span class="reward">0.6</span>good 3 step A</li>' in chosen_ex
-    rejected_ex = page[page.index("<h3>Rejected solutions with the weakest steps</h3>"):]
-    assert re.findall(r"problem (\d+)", rejected_ex[:rejected_ex.index("</table>")]) == ["3", "0"]  # 0.05, 0.1
+    rejected_ex = page[page.index("<h3>Rejected solutions with the weakest steps</h3>") :]
+    assert re.findall(r"problem (\d+)", rejected_ex[: rejected_ex.index("</table>")]) == ["3", "0"]  # 0.05, 0.1
     assert "Most confident wins" in page and "Most confident losses" in page
 
 
 def test_prm_multi_response_pairs(tmp_path):
     groups = prm_solutions(prm_pairs(multi=True))
     assert [(g.label, [r.tolist() for r in g.rewards], g.items) for g in groups] == [
-        ("chosen", [[0.9, 0.95], [0.3]], [0, 1]), ("rejected", [[0.5, 0.6]], [0])]
+        ("chosen", [[0.9, 0.95], [0.3]], [0, 1]),
+        ("rejected", [[0.5, 0.6]], [0]),
+    ]
     page = write_report(prm_pairs(multi=True), tmp_path / "multi.html").read_text(encoding="utf-8")
     assert '<li value="1" class="weakest"><span class="reward">0.3</span>c1</li>' in page
 
@@ -320,15 +363,29 @@ def pointwise_rows() -> pa.Table:
     scale = [1.0, 5.0, 10.0]
     expected = [None if p is None else sum(a * b for a, b in zip(p, scale)) for p in probs]
     best = [None if p is None else scale[int(np.argmax(p))] for p in probs]
-    return pa.table({"prompt": [f"q{i}" for i in range(5)], "response": [f"a{i}" for i in range(5)],
-                     "score": pa.array(expected, pa.float64()), "rating": pa.array(best, pa.float64()),
-                     "rating_probs": pa.array(probs, pa.list_(pa.float64())), "truncated": [False] * 5,
-                     "source_file": ["chat.jsonl"] * 5, "source_row": pa.array(range(5), pa.int64())})
+    return pa.table(
+        {
+            "prompt": [f"q{i}" for i in range(5)],
+            "response": [f"a{i}" for i in range(5)],
+            "score": pa.array(expected, pa.float64()),
+            "rating": pa.array(best, pa.float64()),
+            "rating_probs": pa.array(probs, pa.list_(pa.float64())),
+            "truncated": [False] * 5,
+            "source_file": ["chat.jsonl"] * 5,
+            "source_row": pa.array(range(5), pa.int64()),
+        }
+    )
 
 
 def test_pointwise_report_shows_the_ratings_over_the_recorded_scale(tmp_path):
-    folder = output_folder(tmp_path / "judge", pointwise_rows(), "pointwise", "scores", model="judge",
-                           identity={"ratings": ["1", "5", "10"], "rating_values": [1, 5, 10]})
+    folder = output_folder(
+        tmp_path / "judge",
+        pointwise_rows(),
+        "pointwise",
+        "scores",
+        model="judge",
+        identity={"ratings": ["1", "5", "10"], "rating_values": [1, 5, 10]},
+    )
     run = load_scored(folder)
     page = write_report(run.table, tmp_path / "judge.html", run=run).read_text(encoding="utf-8")
     rows = table_cells(page, "Ratings")
@@ -354,10 +411,20 @@ def test_pointwise_scale_inferred_without_run_json(tmp_path):
 
 
 def test_pointwise_pairs_use_the_reward_model_parts(tmp_path):
-    table = pa.table({"prompt": ["q0", "q1"], "chosen": ["a", "b"], "rejected": ["c", "d"],
-                      "chosen_score": [8.0, 3.0], "rejected_score": [2.0, 4.5], "margin": [6.0, -1.5],
-                      "chosen_wins": [True, False], "chosen_rating": [8.0, 3.0], "rejected_rating": [2.0, 5.0],
-                      "truncated": [False, False]})
+    table = pa.table(
+        {
+            "prompt": ["q0", "q1"],
+            "chosen": ["a", "b"],
+            "rejected": ["c", "d"],
+            "chosen_score": [8.0, 3.0],
+            "rejected_score": [2.0, 4.5],
+            "margin": [6.0, -1.5],
+            "chosen_wins": [True, False],
+            "chosen_rating": [8.0, 3.0],
+            "rejected_rating": [2.0, 5.0],
+            "truncated": [False, False],
+        }
+    )
     page = write_report(table, tmp_path / "p.html").read_text(encoding="utf-8")
     assert "pointwise judge" in page and "50.0 [" in page
     assert len(inline_pngs(page)) == 3 and "Ratings" not in page and "Step rewards" not in page
@@ -367,9 +434,15 @@ def test_pointwise_pairs_use_the_reward_model_parts(tmp_path):
 
 
 def reward_scores_folder(path) -> str:
-    table = pa.table({"prompt": [f"problem {i}" for i in range(12)], "score": [float(i) for i in range(12)],
-                      "truncated": [False] * 12, "source_file": ["math.jsonl"] * 12,
-                      "source_row": pa.array(range(12), pa.int64())})
+    table = pa.table(
+        {
+            "prompt": [f"problem {i}" for i in range(12)],
+            "score": [float(i) for i in range(12)],
+            "truncated": [False] * 12,
+            "source_file": ["math.jsonl"] * 12,
+            "source_row": pa.array(range(12), pa.int64()),
+        }
+    )
     return output_folder(path, table, "reward", "scores", model="rm")
 
 
@@ -383,11 +456,15 @@ def test_compare_prm_runs_overlays_their_step_rewards(tmp_path):
     assert [s["kind"] for s in comparison.summaries] == ["prm", "prm", "reward"]
     rows = table_cells(page, "Step rewards")
     assert rows[""] == ["prm-a", "prm-b"]
-    assert rows["mean step reward"] == [expected_table(STEP_REWARDS)["mean step reward"],
-                                        expected_table(other)["mean step reward"]]
+    assert rows["mean step reward"] == [
+        expected_table(STEP_REWARDS)["mean step reward"],
+        expected_table(other)["mean step reward"],
+    ]
     assert "this part does not apply to rm (reward model)" in page
-    assert "Model kinds: prm-a: process reward model (prm), prm-b: process reward model (prm), rm: reward model." \
+    assert (
+        "Model kinds: prm-a: process reward model (prm), prm-b: process reward model (prm), rm: reward model."
         in html.unescape(page)
+    )
     pngs = inline_pngs(page)
     assert len(pngs) == 4  # standardized scores, scores per model, step histograms, by step number
     assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
@@ -409,7 +486,9 @@ def test_compare_prm_pairs_with_reward_pairs(tmp_path):
 
 
 def test_reward_reports_have_no_step_or_rating_parts(tmp_path):
-    out, _ = write_comparison([load_scored(reward_scores_folder(tmp_path / "a")),
-                               load_scored(reward_scores_folder(tmp_path / "b"))], tmp_path / "c.html")
+    out, _ = write_comparison(
+        [load_scored(reward_scores_folder(tmp_path / "a")), load_scored(reward_scores_folder(tmp_path / "b"))],
+        tmp_path / "c.html",
+    )
     page = out.read_text(encoding="utf-8")
     assert "Step rewards" not in page and "Model kinds" not in page

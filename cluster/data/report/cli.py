@@ -15,15 +15,25 @@ from cluster.data.report.single import DEFAULT_TITLE, write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scores", nargs="+",
-                        help="scoring output folder(s) of python -m cluster score (or parquet files of scored rows); "
-                             "several folders of the same corpus: one comparison page")
+    parser.add_argument(
+        "scores",
+        nargs="+",
+        help="scoring output folder(s) of python -m cluster score (or parquet files of scored rows); "
+        "several folders of the same corpus: one comparison page",
+    )
     parser.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     parser.add_argument("--title", help="page title (default: 'Scoring report: <scores name>')")
-    parser.add_argument("--labels", help="comparison: comma-separated model labels, one per output "
-                                         "(default: the model names the outputs recorded, else the folder names)")
-    parser.add_argument("--examples", type=int, default=EXAMPLES,
-                        help=f"example rows shown per table: most confident wins and losses (default {EXAMPLES})")
+    parser.add_argument(
+        "--labels",
+        help="comparison: comma-separated model labels, one per output "
+        "(default: the model names the outputs recorded, else the folder names)",
+    )
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=EXAMPLES,
+        help=f"example rows shown per table: most confident wins and losses (default {EXAMPLES})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
         run = runs[0]
         summary = summarize(run.table)
         title = args.title or f"{DEFAULT_TITLE}: {run.name}"
-        out_path = write_report(run.table, args.out, summary=summary, title=title, run=run,
-                                examples=getattr(args, "examples", EXAMPLES))
+        out_path = write_report(
+            run.table, args.out, summary=summary, title=title, run=run, examples=getattr(args, "examples", EXAMPLES)
+        )
         print(format_summary(summary))
     else:
         given = labels.split(",") if labels else None

@@ -61,8 +61,11 @@ def pair_agreement(a: pa.Table, b: pa.Table, in_a: np.ndarray, in_b: np.ndarray,
     a_rows, b_rows = a.take(pa.array(in_a, pa.int64())), b.take(pa.array(in_b, pa.int64()))
     wins_a, wins_b = column_values(a_rows, "chosen_wins"), column_values(b_rows, "chosen_wins")
     both = ~np.isnan(wins_a) & ~np.isnan(wins_b)  # a row either model failed is left out
-    result: dict = {"common_rows": len(in_a), "rows": int(both.sum()),
-                    "same_winner": float(np.mean(wins_a[both] == wins_b[both])) if both.any() else None}
+    result: dict = {
+        "common_rows": len(in_a),
+        "rows": int(both.sum()),
+        "same_winner": float(np.mean(wins_a[both] == wins_b[both])) if both.any() else None,
+    }
     result |= comparison_agreement(a_rows.filter(pa.array(both)), b_rows.filter(pa.array(both)))
     if "margin" in a_rows.column_names and "margin" in b_rows.column_names:
         margins_a, margins_b = column_values(a_rows, "margin")[both], column_values(b_rows, "margin")[both]
@@ -95,8 +98,12 @@ def score_agreement(a: pa.Table, b: pa.Table, in_a: np.ndarray, in_b: np.ndarray
     scores_a = column_values(a.take(pa.array(in_a, pa.int64())), "score")
     scores_b = column_values(b.take(pa.array(in_b, pa.int64())), "score")
     keep = np.isfinite(scores_a) & np.isfinite(scores_b)
-    return {"common_rows": len(in_a), "rows": int(keep.sum()), "pearson": pearson(scores_a[keep], scores_b[keep]),
-            "spearman": spearman(scores_a[keep], scores_b[keep])}
+    return {
+        "common_rows": len(in_a),
+        "rows": int(keep.sum()),
+        "pearson": pearson(scores_a[keep], scores_b[keep]),
+        "spearman": spearman(scores_a[keep], scores_b[keep]),
+    }
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -145,16 +152,20 @@ def compare(runs: list[ScoredRun], labels: list[str] | None = None) -> Compariso
         a, b = labels[i], labels[j]
         inputs_a, inputs_b = recorded_inputs(run_a), recorded_inputs(run_b)
         if inputs_a is not None and inputs_b is not None and sorted(inputs_a) != sorted(inputs_b):
-            warnings.append(f"{a} and {b} were run on different input files ({a}: {', '.join(inputs_a)}; "
-                            f"{b}: {', '.join(inputs_b)}): they may not be the same corpus.")
+            warnings.append(
+                f"{a} and {b} were run on different input files ({a}: {', '.join(inputs_a)}; "
+                f"{b}: {', '.join(inputs_b)}): they may not be the same corpus."
+            )
         in_a, in_b, note = align_rows(run_a.table, run_b.table)
         if note:
             warnings.append(f"{a} and {b}: {note}.")
         larger = max(run_a.table.num_rows, run_b.table.num_rows)
         if larger and len(in_a) < FEW_COMMON_ROWS * larger:
-            warnings.append(f"{a} and {b} have {len(in_a)} rows in common ({a}: {run_a.table.num_rows} rows, "
-                            f"{b}: {run_b.table.num_rows}): not the same corpus, or one run is incomplete; their "
-                            "agreement is over the common rows only.")
+            warnings.append(
+                f"{a} and {b} have {len(in_a)} rows in common ({a}: {run_a.table.num_rows} rows, "
+                f"{b}: {run_b.table.num_rows}): not the same corpus, or one run is incomplete; their "
+                "agreement is over the common rows only."
+            )
         if layouts[a] == "pairs":
             agreements.append((a, b, pair_agreement(run_a.table, run_b.table, in_a, in_b, boot)))
         else:

@@ -34,8 +34,9 @@ from cluster.data.report.prm import comparison_step_plots, comparison_steps_html
 COMPARE_TITLE = "Scoring comparison"
 
 
-def write_comparison(runs: list[ScoredRun], out_html: str | Path, title: str = COMPARE_TITLE,
-                     labels: list[str] | None = None) -> tuple[Path, Comparison]:
+def write_comparison(
+    runs: list[ScoredRun], out_html: str | Path, title: str = COMPARE_TITLE, labels: list[str] | None = None
+) -> tuple[Path, Comparison]:
     """Write one comparison page for several outputs of the same corpus; return its path and the numbers."""
     comparison = compare(runs, labels)
     return write_page(out_html, render_comparison_page(title, comparison, comparison_plots(comparison))), comparison
@@ -46,26 +47,49 @@ def comparison_plots(comparison: Comparison) -> list[Plot]:
     scored = [scored_rows(run.table, summary) for run, summary in zip(runs, summaries)]
     kinds = [summary["kind"] for summary in summaries]
     if comparison.layout == "pairs":
-        margins = [clip_infinities(column_values(table, "margin") if "margin" in table.column_names
-                                   else np.array([]))[0] for table in scored]
-        return [accuracy_plot(list(zip(labels, summaries))),
-                *comparison_step_plots(comparison, scored),
-                ecdf_plot(labels, [scaled_by_rms(values) for values in margins],
-                          xlabel="margin / root mean square of its model's margins (> 0: chosen wins)",
-                          caption="Margins of every model as cumulative distributions: the share of rows with a "
-                                  "margin at most x. Each model's margins are divided by their root mean square, "
-                                  "since reward differences and critic log-odds (and different reward models) have "
-                                  "different scales; the sign, the verdict, is kept, so each curve's height at 0 is "
-                                  "that model's share of rows lost or tied. +-inf clipped to the finite ends."),
-                small_multiples(labels, margins, [margin_axis_label(kind) for kind in kinds], marker=0.0,
-                                caption="Margins of each model in its own units, each axis fitted to its data.")]
+        margins = [
+            clip_infinities(column_values(table, "margin") if "margin" in table.column_names else np.array([]))[0]
+            for table in scored
+        ]
+        return [
+            accuracy_plot(list(zip(labels, summaries))),
+            *comparison_step_plots(comparison, scored),
+            ecdf_plot(
+                labels,
+                [scaled_by_rms(values) for values in margins],
+                xlabel="margin / root mean square of its model's margins (> 0: chosen wins)",
+                caption="Margins of every model as cumulative distributions: the share of rows with a "
+                "margin at most x. Each model's margins are divided by their root mean square, "
+                "since reward differences and critic log-odds (and different reward models) have "
+                "different scales; the sign, the verdict, is kept, so each curve's height at 0 is "
+                "that model's share of rows lost or tied. +-inf clipped to the finite ends.",
+            ),
+            small_multiples(
+                labels,
+                margins,
+                [margin_axis_label(kind) for kind in kinds],
+                marker=0.0,
+                caption="Margins of each model in its own units, each axis fitted to its data.",
+            ),
+        ]
     scores = [column_values(table, "score") if "score" in table.column_names else np.array([]) for table in scored]
-    return [overlaid_plot(labels, scores, xlabel="score, standardized per model ((score - mean) / std)",
-                          caption="Scores of every model, standardized per model (reward models' scales differ) "
-                                  "and drawn as densities."),
-            small_multiples(labels, scores, [score_axis_label(kind) for kind in kinds], marker=None,
-                            caption="Scores of each model in its own units, each axis fitted to its data."),
-            *comparison_step_plots(comparison, scored)]
+    return [
+        overlaid_plot(
+            labels,
+            scores,
+            xlabel="score, standardized per model ((score - mean) / std)",
+            caption="Scores of every model, standardized per model (reward models' scales differ) "
+            "and drawn as densities.",
+        ),
+        small_multiples(
+            labels,
+            scores,
+            [score_axis_label(kind) for kind in kinds],
+            marker=None,
+            caption="Scores of each model in its own units, each axis fitted to its data.",
+        ),
+        *comparison_step_plots(comparison, scored),
+    ]
 
 
 def kinds_note(comparison: Comparison) -> str:
@@ -76,12 +100,16 @@ def kinds_note(comparison: Comparison) -> str:
     described = ", ".join(f"{label}: {kind_name(kind)}" for label, kind in zip(comparison.labels, kinds))
     notes = [f"Model kinds: {described}."]
     if len(set(kinds)) > 1:
-        notes.append("Their scores are on different scales (a PRM's solution score is in (0, 1), a pointwise "
-                     "judge's an expected rating, a reward model's unbounded): compare them by the correlations "
-                     "and the standardized plots, not by their raw values.")
+        notes.append(
+            "Their scores are on different scales (a PRM's solution score is in (0, 1), a pointwise "
+            "judge's an expected rating, a reward model's unbounded): compare them by the correlations "
+            "and the standardized plots, not by their raw values."
+        )
     if "pointwise" in kinds:
-        notes.append("A pointwise judge's rating distribution is in its own report (python -m cluster report OUT); "
-                     "here its expected ratings are its scores.")
+        notes.append(
+            "A pointwise judge's rating distribution is in its own report (python -m cluster report OUT); "
+            "here its expected ratings are its scores."
+        )
     return f'<p class="note">{html.escape(" ".join(notes))}</p>'
 
 
@@ -128,14 +156,16 @@ def ecdf_plot(labels: list[str], series: list[np.ndarray], xlabel: str, caption:
 
 def overlaid_plot(labels: list[str], series: list[np.ndarray], xlabel: str, caption: str) -> Plot:
     figure, axes = new_figure()
-    draw_histogram(axes, {label: standardized(values) for label, values in zip(labels, series)}, density=True,
-                   step=True)
+    draw_histogram(
+        axes, {label: standardized(values) for label, values in zip(labels, series)}, density=True, step=True
+    )
     axes.set_xlabel(xlabel)
     return Plot(caption, figure)
 
 
-def small_multiples(labels: list[str], series: list[np.ndarray], xlabels: list[str], marker: float | None,
-                    caption: str) -> Plot:
+def small_multiples(
+    labels: list[str], series: list[np.ndarray], xlabels: list[str], marker: float | None, caption: str
+) -> Plot:
     figure = Figure(figsize=(8, 1.9 * len(labels) + 0.4), dpi=FIGURE_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     for axes, label, values, xlabel in zip(np.atleast_1d(figure.subplots(len(labels), 1)), labels, series, xlabels):
@@ -149,19 +179,28 @@ def render_comparison_page(title: str, comparison: Comparison, plots: list[Plot]
     facts = [run_facts(run, summary) for run, summary in zip(comparison.runs, comparison.summaries)]
     sections = [f"<h1>{html.escape(title)}</h1>"]
     sections += [f'<p class="warning">Warning: {html.escape(warning)}</p>' for warning in comparison.warnings]
-    sections += ["<h2>What was measured</h2>",
-                 html_table(["", *labels], [[name] + [fact[name] for fact in facts] for name in facts[0]],
-                            css="facts"),
-                 f'<p class="note">{html.escape(report_stamp())}</p>']
+    sections += [
+        "<h2>What was measured</h2>",
+        html_table(["", *labels], [[name] + [fact[name] for fact in facts] for name in facts[0]], css="facts"),
+        f'<p class="note">{html.escape(report_stamp())}</p>',
+    ]
     note = kinds_note(comparison)
     if note:
         sections.append(note)
     if comparison.layout == "pairs":
-        sections += ["<h2>Accuracy (%) [95% bootstrap interval]</h2>", comparison_accuracy_html(comparison),
-                     "<h2>Agreement on common rows</h2>", pair_agreement_html(comparison)]
+        sections += [
+            "<h2>Accuracy (%) [95% bootstrap interval]</h2>",
+            comparison_accuracy_html(comparison),
+            "<h2>Agreement on common rows</h2>",
+            pair_agreement_html(comparison),
+        ]
     else:
-        sections += ["<h2>Scores</h2>", comparison_scores_html(comparison),
-                     "<h2>Agreement on common rows</h2>", score_agreement_html(comparison)]
+        sections += [
+            "<h2>Scores</h2>",
+            comparison_scores_html(comparison),
+            "<h2>Agreement on common rows</h2>",
+            score_agreement_html(comparison),
+        ]
     steps = comparison_steps_html(comparison)
     if steps:
         sections += ["<h2>Step rewards</h2>", steps]
@@ -173,8 +212,10 @@ def render_comparison_page(title: str, comparison: Comparison, plots: list[Plot]
 
 def comparison_accuracy_rows(comparison: Comparison, digits: int = 1) -> list[list[str]]:
     """Rows scored, then every accuracy any model has, one column per model."""
-    per_model = [{(group, name): (value, interval) for group, name, value, interval in accuracy_entries(summary)}
-                 for summary in comparison.summaries]
+    per_model = [
+        {(group, name): (value, interval) for group, name, value, interval in accuracy_entries(summary)}
+        for summary in comparison.summaries
+    ]
     keys = list(dict.fromkeys(key for entries in per_model for key in entries))
     rows = [["rows scored"] + [str(summary["scored"]) for summary in comparison.summaries]]
     for group, name in keys:
@@ -188,16 +229,36 @@ def comparison_accuracy_html(comparison: Comparison) -> str:
 
 
 def pair_agreement_html(comparison: Comparison) -> str:
-    header = ["model A", "model B", "common rows", "both scored", "same winner (rows, %)",
-              "same winner (comparisons, %)", "margin Pearson", "margin Spearman", "accuracy A - B (%) [95% CI]"]
-    rows = [[a, b, agreement["common_rows"], agreement["rows"], percent(agreement["same_winner"], 1),
-             percent(agreement.get("same_comparison"), 1), correlation(agreement.get("margin_pearson")),
-             correlation(agreement.get("margin_spearman")),
-             percent_ci(agreement["accuracy_difference"], agreement["accuracy_difference_ci"], 1)]
-            for a, b, agreement in comparison.agreements]
-    note = ('<p class="note">On the rows both models scored (joined on source_file and source_row): how often they '
-            "pick the same winner, per row (chosen_wins) and, for multi-response rows, per comparison; the "
-            "correlation of their row margins; and the paired accuracy difference with its bootstrap interval.</p>")
+    header = [
+        "model A",
+        "model B",
+        "common rows",
+        "both scored",
+        "same winner (rows, %)",
+        "same winner (comparisons, %)",
+        "margin Pearson",
+        "margin Spearman",
+        "accuracy A - B (%) [95% CI]",
+    ]
+    rows = [
+        [
+            a,
+            b,
+            agreement["common_rows"],
+            agreement["rows"],
+            percent(agreement["same_winner"], 1),
+            percent(agreement.get("same_comparison"), 1),
+            correlation(agreement.get("margin_pearson")),
+            correlation(agreement.get("margin_spearman")),
+            percent_ci(agreement["accuracy_difference"], agreement["accuracy_difference_ci"], 1),
+        ]
+        for a, b, agreement in comparison.agreements
+    ]
+    note = (
+        '<p class="note">On the rows both models scored (joined on source_file and source_row): how often they '
+        "pick the same winner, per row (chosen_wins) and, for multi-response rows, per comparison; the "
+        "correlation of their row margins; and the paired accuracy difference with its bootstrap interval.</p>"
+    )
     return html_table(header, rows) + "\n" + note
 
 
@@ -208,8 +269,17 @@ def comparison_scores_html(comparison: Comparison) -> str:
 
 def score_agreement_html(comparison: Comparison) -> str:
     header = ["model A", "model B", "common rows", "both scored", "Pearson", "Spearman"]
-    rows = [[a, b, agreement["common_rows"], agreement["rows"], correlation(agreement["pearson"]),
-             correlation(agreement["spearman"])] for a, b, agreement in comparison.agreements]
+    rows = [
+        [
+            a,
+            b,
+            agreement["common_rows"],
+            agreement["rows"],
+            correlation(agreement["pearson"]),
+            correlation(agreement["spearman"]),
+        ]
+        for a, b, agreement in comparison.agreements
+    ]
     return html_table(header, rows)
 
 
@@ -222,15 +292,27 @@ def format_comparison(comparison: Comparison) -> str:
     labels = comparison.labels
     if comparison.layout == "pairs":
         blocks = [format_table("accuracy (%) [95% CI]", ["", *labels], comparison_accuracy_rows(comparison))]
-        rows = [[a, b, str(agreement["rows"]), percent(agreement["same_winner"], 1),
-                 correlation(agreement.get("margin_spearman"))] for a, b, agreement in comparison.agreements]
-        blocks.append(format_table("agreement on common rows", ["A", "B", "rows", "same winner %", "margin Spearman"],
-                                   rows))
+        rows = [
+            [
+                a,
+                b,
+                str(agreement["rows"]),
+                percent(agreement["same_winner"], 1),
+                correlation(agreement.get("margin_spearman")),
+            ]
+            for a, b, agreement in comparison.agreements
+        ]
+        blocks.append(
+            format_table("agreement on common rows", ["A", "B", "rows", "same winner %", "margin Spearman"], rows)
+        )
     else:
-        rows = [[key] + [stat_cell(summary["score_stats"], key) for summary in comparison.summaries]
-                for key in STAT_KEYS]
+        rows = [
+            [key] + [stat_cell(summary["score_stats"], key) for summary in comparison.summaries] for key in STAT_KEYS
+        ]
         blocks = [format_table("scores", ["", *labels], rows)]
-        rows = [[a, b, str(agreement["rows"]), correlation(agreement["pearson"]), correlation(agreement["spearman"])]
-                for a, b, agreement in comparison.agreements]
+        rows = [
+            [a, b, str(agreement["rows"]), correlation(agreement["pearson"]), correlation(agreement["spearman"])]
+            for a, b, agreement in comparison.agreements
+        ]
         blocks.append(format_table("agreement on common rows", ["A", "B", "rows", "Pearson", "Spearman"], rows))
     return "\n\n".join(blocks)

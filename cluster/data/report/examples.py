@@ -37,8 +37,10 @@ def pair_examples(scored: pa.Table, kind: str, count: int = EXAMPLES) -> dict[st
     lost = np.flatnonzero(~wins & known)
     best = won[np.argsort(-margins[won], kind="stable")][:count]
     worst = lost[np.argsort(margins[lost], kind="stable")][:count]
-    return {"Most confident wins": pair_example_rows(scored, best, kind),
-            "Most confident losses": pair_example_rows(scored, worst, kind)}
+    return {
+        "Most confident wins": pair_example_rows(scored, best, kind),
+        "Most confident losses": pair_example_rows(scored, worst, kind),
+    }
 
 
 def pair_example_rows(scored: pa.Table, indices: np.ndarray, kind: str) -> list[Example]:
@@ -73,15 +75,20 @@ def score_examples(scored: pa.Table, count: int = EXAMPLES) -> dict[str, list[Ex
     known = np.flatnonzero(~np.isnan(scores))
     order = known[np.argsort(-scores[known], kind="stable")]
     lowest = order[::-1][:count]
-    return {"Highest scores": score_example_rows(scored, order[:count]),
-            "Lowest scores": score_example_rows(scored, lowest)}
+    return {
+        "Highest scores": score_example_rows(scored, order[:count]),
+        "Lowest scores": score_example_rows(scored, lowest),
+    }
 
 
 def score_example_rows(scored: pa.Table, indices: np.ndarray) -> list[Example]:
     examples = []
     for row in scored.take(pa.array(indices, pa.int64())).to_pylist():
-        texts = {column: display_text(row[column])
-                 for column in ("conversations", "messages", "prompt", "response") if column in row}
+        texts = {
+            column: display_text(row[column])
+            for column in ("conversations", "messages", "prompt", "response")
+            if column in row
+        }
         values = [f"score {number(row.get('score'))}"]
         if row.get("rating") is not None:
             values.append(f"most probable rating {number(row['rating'])}")

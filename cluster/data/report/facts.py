@@ -35,8 +35,11 @@ def run_facts(run: ScoredRun | None, summary: dict) -> dict[str, str]:
     identity = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
     kind_source = first_of(block.get("model_kind"), saved.get("model_kind"), identity.get("kind"))
     inputs = first_of(block.get("inputs"), manifest.get("inputs"))
-    options = block.get("options") if isinstance(block.get("options"), dict) else {
-        key: manifest[key] for key in ("shape", "debias") if key in manifest}
+    options = (
+        block.get("options")
+        if isinstance(block.get("options"), dict)
+        else {key: manifest[key] for key in ("shape", "debias") if key in manifest}
+    )
     if "model_revision" in block:
         revision = block["model_revision"] or "none pinned"
     else:
@@ -107,7 +110,10 @@ def seconds_text(saved: dict) -> str:
 
 
 def rows_text(summary: dict, errors: Any) -> str:
-    errors_text = f"{errors} errors (rows not scored, in errors.jsonl)" if errors is not None else \
-        f"errors {NOT_RECORDED}"
-    return (f"{summary['scored']} scored, {summary['skipped']} with no result, {errors_text}, "
-            f"{summary['truncated']} truncated")
+    errors_text = (
+        f"{errors} errors (rows not scored, in errors.jsonl)" if errors is not None else f"errors {NOT_RECORDED}"
+    )
+    return (
+        f"{summary['scored']} scored, {summary['skipped']} with no result, {errors_text}, "
+        f"{summary['truncated']} truncated"
+    )

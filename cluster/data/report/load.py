@@ -53,23 +53,33 @@ def load_scored(path: str | Path) -> ScoredRun:
     parts = path / "parts"
     if not parts.is_dir():
         if _holds_input_files(path):
-            raise InvalidInput(f"{given}: a folder of input files, not a scoring output; run "
-                               f"python -m cluster score {shlex.quote(given)} OUT first, then report OUT")
-        raise InvalidInput(f"{given}: not a scoring output folder (it has no parts/; python -m cluster score "
-                           "INPUT OUT writes parts/, summary.json and run.json to OUT)")
+            raise InvalidInput(
+                f"{given}: a folder of input files, not a scoring output; run "
+                f"python -m cluster score {shlex.quote(given)} OUT first, then report OUT"
+            )
+        raise InvalidInput(
+            f"{given}: not a scoring output folder (it has no parts/; python -m cluster score "
+            "INPUT OUT writes parts/, summary.json and run.json to OUT)"
+        )
     shards = sorted(parts.glob("part-*.parquet"))
     if not shards:
         if any(parts.glob("errors-*.jsonl")) or (path / "errors.jsonl").is_file():
-            raise InvalidInput(f"{given}: no scored rows: every row scored so far failed (reasons in "
-                               f"{path / 'errors.jsonl'} or {parts}/errors-*.jsonl)")
-        raise InvalidInput(f"{given}: no scored rows yet (parts/ holds no shards): the run is still going or stopped "
-                           "before its first batch; run the same score command again to resume")
+            raise InvalidInput(
+                f"{given}: no scored rows: every row scored so far failed (reasons in "
+                f"{path / 'errors.jsonl'} or {parts}/errors-*.jsonl)"
+            )
+        raise InvalidInput(
+            f"{given}: no scored rows yet (parts/ holds no shards): the run is still going or stopped "
+            "before its first batch; run the same score command again to resume"
+        )
     for shard in shards:
         try:
             pq.read_metadata(shard)
         except (pa.ArrowException, OSError) as err:
-            raise InvalidInput(f"{shard}: not a readable parquet shard ({first_line(err)}); delete it and run the "
-                               "same score command again to rescore its rows") from None
+            raise InvalidInput(
+                f"{shard}: not a readable parquet shard ({first_line(err)}); delete it and run the "
+                "same score command again to rescore its rows"
+            ) from None
     # Imported here: the pipeline module is heavier than the report needs until now.
     from cluster.data.pipeline import read_scores
 
@@ -90,8 +100,10 @@ def _read_scored_file(path: Path, given: str) -> pa.Table:
     if path.suffix in (".jsonl", ".json"):
         raise InvalidInput(input_file_message(given))
     if path.suffix != ".parquet":
-        raise InvalidInput(f"{given}: not a scoring output (expected the output folder of python -m cluster score, "
-                           "or a parquet file of scored rows)")
+        raise InvalidInput(
+            f"{given}: not a scoring output (expected the output folder of python -m cluster score, "
+            "or a parquet file of scored rows)"
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
@@ -102,8 +114,10 @@ def _read_scored_file(path: Path, given: str) -> pa.Table:
 
 
 def input_file_message(given: str) -> str:
-    return (f"{given}: an input file, not a scoring output; run python -m cluster score {shlex.quote(given)} OUT "
-            "first, then report OUT")
+    return (
+        f"{given}: an input file, not a scoring output; run python -m cluster score {shlex.quote(given)} OUT "
+        "first, then report OUT"
+    )
 
 
 def _holds_input_files(folder: Path) -> bool:

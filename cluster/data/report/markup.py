@@ -43,9 +43,11 @@ def write_page(out_html: str | Path, page: str) -> Path:
 
 def page_html(title: str, sections: list[str]) -> str:
     body = "\n".join(sections)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n"
-            f"<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def stat_cell(stats: dict, key: str) -> str:
@@ -60,5 +62,7 @@ def html_table(header: list[str], rows: list[list], css: str | None = None, head
 
 
 def plot_html(plot: Plot) -> str:
-    return (f'<figure>\n<img src="data:image/png;base64,{figure_png(plot.figure)}" alt="{html.escape(plot.caption)}">\n'
-            f"<figcaption>{html.escape(plot.caption)}</figcaption>\n</figure>")
+    return (
+        f'<figure>\n<img src="data:image/png;base64,{figure_png(plot.figure)}" alt="{html.escape(plot.caption)}">\n'
+        f"<figcaption>{html.escape(plot.caption)}</figcaption>\n</figure>"
+    )

@@ -38,12 +38,16 @@ class AxisRange(NamedTuple):
 
 def pair_plots(scored: pa.Table, summary: dict, label: str | None = None, aggregate: str | None = None) -> list[Plot]:
     kind = summary["kind"]
-    return [accuracy_plot([(label or "model", summary)]), score_distribution_plot(scored, kind, label, aggregate),
-            margin_plot(scored, kind, label)]
+    return [
+        accuracy_plot([(label or "model", summary)]),
+        score_distribution_plot(scored, kind, label, aggregate),
+        margin_plot(scored, kind, label),
+    ]
 
 
-def score_plots(scored: pa.Table, label: str | None = None, kind: str = "reward",
-                aggregate: str | None = None) -> list[Plot]:
+def score_plots(
+    scored: pa.Table, label: str | None = None, kind: str = "reward", aggregate: str | None = None
+) -> list[Plot]:
     scores = column_values(scored, "score") if "score" in scored.column_names else np.array([])
     figure, axes = new_figure()
     draw_histogram(axes, {"score": scores})
@@ -51,8 +55,13 @@ def score_plots(scored: pa.Table, label: str | None = None, kind: str = "reward"
     axes.set_xlabel(axis)
     what = report_text(kind).scores
     set_title(axes, label, what)
-    plots = [Plot(f"{what[0].upper()}{what[1:]} distribution ({count_finite(scores)} rows); the axis is fitted to the "
-                  "scores.", figure)]
+    plots = [
+        Plot(
+            f"{what[0].upper()}{what[1:]} distribution ({count_finite(scores)} rows); the axis is fitted to the "
+            "scores.",
+            figure,
+        )
+    ]
     labels = subset_labels(scored)
     if labels is not None:
         plots.append(subset_boxplot(scores, labels, axis))
@@ -63,14 +72,19 @@ def accuracy_entries(summary: dict) -> list[tuple[str, str, float | None, list[f
     """(group, name, accuracy, interval) for every accuracy the summary holds, in display order."""
     entries = [("overall", "all rows", summary.get("accuracy"), summary.get("accuracy_ci"))]
     intervals = summary.get("rewardbench_ci") or {}
-    entries += [("RewardBench", section, value, intervals.get(section))
-                for section, value in (summary.get("rewardbench") or {}).items()]
+    entries += [
+        ("RewardBench", section, value, intervals.get(section))
+        for section, value in (summary.get("rewardbench") or {}).items()
+    ]
     if "rm_bench" in summary:
         rm_bench = summary["rm_bench"]
-        entries += [("RM-Bench", level, rm_bench[level], (rm_bench.get("ci") or {}).get(level))
-                    for level in RM_BENCH_LEVELS]
-    entries += [("subset", name, entry["accuracy"], entry.get("ci"))
-                for name, entry in (summary.get("per_subset") or {}).items()]
+        entries += [
+            ("RM-Bench", level, rm_bench[level], (rm_bench.get("ci") or {}).get(level)) for level in RM_BENCH_LEVELS
+        ]
+    entries += [
+        ("subset", name, entry["accuracy"], entry.get("ci"))
+        for name, entry in (summary.get("per_subset") or {}).items()
+    ]
     return entries
 
 
@@ -100,9 +114,15 @@ def accuracy_plot(series: list[tuple[str, dict]]) -> Plot:
             high.append(100 * interval[1] - value if interval else 0.0)
         errors = np.clip(np.array([low, high]), 0.0, None)  # float noise must not make a bar negative
         colors = [GROUP_COLORS[group] for group, _ in categories] if models == 1 else f"C{index}"
-        axes.barh(positions - 0.4 + bar * (index + 0.5), accuracy, height=bar, xerr=errors, color=colors,
-                  error_kw={"ecolor": "black", "elinewidth": 0.8, "capsize": 2},
-                  label=matplotlib_safe(label) if models > 1 else None)
+        axes.barh(
+            positions - 0.4 + bar * (index + 0.5),
+            accuracy,
+            height=bar,
+            xerr=errors,
+            color=colors,
+            error_kw={"ecolor": "black", "elinewidth": 0.8, "capsize": 2},
+            label=matplotlib_safe(label) if models > 1 else None,
+        )
     for position, key in zip(positions, categories):
         if all(entries.get(key, (None, None))[0] is None for entries in values):
             axes.text(1, position, "no scored rows", va="center", fontsize="small", color="#555")
@@ -113,13 +133,16 @@ def accuracy_plot(series: list[tuple[str, dict]]) -> Plot:
     axes.set_xlabel("accuracy (%); error bars: 95% bootstrap interval")
     figure.legend(fontsize="small", loc="outside upper center", ncols=min(models + 1, 5))
     who = "" if models == 1 else f" of {models} models"
-    caption = (f"Accuracy{who}: overall, benchmark sections and per subset, with 95% bootstrap intervals "
-               f"(rows resampled); the dashed line is chance ({CHANCE:.0f}%).")
+    caption = (
+        f"Accuracy{who}: overall, benchmark sections and per subset, with 95% bootstrap intervals "
+        f"(rows resampled); the dashed line is chance ({CHANCE:.0f}%)."
+    )
     return Plot(caption, figure)
 
 
-def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = None,
-                            aggregate: str | None = None) -> Plot:
+def score_distribution_plot(
+    scored: pa.Table, kind: str, label: str | None = None, aggregate: str | None = None
+) -> Plot:
     """Chosen vs rejected reward scores, overlaid; for a critic, its P(chosen wins) instead."""
     figure, axes = new_figure()
     probs = values_of_either(scored, "prob_chosen", "probs_chosen")
@@ -128,9 +151,10 @@ def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = Non
         fitted = draw_histogram(axes, {"P(chosen wins)": probs}, marker=0.5)
         axes.set_xlabel("critic P(chosen wins)")
         set_title(axes, label, "critic verdicts")
-        caption = (f"Critic verdicts: P(chosen wins) over {count_finite(probs)} comparisons "
-                   "(every chosen x rejected comparison for multi-response rows)."
-                   + range_note(probs, fitted, 0.5, "P = 0.5"))
+        caption = (
+            f"Critic verdicts: P(chosen wins) over {count_finite(probs)} comparisons "
+            "(every chosen x rejected comparison for multi-response rows)." + range_note(probs, fitted, 0.5, "P = 0.5")
+        )
         return Plot(caption, figure)
     chosen = values_of_either(scored, "chosen_score", "chosen_scores")
     rejected = values_of_either(scored, "rejected_score", "rejected_scores")
@@ -140,8 +164,10 @@ def score_distribution_plot(scored: pa.Table, kind: str, label: str | None = Non
     axes.set_xlabel(score_axis_label(kind, aggregate))
     what = report_text(kind).scores
     set_title(axes, label, what)
-    caption = (f"{what[0].upper()}{what[1:]}: {count_finite(chosen)} chosen and {count_finite(rejected)} rejected "
-               "responses (all responses of multi-response rows); the axis is fitted to the scores.")
+    caption = (
+        f"{what[0].upper()}{what[1:]}: {count_finite(chosen)} chosen and {count_finite(rejected)} rejected "
+        "responses (all responses of multi-response rows); the axis is fitted to the scores."
+    )
     return Plot(caption, figure)
 
 
@@ -152,9 +178,11 @@ def margin_plot(scored: pa.Table, kind: str, label: str | None = None) -> Plot:
     fitted = draw_histogram(axes, {"margin": clipped}, marker=0.0)
     axes.set_xlabel(margin_axis_label(kind))
     set_title(axes, label, report_text(kind).margins)
-    caption = (f"Margin per row ({margin_meaning(kind)}; the mean over all comparisons for multi-response rows), "
-               f"{len(clipped)} rows; rows at or left of 0 count as losses.{clip_note}"
-               + range_note(clipped, fitted, 0.0, "0 (a tie)"))
+    caption = (
+        f"Margin per row ({margin_meaning(kind)}; the mean over all comparisons for multi-response rows), "
+        f"{len(clipped)} rows; rows at or left of 0 count as losses.{clip_note}"
+        + range_note(clipped, fitted, 0.0, "0 (a tie)")
+    )
     return Plot(caption, figure)
 
 
@@ -172,8 +200,10 @@ def range_note(values: np.ndarray, fitted: AxisRange | None, marker: float, mark
         return f" All values equal {low}: the axis is padded around it."
     if not fitted.marker_shown:
         side = "above" if values.min() > marker else "below"
-        return (f" All values lie {side} {marker_name}, between {low} and {high}; the axis is fitted to them, "
-                f"so the {marker_name} line is off it.")
+        return (
+            f" All values lie {side} {marker_name}, between {low} and {high}; the axis is fitted to them, "
+            f"so the {marker_name} line is off it."
+        )
     return ""
 
 
@@ -183,8 +213,7 @@ def subset_boxplot(scores: np.ndarray, labels: np.ndarray, axis: str = "reward m
     figure, axes = new_figure(height=4.5)
     axes.boxplot(groups)
     # Labels set on the axis, not through boxplot's keywords, which were renamed in matplotlib 3.9/3.10.
-    axes.set_xticks(np.arange(1, len(names) + 1), [matplotlib_safe(name) for name in names],
-                    rotation=30, ha="right")
+    axes.set_xticks(np.arange(1, len(names) + 1), [matplotlib_safe(name) for name in names], rotation=30, ha="right")
     axes.set_ylabel(axis)
     return Plot(f"{axis[0].upper()}{axis[1:]} per subset (box: quartiles; whiskers: 1.5 IQR).", figure)
 
@@ -206,8 +235,9 @@ def fitted_range(pooled: np.ndarray, marker: float | None = None) -> AxisRange:
     return AxisRange(low, high, marker is not None and low <= marker <= high, degenerate)
 
 
-def draw_histogram(axes, series: dict[str, np.ndarray], marker: float | None = None, density: bool = False,
-                   step: bool = False) -> AxisRange | None:
+def draw_histogram(
+    axes, series: dict[str, np.ndarray], marker: float | None = None, density: bool = False, step: bool = False
+) -> AxisRange | None:
     """Overlaid histograms sharing one set of bins over the data's range, the axis fitted to it (see
     `fitted_range`), and a line at `marker` (0 margin, P = 0.5) when it is on the axis."""
     finite_series = {name: finite(np.asarray(values, dtype=np.float64)) for name, values in series.items()}

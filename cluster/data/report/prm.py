@@ -54,8 +54,11 @@ class Solutions:
         """(reward, index, steps) of each solution's weakest step (the first on a tie, as the
         pipeline's `weakest_step`), over the solutions with at least one step."""
         kept = [r for r in self.rewards if len(r)]
-        return (np.array([float(r.min()) for r in kept]), np.array([int(np.argmin(r)) for r in kept], dtype=np.int64),
-                np.array([len(r) for r in kept], dtype=np.int64))
+        return (
+            np.array([float(r.min()) for r in kept]),
+            np.array([int(np.argmin(r)) for r in kept], dtype=np.int64),
+            np.array([len(r) for r in kept], dtype=np.int64),
+        )
 
 
 def step_reward_list(value: Any) -> np.ndarray:
@@ -71,8 +74,11 @@ def prm_solutions(scored: pa.Table) -> list[Solutions]:
     if "step_rewards" in scored.column_names:
         columns = [("solutions", "step_rewards")]
     else:
-        columns = [(side, f"{side}_step_rewards") for side in ("chosen", "rejected")
-                   if f"{side}_step_rewards" in scored.column_names]
+        columns = [
+            (side, f"{side}_step_rewards")
+            for side in ("chosen", "rejected")
+            if f"{side}_step_rewards" in scored.column_names
+        ]
     groups = []
     for label, column in columns:
         group = Solutions(label, [], [], [])
@@ -107,26 +113,34 @@ def step_statistics(group: Solutions) -> dict:
         "median_reward": float(np.median(rewards)) if rewards.size else None,
         "mean_weakest": float(weakest.mean()) if with_steps else None,
         "weakest_below": {threshold: share(weakest < threshold) for threshold in WEAK_THRESHOLDS},
-        "weakest_at": {"first": share((index == 0) & (steps > 1)),
-                       "middle": share((index > 0) & (index < steps - 1)),
-                       "last": share((index == steps - 1) & (steps > 1)),
-                       "only step": share(steps == 1)},
+        "weakest_at": {
+            "first": share((index == 0) & (steps > 1)),
+            "middle": share((index > 0) & (index < steps - 1)),
+            "last": share((index == steps - 1) & (steps > 1)),
+            "only step": share(steps == 1),
+        },
     }
 
 
 def step_table_rows(stats: list[dict]) -> list[list[str]]:
     """The step-reward table, one column per group (or per model in a comparison)."""
+
     def cells(key: str, format_value) -> list[str]:
         return [format_value(entry[key]) if entry is not None else "-" for entry in stats]
 
-    rows = [["solutions", *cells("solutions", str)], ["steps", *cells("steps", str)],
-            ["mean steps per solution", *cells("mean_steps", number)],
-            ["mean step reward", *cells("mean_reward", number)],
-            ["median step reward", *cells("median_reward", number)],
-            ["mean weakest-step reward", *cells("mean_weakest", number)]]
+    rows = [
+        ["solutions", *cells("solutions", str)],
+        ["steps", *cells("steps", str)],
+        ["mean steps per solution", *cells("mean_steps", number)],
+        ["mean step reward", *cells("mean_reward", number)],
+        ["median step reward", *cells("median_reward", number)],
+        ["mean weakest-step reward", *cells("mean_weakest", number)],
+    ]
     for threshold in WEAK_THRESHOLDS:
-        rows.append([f"weakest step < {threshold:g} (% of solutions)"]
-                    + [percent(entry["weakest_below"][threshold], 1) if entry is not None else "-" for entry in stats])
+        rows.append(
+            [f"weakest step < {threshold:g} (% of solutions)"]
+            + [percent(entry["weakest_below"][threshold], 1) if entry is not None else "-" for entry in stats]
+        )
     for where in ("first", "middle", "last", "only step"):
         label = "solutions of one step (%)" if where == "only step" else f"weakest step is the {where} (%)"
         rows.append([label] + [percent(entry["weakest_at"][where], 1) if entry is not None else "-" for entry in stats])
@@ -138,11 +152,16 @@ def step_table_rows(stats: list[dict]) -> list[list[str]]:
 def step_rewards_html(groups: list[Solutions], aggregate: str | None) -> str:
     stats = [step_statistics(group) for group in groups]
     table = html_table(["", *[group.label for group in groups]], step_table_rows(stats))
-    how = (f"a solution's score is the {aggregate} of its step rewards" if aggregate
-           else "how a solution's score aggregates its step rewards is not recorded (min by default)")
-    note = ('<p class="note">Step rewards are in (0, 1). The weakest step is a solution\'s lowest step reward '
-            "(the first, on a tie); first / middle / last is where it falls in solutions of two or more steps, "
-            f"and the shares are of the solutions with at least one step; {html.escape(how)}.</p>")
+    how = (
+        f"a solution's score is the {aggregate} of its step rewards"
+        if aggregate
+        else "how a solution's score aggregates its step rewards is not recorded (min by default)"
+    )
+    note = (
+        '<p class="note">Step rewards are in (0, 1). The weakest step is a solution\'s lowest step reward '
+        "(the first, on a tie); first / middle / last is where it falls in solutions of two or more steps, "
+        f"and the shares are of the solutions with at least one step; {html.escape(how)}.</p>"
+    )
     return table + "\n" + note
 
 
@@ -167,8 +186,9 @@ def unit_edges(values: np.ndarray) -> np.ndarray:
     return np.linspace(low, high, STEP_BINS + 1)
 
 
-def step_histogram_plot(groups: list[Solutions], label: str | None = None, colors: list[str] | None = None,
-                        outline: bool = False) -> Plot:
+def step_histogram_plot(
+    groups: list[Solutions], label: str | None = None, colors: list[str] | None = None, outline: bool = False
+) -> Plot:
     """All step rewards (left) and each solution's weakest-step reward (right), on [0, 1]; one colour per group."""
     figure = Figure(figsize=(9, 3.4), dpi=FIGURE_DPI, layout="constrained")
     FigureCanvasAgg(figure)
@@ -176,16 +196,20 @@ def step_histogram_plot(groups: list[Solutions], label: str | None = None, color
     colors = colors or group_colors(groups)
     pooled = np.concatenate([group.all_rewards for group in groups]) if groups else np.array([])
     edges = unit_edges(pooled)
-    for axes, title, values_of in ((left, "every step", lambda g: g.all_rewards),
-                                   (right, "weakest step of each solution", lambda g: g.weakest()[0])):
+    for axes, title, values_of in (
+        (left, "every step", lambda g: g.all_rewards),
+        (right, "weakest step of each solution", lambda g: g.weakest()[0]),
+    ):
         drawn = False
         for group, color in zip(groups, colors):
             values = values_of(group)
             if values.size:
-                style = ({"histtype": "step", "linewidth": 1.5} if outline
-                         else {"alpha": 0.55 if len(groups) > 1 else 0.8})
-                axes.hist(values, bins=edges, color=color, label=f"{matplotlib_safe(group.label)} (n={values.size})",
-                          **style)
+                style = (
+                    {"histtype": "step", "linewidth": 1.5} if outline else {"alpha": 0.55 if len(groups) > 1 else 0.8}
+                )
+                axes.hist(
+                    values, bins=edges, color=color, label=f"{matplotlib_safe(group.label)} (n={values.size})", **style
+                )
                 drawn = True
         if not drawn:
             axes.text(0.5, 0.5, "no step rewards", ha="center", va="center", transform=axes.transAxes)
@@ -200,8 +224,10 @@ def step_histogram_plot(groups: list[Solutions], label: str | None = None, color
         figure.suptitle(matplotlib_safe(f"{label}: step rewards"), fontsize="medium")
     steps = sum(group.all_rewards.size for group in groups)
     solutions = sum(len(group.weakest()[0]) for group in groups)
-    caption = (f"Step rewards: all {steps} steps (left) and the weakest step of each of {solutions} solutions "
-               "(right), on [0, 1]; the dotted line is 0.5.")
+    caption = (
+        f"Step rewards: all {steps} steps (left) and the weakest step of each of {solutions} solutions "
+        "(right), on [0, 1]; the dotted line is 0.5."
+    )
     return Plot(caption, figure)
 
 
@@ -255,9 +281,11 @@ def step_index_plot(groups: list[Solutions], label: str | None = None, colors: l
     bottom.set_xlabel("step number")
     if label:
         top.set_title(matplotlib_safe(f"{label}: step reward by step number"), fontsize="medium")
-    caption = (f"Step reward by step number: the mean (line) and the interquartile band (25th to 75th percentile) "
-               f"of the step rewards at each step, over the solutions that have that many steps (bars below). "
-               f"Steps are shown while at least {least} solutions reach them")
+    caption = (
+        f"Step reward by step number: the mean (line) and the interquartile band (25th to 75th percentile) "
+        f"of the step rewards at each step, over the solutions that have that many steps (bars below). "
+        f"Steps are shown while at least {least} solutions reach them"
+    )
     caption += f"; longer solutions go on further ({', '.join(cut)} steps at most)." if cut else "."
     return Plot(caption, figure)
 
@@ -274,8 +302,14 @@ def step_count_plot(groups: list[Solutions], label: str | None = None, colors: l
     width = 0.8 / len(groups)
     for offset, (group, color) in enumerate(zip(groups, colors)):
         tally = np.bincount(group.lengths, minlength=longest + 1)
-        axes.bar(counts - 0.4 + width * (offset + 0.5), tally, width=width, color=color, alpha=0.8,
-                 label=f"{matplotlib_safe(group.label)} (n={len(group.rewards)})")
+        axes.bar(
+            counts - 0.4 + width * (offset + 0.5),
+            tally,
+            width=width,
+            color=color,
+            alpha=0.8,
+            label=f"{matplotlib_safe(group.label)} (n={len(group.rewards)})",
+        )
     low = 0 if any(np.any(group.lengths == 0) for group in groups) else 1
     axes.set_xlim(low - 0.6, longest + 0.6)
     if longest - low <= 30:
@@ -285,8 +319,11 @@ def step_count_plot(groups: list[Solutions], label: str | None = None, colors: l
     axes.legend(fontsize="small")
     set_title(axes, label, "steps per solution")
     means = [(group.label, number(float(group.lengths.mean()))) for group in groups if len(group.rewards)]
-    mean_text = (f"{means[0][1]} steps on average" if len(means) == 1
-                 else "mean: " + ", ".join(f"{name} {value}" for name, value in means))
+    mean_text = (
+        f"{means[0][1]} steps on average"
+        if len(means) == 1
+        else "mean: " + ", ".join(f"{name} {value}" for name, value in means)
+    )
     return Plot(f"Number of steps per solution ({mean_text}).", figure)
 
 
@@ -315,8 +352,9 @@ def solution_steps(value: Any, separator: str, count: int) -> list[str] | None:
     return steps if len(steps) == count else None
 
 
-def weakest_examples(scored: pa.Table, groups: list[Solutions], count: int, separator: str,
-                     multi: bool = False) -> dict[str, list[Example]]:
+def weakest_examples(
+    scored: pa.Table, groups: list[Solutions], count: int, separator: str, multi: bool = False
+) -> dict[str, list[Example]]:
     """Per group, the solutions with the lowest weakest-step reward (ties: the earlier row first),
     each step with its reward and the weakest marked."""
     if count <= 0:
@@ -335,8 +373,11 @@ def weakest_examples(scored: pa.Table, groups: list[Solutions], count: int, sepa
             values = [f"weakest step {weakest + 1} of {len(rewards)}: {number(float(rewards[weakest]))}"]
             if group.label == "solutions":
                 values.append(f"score {number(row.get('score'))}")
-                source = first_of(row.get("steps"), row.get("response"),
-                                  *(row.get(column) for column in ("conversations", "messages")))
+                source = first_of(
+                    row.get("steps"),
+                    row.get("response"),
+                    *(row.get(column) for column in ("conversations", "messages")),
+                )
                 texts = {"prompt": display_text(row.get("prompt"))} if "prompt" in row else {}
             else:
                 values += [f"margin {number(row.get('margin'))}", f"chosen wins: {row.get('chosen_wins')}"]
@@ -347,10 +388,14 @@ def weakest_examples(scored: pa.Table, groups: list[Solutions], count: int, sepa
             steps = solution_steps(source, separator, len(rewards))
             if steps is None and source is not None:
                 texts["solution"] = display_text(source)
-            examples.append(Example(values, texts, steps=list(zip(steps or [""] * len(rewards), rewards.tolist())),
-                                    weakest=weakest))
-        heading = ("Solutions with the weakest steps" if group.label == "solutions"
-                   else f"{group.label.capitalize()} solutions with the weakest steps")
+            examples.append(
+                Example(values, texts, steps=list(zip(steps or [""] * len(rewards), rewards.tolist())), weakest=weakest)
+            )
+        heading = (
+            "Solutions with the weakest steps"
+            if group.label == "solutions"
+            else f"{group.label.capitalize()} solutions with the weakest steps"
+        )
         shown[heading] = examples
     return shown
 
@@ -372,8 +417,10 @@ def steps_html(example: Example) -> str:
     for index in shown:
         text, reward = steps[index]
         css = ' class="weakest"' if index == example.weakest else ""
-        items.append(f'<li value="{index + 1}"{css}><span class="reward">{html.escape(number(reward))}</span>'
-                     f"{html.escape(shorten(text, EXAMPLE_STEP_CHARS))}</li>")
+        items.append(
+            f'<li value="{index + 1}"{css}><span class="reward">{html.escape(number(reward))}</span>'
+            f"{html.escape(shorten(text, EXAMPLE_STEP_CHARS))}</li>"
+        )
     more = len(steps) - len(shown)
     note = f'<p class="note">{more} more steps not shown</p>' if more > 0 else ""
     return f'<ol class="steps">{"".join(items)}</ol>{note}'
@@ -386,8 +433,17 @@ def comparison_groups(comparison: Comparison, scored: list[pa.Table] | None = No
     per_model = []
     for label, table, summary in zip(comparison.labels, scored, comparison.summaries):
         groups = prm_solutions(table) if unit_of(summary["kind"]) == "steps" else []
-        per_model.append([Solutions(label if group.label == "solutions" else f"{label}: {group.label}",
-                                    group.rewards, group.rows, group.items) for group in groups])
+        per_model.append(
+            [
+                Solutions(
+                    label if group.label == "solutions" else f"{label}: {group.label}",
+                    group.rewards,
+                    group.rows,
+                    group.items,
+                )
+                for group in groups
+            ]
+        )
     return per_model
 
 
@@ -411,11 +467,17 @@ def comparison_steps_html(comparison: Comparison) -> str:
     shown = [group for groups in per_model for group in groups]
     parts = []
     if shown:
-        parts.append(html_table(["", *[group.label for group in shown]],
-                                step_table_rows([step_statistics(group) for group in shown])))
-    missing = [f"{label} ({kind_name(kind)})" for label, kind, groups in zip(comparison.labels, kinds, per_model)
-               if not groups]
+        parts.append(
+            html_table(
+                ["", *[group.label for group in shown]], step_table_rows([step_statistics(group) for group in shown])
+            )
+        )
+    missing = [
+        f"{label} ({kind_name(kind)})" for label, kind, groups in zip(comparison.labels, kinds, per_model) if not groups
+    ]
     if missing:
-        parts.append(f'<p class="note">Step rewards apply to process reward models only; this part does not apply '
-                     f"to {html.escape(', '.join(missing))}.</p>")
+        parts.append(
+            f'<p class="note">Step rewards apply to process reward models only; this part does not apply '
+            f"to {html.escape(', '.join(missing))}.</p>"
+        )
     return "\n".join(parts)

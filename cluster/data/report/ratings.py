@@ -50,8 +50,13 @@ def rating_plot(scored: pa.Table, scale: np.ndarray | None, label: str | None = 
         high = max(float(expected.max()), float(scale.max())) if scale is not None and scale.size else expected.max()
         if high - low < 1e-9:
             low, high = low - 0.5, high + 0.5
-        left.hist(expected, bins=np.linspace(low, high, HISTOGRAM_BINS + 1), color="C0", alpha=0.8,
-                  label=f"expected rating (n={expected.size})")
+        left.hist(
+            expected,
+            bins=np.linspace(low, high, HISTOGRAM_BINS + 1),
+            color="C0",
+            alpha=0.8,
+            label=f"expected rating (n={expected.size})",
+        )
         left.legend(fontsize="small")
     else:
         left.text(0.5, 0.5, "no scored rows", ha="center", va="center", transform=left.transAxes)
@@ -62,12 +67,17 @@ def rating_plot(scored: pa.Table, scale: np.ndarray | None, label: str | None = 
         counts = np.array([np.sum(best == value) for value in positions])
         step = float(np.min(np.diff(positions))) if positions.size > 1 else 1.0
         width = 0.4 * step
-        right.bar(positions - width / 2, counts, width=width, color="C0", alpha=0.8,
-                  label=f"most probable rating (n={best.size})")
+        right.bar(
+            positions - width / 2,
+            counts,
+            width=width,
+            color="C0",
+            alpha=0.8,
+            label=f"most probable rating (n={best.size})",
+        )
         mass = rating_mass(scored, positions.size)
         if mass is not None:
-            right.bar(positions + width / 2, mass, width=width, color="C1", alpha=0.6,
-                      label="probability mass (rows)")
+            right.bar(positions + width / 2, mass, width=width, color="C1", alpha=0.6, label="probability mass (rows)")
         right.set_xticks(positions, [number(float(value)) for value in positions])
         right.legend(fontsize="small")
     else:
@@ -76,9 +86,11 @@ def rating_plot(scored: pa.Table, scale: np.ndarray | None, label: str | None = 
     right.set_ylabel("rows")
     if label:
         figure.suptitle(matplotlib_safe(f"{label}: ratings"), fontsize="medium")
-    caption = (f"Pointwise judge's ratings of {expected.size} responses: the expected rating (left) and, over the "
-               "scale, how many responses had each rating as the most probable one, beside the judge's probability "
-               "mass on each rating summed over the responses (right).")
+    caption = (
+        f"Pointwise judge's ratings of {expected.size} responses: the expected rating (left) and, over the "
+        "scale, how many responses had each rating as the most probable one, beside the judge's probability "
+        "mass on each rating summed over the responses (right)."
+    )
     return Plot(caption, figure)
 
 
@@ -104,6 +116,12 @@ def ratings_html(scored: pa.Table, scale: np.ndarray | None) -> str:
     for index, value in enumerate(scale):
         share = float(np.mean(known == value)) if known.size else None
         mean_prob = float(mass[index] / with_probs) if mass is not None and with_probs else None
-        rows.append([number(float(value)), int(np.sum(known == value)), percent(share, 1),
-                     number(mean_prob) if mean_prob is not None else "-"])
+        rows.append(
+            [
+                number(float(value)),
+                int(np.sum(known == value)),
+                percent(share, 1),
+                number(mean_prob) if mean_prob is not None else "-",
+            ]
+        )
     return html_table(["rating", "most probable for (responses)", "share (%)", "mean probability"], rows)
