@@ -1,7 +1,7 @@
 """The model-family matrix: every family we claim scores as its model card computes, one at a time.
 
 Each family is a tiny seeded model of the family's own config class with a tokenizer that has the
-family's real special tokens, post-processor and chat template (cluster/tiny.py). The reference
+family's real special tokens, post-processor and chat template (cluster/tiny/). The reference
 here is written out with plain transformers calls (the card's computation), not with `cluster`:
 
 - decoders: `apply_chat_template(conv, tokenize=False)`, `tokenizer(text)`, then the one
