@@ -1,11 +1,13 @@
 """What the tests share besides fixtures: the tiny models' variants, the model cards' reference
 computations (written independently of `cluster`: straight transformers calls, one item at a time, as
-the cards do, so a bug in the package cannot hide in its own yardstick), the test app's config, and
-the clients that drive an app in-process. Tests import from here; conftest.py holds the fixtures."""
+the cards do, so a bug in the package cannot hide in its own yardstick), the test app's config, the
+clients that drive an app in-process, and the pipeline tests' corpora with the pipeline's stages
+run in-process (`score_rows_in_process`). Tests import from here; conftest.py holds the fixtures."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -269,12 +271,15 @@ def deploy(app: dict, timeout_s: float = 180) -> None:
 
 class InProcessClient:
     """httpx's sync call shapes (`get`, `post`, `request`) over the app through `httpx.ASGITransport`:
-    the routes, auth, limits and errors with no Ray and no socket."""
+    the routes, auth, limits and errors with no Ray and no socket. Each request runs on a fresh event
+    loop, or on `loop` (a `BackgroundLoop`) where the app's state lives on one, as a Serve replica's
+    does."""
 
-    def __init__(self, app, headers: dict[str, str] | None = None):
+    def __init__(self, app, headers: dict[str, str] | None = None, loop: BackgroundLoop | None = None):
         self.app = app
         self.headers = headers or {}
         self.base_url = "http://in-process"
+        self.loop = loop
 
     def request(self, method: str, path: str, **kw):
         import asyncio
@@ -286,7 +291,7 @@ class InProcessClient:
             async with httpx.AsyncClient(transport=transport, base_url=self.base_url, headers=self.headers) as c:
                 return await c.request(method, path, **kw)
 
-        return asyncio.run(send())
+        return self.loop.run(send()) if self.loop is not None else asyncio.run(send())
 
     def get(self, path: str, **kw):
         return self.request("GET", path, **kw)
@@ -299,7 +304,7 @@ class LiveServer:
     """An app served by uvicorn on 127.0.0.1 in a background thread (no Ray): what the RL frameworks'
     own client code (aiohttp, requests, huggingface_hub) is run against, unchanged."""
 
-    def __init__(self, app):
+    def __init__(self, app, *, log_level: str = "warning", access_log: bool = False):
         import threading
 
         import uvicorn
@@ -307,7 +312,15 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level=log_level,
+                lifespan="off",
+                access_log=access_log,
+                **({"log_config": None} if access_log else {}),  # its lines through the root logger, to caplog
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -320,3 +333,321 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- the Serve layer in-process
+
+
+class BackgroundLoop:
+    """An event loop in a daemon thread of its own, as a Serve replica runs its user code on one loop
+    for its whole life (its `@serve.batch` queues, asyncio gates and gathered flows live on it):
+    `submit(coro)` starts a coroutine there, `run(coro)` waits for it too."""
+
+    def __init__(self, name: str):
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro):
+        return self.submit(coro).result()
+
+    def stop(self) -> None:
+        """Cancel what still runs there (a `@serve.batch` queue's task runs forever), then close."""
+        import asyncio
+
+        async def cancel_the_rest():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.get_running_loop().shutdown_default_executor()
+
+        self.run(cancel_the_rest())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def crossed(value):
+    """`value` as the other side of a Ray call gets it: serialized and read back (Ray pickles task
+    arguments, results and errors with cloudpickle), so what cannot cross Ray fails here too, and
+    neither side shares a mutable object with the other."""
+    from ray import cloudpickle
+
+    return cloudpickle.loads(cloudpickle.dumps(value))
+
+
+class FakeResponse:
+    """What `FakeHandle`'s `.remote()` returns, used as Serve's DeploymentResponse is: `await response`
+    in a coroutine, or `response.result()` in synchronous code. The call is already under way."""
+
+    def __init__(self, future):
+        self._future = future  # a concurrent.futures.Future of the call on the replica's loop
+
+    def __await__(self):
+        import asyncio
+
+        return asyncio.wrap_future(self._future).__await__()
+
+    def result(self, timeout_s: float | None = None):
+        return self._future.result(timeout_s)
+
+
+class FakeHandle:
+    """A deployment handle over one object in this process (one replica, no Ray): `handle.method
+    .remote(*args, **kw)` sends the call at once, as Serve's handle does, to the object's own event
+    loop (`BackgroundLoop`), where a coroutine method is awaited and a synchronous one runs in a
+    worker thread (as a replica runs them: RAY_SERVE_RUN_SYNC_IN_THREADPOOL). Arguments, results and
+    errors are copied through `crossed`. An error comes back as raised; Serve hands it over wrapped
+    in a RayTaskError, and `cluster.core.errors.from_ray` reads both (the wrapper's `cause`, or the
+    ScoringError itself). No routing, back-pressure or replica loss: tests/ray tests those."""
+
+    def __init__(self, target, loop: BackgroundLoop):
+        self._target = target
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> _FakeMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _FakeMethod(getattr(self._target, name), self._loop)
+
+
+class _FakeMethod:
+    def __init__(self, method, loop: BackgroundLoop):
+        self.method = method
+        self.loop = loop
+
+    def remote(self, *args, **kw) -> FakeResponse:
+        args, kw = crossed((args, kw))
+        return FakeResponse(self.loop.submit(self._call(args, kw)))
+
+    async def _call(self, args, kw):
+        import asyncio
+        import inspect
+
+        try:
+            if inspect.iscoroutinefunction(self.method):
+                out = await self.method(*args, **kw)
+            else:
+                out = await asyncio.to_thread(self.method, *args, **kw)
+        except Exception as err:  # noqa: BLE001 - delivered to the caller, as a handle delivers it
+            raise crossed(err) from None
+        return crossed(out)
+
+
+class ServeInProcess:
+    """A Serve application (the graph `deployments.app:build_app(args)` binds) built in this process
+    as Serve's replicas build it, without Ray: one replica per deployment, each on its own
+    `BackgroundLoop`; its class made with `__new__`, its `__init__` awaited (the `@serve.ingress`
+    wrapper's is async) with the bound arguments, where a bound deployment is a `FakeHandle` over
+    that deployment's replica; then `reconfigure(user_config)` where the deployment has a
+    user_config; and the ingress's ASGI app from `__serve_build_asgi_app__`. `client(headers)`: an
+    `InProcessClient` over that app on the ingress's loop.
+
+    One change to Ray while it is up: `@serve.batch` reads the replica context
+    (`serve.get_replica_context()`, only a replica has one) once, when its queue is made, for a
+    warning that `max_batch_size` exceeds `max_ongoing_requests`; that warning is skipped
+    (`_BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests`, undone by `stop`)."""
+
+    def __init__(self, app):
+        import pytest
+        from ray.serve import batching
+
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setattr(
+            batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None
+        )
+        self.loops: list[BackgroundLoop] = []
+        self.replicas: dict[str, object] = {}  # deployment name -> its one replica
+        try:
+            self.ingress, self.loop = self._start(app)
+            self.app = self.loop.run(self._asgi_app())
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _asgi_app(self):
+        return self.ingress.__serve_build_asgi_app__()
+
+    def _start(self, app) -> tuple[object, BackgroundLoop]:
+        import inspect
+
+        from ray.serve import Application
+
+        deployment = app._bound_deployment  # the one attribute of Serve's Application this reads
+
+        def argument(value):
+            if isinstance(value, Application):
+                return FakeHandle(*self._start(value))
+            if isinstance(value, dict):
+                return {k: argument(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return type(value)(argument(v) for v in value)
+            return crossed(value)
+
+        args = [argument(a) for a in deployment.init_args]
+        kwargs = {k: argument(v) for k, v in deployment.init_kwargs.items()}
+        loop = BackgroundLoop(deployment.name)
+        self.loops.append(loop)
+        cls = deployment.func_or_class
+
+        async def construct():
+            replica = cls.__new__(cls)
+            started = replica.__init__(*args, **kwargs)
+            if inspect.isawaitable(started):
+                await started
+            if deployment.user_config is not None:
+                replica.reconfigure(crossed(deployment.user_config))
+            return replica
+
+        replica = self.replicas[deployment.name] = loop.run(construct())
+        return replica, loop
+
+    def client(self, headers: dict[str, str] | None = None) -> InProcessClient:
+        return InProcessClient(self.app, headers, loop=self.loop)
+
+    def stop(self) -> None:
+        for loop in reversed(self.loops):
+            loop.stop()
+        self.patch.undo()
+
+
+# ----------------------------------------------------------------------------- the pipeline's corpora and stages
+
+# the pipeline tests' corpus words (tests/unit/test_pipeline_rows.py, tests/ray, tests/reliability)
+PROMPTS = [
+    "What is the capital of France?",
+    "Add 2 and 3.",
+    "How do I print in Python?",
+    "Tell me something.",
+    "Count to five.",
+    "Is water wet?",
+    "Name a colour.",
+    "Say hi.",
+]
+GOOD = [
+    "Paris.",
+    "5",
+    "print('hello')",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "1 2 3 4 5",
+    "Yes, in the everyday sense.",
+    "Blue.",
+    "Hi!",
+]
+BAD = [
+    "London.",
+    "2 + 3 = 6, because addition.",
+    "You cannot.",
+    "No.",
+    "five four",
+    "Maybe",
+    "I'm sorry, but I can't.",
+    "Goodbye, and here is a long unrelated paragraph about nothing in particular.",
+]
+
+
+def turn(prompt: str, response: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def write_corpus(path: Path, rows: list[dict], row_group_size: int = 2) -> Path:
+    """Rows as a corpus file, by its suffix: parquet (small row groups: several read chunks), JSONL, JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows))
+    return path
+
+
+def pair_rows(n: int = 8, subset=lambda i: "s", **extra) -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "subset": subset(i),
+            "prompt": PROMPTS[i % 8],
+            "chosen": GOOD[i % 8],
+            "rejected": BAD[(i + 3) % 8],
+            **extra,
+        }
+        for i in range(n)
+    ]
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+
+
+def score_rows_in_process(input_path, model, **options):
+    """(table, summary): what `score_corpus(input_path, out, model, **options)` writes and returns,
+    from the very code its Ray Data run runs, in this process and without Ray. In the driver's
+    steps: the model resolved (resolve_model), the files planned into read chunks (expand_inputs,
+    plan_chunks) and the corpus's layout found (_corpus_layout); then each chunk read as its read
+    task reads it (read_chunk), the rows in batches of `batch_rows` through a TokenizeStage and a
+    ModelStage built with the arguments `_scored` gives them (out_dir=None: the stage returns its
+    scored rows instead of writing shards; torch's threads left as they are).
+
+    The table holds the scored rows in input order (by file, then row) with source_file and
+    source_row as read_chunk gives them; a row that failed with on_error='skip' is left out, as
+    write_shard leaves it out of the shards. The summary holds `summarize(table)`'s fields, as
+    score_corpus's does, with `model`, `shape` (the layout's) and `errors` (rows and empty files
+    that could not be scored)."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cluster.core.errors import InvalidInput
+    from cluster.data.metrics import summarize
+    from cluster.data.models import resolve_model
+    from cluster.data.options import ScoringOptions
+    from cluster.data.reading import expand_inputs, plan_chunks, read_chunk
+    from cluster.data.scoring import _corpus_layout
+    from cluster.data.stages import ModelStage, TokenizeStage
+
+    opts = ScoringOptions.parse(options)
+    assert opts.via_serve is None, "via_serve scores on a Serve app: a Ray run (tests/ray)"
+    spec = resolve_model(model)
+    files, base = expand_inputs(input_path)
+    chunks, empty = plan_chunks(files, base, opts.rows_per_shard)
+    if empty and opts.on_error == "raise":
+        raise InvalidInput(empty[0]["error"].split(": ", 1)[1])
+    if not chunks:
+        raise InvalidInput(f"{input_path}: the input holds no rows")
+    layout = _corpus_layout(chunks, spec, opts)
+    read = pa.concat_tables(
+        [read_chunk(chunk, opts.on_error, asdict(layout)) for chunk in chunks], promote_options="permissive"
+    )
+    tokenize = TokenizeStage(spec=spec.model_dump(), layout=asdict(layout), debias=opts.debias, on_error=opts.on_error)
+    keep_errors = opts.on_error == "skip"
+    score = ModelStage(
+        spec=spec.model_dump(),
+        threads=torch.get_num_threads(),
+        layout=asdict(layout),
+        debias=opts.debias,
+        keep_errors=keep_errors,
+        out_dir=None,
+        flush_s=opts.flush_s,
+    )
+    batches = [score(tokenize(read.slice(at, opts.batch_rows))) for at in range(0, read.num_rows, opts.batch_rows)]
+    table = pa.concat_tables(batches, promote_options="permissive")
+    errors = len(empty)
+    if keep_errors:  # as write_shard splits a batch: scored rows to the shards, failed ones to errors.jsonl
+        scored = table.filter(pc.is_null(table["error"])).drop_columns(["error"])
+        errors, table = errors + table.num_rows - scored.num_rows, scored
+    summary = {"model": spec.name, "shape": layout.shape, "errors": errors}
+    return table, {**summary, **summarize(table, default_kind=spec.kind)}

@@ -68,6 +68,18 @@ class RequestTimeout(ScoringError):
     code = "request_timeout"
 
 
+class UnsupportedMediaType(ScoringError):
+    """A body that is not JSON by its Content-Type, or sent with a Content-Encoding the app does not take."""
+
+    code = "unsupported_media_type"
+
+
+class HeadersTooLarge(ScoringError):
+    """The request's headers exceed the app's limit."""
+
+    code = "headers_too_large"
+
+
 class Overloaded(ScoringError):
     """The queue is full; retry after a moment."""
 
@@ -89,6 +101,8 @@ HTTP_STATUS: dict[type[ScoringError], int] = {
     UnknownModel: 404,
     RequestTooLarge: 413,
     RequestTimeout: 408,
+    UnsupportedMediaType: 415,
+    HeadersTooLarge: 431,
     Overloaded: 503,
     ModelLoadError: 500,
     ModelFailure: 500,

@@ -38,11 +38,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.core.errors import (
     ConfigError,
+    HeadersTooLarge,
     InvalidInput,
     RequestTimeout,
     RequestTooLarge,
     ScoringError,
     Unauthorized,
+    UnsupportedMediaType,
     from_ray,
     http_status,
     location,
@@ -103,7 +105,7 @@ def error_response(err: BaseException, request_id: str, style: ErrorStyle = ours
         cause = from_ray(err)
         logger.error("request %s failed: %s: %s", request_id, type(cause).__name__, cause)
     status, body = style(f)
-    headers = {}  # the Serve proxy sets X-Request-Id itself
+    headers = dict(getattr(err, "headers", None) or {})  # a 405's Allow; the Serve proxy sets X-Request-Id itself
     if f.status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if f.status == 401:
@@ -158,6 +160,18 @@ def _python_json(body: bytes) -> bool:
 
 
 QUERY_KEY = b"api_key"
+MAX_HEADER_BYTES = 64 << 10  # names and values of all of a request's headers together
+# the bodies read as JSON: JSON's own types, and curl's default for `-d` (clients that forget the header)
+JSON_TYPES = ("application/json", "text/json", "application/x-www-form-urlencoded")
+
+
+def json_content_type(value: str) -> bool:
+    """Content-Type `value` (parameters aside) names a body this app reads as JSON: absent, one of
+    JSON_TYPES, or a structured `+json` type."""
+    media = value.partition(";")[0].strip().lower()
+    return not media or media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HASHED = "sha256:"
 
@@ -240,7 +254,8 @@ def warn_if_open(host: str | None, client=None) -> None:
 class Guard:
     """Pure ASGI middleware in front of every route: the request id (Serve's, from x-request-id),
     the API key (open paths excepted), the body size (at most `max_request_bytes` are ever read,
-    whatever Content-Length says), a body read as JSON whatever its content type, and any
+    whatever Content-Length says), the headers' size (431), a body that is JSON by its Content-Type and
+    not compressed (else 415), WebSocket handshakes refused (no route takes one), and any
     unexpected exception answered as a 500 with the request id."""
 
     def __init__(
@@ -267,6 +282,10 @@ class Guard:
         self.styles = styles or {}  # path -> how that protocol's clients read an error
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            # no route takes a WebSocket: refused before anything can log its URL, the key taken out
+            take_query_key(scope)
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
@@ -284,6 +303,7 @@ class Guard:
 
         path = route_path(scope)
         try:
+            self._check_headers(scope, headers)
             self._authorize(scope, path, headers, query_key)
             receive = await self._bounded(scope, headers, receive)
             await self.app(scope, receive, tracked)
@@ -292,6 +312,23 @@ class Guard:
                 raise
             style = self.styles.get(path, ours_error)
             await error_response(err, rid, style)(scope, receive, send)
+
+    def _check_headers(self, scope, headers: Headers) -> None:
+        """Headers within MAX_HEADER_BYTES (431: what the front's own limit does not catch); a body
+        that is JSON by its Content-Type (415), not compressed (415: no Content-Encoding is taken)."""
+        size = sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+        if size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge(f"request headers of {size} bytes; the limit is {MAX_HEADER_BYTES}")
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnsupportedMediaType(
+                f"Content-Encoding {printable(encoding, 40)!r} is not supported; send the body uncompressed"
+            )
+        if scope["method"] not in ("GET", "HEAD") and not json_content_type(headers.get("content-type", "")):
+            raise UnsupportedMediaType(
+                f"Content-Type {printable(headers.get('content-type', ''), 80)!r}: the body must be JSON "
+                "(send Content-Type: application/json)"
+            )
 
     def _authorize(self, scope, path: str, headers: Headers, query_key: bytes | None) -> None:
         """A key in `Authorization: Bearer <key>`; or, for clients that can set only a URL (OpenRLHF,
@@ -359,7 +396,7 @@ class Guard:
         body = b"".join(chunks)
         scope["state"]["body"] = body  # the validation handler re-reads it (see json_errors)
         if body and scope["method"] != "GET":
-            MutableHeaders(scope=scope)["content-type"] = "application/json"  # JSON, as every client means
+            MutableHeaders(scope=scope)["content-type"] = "application/json"  # JSON_TYPES all read as JSON
         replayed = False
 
         async def replay():
@@ -370,6 +407,11 @@ class Guard:
             return await receive()
 
         return replay
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes at the request's path (the Allow header of a 405)."""
+    return sorted(request.app.state.methods.get(route_path(request.scope), ()))
 
 
 def create_app(
@@ -385,6 +427,7 @@ def create_app(
     """The app: every protocol's routes over `service`, behind `Guard`, with the error handlers.
     `docs`: serve /docs, /redoc and /openapi.json (behind the API key, as every route)."""
     from cluster.http import PROTOCOLS
+    from cluster.http import openapi as openapi_document
 
     if trusted_networks and not api_keys:
         raise ConfigError(
@@ -396,6 +439,8 @@ def create_app(
     )
     styles: dict[str, ErrorStyle] = {}
     app.state.error_styles = styles
+    methods: dict[str, set[str]] = {}  # path -> the methods its routes take (a 405's Allow)
+    app.state.methods = methods
     app.add_middleware(
         Guard,
         api_keys=list(api_keys),
@@ -427,12 +472,33 @@ def create_app(
                 404, f"no route {request.method} {route_path(request.scope)[:200]}; the README lists the routes"
             )
         elif err.status_code == 405:
-            err = StarletteHTTPException(405, f"{route_path(request.scope)[:200]} does not take {request.method}")
+            allowed = allowed_methods(request)
+            err = StarletteHTTPException(
+                405,
+                f"{route_path(request.scope)[:200]} does not take {request.method}; it takes {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
         return error_response(err, request_id(request), style_of(request))
 
+    error_models: dict[str, type[BaseModel]] = {}  # path -> its protocol's error body (/openapi.json)
+    routes: list = []
     for module in (importlib.import_module(f"cluster.http.{name}") for name in PROTOCOLS):
         router = module.router(service)
         for route in router.routes:
             styles[route.path] = getattr(module, "ERROR_STYLE", ours_error)
+            methods.setdefault(route.path, set()).update(getattr(route, "methods", None) or ())
+            error_models[route.path] = getattr(module, "ERROR_MODEL", schemas.ErrorResponse)
+        routes += router.routes
         app.include_router(router)
+    # /openapi.json: every route's error statuses in its protocol's body, the security schemes, the item limit
+    openapi_document.install(
+        app,
+        routes,
+        styles=styles,
+        models=error_models,
+        failure_of=lambda err: failure(err, "-"),
+        keyed=bool(api_keys),
+        open_paths=OPEN_PATHS,
+        max_items=getattr(service, "max_items", None),
+    )
     return app

@@ -234,3 +234,79 @@ def test_unparseable_bodies_and_odd_ids_get_our_error_shape_briefly(inproc):
     assert r.status_code == 422 and len(r.text) < 1000 and len(r.json()["error"]["request_id"]) <= 128
     r = client.post("/v1/rewards", content=b'{"model": "\\ud800x", "conversations": ["hi"]}')
     assert 400 <= r.status_code < 500 and r.json()["error"]["message"], r.text[:300]
+
+
+# ---------------------------------------------------------------- HTTP conformance
+
+
+def test_a_wrong_method_is_405_with_allow_naming_every_method_the_path_takes(inproc):
+    client = inproc["client"]
+    for method, path, allowed in (
+        ("DELETE", "/classify", "POST, PUT"),  # SGLang's native /classify takes PUT too
+        ("DELETE", "/v1/rewards", "POST"),
+        ("POST", "/v1/models", "GET, HEAD"),
+        ("PATCH", "/healthz", "GET, HEAD"),
+    ):
+        r = client.request(method, path, json={})
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.headers["allow"] == allowed, (method, path, r.headers)
+        error = r.json()["error"]  # in the path's protocol's shape: ours, or vLLM's (code 405)
+        assert error["code"] in ("method_not_allowed", 405) and allowed in error["message"], error
+
+
+def test_a_body_that_is_not_json_by_its_type_or_is_compressed_is_415(inproc):
+    import gzip
+    import json
+
+    client = inproc["client"]
+    body = json.dumps({"conversations": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]})
+    for content_type in ("text/plain", "image/png", "multipart/form-data; boundary=x", "application/xml"):
+        r = client.post("/v1/rewards", content=body, headers={"content-type": content_type})
+        assert r.status_code == 415, (content_type, r.text)
+        assert r.json()["error"]["code"] == "unsupported_media_type" and "application/json" in r.text
+    r = client.post("/v1/rewards", content=gzip.compress(body.encode()), headers={"content-encoding": "gzip"})
+    assert r.status_code == 415 and "uncompressed" in r.json()["error"]["message"], r.text
+    # JSON by every name a client gives it (curl's -d default included), and no type at all
+    for content_type in (
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "application/x-www-form-urlencoded",
+        None,
+    ):
+        headers = {"content-type": content_type} if content_type else {}
+        r = client.post("/v1/rewards", content=body, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+    # a protocol's own error shape: vLLM's routes answer 415 as vLLM errors
+    r = client.post("/classify", content="{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == 415, r.text
+
+
+def test_headers_over_the_limit_are_431(inproc):
+    from cluster.http.app import MAX_HEADER_BYTES
+
+    r = inproc["client"].get("/v1/models", headers={"x-big": "a" * MAX_HEADER_BYTES})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large", r.text
+    assert inproc["client"].get("/v1/models", headers={"x-fine": "a" * 8000}).status_code == 200
+
+
+def test_a_websocket_handshake_is_refused_and_its_key_never_logged(inproc, caplog):
+    """A WebSocket upgrade to any route, with the key in its URL, through a real server (uvicorn)
+    and a real WebSocket client: 403, and no log line of the server's holds the key."""
+    import websockets.sync.client
+    from helpers import LiveServer
+    from websockets.exceptions import InvalidStatus
+
+    server = LiveServer(create_app(inproc["service"], api_keys=[API_KEY]), log_level="info", access_log=True)
+    try:
+        with caplog.at_level(logging.INFO):  # the level servers log at (a DEBUG wire trace shows any URL)
+            for path in ("/v1/rewards", "/healthz", "/nothing"):
+                with pytest.raises(InvalidStatus) as refused:
+                    websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}{path}?api_key={API_KEY}&x=1")
+                assert refused.value.response.status_code == 403
+        # what the server logged (the client's own debug lines show the URL it sent)
+        served = [r.getMessage() for r in caplog.records if not r.name.startswith("websockets.client")]
+        assert any("WebSocket" in line and "403" in line for line in served), served
+        assert not any(API_KEY in line for line in served), served
+    finally:
+        server.stop()
