@@ -1,7 +1,8 @@
-"""The Ray Data pipeline on the session's local cluster: every input shape scores like
-`load_model(...).score` row by row; critics judge pairs like `CriticModel.judge`; the summary's
-metrics on corpora with answers worked out here; resume after a killed run; bad input named by
-file, row and field (or skipped into errors.jsonl); curation; via_serve; the CLI."""
+"""The Ray Data pipeline on the session's local cluster: one run over a folder of files of every
+format scores like `load_model(...).score` row by row (the row shapes themselves, critics and the
+summary's metrics: tests/unit/test_pipeline_rows.py, on the same stages without Ray); score_dataset;
+resume after a killed run; bad input named by file, row and field (or skipped into errors.jsonl);
+curation; via_serve; the CLI."""
 
 from __future__ import annotations
 
@@ -17,12 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import CONVERSATIONS, REPO, TOL
+from helpers import BAD, GOOD, PROMPTS, REPO, TOL, close, pair_rows, turn, write_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
-from cluster.data.corpus import critic_swap
+from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec
 from cluster.data.pipeline import filter_pairs, read_scores, score_corpus, score_dataset
 
 ray = pytest.importorskip("ray")
@@ -35,170 +35,40 @@ FAST = {
     "num_cpus": 0.5,
     "num_gpus": 0,
 }  # the fake GPUs belong to the Serve replicas
-PROMPTS = [
-    "What is the capital of France?",
-    "Add 2 and 3.",
-    "How do I print in Python?",
-    "Tell me something.",
-    "Count to five.",
-    "Is water wet?",
-    "Name a colour.",
-    "Say hi.",
-]
-GOOD = [
-    "Paris.",
-    "5",
-    "print('hello')",
-    "Water boils at 100 degrees Celsius at sea level.",
-    "1 2 3 4 5",
-    "Yes, in the everyday sense.",
-    "Blue.",
-    "Hi!",
-]
-BAD = [
-    "London.",
-    "2 + 3 = 6, because addition.",
-    "You cannot.",
-    "No.",
-    "five four",
-    "Maybe",
-    "I'm sorry, but I can't.",
-    "Goodbye, and here is a long unrelated paragraph about nothing in particular.",
-]
+write = write_corpus  # (with the corpus words, what test_curator_runs.py imports from here)
 
 
-def turn(prompt: str, response: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+# ---------------------------------------------------------------- one run over several files
 
 
-def write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
-    elif path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    else:
-        path.write_text(json.dumps(rows))
-    return path
-
-
-def pair_rows(n: int = 8, subset=lambda i: "s", **extra) -> list[dict]:
-    return [
-        {
-            "id": f"r{i}",
-            "subset": subset(i),
-            "prompt": PROMPTS[i % 8],
-            "chosen": GOOD[i % 8],
-            "rejected": BAD[(i + 3) % 8],
-            **extra,
-        }
-        for i in range(n)
-    ]
-
-
-@pytest.fixture(scope="module")
-def critic(critic_dir):
-    return load_model(ModelSpec(name="judge", path=str(critic_dir), kind="critic"))
-
-
-def close(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
-
-
-# ---------------------------------------------------------------- every shape == load_model(...).score
-
-
-SHAPES = {
-    "conversations.jsonl": (
-        lambda: [{"conversations": c, "tag": i} for i, c in enumerate(CONVERSATIONS)],
-        lambda rows: [r["conversations"] for r in rows],
-    ),
-    "prompt_response.parquet": (
-        lambda: [{"prompt": p, "response": g, "tag": i} for i, (p, g) in enumerate(zip(PROMPTS, GOOD))],
-        lambda rows: [turn(r["prompt"], r["response"]) for r in rows],
-    ),
-    "messages-with-system-prompt.json": (
-        lambda: [
-            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}], "response": g}
-            for p, g in zip(PROMPTS, GOOD)
+def test_a_folder_of_every_format_scores_like_load_model(ray_cluster, tmp_path, rm_path, rm):
+    """One real Ray Data run over a folder of three files, one per format (JSONL, parquet in row
+    groups of 2, JSON in a subfolder), read in chunks of 3 rows and scored in batches of 4, so
+    batches span chunks and files: every row once, in input order (by file, then row), its own
+    columns carried through untouched, scored like load_model."""
+    files = {
+        "a.jsonl": [{"prompt": p, "response": g, "tag": i} for i, (p, g) in enumerate(zip(PROMPTS, GOOD))],
+        "b.parquet": [{"prompt": p, "response": b, "tag": 10 + i} for i, (p, b) in enumerate(zip(PROMPTS, BAD))],
+        "c/d.json": [
+            {"prompt": p, "response": g + " " + b, "tag": 20 + i}
+            for i, (p, g, b) in enumerate(zip(PROMPTS[:5], GOOD, BAD))
         ],
-        lambda rows: [r["prompt"] + [{"role": "assistant", "content": r["response"]}] for r in rows],
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_plain_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, name):
-    make, conversations = SHAPES[name]
-    rows = make()
-    summary = score_corpus(write(tmp_path / name, rows), tmp_path / "out", rm_path, **FAST)
+    }
+    for name, rows in files.items():
+        write(tmp_path / "in" / name, rows)
+    summary = score_corpus(tmp_path / "in", tmp_path / "out", rm_path, **FAST)
     table = read_scores(tmp_path / "out")
-    assert summary["shape"] == ("conversations" if name.startswith("conv") else "prompt_response")
-    assert table["source_row"].to_pylist() == list(range(len(rows)))  # input order, nothing lost
-    assert close(table["score"].to_pylist(), rm.score(conversations(rows)))
-    for column in rows[0]:  # the input's own columns are carried through untouched
+    rows = [r for name in files for r in files[name]]
+    assert summary["shape"] == "prompt_response" and summary["rows"] == summary["rows_scored_now"] == len(rows)
+    assert list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist())) == [
+        (name, i) for name in files for i in range(len(files[name]))
+    ]
+    assert close(table["score"].to_pylist(), rm.score([turn(r["prompt"], r["response"]) for r in rows]))
+    for column in ("prompt", "response", "tag"):
         assert table[column].to_pylist() == [r[column] for r in rows]
 
 
-PAIR_SHAPES = {
-    "strings.jsonl": lambda r: r,
-    "response-turns.parquet": lambda r: {
-        **r,
-        "chosen": [{"role": "assistant", "content": r["chosen"]}],
-        "rejected": [{"role": "assistant", "content": r["rejected"]}],
-    },
-    "whole-conversations-no-prompt.jsonl": lambda r: {
-        "id": r["id"],
-        "subset": r["subset"],
-        "chosen": turn(r["prompt"], r["chosen"]),
-        "rejected": turn(r["prompt"], r["rejected"]),
-    },
-}
-
-
-@pytest.mark.parametrize("name", list(PAIR_SHAPES))
-def test_pair_shapes_score_like_load_model(ray_cluster, tmp_path, rm_path, rm, name):
-    base = pair_rows(8)
-    rows = [PAIR_SHAPES[name](r) for r in base]
-    summary = score_corpus(write(tmp_path / name, rows), tmp_path / "out", rm_path, **FAST)
-    table = read_scores(tmp_path / "out")
-    chosen = rm.score([turn(r["prompt"], r["chosen"]) for r in base])
-    rejected = rm.score([turn(r["prompt"], r["rejected"]) for r in base])
-    assert summary["shape"] == "pairs"
-    assert close(table["chosen_score"].to_pylist(), chosen)
-    assert close(table["rejected_score"].to_pylist(), rejected)
-    assert close(table["margin"].to_pylist(), [c - r for c, r in zip(chosen, rejected)])
-    assert table["chosen_wins"].to_pylist() == [c > r for c, r in zip(chosen, rejected)]
-    assert table["id"].to_pylist() == [r["id"] for r in base]
-
-
-def test_several_responses_per_side_rm_bench(ray_cluster, tmp_path, rm_path, rm):
-    """RM-Bench rows (3 chosen x 3 rejected): the 3x3 matrix, and easy/normal/hard computed here."""
-    rows = [
-        {
-            "id": i,
-            "subset": "chat" if i < 3 else "code",
-            "prompt": PROMPTS[i],
-            "chosen": [GOOD[i], GOOD[i] + " Indeed.", f"**{GOOD[i]}**"],
-            "rejected": [BAD[i], BAD[(i + 1) % 8], f"**{BAD[i]}**"],
-        }
-        for i in range(5)
-    ]
-    summary = score_corpus(write(tmp_path / "rmb.json", rows), tmp_path / "out", rm_path, **FAST)
-    table = read_scores(tmp_path / "out")
-    easy = normal = hard = 0.0
-    for row, got in zip(rows, table.to_pylist()):
-        c = rm.score([turn(row["prompt"], x) for x in row["chosen"]])
-        r = rm.score([turn(row["prompt"], x) for x in row["rejected"]])
-        assert close(got["chosen_scores"], c) and close(got["rejected_scores"], r)
-        wins = [[c[i] > r[j] for j in range(3)] for i in range(3)]
-        assert got["win_rate"] == pytest.approx(sum(map(sum, wins)) / 9)
-        hard += (wins[0][1] + wins[0][2] + wins[1][2]) / 3 / len(rows)
-        normal += (wins[0][0] + wins[1][1] + wins[2][2]) / 3 / len(rows)
-        easy += (wins[1][0] + wins[2][0] + wins[2][1]) / 3 / len(rows)
-    assert summary["rm_bench"]["hard"] == pytest.approx(hard)
-    assert summary["rm_bench"]["normal"] == pytest.approx(normal)
-    assert summary["rm_bench"]["easy"] == pytest.approx(easy)
+# ---------------------------------------------------------------- score_dataset
 
 
 def test_score_dataset_is_lazy_and_matches(ray_cluster, rm_path, rm):
@@ -208,93 +78,6 @@ def test_score_dataset_is_lazy_and_matches(ray_cluster, rm_path, rm):
     chosen = rm.score([turn(r["prompt"], r["chosen"]) for r in rows])
     assert close([r["chosen_score"] for r in out], chosen)
     assert "error" not in out[0] and "source_file" not in out[0]
-
-
-# ---------------------------------------------------------------- critic over pairs
-
-
-@pytest.mark.parametrize("debias", [False, True])
-def test_critic_judges_pairs_like_critic_model(ray_cluster, tmp_path, critic_dir, critic, debias):
-    rows = pair_rows(8)
-    spec = {"name": "judge", "path": str(critic_dir), "kind": "critic"}
-    score_corpus(write(tmp_path / "p.jsonl", rows), tmp_path / "out", spec, debias=debias, **FAST)
-    got = read_scores(tmp_path / "out")["prob_chosen"].to_pylist()
-    items = [{"prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]} for r in rows]
-    if debias:
-        expected = [v.prob_a for v in critic.judge(items, debias=True)]
-    else:  # chosen goes second where the stable hash says so; P(chosen) = 1 - P(A) there
-        swaps = [critic_swap(it) for it in items]
-        assert any(swaps) and not all(swaps)
-        flipped = [
-            {**it, "response_a": it["response_b"], "response_b": it["response_a"]} if s else it
-            for it, s in zip(items, swaps)
-        ]
-        expected = [1 - v.prob_a if s else v.prob_a for v, s in zip(critic.judge(flipped), swaps)]
-    assert close(got, expected)
-
-
-def test_critic_judges_every_pair_of_several_responses(ray_cluster, tmp_path, critic_dir, critic):
-    rows = [
-        {"prompt": PROMPTS[i], "chosen": [GOOD[i], GOOD[i] + "!"], "rejected": [BAD[i], BAD[i] + "?"]} for i in range(3)
-    ]
-    spec = {"name": "judge", "path": str(critic_dir), "kind": "critic"}
-    score_corpus(write(tmp_path / "m.json", rows), tmp_path / "out", spec, debias=True, **FAST)
-    got = read_scores(tmp_path / "out")
-    for row, probs in zip(rows, got["probs_chosen"].to_pylist()):
-        items = [
-            {"prompt": row["prompt"], "response_a": c, "response_b": r} for c in row["chosen"] for r in row["rejected"]
-        ]  # row-major: chosen i, rejected j
-        assert close(probs, [v.prob_a for v in critic.judge(items, debias=True)])
-    assert got["win_rate"].to_pylist() == [sum(p > 0.5 for p in ps) / 4 for ps in got["probs_chosen"].to_pylist()]
-
-
-def test_glob_input_picks_matching_files_in_order(ray_cluster, tmp_path, rm_path):
-    write(tmp_path / "in" / "b.jsonl", pair_rows(2))
-    write(tmp_path / "in" / "a.jsonl", pair_rows(3))
-    (tmp_path / "in" / "notes.txt").write_text("not data")
-    summary = score_corpus(str(tmp_path / "in" / "*.jsonl"), tmp_path / "out", rm_path, **FAST)
-    table = read_scores(tmp_path / "out")
-    assert summary["rows"] == 5
-    assert list(zip(table["source_file"].to_pylist(), table["source_row"].to_pylist())) == [
-        ("a.jsonl", 0),
-        ("a.jsonl", 1),
-        ("a.jsonl", 2),
-        ("b.jsonl", 0),
-        ("b.jsonl", 1),
-    ]
-
-
-# ---------------------------------------------------------------- metrics with known answers
-
-
-def test_summary_rewardbench_sections_and_ties(ray_cluster, tmp_path, rm_path, rm):
-    subsets = (
-        ["alpacaeval-easy"] * 3
-        + ["mt-bench-easy"] * 2
-        + ["llmbar-natural"] * 2
-        + ["donotanswer"] * 2
-        + ["math-prm"] * 1
-    )
-    rows = [
-        {"subset": s, "prompt": PROMPTS[i % 8], "chosen": GOOD[i % 8], "rejected": BAD[(i * 3) % 8]}
-        for i, s in enumerate(subsets)
-    ]
-    rows.append({"subset": "math-prm", "prompt": "Tie?", "chosen": "Same answer.", "rejected": "Same answer."})
-    summary = score_corpus(write(tmp_path / "rb.jsonl", rows), tmp_path / "out", rm_path, **FAST)
-    wins: dict[str, list[bool]] = {}
-    for r in rows:
-        c, j = rm.score([turn(r["prompt"], r["chosen"]), turn(r["prompt"], r["rejected"])])
-        wins.setdefault(r["subset"], []).append(c > j)  # the tie (c == j) counts as a loss
-    assert wins["math-prm"][-1] is False
-    acc = {s: sum(w) / len(w) for s, w in wins.items()}
-    chat = (acc["alpacaeval-easy"] * 3 + acc["mt-bench-easy"] * 2) / 5
-    assert summary["per_subset"]["math-prm"]["accuracy"] == pytest.approx(acc["math-prm"])
-    assert summary["rewardbench"]["Chat"] == pytest.approx(chat)
-    assert summary["rewardbench"]["Chat Hard"] == pytest.approx(acc["llmbar-natural"])
-    assert summary["rewardbench"]["Reasoning"] == pytest.approx(acc["math-prm"])
-    sections = [chat, acc["llmbar-natural"], acc["donotanswer"], acc["math-prm"]]
-    assert summary["rewardbench"]["Score"] == pytest.approx(sum(sections) / 4)
-    assert summary["accuracy"] == pytest.approx(sum(sum(w) for w in wins.values()) / len(rows))
 
 
 # ---------------------------------------------------------------- resume after a killed run
@@ -877,44 +660,3 @@ def test_readme_pipeline_example_runs(ray_cluster):
     section = readme.split("## Scoring corpora (Ray Data)", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     exec(compile(code, "docs/corpora.md (Scoring corpora)", "exec"), {})
-
-
-# ---------------------------------------------------------------- other model families
-
-
-@pytest.mark.slow  # for time (CI runs `pytest -m slow`)
-def test_multi_output_model_gets_list_columns(ray_cluster, tmp_path, model_dirs):
-    """A HelpSteer2-style model: the chosen scalar in score columns, every label in list columns."""
-    from cluster.tiny import HELPSTEER2_LABELS
-
-    path = str(model_dirs("multi-helpsteer2", arch="llama", labels=HELPSTEER2_LABELS))
-    spec = {"name": "attrs", "path": path, "kind": "reward", "reward_label": "coherence"}
-    attrs = load_model(ModelSpec(**spec))
-    rows = [{"conversations": c} for c in CONVERSATIONS]
-    score_corpus(write(tmp_path / "c.jsonl", rows), tmp_path / "out", spec, **FAST)
-    table = read_scores(tmp_path / "out")
-    expected = attrs.score_detailed(CONVERSATIONS)
-    assert table.schema.field("values").type == pa.list_(pa.float64())
-    assert close(table["score"].to_pylist(), [r.score for r in expected])
-    for got, want in zip(table["values"].to_pylist(), expected):
-        assert close(got, want.values) and len(got) == 5 and got[2] == pytest.approx(want.score, abs=TOL)
-    # pairs: one vector per side
-    base = pair_rows(4)
-    score_corpus(write(tmp_path / "p.jsonl", base), tmp_path / "out2", spec, **FAST)
-    pairs = read_scores(tmp_path / "out2")
-    chosen = attrs.score_detailed([turn(r["prompt"], r["chosen"]) for r in base])
-    assert all(close(g, w.values) for g, w in zip(pairs["chosen_values"].to_pylist(), chosen))
-    # several labels and no scalar chosen: refused in the driver, before any actor starts
-    with pytest.raises(ConfigError, match="has 5 output labels"):
-        score_corpus(write(tmp_path / "c2.jsonl", rows), tmp_path / "out3", path, **FAST)
-
-
-def test_encoder_text_pairs_through_the_pipeline(ray_cluster, tmp_path, model_dirs):
-    """BERT: (question, answer) pairs with token types survive the tokenize -> score stages."""
-    path = str(model_dirs("family-bert", arch="bert"))
-    bert = load_model(ModelSpec(name="bert", path=path, kind="reward"))
-    rows = [{"prompt": p, "response": g} for p, g in zip(PROMPTS, GOOD)]
-    score_corpus(write(tmp_path / "pr.parquet", rows), tmp_path / "out", path, **FAST)
-    table = read_scores(tmp_path / "out")
-    assert close(table["score"].to_pylist(), bert.score([turn(r["prompt"], r["response"]) for r in rows]))
-    assert "values" not in table.column_names  # one output label: no vector column

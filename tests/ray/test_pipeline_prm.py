@@ -1,20 +1,21 @@
-"""The Ray Data pipeline with a process reward model (kind "prm") and a pointwise judge (kind
-"pointwise"), on the session's local cluster: every row scores as `load_model(spec).step_rewards` /
-`.rate` does in-process (fp32, 1e-4); the new list columns keep their types through the parquet
-shards; filter_solutions keeps exactly the solutions whose weakest step reaches the threshold (the
-API and the CLI); the summary's step and rating statistics; and the errors that name what is wrong
-before anything runs. Small models and corpora, one scoring run per corpus (module fixtures)."""
+"""The Ray Data pipeline with a process reward model (kind "prm"), on the session's local cluster:
+one run over a folder of solutions (steps and responses) scores as `load_model(spec).step_rewards`
+does in-process (fp32, 1e-4); the new list columns keep their types through the parquet shards;
+filter_solutions keeps exactly the solutions whose weakest step reaches the threshold (the API and
+the CLI); the summary's step statistics; and the errors that name what is wrong before anything
+runs, for a prm and a pointwise judge. A prm's pairs and a pointwise judge's rows and pairs, row by
+row: tests/unit/test_pipeline_rows.py (the same stages, no Ray)."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import TOL
+from helpers import TOL, close, write_corpus
+from test_pipeline_rows import QUESTIONS, STEPS, SYSTEM  # the prm tests' corpus words
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
 from cluster.data.pipeline import _model_identity, filter_solutions, read_scores, resolve_model, score_corpus
@@ -32,22 +33,6 @@ FAST = {
     "num_cpus": 0.5,
     "num_gpus": 0,
 }
-QUESTIONS = [
-    "What is (2 + 3 - 1) * 2?",
-    "Janet's ducks lay 16 eggs per day. She eats 3. How many are left?",
-    "Name a prime number.",
-    "What is 9 * 2?",
-    "How much does she make selling 13 eggs at $2 each?",
-]
-STEPS = [
-    ["To find the sum, we add 2 + 3 = 5.", "Then 5 - 1 = 4.", "So 4 * 2 = 8.", "The answer is \\boxed{8}."],
-    ["Janet's ducks lay 16 eggs per day.", "She eats 3, so 16 - 3 = 13 eggs are left.", "The answer is \\boxed{13}."],
-    ["7 is prime."],
-    ["9 * 2 = 18.", "The answer is: 18"],
-    ["She sells 13 eggs for $2 each.", "So she makes 9 * 2 = 18 dollars.", "The answer is: 18"],
-    ["Step 1: 16 - 3 = 13.", "Step 2: 13 * 2 = 26.", "Step 3: The answer is 26."],
-]
-SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 STEP_COLUMNS = {
     "score": pa.float64(),
     "step_rewards": pa.list_(pa.float64()),
@@ -58,16 +43,7 @@ STEP_COLUMNS = {
 
 
 def write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
-    else:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def close(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+    return write_corpus(path, rows, row_group_size=3)
 
 
 # ---------------------------------------------------------------- models (built once per module)
@@ -95,11 +71,6 @@ def prm(prm_spec):
 def judge_spec(model_dirs) -> dict:
     path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
     return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
-
-
-@pytest.fixture(scope="module")
-def judge(judge_spec):
-    return load_model(judge_spec)
 
 
 # ---------------------------------------------------------------- a prm over solutions (scores layout)
@@ -241,121 +212,6 @@ def test_cli_filter_solutions(prm_run, prm_spec, capsys):
     printed = capsys.readouterr().out
     assert f"kept {len(expected)} solutions" in printed and "dropped 0 solutions" in printed
     assert "process reward model" in printed and "weakest step reward" in printed
-
-
-# ---------------------------------------------------------------- a prm over preference pairs
-
-
-def test_prm_pairs_score_each_side_like_step_rewards(ray_cluster, tmp_path, prm_spec, prm):
-    rows = [
-        {
-            "id": f"p{i}",
-            "prompt": QUESTIONS[i % 5],
-            "chosen": "\n\n".join(STEPS[i % 6]),
-            "rejected": "\n\n".join(STEPS[(i + 3) % 6]),
-            **({"system": SYSTEM} if i == 2 else {}),
-        }
-        for i in range(6)
-    ]
-    summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", prm_spec, **FAST)
-    table = read_scores(tmp_path / "out")
-
-    def item(row, side):
-        return {
-            "prompt": row["prompt"],
-            "response": row[side],
-            **({"system": row["system"]} if "system" in row else {}),
-        }
-
-    chosen = prm.step_rewards([item(r, "chosen") for r in rows])
-    rejected = prm.step_rewards([item(r, "rejected") for r in rows])
-    assert close(table["chosen_score"].to_pylist(), [c.score for c in chosen])
-    assert close(table["rejected_score"].to_pylist(), [r.score for r in rejected])
-    for got, want in zip(table["chosen_step_rewards"].to_pylist(), chosen):
-        assert close(got, want.step_rewards)
-    for got, want in zip(table["rejected_step_rewards"].to_pylist(), rejected):
-        assert close(got, want.step_rewards)
-    margins = [c.score - r.score for c, r in zip(chosen, rejected)]
-    assert close(table["margin"].to_pylist(), margins)
-    wins = table["chosen_wins"].to_pylist()
-    assert all(w == (m > 0) for w, m in zip(wins, margins) if abs(m) > TOL)
-    assert summary["kind"] == "prm" and summary["layout"] == "pairs"
-    assert summary["accuracy"] == pytest.approx(sum(wins) / len(wins))
-    assert summary["step_stats"]["solutions"] == 12
-    assert summary["step_stats"]["steps"] == sum(len(x.step_rewards) for x in chosen + rejected)
-
-
-# ---------------------------------------------------------------- a pointwise judge
-
-
-def test_pointwise_rates_rows_like_rate(ray_cluster, tmp_path, tiny_rubric_judge):
-    rows = [
-        {
-            "id": f"w{i}",
-            "prompt": QUESTIONS[i % 5],
-            "response": " ".join(STEPS[i % 6]),
-            "rubric": "Correctness." if i % 2 else "Clarity.",
-        }
-        for i in range(8)
-    ]
-    spec, rubric = tiny_rubric_judge
-    summary = score_corpus(write(tmp_path / "rows.parquet", rows), tmp_path / "out", spec, **FAST)
-    table = read_scores(tmp_path / "out")
-    expected = rubric.rate([{k: r[k] for k in ("prompt", "response", "rubric")} for r in rows])
-    assert close(table["score"].to_pylist(), [e.expected for e in expected])
-    assert table["rating"].to_pylist() == [e.rating for e in expected]
-    for got, want in zip(table["rating_probs"].to_pylist(), expected):
-        assert close(got, want.probs)
-    assert table.schema.field("rating_probs").type == pa.list_(pa.float64())
-    assert summary["kind"] == "pointwise" and summary["layout"] == "scores"
-    counts = Counter(f"{e.rating:g}" for e in expected)
-    assert summary["rating_stats"]["counts"] == dict(sorted(counts.items(), key=lambda kv: float(kv[0])))
-    assert close(
-        summary["rating_stats"]["mean_probs"],
-        [sum(e.probs[j] for e in expected) / len(expected) for j in range(len(expected[0].probs))],
-    )
-    assert summary["score_stats"]["mean"] == pytest.approx(sum(e.expected for e in expected) / 8, abs=TOL)
-
-
-@pytest.fixture(scope="module")
-def tiny_rubric_judge(judge_spec):
-    """The judge with a template naming a further field, {rubric}: read from each row's column."""
-    template = (
-        "Rubric: {rubric}\nQuestion: {input}\nAnswer: {response}\n"
-        "Rate the answer from 1 to 10 and write the rating as [[rating]]."
-    )
-    spec = {**judge_spec, "name": "pw-rubric", "judge_template": template}
-    return spec, load_model(spec)
-
-
-def test_pointwise_pairs_rate_both_responses(ray_cluster, tmp_path, judge_spec, judge):
-    rows = [
-        {
-            "id": f"q{i}",
-            "subset": "math" if i % 2 else "chat",
-            "prompt": QUESTIONS[i % 5],
-            "chosen": " ".join(STEPS[i % 6]),
-            "rejected": STEPS[(i + 2) % 6][0],
-        }
-        for i in range(8)
-    ]
-    summary = score_corpus(write(tmp_path / "pairs.jsonl", rows), tmp_path / "out", judge_spec, **FAST)
-    table = read_scores(tmp_path / "out")
-    chosen = judge.rate([{"prompt": r["prompt"], "response": r["chosen"]} for r in rows])
-    rejected = judge.rate([{"prompt": r["prompt"], "response": r["rejected"]} for r in rows])
-    assert close(table["chosen_score"].to_pylist(), [c.expected for c in chosen])
-    assert close(table["rejected_score"].to_pylist(), [r.expected for r in rejected])
-    margins = [c.expected - r.expected for c, r in zip(chosen, rejected)]
-    assert close(table["margin"].to_pylist(), margins)
-    wins = table["chosen_wins"].to_pylist()
-    assert all(w == (m > 0) for w, m in zip(wins, margins) if abs(m) > TOL)
-    assert table["chosen_rating"].to_pylist() == [c.rating for c in chosen]
-    assert table["rejected_rating"].to_pylist() == [r.rating for r in rejected]
-    assert summary["kind"] == "pointwise" and summary["layout"] == "pairs"
-    assert summary["accuracy"] == pytest.approx(sum(wins) / 8)
-    assert set(summary["per_subset"]) == {"chat", "math"}
-    assert sum(summary["rating_stats"]["chosen"]["counts"].values()) == 8
-    assert summary["score_stats"]["count"] == 16
 
 
 # ---------------------------------------------------------------- said before anything runs (no Ray)
