@@ -1,8 +1,9 @@
 """What the tests share besides fixtures: the tiny models' variants, the model cards' reference
 computations (written independently of `cluster`: straight transformers calls, one item at a time, as
 the cards do, so a bug in the package cannot hide in its own yardstick), the test app's config, the
-clients that drive an app in-process, and the pipeline tests' corpora with the pipeline's stages
-run in-process (`score_rows_in_process`). Tests import from here; conftest.py holds the fixtures."""
+clients that drive an app in-process, the Serve app's deployments built in-process over fake handles
+(`ServeInProcess`), and the pipeline tests' corpora with the pipeline's stages run in-process
+(`score_rows_in_process`). Tests import from here; conftest.py holds the fixtures."""
 
 from __future__ import annotations
 
@@ -443,14 +444,27 @@ class _FakeMethod:
         return crossed(out)
 
 
+def own_copy(cls: type) -> type:
+    """`cls` from a copy of its module of its own, as each replica's process imports its own: the
+    `@serve.batch` queue of a method is its class's, not its instance's (Serve runs a batch with its
+    first call's `self`), so two replicas of one class in one process would share a queue."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(cls.__module__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, cls.__qualname__)
+
+
 class ServeInProcess:
     """A Serve application (the graph `deployments.app:build_app(args)` binds) built in this process
     as Serve's replicas build it, without Ray: one replica per deployment, each on its own
-    `BackgroundLoop`; its class made with `__new__`, its `__init__` awaited (the `@serve.ingress`
-    wrapper's is async) with the bound arguments, where a bound deployment is a `FakeHandle` over
-    that deployment's replica; then `reconfigure(user_config)` where the deployment has a
-    user_config; and the ingress's ASGI app from `__serve_build_asgi_app__`. `client(headers)`: an
-    `InProcessClient` over that app on the ingress's loop.
+    `BackgroundLoop`; its class (`own_copy`: as the replica's own process has it) made with
+    `__new__`, its `__init__` awaited (the `@serve.ingress` wrapper's is async) with the bound
+    arguments, where a bound deployment is a `FakeHandle` over that deployment's replica; then
+    `reconfigure(user_config)` where the deployment has a user_config; and the ingress's ASGI app
+    from `__serve_build_asgi_app__`. `client(headers)`: an `InProcessClient` over that app on the
+    ingress's loop.
 
     One change to Ray while it is up: `@serve.batch` reads the replica context
     (`serve.get_replica_context()`, only a replica has one) once, when its queue is made, for a
@@ -497,7 +511,7 @@ class ServeInProcess:
         kwargs = {k: argument(v) for k, v in deployment.init_kwargs.items()}
         loop = BackgroundLoop(deployment.name)
         self.loops.append(loop)
-        cls = deployment.func_or_class
+        cls = own_copy(deployment.func_or_class)
 
         async def construct():
             replica = cls.__new__(cls)

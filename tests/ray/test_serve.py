@@ -1,6 +1,8 @@
-"""The Serve app on a local Ray cluster with two fake GPUs: every route answers as the same app
-in-process (tests/http/test_http.py tests the routes themselves, with no Ray), replicas pin one per
-GPU, concurrent requests batch together, overload is a 503, reconfigure, metrics, two nodes."""
+"""The Serve app on a local Ray cluster with two fake GPUs: routes through Serve's proxy and real
+deployment handles answer as the same app in-process (a few of them: every route is compared over the
+Serve layer's own objects in-process, over fake handles, in tests/http/test_serve_layer.py; the routes
+themselves are tested in tests/http/test_http.py), replicas pin one per GPU, concurrent requests batch
+together, overload waits its turn, reconfigure, metrics, two nodes."""
 
 from __future__ import annotations
 
@@ -11,16 +13,12 @@ import time
 import httpx
 import pytest
 from helpers import API_KEY, CONVERSATIONS, REPO, TOL, TRUSTED_CLIENT, app_args, deploy
+from test_serve_layer import ITEMS, ROUTES, same
 
 from cluster import ModelSpec, load_model
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
-
-ITEMS = [
-    {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "London."},
-    {"prompt": "Add 2 and 3.", "response_a": "5", "response_b": "2 + 3 = 6, because addition."},
-]
 
 
 def replica_stats(deployment: str, min_distinct: int = 1, tries: int = 60) -> dict[str, dict]:
@@ -37,67 +35,30 @@ def replica_stats(deployment: str, min_distinct: int = 1, tries: int = 60) -> di
 # ---------------------------------------------------------------- scores equal in-process scores
 
 
-ROUTES = [
-    ("GET", "/v1/models", None),
-    ("POST", "/v1/rewards", {"conversations": CONVERSATIONS}),
-    ("POST", "/v1/rewards", {"model": "rm-gemma", "conversations": [CONVERSATIONS[0], CONVERSATIONS[1]]}),
-    ("POST", "/v1/rewards", {"model": "rm-attrs", "conversations": CONVERSATIONS[:2]}),
-    ("POST", "/v1/rewards", {"model": "rm-bert", "conversations": [CONVERSATIONS[0], CONVERSATIONS[3]]}),
-    ("POST", "/v1/rewards", {"model": "rm-mix", "conversations": [CONVERSATIONS[0], CONVERSATIONS[1]]}),
-    ("POST", "/v1/compare", {"items": ITEMS}),
-    ("POST", "/v1/compare", {"model": "judge", **ITEMS[0]}),
-    ("POST", "/v1/judge", {"items": ITEMS, "debias": True}),
-    ("POST", "/v1/judge", {"items": ITEMS[:1], "mode": "generate", "debias": True}),
-    ("POST", "/get_reward", {"query": ["<|begin_of_text|>hello", "plain text"], "prompts": ["", ""]}),
-    ("POST", "/classify", {"model": "rm-attrs", "messages": CONVERSATIONS[0]}),
-    ("POST", "/v1/rewards", {"conversations": [[{"role": "bot", "content": "x"}]]}),
-    ("POST", "/v1/judge", {"model": "rm-mix", "items": ITEMS}),
-    # the other protocols' routes (tests/http/test_client_*.py replay their clients in-process)
-    ("POST", "/get_reward", {"query": []}),
-    (
-        "POST",
-        "/classify",
-        {
-            "model": "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
-            "input": [[5, 6, 7], "hello"],
-            "truncate_prompt_tokens": 2,
-        },
-    ),
-    ("POST", "/classify", {"model": "rm", "input": "hello " * 600}),
-    ("POST", "/pooling", {"model": "rm-attrs", "messages": CONVERSATIONS[0], "task": "classify"}),
-    ("POST", "/score", {"model": "rm", "text_1": "q", "text_2": ["a", "b"], "use_activation": False}),
-    ("POST", "/rerank", {"model": "rm", "query": "q", "documents": ["a", "bb", "ccc"], "top_n": 2}),
-    ("POST", "/tokenize", {"model": "rm", "messages": CONVERSATIONS[0]}),
-    ("POST", "/classify", {"model": "~/models/Skywork-Reward-Llama-3.1-8B-v0.2", "text": ["hello", "world"]}),
-    ("POST", "/v1/embeddings", {"model": "rm", "input": ["hello", [5, 6, 7]]}),
-    ("POST", "/v1/classify", {"model": "rm-attrs", "input": "hello"}),
-    ("POST", "/predict", {"inputs": [["hello"], ["q", "a"]], "raw_scores": True}),
-    ("POST", "/predict", {"inputs": "hello " * 600}),
-    ("GET", "/nothing/here", None),
-]
+# Every route of the matrix is compared over the Serve layer in-process (tests/http/test_serve_layer.py);
+# live, a few, each through another kind of handle call: none (models), the tokenizer and a reward
+# replica's score (rewards), a critic's generate, a replica's describe (classify's labels), and an
+# error the tokenizer deployment answers (too long). A critic's verdicts: test_overload_waits_its_turn.
+LIVE = {
+    "models": ("GET", "/v1/models", None),
+    "rewards": ("POST", "/v1/rewards", {"conversations": CONVERSATIONS}),
+    "judge generate": ("POST", "/v1/judge", {"items": ITEMS[:1], "mode": "generate", "debias": True}),
+    "classify labels": ("POST", "/classify", {"model": "rm-attrs", "messages": CONVERSATIONS[0]}),
+    "classify too long": ("POST", "/classify", {"model": "rm", "input": "hello " * 600}),
+}
 
 
-@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
-def test_every_route_through_serve_answers_as_in_process(served, inproc, method, path, body):
+@pytest.mark.parametrize(("method", "path", "body"), LIVE.values(), ids=LIVE.keys())
+def test_routes_through_serve_answer_as_in_process(served, inproc, method, path, body):
     """The same app over deployment handles (tokenizer deployment, replicas) and over in-process
     models: the same status and body, numbers to TOL (errors: the same code and message)."""
+    assert (method, path, body) in ROUTES  # one of the matrix's
     live = served["client"].request(method, path, json=body)
     local = inproc["client"].request(method, path, json=body)
     assert live.status_code == local.status_code, (live.text, local.text)
     assert same(live.json(), local.json()), (live.text, local.text)
     if live.status_code >= 400 and isinstance(live.json().get("error"), dict):
         assert live.json()["error"]["request_id"] == live.headers["x-request-id"]  # Serve's own id
-
-
-def same(a, b) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = set(a) - {"id", "created", "request_id"}
-        return keys == set(b) - {"id", "created", "request_id"} and all(same(a[k], b[k]) for k in keys)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= TOL
-    return a == b
 
 
 def test_auth_and_limits_hold_behind_serve(served):
