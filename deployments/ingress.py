@@ -96,6 +96,8 @@ def serve_http_host() -> str | None:
         import ray
         from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
+        if not ray.is_initialized():  # outside a cluster (tests): never start one to ask
+            return None
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         return ray.get(controller.get_http_config.remote(), timeout=10).host
     except Exception:  # noqa: BLE001 - a private API of Ray's: without it, the first request tells
