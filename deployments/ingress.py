@@ -25,6 +25,7 @@ from typing import Any
 from ray import serve
 
 from cluster.core.config import AppConfig, IngressSettings, api_key_digests
+from cluster.core.memory import return_big_blocks
 from cluster.core.service import ScoringService
 from cluster.http import schemas
 from cluster.http.app import create_app, warn_if_open
@@ -107,6 +108,7 @@ def serve_http_host() -> str | None:
 @serve.ingress()  # the app is built on the replica, over this replica's service (__serve_build_asgi_app__)
 class Ingress:
     def __init__(self, config: dict[str, Any], tokenizer, replicas: dict[str, Any]):
+        return_big_blocks()
         self.config = AppConfig(**config)
         # every key as its digest: the config's, its key file's and this node's environment's
         self.api_keys = api_key_digests(self.config, os.environ)

@@ -20,6 +20,7 @@ from ray.serve import metrics
 
 from cluster.core.batching import call_cost
 from cluster.core.config import BATCH_MAX_TOKENS, BATCH_WAIT_TIMEOUT_S, ModelSpec
+from cluster.core.memory import return_big_blocks
 from cluster.engine.loading import load_model
 from cluster.engine.runner import Ran
 from cluster.kinds import kind_of
@@ -36,6 +37,7 @@ class ModelReplica:
     come from `deployments/handles.py: ReplicaBackend` (payload: `replica_call`)."""
 
     def __init__(self, spec: dict[str, Any]):
+        return_big_blocks()
         self.spec = ModelSpec(**spec)
         self.model = load_model(self.spec)
         self.lock = threading.Lock()  # one forward at a time per replica (one GPU)

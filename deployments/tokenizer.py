@@ -13,6 +13,7 @@ from typing import Any
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ModelFailure, ScoringError, UnknownModel
 from cluster.core.inputs import EncodeOptions
+from cluster.core.memory import return_big_blocks
 from cluster.engine.encoders import ChatEncoder
 
 logger = logging.getLogger("ray.serve")
@@ -20,14 +21,15 @@ logger = logging.getLogger("ray.serve")
 
 class Tokenizer:
     def __init__(self, specs: list[dict[str, Any]]):
+        return_big_blocks()  # a 30 MB body's memory is returned after it (cluster/core/memory.py)
         self.encoders = {}
         for fields in specs:
             spec = ModelSpec(**fields)
             self.encoders[spec.name] = ChatEncoder.for_spec(spec)
 
     def encode(self, model: str, parts: list[tuple[str, list, str, bool, EncodeOptions | None]]) -> list:
-        """Several parts' inputs for one model, each (op, inputs, what, swap, options) -> (ids, truncated,
-        tokens before truncation) per item. A part with bad input gets its error back in its place,
+        """Several parts' inputs for one model, each (op, inputs, what, swap, options) -> (ids,
+        truncated) per item. A part with bad input gets its error back in its place,
         so one caller's mistake does not fail the others gathered with it."""
         if model not in self.encoders:
             raise UnknownModel(f"model '{model}' is not served here")
@@ -35,7 +37,7 @@ class Tokenizer:
         for op, inputs, what, swap, options in parts:
             try:
                 encoded = encoder.encode(op, inputs, what, swap, options)
-                out.append([(e.ids, e.truncated, e.original_length) for e in encoded])
+                out.append([(e.ids, e.truncated) for e in encoded])
             except ScoringError as err:
                 out.append(err)
             except Exception as err:  # noqa: BLE001 - a tokenizer bug met by one part is that part's alone

@@ -17,8 +17,7 @@ ROLES = ("system", "user", "assistant")
 @dataclass(frozen=True)
 class Encoded:
     ids: list[int]
-    truncated: bool = False
-    original_length: int = 0  # tokens before truncation
+    truncated: bool = False  # cut to the limit (a long text's count before the cut is never computed)
 
 
 @dataclass(frozen=True)

@@ -327,9 +327,7 @@ def flow(jobs: Sequence[Any], call_tokens: Callable[[str], int | None]) -> Flow:
     # 1. encode: one encoder call for every part that is not token ids yet
     fresh = [part for _, part in parts if not part.encoded]
     made = iter((yield Encode(fresh)) if fresh else [])
-    encoded = [
-        [Encoded(list(s), False, len(s)) for s in part.inputs] if part.encoded else next(made) for _, part in parts
-    ]
+    encoded = [[Encoded(list(s), False) for s in part.inputs] if part.encoded else next(made) for _, part in parts]
     failed: dict[int, BaseException] = {}
     for (j, _), enc in zip(parts, encoded):
         if isinstance(enc, BaseException):

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ScoringError
+from cluster.core.memory import return_big_blocks
 from cluster.data.corpus import STAGE_COLUMNS, Layout, critic_orders, row_result, row_units
 from cluster.data.options import FLUSH_S
 from cluster.data.reading import where_of
@@ -76,6 +77,7 @@ class TokenizeStage:
     """Rows -> token ids per row (internal columns), with the shared ChatEncoder."""
 
     def __init__(self, spec: dict[str, Any], layout: dict[str, Any], debias: bool, on_error: str):
+        return_big_blocks()
         from cluster.engine.encoders import ChatEncoder
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,7 +16,8 @@ Semantics: the ids the model card's own computation produces, with one correctio
 - Encoders with no chat template (the OpenAssistant DeBERTa/ELECTRA reward models) score a
   (question, answer) text pair the way their cards do: `tokenizer(question, answer)`.
 Too long -> cut from the left (keeping a leading BOS/[CLS] and the end of the response) and flag it,
-or reject with truncation="error".
+or reject with truncation="error". A long text is tokenized by the part the cut keeps (a window at
+that end, exact: cluster/engine/windows.py), so its cost is bounded by `max_length`, not its size.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from cluster.core.inputs import (
     validate_step_item,
 )
 from cluster.core.results import swap_ab
+from cluster.engine.windows import BATCH_CHARS, GUARD_TOKENS, WHOLE_CHARS, Windows
 from cluster.kinds import kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
@@ -74,6 +76,7 @@ class ChatEncoder:
         # no chat template, but a [SEP]-style pair format: the encoder cards' tokenizer(question, answer)
         self.text_pairs = not tokenizer.chat_template and tokenizer.sep_token_id is not None
         self.verdict_tokens = self._verdict_tokens(verdicts) if verdicts else None
+        self.windows = Windows(tokenizer)
 
     @classmethod
     def for_spec(cls, spec: ModelSpec, tokenizer=None) -> ChatEncoder:
@@ -231,22 +234,23 @@ class ChatEncoder:
         id (see pack_segments), since every transport carries one list of ints per item. Token ids
         pass as they are."""
         special = self.add_special_tokens if add_special_tokens is None else add_special_tokens
-        singles = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        pairs = [i for i, t in enumerate(texts) if isinstance(t, tuple)]
         out: list[list[int]] = [t if isinstance(t, list) else [] for t in texts]
-        if singles:
-            batch = self.tokenizer([texts[i] for i in singles], add_special_tokens=special)
-            for i, ids in zip(singles, batch["input_ids"]):
-                out[i] = self.collapse_bos(list(ids))
-        if pairs:
-            batch = self.tokenizer(
-                [texts[i][0] for i in pairs],
-                [texts[i][1] for i in pairs],
-                add_special_tokens=special,
-                return_token_type_ids=True,
-            )
-            for row, i in enumerate(pairs):
-                out[i] = pack_segments(batch["input_ids"][row], batch["token_type_ids"][row])
+        for chunk in _by_chars(texts):  # at most BATCH_CHARS characters per tokenizer call
+            singles = [i for i in chunk if isinstance(texts[i], str)]
+            pairs = [i for i in chunk if isinstance(texts[i], tuple)]
+            if singles:
+                batch = self.tokenizer([texts[i] for i in singles], add_special_tokens=special)
+                for i, ids in zip(singles, batch["input_ids"]):
+                    out[i] = self.collapse_bos(list(ids))
+            if pairs:
+                batch = self.tokenizer(
+                    [texts[i][0] for i in pairs],
+                    [texts[i][1] for i in pairs],
+                    add_special_tokens=special,
+                    return_token_type_ids=True,
+                )
+                for row, i in enumerate(pairs):
+                    out[i] = pack_segments(batch["input_ids"][row], batch["token_type_ids"][row])
         return out
 
     def _encode_texts(
@@ -257,9 +261,12 @@ class ChatEncoder:
         allow_truncation: bool = True,
         options: EncodeOptions = DEFAULT_OPTIONS,
     ):
+        """Each text's Encoded within `limit` tokens: whole when it fits, cut as the request or spec
+        says, refused (InputTooLong) under truncation "error"; None where the caller shortens it
+        itself (`allow_truncation=False`: judge prompts). A long text is cut through a window at the
+        kept end (`Windows.kept`); one that cannot be is tokenized whole up to WHOLE_CHARS."""
         if not texts:
             return []
-        out: list[Encoded | None] = []
         # a request's own cut: a side, or keep the last k (vLLM's truncate_prompt_tokens), whatever the spec says
         truncation = (
             options.truncate
@@ -268,25 +275,83 @@ class ChatEncoder:
             if options.truncate is not None
             else self.truncation
         )
-        for i, ids in enumerate(self._tokenize(texts, options.add_special_tokens)):
-            if len(ids) <= limit:
-                out.append(Encoded(ids, False, len(ids)))
-            elif truncation == "error":
-                raise InputTooLong(
-                    f"{item_location(what, i)}: {len(ids)} tokens, over this model's limit of {limit}"
-                    + (
-                        " (truncation='error'; use truncation='left' to keep the end instead)"
-                        if options.truncate is None
-                        else ""
+        special = self.add_special_tokens if options.add_special_tokens is None else options.add_special_tokens
+        out: list[Encoded | None] = [None] * len(texts)
+        whole: list[int] = []  # the texts tokenized whole
+        refused: dict[int, InputTooLong] = {}  # known too long without tokenizing
+        for i, text in enumerate(texts):
+            chars = len(text[0]) + len(text[1]) if isinstance(text, tuple) else len(text)
+            bound = self.max_length if truncation == "none" else limit  # "none" (/tokenize): as long as the model takes
+            if isinstance(text, list) or chars <= (bound + GUARD_TOKENS) * 4:
+                whole.append(i)
+                continue
+            where = item_location(what, i)
+            if allow_truncation and truncation in ("left", "right") and isinstance(text, str):
+                kept = self._kept(text, limit, truncation, special)
+                if kept is not None:
+                    out[i] = Encoded(kept, True)
+                    continue
+            if truncation in ("error", "none") or not allow_truncation:
+                if self.windows.certainly_over(chars, bound):
+                    if not allow_truncation:
+                        continue  # the caller shortens it (None)
+                    refused[i] = InputTooLong(
+                        f"{where}: {chars} characters, more than {bound} tokens whatever they say: over this "
+                        f"model's limit of {bound}"
+                        + (
+                            " (truncation='error'; use truncation='left' to keep the end instead)"
+                            * (options.truncate is None)
+                        )
                     )
+                    continue
+            if chars > WHOLE_CHARS:
+                if not allow_truncation:
+                    continue
+                refused[i] = InputTooLong(
+                    f"{where}: {chars} characters; a text is tokenized whole up to {WHOLE_CHARS} characters, and "
+                    "this one cannot be cut at a word boundary near its kept end: send less of it"
                 )
-            elif not allow_truncation:
-                out.append(None)
-            elif truncation == "right":
-                out.append(Encoded(ids[:limit], True, len(ids)))
-            else:
-                out.append(Encoded(self._cut_left(ids, limit), True, len(ids)))
+                continue
+            whole.append(i)
+        tokenized = dict(zip(whole, self._tokenize([texts[i] for i in whole], options.add_special_tokens)))
+        for i in range(len(texts)):  # the first item refused, by index, is the one named
+            if i in refused:
+                raise refused[i]
+            if i in tokenized:
+                out[i] = self._fit(tokenized[i], limit, truncation, allow_truncation, item_location(what, i), options)
         return out
+
+    def _fit(
+        self, ids: list[int], limit: int, truncation: str, allow_truncation: bool, where: str, options: EncodeOptions
+    ) -> Encoded | None:
+        if len(ids) <= limit:
+            return Encoded(ids, False)
+        if truncation == "error":
+            raise InputTooLong(
+                f"{where}: {len(ids)} tokens, over this model's limit of {limit}"
+                + (
+                    " (truncation='error'; use truncation='left' to keep the end instead)"
+                    if options.truncate is None
+                    else ""
+                )
+            )
+        if not allow_truncation:
+            return None
+        if truncation == "right":
+            return Encoded(ids[:limit], True)
+        return Encoded(self._cut_left(ids, limit), True)
+
+    def _kept(self, text: str, limit: int, side: str, special: bool) -> list[int] | None:
+        """What `_fit` keeps of a long text, from a window at the kept end (None: no exact window);
+        the text is known to be longer than `limit` tokens once the window gives that many."""
+        if side == "right":  # the first ids, a doubled BOS collapsed as for the whole text
+            kept = self.windows.kept(text, limit + 2, "right", special)
+            return None if kept is None else self.collapse_bos(kept)[:limit]
+        # the leading BOS / [CLS] the whole text's ids start with, and the last ids
+        start = self._tokenize([text[: 4 * self.windows.max_token_chars + 64]], special)[0][:1]
+        head = start if start and start[0] in self.head_ids else []
+        kept = self.windows.kept(text, limit - len(head), "left", special)
+        return None if kept is None else head + kept
 
     def _cut_left(self, ids: list[int], limit: int) -> list[int]:
         """Keep a leading BOS / [CLS] (the encoder's pooled position) and the last tokens (the end
@@ -317,14 +382,15 @@ class ChatEncoder:
         def encode(question: str) -> list[int]:
             return self._tokenize([self._judge_text({**item, "prompt": question}, where)])[0]
 
-        question = item["prompt"]
-        full = len(encode(question))
-        if len(encode("")) > limit:
+        others = sum(len(v) for k, v in item.items() if k != "prompt")
+        if self.windows.certainly_over(others, limit) or len(encode("")) > limit:
             responses = "the response" if "response" in item else "the two responses"
             raise InputTooLong(
                 f"{where}: {responses} and the judge instructions alone exceed this model's "
                 f"limit of {limit} tokens; responses are never cut, so this item cannot be judged"
             )
+        # what is kept of the question is at most `limit` tokens, so at most this many characters
+        question = item["prompt"][-(limit + 1) * self.windows.max_token_chars :]
         lo, hi = 1, len(question)  # cut question[:k]; find the smallest k that fits
         while lo < hi:
             mid = (lo + hi) // 2
@@ -332,7 +398,7 @@ class ChatEncoder:
                 hi = mid
             else:
                 lo = mid + 1
-        return Encoded(encode(question[lo:]), True, full)
+        return Encoded(encode(question[lo:]), True)
 
     def _verdict_tokens(self, verdicts: tuple[str, str]) -> VerdictTokens:
         a = self.tokenizer(verdicts[0], add_special_tokens=False)["input_ids"]
@@ -428,6 +494,13 @@ class StepEncoder(ChatEncoder):
             texts.append(text)
             steps.append(n)
         limit = options.limit(self.max_length, what)
+        for i, text in enumerate(texts):  # never cut: one certainly too long is refused untokenized
+            if isinstance(text, str) and (self.windows.certainly_over(len(text), limit) or len(text) > WHOLE_CHARS):
+                raise InputTooLong(
+                    f"{item_location(what, i)}: {len(text)} characters, over what this model takes ({limit} "
+                    f"tokens; {WHOLE_CHARS} characters tokenized at most); a prm reads every step, so its input is "
+                    "never cut"
+                )
         out = []
         for i, (ids, n) in enumerate(zip(self._tokenize(texts, options.add_special_tokens), steps)):
             where = item_location(what, i)
@@ -447,7 +520,7 @@ class StepEncoder(ChatEncoder):
                     f"{where}: {len(ids)} tokens, over this model's limit of {limit}; a prm reads every "
                     "step, so its input is never cut"
                 )
-            out.append(Encoded(ids, False, len(ids)))
+            out.append(Encoded(ids, False))
         return out
 
     def split(self, response: str) -> list[str]:
@@ -524,6 +597,21 @@ class RatingEncoder(ChatEncoder):
         prompt = self.judge_template.format(input=item["prompt"], response=item["response"], **extra)
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         return self.render([*system, {"role": "user", "content": prompt}], where, add_generation_prompt=True)
+
+
+def _by_chars(texts: Sequence) -> list[list[int]]:
+    """The texts' indices in consecutive groups of at most BATCH_CHARS characters (one text alone
+    may be more): the tokenizer's memory is in proportion to what one call holds."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, text in enumerate(texts):
+        chars = 0 if isinstance(text, list) else len(text) if isinstance(text, str) else len(text[0]) + len(text[1])
+        if groups[-1] and size + chars > BATCH_CHARS:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += chars
+    return [g for g in groups if g]
 
 
 def load_tokenizer(spec: ModelSpec):

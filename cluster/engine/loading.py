@@ -16,7 +16,7 @@ from cluster.core.errors import ConfigError, ModelLoadError
 from cluster.core.service import ScoringService
 from cluster.engine.critic import CriticModel, CriticRunner
 from cluster.engine.encoders import ChatEncoder, StepEncoder, load_tokenizer
-from cluster.engine.local import LoadedModel, LocalBackend, LocalEncoder
+from cluster.engine.local import LoadedModel, ThreadedBackend, ThreadedEncoder
 from cluster.engine.placement import plan_placement, quantization_config
 from cluster.engine.prm import PrmModel, StepRewardRunner
 from cluster.engine.rating import PointwiseModel, RatingRunner
@@ -478,14 +478,15 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def local_service(config) -> Any:
     """Every model of an AppConfig loaded in this process, behind the request core: the Serve
-    app's logic with no Ray. The tests run the HTTP routes over it (`create_app(local_service(...))`);
-    its forward passes run on the event loop's thread, so it is for tests and light local use,
-    not a server under load."""
+    app's logic with no Ray (`create_app(local_service(config))`: the tests' app, a local app).
+    Tokenization and forward passes run in worker threads (forward passes one at a time), so the
+    event loop keeps answering /healthz and taking requests meanwhile."""
+
     loaded = {m.name: load_model(m.spec()) for m in config.models}
     return ScoringService(
         config.models,
-        LocalEncoder({n: m.encoder for n, m in loaded.items()}),
-        LocalBackend({n: m.runner for n, m in loaded.items()}),
+        ThreadedEncoder({n: m.encoder for n, m in loaded.items()}),
+        ThreadedBackend({n: m.runner for n, m in loaded.items()}),
         ensembles=config.ensembles,
         max_items=config.max_items_per_request,
     )

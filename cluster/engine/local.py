@@ -4,6 +4,8 @@ deployment handles, are in deployments/handles.py."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from functools import cached_property
 from typing import Any
 
@@ -49,6 +51,30 @@ class LocalBackend:
 
     def head(self, model: str) -> dict[str, Any]:
         return self.runners[model].describe_head()
+
+
+class ThreadedEncoder(LocalEncoder):
+    """LocalEncoder for an app's event loop: each encode runs in a worker thread, so the loop
+    keeps answering (/healthz, other requests) while a long request is tokenized."""
+
+    def encode(self, parts: list[Part]):
+        return asyncio.to_thread(LocalEncoder.encode, self, parts)
+
+
+class ThreadedBackend(LocalBackend):
+    """LocalBackend for an app's event loop: the forward passes in a worker thread, one at a time
+    (the process's cores are one device, as a replica's GPU is)."""
+
+    def __init__(self, runners: dict[str, Any]):
+        super().__init__(runners)
+        self.lock = threading.Lock()
+
+    def run(self, calls: list[Call]):
+        return asyncio.to_thread(self._locked, calls)
+
+    def _locked(self, calls: list[Call]) -> list:
+        with self.lock:
+            return LocalBackend.run(self, calls)
 
 
 class LoadedModel:

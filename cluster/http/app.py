@@ -49,6 +49,7 @@ from cluster.core.errors import (
     http_status,
     location,
 )
+from cluster.core.memory import return_big_blocks
 from cluster.core.service import ScoringService
 from cluster.core.version import __version__
 from cluster.http import schemas
@@ -434,6 +435,7 @@ def create_app(
             "trusted_networks without api_keys: every client would be let in; set api_keys "
             "(the networks are the clients that need no key)"
         )
+    return_big_blocks()  # the app's process returns a big body's memory after it
     app = FastAPI(
         title=title, version=__version__, **({} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     )

@@ -381,12 +381,7 @@ class FakeEncoder:
             if "bad" in part.inputs:
                 out.append(InvalidInput(f"{part.what}[{part.inputs.index('bad')}]: bad input"))
                 continue
-            out.append(
-                [
-                    Encoded([i + 1] * self.length, self.truncated(part.model, i), self.length)
-                    for i in range(len(part.inputs))
-                ]
-            )
+            out.append([Encoded([i + 1] * self.length, self.truncated(part.model, i)) for i in range(len(part.inputs))])
         return out
 
 

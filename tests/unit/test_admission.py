@@ -188,7 +188,7 @@ def test_an_unexpected_failure_in_one_job_stays_that_jobs():
         def encode(self, op, inputs, what, swap, options):
             if "boom" in inputs:
                 raise UnicodeError("tokenizer bug")
-            return [Encoded([len(x)], False, 1) for x in inputs]
+            return [Encoded([len(x)], False) for x in inputs]
 
     class Spec:
         name, kind = "rm", "reward"
