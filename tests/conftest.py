@@ -78,6 +78,36 @@ def untaught_critic_dir(model_dirs):
 
 
 @pytest.fixture(scope="session")
+def prm_spec(tmp_path_factory) -> dict:
+    """A tiny Qwen2.5-Math-PRM-style process reward model (remote code, its real config's shape)."""
+    from cluster.tiny import build_tiny_prm
+
+    path = build_tiny_prm(tmp_path_factory.mktemp("qwen-prm"), style="qwen")
+    return {
+        "name": "prm",
+        "path": str(path),
+        "kind": "prm",
+        "step_tag": "<extra_0>",
+        "dtype": "float32",
+        "trust_remote_code": True,
+    }
+
+
+@pytest.fixture(scope="session")
+def prm(prm_spec):
+    from cluster import load_model
+
+    return load_model(prm_spec)
+
+
+@pytest.fixture(scope="session")
+def judge_spec(model_dirs) -> dict:
+    """A tiny pointwise judge (rates on 1..10)."""
+    path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
+    return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole run: 8 CPUs and 2 fake GPUs (so num_gpus=1 replicas and
     actors schedule on a CPU box, one per "GPU")."""

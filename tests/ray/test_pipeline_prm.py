@@ -17,9 +17,8 @@ import pytest
 from helpers import TOL, close, write_corpus
 from test_pipeline_rows import QUESTIONS, STEPS, SYSTEM  # the prm tests' corpus words
 
-from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec, load_model
+from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec
 from cluster.data.pipeline import _model_identity, filter_solutions, read_scores, resolve_model, score_corpus
-from cluster.tiny import build_tiny_prm
 
 pytestmark = pytest.mark.slow  # a Ray Data suite: `pytest -m slow` (CI runs it after the default run)
 
@@ -47,30 +46,6 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 # ---------------------------------------------------------------- models (built once per module)
-
-
-@pytest.fixture(scope="module")
-def prm_spec(tmp_path_factory) -> dict:
-    path = build_tiny_prm(tmp_path_factory.mktemp("qwen-prm"), style="qwen")
-    return {
-        "name": "prm",
-        "path": str(path),
-        "kind": "prm",
-        "step_tag": "<extra_0>",
-        "dtype": "float32",
-        "trust_remote_code": True,
-    }
-
-
-@pytest.fixture(scope="module")
-def prm(prm_spec):
-    return load_model(prm_spec)
-
-
-@pytest.fixture(scope="module")
-def judge_spec(model_dirs) -> dict:
-    path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
-    return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
 
 
 # ---------------------------------------------------------------- a prm over solutions (scores layout)

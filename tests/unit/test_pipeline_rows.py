@@ -16,7 +16,6 @@ from helpers import BAD, CONVERSATIONS, GOOD, PROMPTS, TOL, close, pair_rows, sc
 
 from cluster import ConfigError, ModelSpec, load_model
 from cluster.data.corpus import critic_swap
-from cluster.tiny import build_tiny_prm
 
 FAST = {
     "progress": False,
@@ -280,30 +279,6 @@ STEPS = [
     ["Step 1: 16 - 3 = 13.", "Step 2: 13 * 2 = 26.", "Step 3: The answer is 26."],
 ]
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-@pytest.fixture(scope="module")
-def prm_spec(tmp_path_factory) -> dict:
-    path = build_tiny_prm(tmp_path_factory.mktemp("qwen-prm"), style="qwen")
-    return {
-        "name": "prm",
-        "path": str(path),
-        "kind": "prm",
-        "step_tag": "<extra_0>",
-        "dtype": "float32",
-        "trust_remote_code": True,
-    }
-
-
-@pytest.fixture(scope="module")
-def prm(prm_spec):
-    return load_model(prm_spec)
-
-
-@pytest.fixture(scope="module")
-def judge_spec(model_dirs) -> dict:
-    path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
-    return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
