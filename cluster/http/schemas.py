@@ -3,6 +3,13 @@
 Our own /v1 routes reject unknown keys. The other protocols' routes (OpenRLHF's here; vLLM's,
 SGLang's and TEI's in their modules) accept what those clients send, unknown keys included, as
 their servers do, because their clients add fields over time.
+
+The models are /openapi.json's request schemas, so they state what the code enforces: typed fields
+are strict where the protocol is typed (a bool is not 0, nor a token id; `StrictBool`, `JSONInt`);
+what the in-process checks refuse with their own words (an empty text, an empty conversation, a
+value out of a set) is stated in the schema with `checked(...)`, the check itself staying where it
+is; a list whose length is the request's item count is marked `COUNTED` (the app's
+max_items_per_request becomes its maxItems, cluster/http/openapi.py).
 """
 
 from __future__ import annotations
@@ -10,7 +17,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from cluster.core.inputs import shown, unicode_problem, validate_conversation, validate_judge_item, validate_step_item
 from cluster.core.results import STEP_AGGREGATES, Mode, check_mode
@@ -24,7 +43,65 @@ def _unicode(value: str) -> str:
 
 
 # A model's name as a request gives it: error messages repeat it, so it must be text an answer can carry
-ModelName = Annotated[str, AfterValidator(_unicode)]
+ModelName = Annotated[
+    str,
+    AfterValidator(_unicode),
+    Field(
+        description="A served model (GET /v1/models: its name, an alias or its path) of a kind this route "
+        "takes; none: the first served one of such a kind."
+    ),
+]
+
+# a list whose length is the request's item count (ScoringService.check_count, 413 over the limit):
+# /openapi.json gives it maxItems = max_items_per_request (cluster/http/openapi.py), put on the union
+# member that counts; PAIRS: each element is two of the core's items (a pair compared by a reward
+# model's two rewards), so half as many fit
+COUNTED_KEY = "x-counted-items"
+COUNTED: dict[str, Any] = {COUNTED_KEY: 1}
+PAIRS: dict[str, Any] = {COUNTED_KEY: 2}
+
+
+def checked(**keywords: Any) -> Any:
+    """JSON Schema `keywords` for what the code checks itself, in its own words (the in-process
+    checks' "the text is empty", not pydantic's): stated in /openapi.json, enforced where it was."""
+    return Field(json_schema_extra=keywords)
+
+
+# text the encoders take: not empty ("the text is empty")
+Text = Annotated[str, checked(minLength=1)]
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema has it: a number with no fractional part (pydantic's int takes
+    that), never a bool nor a string (which pydantic's lax int would take: `false` as 0)."""
+    if isinstance(value, bool | str):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+# an integer as JSON Schema has it (`5` or `5.0`; not `false`, not `"5"`)
+JSONInt = Annotated[int, BeforeValidator(_json_integer)]
+# one input's token ids as the client's tokenizer gave them: not empty, none negative; the top is the
+# model's vocabulary
+TokenIds = Annotated[
+    list[Annotated[JSONInt, checked(minimum=0)]],
+    checked(minItems=1, description="One input's token ids, each below the model's vocabulary size."),
+]
+ABSENT = {"type": "null"}  # a field of another form: absent or null (null reads as absent)
+
+
+def one_of_forms(*forms: tuple[dict[str, str | list[str]], list[str]]) -> dict[str, Any]:
+    """`oneOf` the forms a body takes: (the fields each form gives -> their JSON types but null, the
+    fields it leaves out)."""
+    return {
+        "oneOf": [
+            {
+                "required": list(given),
+                "properties": {**{name: {"type": t} for name, t in given.items()}, **dict.fromkeys(absent, ABSENT)},
+            }
+            for given, absent in forms
+        ]
+    }
 
 
 class Strict(BaseModel):
@@ -80,10 +157,15 @@ def _judge_items(value: Any) -> Any:
     return value
 
 
-# a conversation (a list of messages) or pre-templated text; only the member that fits the value is
-# tried, so a bad conversation is not also reported as "not a valid string"
+# a conversation (a list of messages, the last one the assistant's response to score: JSON Schema has
+# no keyword for an array's last item, so the description says it) or pre-templated text; only the
+# member that fits the value is tried, so a bad conversation is not also reported as "not a valid string"
+ScoredConversation = Annotated[
+    list[Message],
+    checked(minItems=1, description="The messages; the last one is the assistant's response to score."),
+]
 Conversation = Annotated[
-    Annotated[list[Message], Tag("list[Message]")] | Annotated[str, Tag("str")],
+    Annotated[ScoredConversation, Tag("list[Message]")] | Annotated[Text, Tag("str")],
     Discriminator(lambda value: "str" if isinstance(value, str) else "list[Message]"),
 ]
 
@@ -93,7 +175,7 @@ Conversation = Annotated[
 
 class RewardsRequest(Strict):
     model: ModelName | None = None
-    conversations: list[Conversation] = Field(min_length=1)
+    conversations: list[Conversation] = Field(min_length=1, json_schema_extra=COUNTED)
 
     _checked = field_validator("conversations", mode="before")(_conversations)
 
@@ -145,14 +227,32 @@ def _aggregate(value: Any) -> Any:
     return value
 
 
+# a prm's item as validate_step_item checks it: the prompt, and the solution as steps or as one response
+STEP_ITEM = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string"},
+        "steps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "response": {"type": "string"},
+        "system": {"type": "string"},
+    },
+    "required": ["prompt"],
+    "additionalProperties": False,
+    "oneOf": [{"required": ["steps"]}, {"required": ["response"]}],
+}
+
+
 class StepRewardsRequest(Strict):
     """Solutions to score step by step: {prompt, steps: [...]} or {prompt, response} (split at the
     model's step_separator), with an optional system message; or conversations whose last message
     is the solution; or texts already holding the model's step tags."""
 
     model: ModelName | None = None
-    items: list[dict[str, Any] | list[Message] | str] = Field(min_length=1)
-    aggregate: str | None = None  # min | last | mean | product (default: the model's step_aggregate)
+    items: list[Annotated[dict[str, Any], WithJsonSchema(STEP_ITEM)] | ScoredConversation | Text] = Field(
+        min_length=1, json_schema_extra=COUNTED
+    )
+    # min | last | mean | product (default: the model's step_aggregate)
+    aggregate: Annotated[str, checked(enum=list(STEP_AGGREGATES))] | None = None
 
     _checked = field_validator("items", mode="before")(_step_items)
     _how = field_validator("aggregate", mode="before")(_aggregate)
@@ -193,12 +293,22 @@ class StepRewardsResponse(BaseModel):
 # ---------------------------------------------------------------- /v1/rate (pointwise judges)
 
 
+# a pointwise judge's item: the prompt, the response, and the other texts its template names
+RATING_ITEM = {
+    "type": "object",
+    "properties": {"prompt": {"type": "string"}, "response": {"type": "string"}},
+    "required": ["prompt", "response"],
+    "additionalProperties": {"type": "string"},
+    "description": "Other fields: the texts the judge's template names (e.g. Prometheus' rubric), no others.",
+}
+
+
 class RateRequest(Strict):
     """Responses to rate one by one: {prompt, response} and any other field the judge's template
     names (checked against the model's template by the service)."""
 
     model: ModelName | None = None
-    items: list[dict[str, Any]] = Field(min_length=1)
+    items: list[Annotated[dict[str, Any], WithJsonSchema(RATING_ITEM)]] = Field(min_length=1, json_schema_extra=COUNTED)
     mode: Mode = "logits"
 
     _mode = field_validator("mode", mode="before")(check_mode)
@@ -231,12 +341,20 @@ class RateResponse(BaseModel):
 # ---------------------------------------------------------------- /v1/compare and /v1/judge
 
 
+SINGLE = {"prompt": "string", "response_a": "string", "response_b": "string"}
+
+
 class CompareRequest(Strict):
+    """One pair (prompt, response_a, response_b) or a list of them (items)."""
+
+    model_config = ConfigDict(json_schema_extra=one_of_forms((SINGLE, ["items"]), ({"items": "array"}, list(SINGLE))))
+
     model: ModelName | None = None
     prompt: str | None = None
     response_a: str | None = None
     response_b: str | None = None
-    items: list[JudgeItem] | None = None
+    # a reward model compares a pair by two conversations' rewards, each counted (so PAIRS)
+    items: Annotated[list[JudgeItem], checked(minItems=1, **PAIRS)] | None = None
 
     _checked = field_validator("items", mode="before")(_judge_items)
 
@@ -259,9 +377,9 @@ class CompareRequest(Strict):
 
 class JudgeRequest(Strict):
     model: ModelName | None = None
-    items: list[JudgeItem] = Field(min_length=1)
+    items: list[JudgeItem] = Field(min_length=1, json_schema_extra=COUNTED)
     mode: Mode = "logits"
-    debias: bool = False
+    debias: StrictBool = False
 
     _checked = field_validator("items", mode="before")(_judge_items)
     _mode = field_validator("mode", mode="before")(check_mode)
@@ -294,7 +412,9 @@ class CompareResponse(BaseModel):
 
 
 class GetRewardRequest(Lenient):
-    query: list[str]  # already templated prompt + response; may be empty (a shard of nothing)
+    # already templated prompt + response; may be empty (a shard of nothing); a text is not empty,
+    # nor only padding and EOS tokens (stripped as OpenRLHF's server did)
+    query: list[Text] = Field(json_schema_extra=COUNTED)
     prompts: list[str] | None = None
     labels: list[Any] | None = None
     model: ModelName | None = None

@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import model_validator
+from pydantic import BaseModel, WithJsonSchema, model_validator
 
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import EncodeOptions, check_text, shown
 from cluster.core.service import ScoringService
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
-from cluster.http.schemas import Lenient, ModelName, usage
+from cluster.http.schemas import ABSENT, COUNTED, Lenient, ModelName, Text, TokenIds, Usage, checked, usage
 
 REFUSE_OVER_LENGTH = EncodeOptions(truncate="error")
 ERROR_TYPES = {
@@ -43,19 +43,29 @@ ERROR_TYPES = {
 }
 
 
-def _flat_body(f, status: int) -> dict:
+class SGLangErrorResponse(BaseModel):
     """SGLang's OpenAI-style ErrorResponse: {"object": "error", message, type, param, code}."""
-    return {
-        "object": "error",
-        "message": f.message,
-        "type": ERROR_TYPES.get(status, "InternalServerError"),
-        "param": "model" if f.code == "unknown_model" else None,
-        "code": status,
-        "request_id": f.request_id,
-    }
+
+    object: Literal["error"] = "error"
+    message: str
+    type: str  # ERROR_TYPES' name of the status
+    param: str | None  # the field at fault, where one is: model
+    code: int  # the HTTP status
+    request_id: str  # ours: what to quote to the operator
+
+
+def _flat_body(f, status: int) -> dict:
+    return SGLangErrorResponse(
+        message=f.message,
+        type=ERROR_TYPES.get(status, "InternalServerError"),
+        param="model" if f.code == "unknown_model" else None,
+        code=status,
+        request_id=f.request_id,
+    ).model_dump()
 
 
 ERROR_STYLE = status_style({422: 400}, _flat_body)
+ERROR_MODEL = SGLangErrorResponse  # the error body /openapi.json documents for these routes
 DEFAULT_MODEL_NAME = "default"  # SGLang's: a request that names no model
 
 
@@ -64,10 +74,15 @@ def model_name(name: str | None) -> str | None:
 
 
 class EmbeddingRequest(Lenient):
-    input: str | list[str] | list[int] | list[list[int]]
-    model: ModelName | None = None
-    encoding_format: str = "float"
-    dimensions: int | None = None
+    input: (
+        Text
+        | Annotated[list[Text], checked(minItems=1, **COUNTED)]
+        | TokenIds
+        | Annotated[list[TokenIds], checked(minItems=1, **COUNTED)]
+    )
+    model: ModelName | None = None  # "default": the first reward model, as a request that names none
+    encoding_format: Annotated[str, checked(enum=["float"])] = "float"
+    dimensions: Annotated[int | None, WithJsonSchema(ABSENT)] = None  # not for a reward model
     user: str | None = None
 
     @model_validator(mode="after")
@@ -84,6 +99,19 @@ class EmbeddingRequest(Lenient):
         if isinstance(self.input, str) or isinstance(self.input[0], int):
             return [self.input]
         return list(self.input)
+
+
+class MetaInfo(BaseModel):
+    id: str  # the request's rid for this input, or a fresh one
+    finish_reason: None = None
+    prompt_tokens: int
+
+
+class NativeClassification(BaseModel):
+    """SGLang's native /classify answer for one input: the score head's raw output."""
+
+    embedding: list[float]
+    meta_info: MetaInfo
 
 
 async def native_classify(service: ScoringService, text: Any, input_ids: Any, name: str | None, rid: Any) -> Any:
@@ -115,29 +143,59 @@ async def native_classify(service: ScoringService, text: Any, input_ids: Any, na
         service, model, items, "text" if text is not None else "input_ids", REFUSE_OVER_LENGTH
     )
     out = [
-        {
-            "embedding": row,
-            "meta_info": {"id": ids[i] if ids else uuid.uuid4().hex, "finish_reason": None, "prompt_tokens": n},
-        }
+        NativeClassification(
+            embedding=row, meta_info=MetaInfo(id=ids[i] if ids else uuid.uuid4().hex, prompt_tokens=n)
+        ).model_dump()
         for i, (row, n) in enumerate(zip(rows, result.num_tokens))
     ]
     return out[0] if single else out
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float]  # a reward model's [reward]; every label's value for a multi-output one
+    index: int
+
+
+class EmbeddingResponse(BaseModel):
+    data: list[Embedding]
+    model: str
+    object: Literal["list"] = "list"
+    usage: Usage
+
+
+class SGLangClassification(BaseModel):
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class SGLangClassifyUsage(Usage):
+    prompt_tokens_details: None = None
+
+
+class SGLangClassifyResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[SGLangClassification]
+    usage: SGLangClassifyUsage
+
+
 def router(service: ScoringService) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/v1/embeddings")
+    @r.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest) -> JSONResponse:
         """A reward model's `embedding` is [reward] (verl's SGLang path reads data[-1].embedding[-1])."""
         model = service.resolve(model_name(body.model), ("reward",))
         result, rows, _ = await label_values(service, model, body.items(), "input", REFUSE_OVER_LENGTH)
-        data = [{"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(rows)]
-        return JSONResponse(
-            {"data": data, "model": model.name, "object": "list", "usage": usage(result.tokens).model_dump()}
-        )
+        data = [Embedding(embedding=row, index=i) for i, row in enumerate(rows)]
+        return JSONResponse(EmbeddingResponse(data=data, model=model.name, usage=usage(result.tokens)).model_dump())
 
-    @r.post("/v1/classify")
+    @r.post("/v1/classify", response_model=SGLangClassifyResponse)
     async def classify(body: EmbeddingRequest, request: Request) -> JSONResponse:
         """SGLang's OpenAI-style classify: softmax over the labels."""
         model = service.resolve(model_name(body.model), ("reward",))
@@ -146,17 +204,15 @@ def router(service: ScoringService) -> APIRouter:
         for i, row in enumerate(rows):
             probs = classify_activation(row, None) if len(row) > 1 else [1.0]  # SGLang: softmax, whatever the head
             data.append(
-                {"index": i, "label": top_label(row, head["labels"]), "probs": probs, "num_classes": len(probs)}
+                SGLangClassification(index=i, label=top_label(row, head["labels"]), probs=probs, num_classes=len(probs))
             )
-        return JSONResponse(
-            {
-                "id": f"classify-{request_id(request)}",
-                "object": "list",
-                "created": int(time.time()),
-                "model": model.name,
-                "data": data,
-                "usage": {**usage(result.tokens).model_dump(), "prompt_tokens_details": None},
-            }
+        answer = SGLangClassifyResponse(
+            id=f"classify-{request_id(request)}",
+            created=int(time.time()),
+            model=model.name,
+            data=data,
+            usage=SGLangClassifyUsage(**usage(result.tokens).model_dump()),
         )
+        return JSONResponse(answer.model_dump())
 
     return r

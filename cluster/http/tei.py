@@ -18,17 +18,17 @@ router/src/http/types.rs `PredictRequest` / `PredictInput` / `Prediction`; core/
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, StrictBool, field_validator
 
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import EncodeOptions
 from cluster.core.service import ScoringService
 from cluster.http.common import classify_activation, label_values
-from cluster.http.schemas import Lenient, ModelName
+from cluster.http.schemas import COUNTED, Lenient, ModelName, Text, checked
 
 # our error code -> (TEI's status, TEI's error_type)
 TEI_ERRORS = {
@@ -46,16 +46,30 @@ TEI_ERRORS = {
 }
 
 
+class TEIErrorResponse(BaseModel):
+    """TEI's ErrorResponse: the message and its kind."""
+
+    error: str
+    error_type: Literal["Validation", "Unauthorized", "Overloaded", "Backend"]
+
+
 def ERROR_STYLE(f) -> tuple[int, dict]:  # noqa: N802 - the protocol modules' hook (cluster/http/__init__.py)
     status, kind = TEI_ERRORS.get(f.code, (f.status, "Backend"))
-    return status, {"error": f.message, "error_type": kind}
+    return status, TEIErrorResponse(error=f.message, error_type=kind).model_dump()
+
+
+ERROR_MODEL = TEIErrorResponse  # the error body /openapi.json documents for this route
+
+
+# one input: a text, or [text] / [question, answer] (the encoder cards' text pair), no text empty
+Input = Annotated[list[Text], checked(minItems=1, maxItems=2)]
 
 
 class PredictRequest(Lenient):
-    inputs: str | list[str] | list[list[str]]
-    truncate: bool | None = None
+    inputs: Text | Input | Annotated[list[Input], checked(minItems=1, **COUNTED)]
+    truncate: StrictBool | None = None
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
-    raw_scores: bool = False
+    raw_scores: StrictBool = False
     model: ModelName | None = None  # not TEI's (one model per server); names one of ours if given
 
     @field_validator("inputs")

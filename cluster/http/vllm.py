@@ -20,11 +20,11 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput, ScoringError, UnknownModel
@@ -34,7 +34,19 @@ from cluster.core.version import __version__
 from cluster.http import sglang
 from cluster.http.app import request_id
 from cluster.http.common import classify_activation, label_values, status_style, top_label
-from cluster.http.schemas import Lenient, ModelName, Usage, usage
+from cluster.http.schemas import (
+    ABSENT,
+    COUNTED,
+    JSONInt,
+    Lenient,
+    ModelName,
+    Text,
+    TokenIds,
+    Usage,
+    checked,
+    one_of_forms,
+    usage,
+)
 from cluster.kinds import kind_of
 
 ERROR_TYPES = {
@@ -48,32 +60,53 @@ ERROR_TYPES = {
 }
 
 
-def _vllm_body(f, status: int) -> dict:
+class VLLMErrorInfo(BaseModel):
+    message: str
+    type: str  # ERROR_TYPES' name of the status
+    param: str | None  # the field at fault, where one is: model, input
+    code: int  # the HTTP status
+    request_id: str  # ours: what to quote to the operator
+
+
+class VLLMErrorResponse(BaseModel):
     """vLLM's ErrorResponse since v0.10.1: {"error": {message, type, param, code}} (code = the status)."""
+
+    error: VLLMErrorInfo
+
+
+def _vllm_body(f, status: int) -> dict:
     param = "model" if f.code == "unknown_model" else ("input" if f.code == "input_too_long" else None)
-    return {
-        "error": {
-            "message": f.message,
-            "type": ERROR_TYPES.get(status, "BadRequestError"),
-            "param": param,
-            "code": status,
-            "request_id": f.request_id,
-        }
-    }
+    info = VLLMErrorInfo(
+        message=f.message,
+        type=ERROR_TYPES.get(status, "BadRequestError"),
+        param=param,
+        code=status,
+        request_id=f.request_id,
+    )
+    return VLLMErrorResponse(error=info).model_dump()
 
 
 # vLLM answers invalid input (and over-length input) with 400, never 422
 ERROR_STYLE = status_style({422: 400}, _vllm_body)
+ERROR_MODEL = VLLMErrorResponse  # the error body /openapi.json documents for these routes
 
 
 # ---------------------------------------------------------------- requests
+
+
+# what as_message reads of a content part: a text part, {"type": "text", "text": "..."}
+TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
 
 
 class ChatMessage(Lenient):
     """An OpenAI chat message as vLLM takes it: any role, content a string or text parts, `name`."""
 
     role: str = Field(min_length=1)
-    content: str | list[dict[str, Any]] | None = None
+    content: str | Annotated[list[dict[str, Any]], WithJsonSchema({"type": "array", "items": TEXT_PART})] | None = None
     name: str | None = None
 
     def as_message(self, where: str) -> dict[str, str]:
@@ -95,16 +128,35 @@ class ChatMessage(Lenient):
         return {"role": self.role, "content": content or ""}
 
 
+TRUNCATE_PROMPT_TOKENS = {
+    "type": "integer",
+    "anyOf": [{"const": -1}, {"minimum": 1}],
+    "description": "Cut an input to its last N tokens (and a leading BOS), N at most the model's max_length; "
+    "-1: the model's max_length. Absent: an input over max_length is refused.",
+}
+
+
+STEP_TASKS = ("token_classify", "encode")  # vLLM's task for a prm's STEP pooler ("encode" before v0.11)
+
+
 class PoolingParams(Lenient):
     """What vLLM's pooling requests share (PoolingBasicRequestMixin, ClassifyRequestMixin)."""
 
     model: ModelName | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    use_activation: bool | None = None
-    activation: bool | None = None  # older spellings of use_activation (vLLM <= 0.14)
-    softmax: bool | None = None
-    normalize: bool | None = None
-    add_special_tokens: bool | None = None  # None: the card's ids
+    # the last tokens kept (and a leading BOS); -1: the model's max_length
+    truncate_prompt_tokens: Annotated[JSONInt, Field(ge=-1), WithJsonSchema(TRUNCATE_PROMPT_TOKENS)] | None = None
+    use_activation: StrictBool | None = None
+    activation: StrictBool | None = None  # older spellings of use_activation (vLLM <= 0.14)
+    softmax: StrictBool | None = None
+    normalize: StrictBool | None = None
+    add_special_tokens: StrictBool | None = None  # None: the card's ids
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _cut(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be -1 (the model's max_length) or at least 1, got 0")
+        return value
 
     def activation_on(self, default: bool = True) -> bool:
         for flag in (self.normalize, self.softmax, self.activation, self.use_activation):  # vLLM's precedence
@@ -125,19 +177,37 @@ class PoolingParams(Lenient):
         )
 
 
-class InputRequest(PoolingParams):
-    """The completion form (`input`) or the chat form (`messages`, one conversation); on /classify
-    also SGLang's native form (`text` or `input_ids`, see sglang.py)."""
+# vLLM's `input`: a text, texts, one input's token ids, or several inputs' token ids (none empty)
+VLLMInput = (
+    Text
+    | Annotated[list[Text], checked(minItems=1, **COUNTED)]
+    | TokenIds
+    | Annotated[list[TokenIds], checked(minItems=1, **COUNTED)]
+)
+ChatConversation = Annotated[list[ChatMessage], checked(minItems=1)]  # one, of any roles (the chat template's)
+VLLM_FORMS = (
+    ({"input": ["string", "array"]}, ["messages", "text", "input_ids"]),
+    ({"messages": "array"}, ["input", "text", "input_ids"]),
+)
+# SGLang's native /classify: a text, texts, [question, answer] pairs, or token ids
+SGLANG_FORMS = (
+    ({"text": ["string", "array"]}, ["input_ids", "input", "messages"]),
+    ({"input_ids": "array"}, ["text", "input", "messages"]),
+)
 
-    input: str | list[str] | list[int] | list[list[int]] | None = None
-    messages: list[ChatMessage] | None = None
-    text: str | list[str] | list[list[str]] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
-    rid: str | list[str] | None = None
+
+class InputRequest(PoolingParams):
+    """The completion form (`input`) or the chat form (`messages`, one conversation)."""
+
+    model_config = {"json_schema_extra": one_of_forms(*VLLM_FORMS)}
+
+    input: VLLMInput | None = None
+    messages: ChatConversation | None = None
 
     @property
     def sglang(self) -> bool:
-        return self.text is not None or self.input_ids is not None
+        """SGLang's native form (ClassifyRequest), which `input` and `messages` do not apply to."""
+        return False
 
     @model_validator(mode="after")
     def _one_form(self) -> InputRequest:
@@ -161,17 +231,72 @@ class InputRequest(PoolingParams):
         return super().options(any_role=self.messages is not None if any_role is None else any_role)
 
 
+class ClassifyRequest(InputRequest):
+    """/classify: vLLM's completion (`input`) or chat (`messages`) form, or SGLang's native form
+    (`text` or `input_ids`, see sglang.py; a request id per input in `rid`)."""
+
+    model_config = {"json_schema_extra": one_of_forms(*VLLM_FORMS, *SGLANG_FORMS)}
+
+    text: (
+        Text
+        | Annotated[list[Text], checked(minItems=1, **COUNTED)]
+        | Annotated[list[Annotated[list[str], checked(minItems=2, maxItems=2)]], checked(minItems=1, **COUNTED)]
+        | None
+    ) = None
+    input_ids: TokenIds | Annotated[list[TokenIds], checked(minItems=1, **COUNTED)] | None = None
+    rid: str | list[str] | None = Field(None, description="SGLang's request ids: one per input.")
+
+    @property
+    def sglang(self) -> bool:
+        return self.text is not None or self.input_ids is not None
+
+    @model_validator(mode="after")
+    def _not_mixed(self) -> ClassifyRequest:
+        if self.sglang and (self.input is not None or self.messages is not None):
+            raise ValueError("give SGLang's text or input_ids, or vLLM's input or messages, not fields of both forms")
+        return self
+
+
+def _not_sglang(value: Any) -> Any:
+    if value is not None:
+        raise ValueError("text / input_ids are SGLang's /classify fields; /pooling takes input or messages")
+    return value
+
+
 class PoolingRequest(InputRequest):
-    task: str | None = None
+    """A reward model's sequence values (task classify, or none: raw values), or a process reward
+    model's per-step rows (task token_classify, or vLLM's older name encode)."""
+
+    # any other task refused in vLLM's words ("Task embed is not supported ...")
+    task: Annotated[str, checked(enum=["classify", *STEP_TASKS])] | None = Field(
+        None,
+        description="token_classify (vLLM's older encode): a process reward model's per-step rows, where "
+        "one is served.",
+    )
     encoding_format: Literal["float"] = "float"
+    text: Annotated[Any, WithJsonSchema(ABSENT)] = None  # SGLang's fields: /classify's, refused here
+    input_ids: Annotated[Any, WithJsonSchema(ABSENT)] = None
+
+    _sglang = field_validator("text", "input_ids")(_not_sglang)
 
 
-ScoreInputs = str | list[str]
+ScoreInputs = str | Annotated[list[str], checked(minItems=1, **COUNTED)]
+SCORE_FORMS = (("text_1", "text_2"), ("data_1", "data_2"), ("queries", "documents"), ("queries", "items"))
 
 
 class ScoreRequest(PoolingParams):
-    """/score: pairs (text_1[i], text_2[i]) in any of vLLM's spellings; 1:1, 1:N or N:N. A reward
-    model scores each pair as the conversation (user: text_1, assistant: text_2)."""
+    """/score: pairs (text_1[i], text_2[i]) in any of vLLM's spellings (the first given is read);
+    1:1, 1:N or N:N. A reward model scores each pair as the conversation (user: text_1, assistant:
+    text_2)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "anyOf": [
+                {"required": list(form), "properties": dict.fromkeys(form, {"type": ["string", "array"]})}
+                for form in SCORE_FORMS
+            ]
+        }
+    }
 
     text_1: ScoreInputs | None = None
     text_2: ScoreInputs | None = None
@@ -182,6 +307,13 @@ class ScoreRequest(PoolingParams):
     items: ScoreInputs | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
+        for name in dict.fromkeys(n for form in SCORE_FORMS for n in form):
+            if getattr(self, name) == []:  # the pair read and any other: no field is an empty list
+                raise InvalidInput(
+                    "At least one text_pair element must be given"
+                    if name in ("text_2", "data_2", "documents", "items")
+                    else "At least one text element must be given"
+                )
         forms = {
             ("text_1", "text_2"): (self.text_1, self.text_2),
             ("data_1", "data_2"): (self.data_1, self.data_2),
@@ -195,10 +327,6 @@ class ScoreRequest(PoolingParams):
         first, second = ([x] if isinstance(x, str) else list(x) for x in values)
         for name, value in zip(names, values):  # named as the client sent them, before they become pairs
             checked_texts(value, name)
-        if not first:
-            raise InvalidInput("At least one text element must be given")
-        if not second:
-            raise InvalidInput("At least one text_pair element must be given")
         if len(first) > 1 and len(first) != len(second):
             raise InvalidInput("Input lengths must be either 1:1, 1:N or N:N")
         return list(zip(first * len(second) if len(first) == 1 else first, second))
@@ -212,16 +340,20 @@ def checked_texts(value: str | list[str], name: str) -> None:
 
 class RerankRequest(PoolingParams):
     query: str
-    documents: list[str]
-    top_n: int = 0
+    documents: list[str] = Field(json_schema_extra={"minItems": 1, **COUNTED})
+    top_n: JSONInt = 0  # the best top_n, where 0 < top_n < len(documents); else all
 
 
 class TokenizeRequest(Lenient):
+    model_config = {
+        "json_schema_extra": one_of_forms(({"prompt": "string"}, ["messages"]), ({"messages": "array"}, ["prompt"])),
+    }
+
     model: ModelName | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    add_special_tokens: bool | None = None
-    return_token_strs: bool | None = False
+    prompt: Text | None = None
+    messages: ChatConversation | None = None
+    add_special_tokens: StrictBool | None = None
+    return_token_strs: Annotated[StrictBool, checked(const=False)] | None = False  # token strings are not served
 
     @model_validator(mode="after")
     def _one_form(self) -> TokenizeRequest:
@@ -316,7 +448,6 @@ def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-STEP_TASKS = ("token_classify", "encode")  # vLLM's task for a prm's STEP pooler ("encode" before v0.11)
 OTHER_KINDS = {
     "prm": "a process reward model: its step rewards are served by /pooling (task token_classify) and /v1/step_rewards",
     "pointwise": "a pointwise judge: its ratings are served by /v1/rate",
@@ -412,9 +543,12 @@ def router(service: ScoringService) -> APIRouter:
         values = [classify_activation(row, None) if body.activation_on() else row for row in rows]
         return model, [v[0] for v in values], result.tokens
 
-    @r.post("/classify", response_model=ClassificationResponse)
-    @r.put("/classify", include_in_schema=False)  # SGLang's native /classify takes PUT too
-    async def classify(body: InputRequest, request: Request) -> JSONResponse:
+    # vLLM's answer, or SGLang's native one (its form: one object for one input, a list for a list)
+    classified = ClassificationResponse | sglang.NativeClassification | list[sglang.NativeClassification]
+
+    @r.post("/classify", response_model=classified)
+    @r.put("/classify", response_model=classified)  # SGLang's native /classify takes PUT too
+    async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
         """Every label's value per input (`probs`), with vLLM's activation unless `use_activation: false`.
         SGLang's native form (`text` / `input_ids`) answers SGLang's `embedding` objects."""
         if body.sglang:
@@ -441,8 +575,6 @@ def router(service: ScoringService) -> APIRouter:
     @r.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
         """A reward model's sequence values; a prm's per-step rows (vLLM's task token_classify)."""
-        if body.sglang:  # SGLang's native fields belong to its /classify
-            raise InvalidInput("text / input_ids are SGLang's /classify fields; /pooling takes input or messages")
         if body.task in STEP_TASKS:
             prm = named_prm(body.model)
             if prm is not None:
@@ -486,6 +618,10 @@ def router(service: ScoringService) -> APIRouter:
     async def score(body: ScoreRequest, request: Request) -> JSONResponse:
         """Each (text_1, text_2) pair scored as a prompt and its response: sigmoid(reward) unless
         `use_activation: false` (the raw reward)."""
+        for name in dict.fromkeys(n for form in SCORE_FORMS for n in form):  # every list counts, read or not
+            value = getattr(body, name)
+            if isinstance(value, list):
+                service.check_count(len(value))
         model, scores, tokens = await pair_scores(body, body.pairs(), "/score")
         return _ok(
             ScoreResponse(
