@@ -355,8 +355,7 @@ def test_openapi_documents_every_routes_body(inproc):
     for path, op in posts.items():
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.rsplit("/", 1)[-1] in spec["components"]["schemas"], path
-        if path not in ("/v1/embeddings", "/v1/classify", "/predict"):  # their answers are documented in prose
-            assert "200" in op["responses"] and "$ref" in str(op["responses"]["200"]), path
+        assert "200" in op["responses"] and "$ref" in str(op["responses"]["200"]), path
     judge = spec["components"]["schemas"]["JudgeRequest"]["properties"]["mode"]
     assert set(judge.get("enum", [])) == {"logits", "generate"}
 
