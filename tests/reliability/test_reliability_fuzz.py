@@ -743,7 +743,7 @@ def test_near_valid_bodies(fuzzer):
     NaN / Infinity, deep nesting, long strings, lone surrogates and NULs, empty and 10k-item lists,
     extra and missing keys, token ids out of range, wrong roles."""
 
-    @fuzz_settings(1100)
+    @fuzz_settings(700)
     @given(near_valid())
     def run(case):
         (method, path), body = case
