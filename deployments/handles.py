@@ -244,6 +244,14 @@ class ReplicaBackend:
                 out[i] = self._gave_up(calls[i], last.get(i))
             return out
 
+    async def chat(self, model: str, job: Any) -> Any:
+        """A chat completion on the model's replica, where it joins the generation loop every
+        caller shares (continuous batching across ingress replicas); sent again while refused."""
+        out, timed_out, _ = await sent_until_taken(
+            lambda: self.handles[model].chat.remote(job), self.timeout_s, self._gate(model), model
+        )
+        return self._gave_up(Call(model, "chat", []), out) if timed_out else out
+
     async def head(self, model: str) -> dict[str, Any]:
         info = await self.handles[model].describe.remote()
         return {"labels": info["labels"], "problem_type": info["problem_type"]}

@@ -107,6 +107,11 @@ class ModelReplica:
         the scoring metrics, which count forward passes)."""
         return (await asyncio.to_thread(self._locked, self.model.runner.run, "generate", call["seqs"])).outputs
 
+    async def chat(self, job) -> Any:
+        """A chat completion: it joins this replica's continuously batched generation loop (every
+        caller's requests share its decode steps; cluster/engine/generation.py)."""
+        return await self.model.runner.chat_runner.achat(job)
+
     async def _gathered(self, calls: list[dict[str, Any]], op: str) -> list[list]:
         started = time.time()
         for c in calls:

@@ -132,6 +132,9 @@ class Backend(Protocol):
     def head(self, model: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """A reward model's output `labels` and `problem_type`."""
 
+    def chat(self, model: str, job: Any) -> Any | Awaitable[Any]:
+        """A causal LM's chat completion (ChatJob -> ChatResult, or the error it met)."""
+
 
 # ---------------------------------------------------------------- jobs
 
@@ -592,6 +595,14 @@ class ScoringService:
         if self.gather is not None and all(self._gathers(p) for p in job.parts()):
             return raise_or_return(await self.gather(job))
         return raise_or_return((await self.arun([job]))[0])
+
+    async def chat(self, model: ModelSpec, job: Any) -> Any:
+        """One chat completion (cluster/engine/generation.py: ChatJob -> ChatResult) on a causal-LM
+        model: it joins that model's continuously batched generation, wherever it runs."""
+        out = self.backend.chat(model.name, job)
+        if inspect.isawaitable(out):
+            out = await out
+        return raise_or_return(out)
 
     def _gathers(self, part: Part) -> bool:
         """Generation is not gathered: one request's generations are a batch already, and a

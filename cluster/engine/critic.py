@@ -18,12 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from cluster.core.inputs import VerdictTokens
 from cluster.core.results import Generated, Verdict
+from cluster.engine.generation import ChatRunner
 from cluster.engine.local import LoadedModel
 from cluster.engine.runner import CausalRunner, LMHead, RunnerOp
 from cluster.kinds import Op
@@ -51,6 +53,21 @@ class CriticRunner(CausalRunner):
         self.verdicts = verdicts
         self.eos_ids = eos_ids
         self.own_head = self._check_head()
+
+    chat_max_length = 4096  # prompt + answer of a chat completion: the spec's max_length, set at load
+
+    @cached_property
+    def chat_runner(self) -> ChatRunner:
+        """Chat completions on this model, continuously batched (cluster/engine/generation.py)."""
+        return ChatRunner(
+            self.model,
+            self.tokenizer,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            max_length=self.chat_max_length,
+            max_new_tokens=self.max_new_tokens,
+            max_batch_tokens=self.pass_tokens,
+        )
 
     def ops(self) -> dict[str, RunnerOp]:
         if self.own_head:  # the model's own forward, left-padded (see `_check_head`)

@@ -262,6 +262,7 @@ def _pointwise_model(p: Loaded) -> PointwiseModel:
         p.spec.max_new_tokens,
         **p.runner_args,
     )
+    runner.chat_max_length = p.spec.max_length
     return PointwiseModel(p.spec, p.encoder, runner)
 
 
@@ -275,6 +276,7 @@ def _critic_model(p: Loaded) -> CriticModel:
         p.spec.max_new_tokens,
         **p.runner_args,
     )
+    runner.chat_max_length = p.spec.max_length
     return CriticModel(p.spec, p.encoder, runner)
 
 

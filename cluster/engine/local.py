@@ -52,6 +52,10 @@ class LocalBackend:
     def head(self, model: str) -> dict[str, Any]:
         return self.runners[model].describe_head()
 
+    def chat(self, model: str, job: Any) -> Any:
+        """One chat completion (cluster/engine/generation.py): it joins the model's running batch."""
+        return self.runners[model].chat_runner.chat(job)
+
 
 class ThreadedEncoder(LocalEncoder):
     """LocalEncoder for an app's event loop: each encode runs in a worker thread, so the loop
@@ -71,6 +75,10 @@ class ThreadedBackend(LocalBackend):
 
     def run(self, calls: list[Call]):
         return asyncio.to_thread(self._locked, calls)
+
+    async def chat(self, model: str, job: Any) -> Any:
+        # not under the lock: the generation loop is its own thread, shared by every caller
+        return await self.runners[model].chat_runner.achat(job)
 
     def _locked(self, calls: list[Call]) -> list:
         with self.lock:

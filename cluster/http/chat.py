@@ -1,0 +1,176 @@
+"""OpenAI chat completions: POST /v1/chat/completions, for every causal-LM model served (critics,
+pointwise judges): how RL frameworks reach an LLM judge (verl's GenRM reward function, ROLL,
+SkyRL, AReaL, NeMo Gym through the `openai` client). Replayed with the `openai` package itself in
+tests/http/test_client_openai.py.
+
+The request as the `openai` client sends it (openai-python `resources/chat/completions`):
+`messages` with any role the model's chat template accepts, `max_tokens` or
+`max_completion_tokens`, `temperature`, `top_p`, `n`, `stop`, `logprobs`, `top_logprobs`,
+`stream` with `stream_options.include_usage`, `seed`, and vLLM's `chat_template_kwargs`; fields
+the protocol has and we do not use are ignored, as vLLM does. Errors in OpenAI's shape (vLLM's,
+cluster/http/vllm.py), which the client raises as its typed errors.
+
+Served now: greedy decoding (`temperature` 0 or absent: the judges' generation config). A stream
+sends the answer as OpenAI's chunks once it is complete (the generation is continuously batched
+on the model's side; tokens are not yet streamed as they are decoded).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cluster.core.errors import InvalidInput
+from cluster.core.service import ScoringService
+from cluster.engine.generation import ChatJob, ChatResult
+from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
+from cluster.kinds import KINDS
+
+CHAT_KINDS = tuple(name for name, kind in KINDS.items() if kind.head == "next_token")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool fields...: handed to the chat template as sent
+
+    role: str = Field(min_length=1, max_length=64)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the protocol's other fields (user, metadata, ...)
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+def _text(content: str | list[dict[str, Any]] | None, at: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise InvalidInput(f"messages[{at}].content: only text parts are served, got {part.get('type')!r}")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def chat_job(body: ChatRequest) -> ChatJob:
+    if body.temperature not in (None, 0):
+        raise InvalidInput("temperature: only greedy decoding (temperature 0) is served here for now")
+    if body.top_logprobs:
+        raise InvalidInput("top_logprobs: only the chosen tokens' logprobs are served (top_logprobs 0)")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise InvalidInput("stop: at most 4 non-empty strings")
+    messages = [
+        {**m.model_dump(exclude_none=True), "content": _text(m.content, i)} for i, m in enumerate(body.messages)
+    ]
+    return ChatJob(
+        messages=messages,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        n=body.n,
+        stop=tuple(stops),
+        logprobs=body.logprobs,
+        template_kwargs=dict(body.chat_template_kwargs or {}),
+    )
+
+
+def _token_logprob(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")), "top_logprobs": []}
+
+
+def _logprobs(choice) -> dict | None:
+    if choice.logprobs is None:
+        return None
+    return {"content": [_token_logprob(t, lp) for t, lp in zip(choice.tokens, choice.logprobs)]}
+
+
+def _usage(result: ChatResult) -> dict:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def completion(result: ChatResult, model: str) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": _logprobs(c),
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(result.choices)
+        ],
+        "usage": _usage(result),
+    }
+
+
+def chunks(result: ChatResult, model: str, include_usage: bool):
+    """The answer as OpenAI's stream: per choice a role delta, its tokens' deltas, a finish
+    chunk; a usage chunk (no choices) when asked; then [DONE]."""
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def event(choices: list, **extra) -> str:
+        return f"data: {json.dumps({**head, 'choices': choices, **extra})}\n\n"
+
+    for i, c in enumerate(result.choices):
+        role = {"role": "assistant", "content": ""}
+        yield event([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
+        for k, piece in enumerate(c.pieces):
+            lp = None
+            if c.logprobs is not None:
+                lp = {"content": [_token_logprob(c.tokens[k], c.logprobs[k])]}
+            yield event([{"index": i, "delta": {"content": piece}, "logprobs": lp, "finish_reason": None}])
+        yield event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}])
+    if include_usage:
+        yield event([], usage=_usage(result))
+    yield "data: [DONE]\n\n"
+
+
+def router(service: ScoringService) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        model = service.resolve(body.model, CHAT_KINDS)
+        result = await service.chat(model, chat_job(body))
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(chunks(result, model.name, usage), media_type="text/event-stream")
+        return JSONResponse(completion(result, model.name))
+
+    return r
