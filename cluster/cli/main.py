@@ -80,6 +80,13 @@ COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
         "run",
         {},
     ),
+    "bench-chat": (
+        "chat completions: continuous batching vs one at a time vs one padded batch",
+        "cluster.bench.chat",
+        "add_arguments",
+        "run",
+        {},
+    ),
     "bench-pipeline": (
         "Ray Data pipeline throughput: 1 and 2 actors vs fixed batches",
         "cluster.bench.pipeline",

@@ -18,50 +18,19 @@ and cut at its stop strings. Nothing here imports Ray or FastAPI.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import math
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from cluster.core.chat import ChatJob, ChatResult, Choice
 from cluster.core.errors import InputTooLong, InvalidInput, ModelFailure
 
 PAGE_SIZE = 32  # tokens per KV-cache block
-
-
-@dataclass(frozen=True)
-class ChatJob:
-    """One chat completion as the model side runs it (plain data: it crosses Ray)."""
-
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = None  # None: the model's max_new_tokens
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Choice:
-    text: str
-    token_ids: list[int]
-    tokens: list[str]  # each generated token as text (the logprobs' `token`)
-    pieces: list[str]  # what each token adds to `text` (a stream's deltas: they join to `text`)
-    logprobs: list[float] | None
-    finish_reason: str  # "stop" (an end token or a stop string) or "length"
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    prompt_tokens: int
-    choices: list[Choice]
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(len(c.token_ids) for c in self.choices)
 
 
 @dataclass(frozen=True)
@@ -177,6 +146,10 @@ class ChatRunner:
         )
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
+        named = set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
+        taken = sorted(k for k in job.template_kwargs if k in named or not str(k).isidentifier())
+        if taken:  # the template's own variables only (enable_thinking, ...), never the call's arguments
+            raise InvalidInput(f"chat_template_kwargs: {taken[:5]} are not template variables")
         try:
             ids = self.tokenizer.apply_chat_template(
                 job.messages, add_generation_prompt=True, tokenize=True, return_dict=False, **job.template_kwargs

@@ -26,9 +26,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from cluster.core.chat import ChatJob, ChatResult
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
-from cluster.engine.generation import ChatJob, ChatResult
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
 from cluster.kinds import KINDS
 
@@ -63,6 +63,46 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     seed: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[dict[str, Any]]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None
+    finish_reason: str = Field(description="stop: an end token or a stop string; length: max_tokens reached")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat.completion (with `stream`: the same answer as text/event-stream chunks)."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
 
 
 def _text(content: str | list[dict[str, Any]] | None, at: int) -> str:
@@ -164,7 +204,7 @@ def chunks(result: ChatResult, model: str, include_usage: bool):
 def router(service: ScoringService) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/v1/chat/completions")
+    @r.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(body: ChatRequest):
         model = service.resolve(body.model, CHAT_KINDS)
         result = await service.chat(model, chat_job(body))

@@ -20,7 +20,7 @@ VLLM = ["/classify", "/pooling", "/score", "/rerank", "/tokenize"]
 SGLANG = ["/v1/embeddings", "/v1/classify"]
 ERROR_MODEL = {
     **dict.fromkeys(OURS + ["/healthz", "/v1/models"], schemas.ErrorResponse),
-    **dict.fromkeys(VLLM + ["/health", "/version"], vllm.VLLMErrorResponse),
+    **dict.fromkeys(VLLM + ["/health", "/version", "/v1/chat/completions"], vllm.VLLMErrorResponse),
     **dict.fromkeys(SGLANG, sglang.SGLangErrorResponse),
     "/predict": tei.TEIErrorResponse,
 }

@@ -61,6 +61,29 @@ def test_routes_through_serve_answer_as_in_process(served, inproc, method, path,
         assert live.json()["error"]["request_id"] == live.headers["x-request-id"]  # Serve's own id
 
 
+def test_openai_client_chat_completions_through_serve(served, inproc):
+    """The `openai` package against the Serve app: 8 concurrent chat completions reach the judge's
+    replica, whose one generation loop serves them all (continuous batching), each answer the one
+    the in-process app gives (tests/http/test_client_openai.py compares that with `generate`)."""
+    import openai
+
+    convs = [[{"role": "user", "content": f"Judge answer {i}: " + "word " * i}] for i in range(8)]
+
+    async def main(base_url: str, transport=None):
+        http = httpx.AsyncClient(transport=transport, base_url=base_url) if transport else None
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, http_client=http) as c:
+            return await asyncio.gather(
+                *(c.chat.completions.create(model="judge", messages=m, temperature=0, max_tokens=16) for m in convs)
+            )
+
+    live = asyncio.run(main(f"http://127.0.0.1:{served['port']}/v1"))
+    local = asyncio.run(main("http://in-process/v1", httpx.ASGITransport(app=inproc["app"])))
+    for a, b in zip(live, local):
+        assert a.choices[0].message.content == b.choices[0].message.content
+        assert a.usage == b.usage and a.choices[0].finish_reason == b.choices[0].finish_reason
+    assert any(a.choices[0].message.content for a in live)
+
+
 def test_auth_and_limits_hold_behind_serve(served):
     base = f"http://127.0.0.1:{served['port']}"
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
