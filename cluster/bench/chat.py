@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     path = build_tiny_model(
-        root / "judge", kind="critic", arch="llama", teach_steps=0, hidden_size=args.hidden,
-        intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
+        root / "judge", kind="critic", arch="llama", teach_steps=0, hidden=args.hidden,
+        intermediate=2 * args.hidden, layers=args.layers,
     )  # fmt: skip
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
