@@ -87,8 +87,8 @@ class ContinuousGenerator:
     def submit(self, ids: list[int], max_new_tokens: int) -> Future:
         if len(ids) + max_new_tokens > self.max_length:
             raise InputTooLong(
-                f"the prompt's {len(ids)} tokens and max_tokens {max_new_tokens} exceed the model's "
-                f"{self.max_length} tokens (max_length); send a shorter conversation or fewer max_tokens"
+                f"the prompt's {len(ids)} tokens and max_tokens {max_new_tokens} exceed this model's "
+                f"max_length ({self.max_length} tokens); send a shorter conversation or fewer max_tokens"
             )
         future: Future = Future()
         with self.lock:

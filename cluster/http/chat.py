@@ -20,48 +20,58 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from cluster.core.chat import ChatJob, ChatResult
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
+from cluster.http.schemas import JSONInt, checked
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
 from cluster.kinds import KINDS
 
 CHAT_KINDS = tuple(name for name, kind in KINDS.items() if kind.head == "next_token")
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")  # name, tool fields...: handed to the chat template as sent
 
     role: str = Field(min_length=1, max_length=64)
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
+
+
+StopText = Annotated[str, Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # the protocol's other fields (user, metadata, ...)
+    # the protocol's other fields (user, metadata, ...) ignored; typed as the protocol types them (a bool is no int)
+    model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream: bool = False
+    max_tokens: Annotated[JSONInt, Field(ge=1), checked(minimum=1)] | None = None
+    max_completion_tokens: Annotated[JSONInt, Field(ge=1), checked(minimum=1)] | None = None
+    temperature: Annotated[StrictFloat, checked(minimum=0, maximum=0)] | None = None  # greedy only, for now
+    top_p: StrictFloat | None = Field(None, gt=0, le=1)
+    n: JSONInt = Field(1, ge=1, le=16)
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[JSONInt, Field(ge=0, le=20), checked(minimum=0, maximum=0)] | None = None  # > 0: not yet
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: JSONInt | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
 
@@ -105,15 +115,10 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-def _text(content: str | list[dict[str, Any]] | None, at: int) -> str:
+def _text(content: str | list[TextPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    parts = []
-    for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise InvalidInput(f"messages[{at}].content: only text parts are served, got {part.get('type')!r}")
-        parts.append(part["text"])
-    return "".join(parts)
+    return "".join(part.text for part in content)
 
 
 def chat_job(body: ChatRequest) -> ChatJob:
@@ -122,11 +127,7 @@ def chat_job(body: ChatRequest) -> ChatJob:
     if body.top_logprobs:
         raise InvalidInput("top_logprobs: only the chosen tokens' logprobs are served (top_logprobs 0)")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > 4 or any(not s for s in stops):
-        raise InvalidInput("stop: at most 4 non-empty strings")
-    messages = [
-        {**m.model_dump(exclude_none=True), "content": _text(m.content, i)} for i, m in enumerate(body.messages)
-    ]
+    messages = [{**m.model_dump(exclude_none=True), "content": _text(m.content)} for m in body.messages]
     return ChatJob(
         messages=messages,
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -204,7 +205,10 @@ def chunks(result: ChatResult, model: str, include_usage: bool):
 def router(service: ScoringService) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/v1/chat/completions", response_model=ChatCompletion)
+    chunks_doc = "with stream: OpenAI's chat.completion.chunk events, then [DONE]"
+    stream = {"text/event-stream": {"schema": {"description": chunks_doc}}}
+
+    @r.post("/v1/chat/completions", response_model=ChatCompletion, responses={200: {"content": stream}})
     async def chat_completions(body: ChatRequest):
         model = service.resolve(body.model, CHAT_KINDS)
         result = await service.chat(model, chat_job(body))

@@ -68,6 +68,11 @@ SEMANTIC_REFUSALS = {
         r"this judge's template uses it|items\[\d+\]: unknown field\(s\) .* \(expected prompt, response[,)]",
         "a pointwise judge's items carry the texts its template names, no others: the model's configuration",
     ),
+    "template_kwargs": (
+        r"chat_template_kwargs: .* are not template variables",
+        "a name transformers' apply_chat_template takes itself (tokenize, return_tensors, ...): the installed "
+        "tokenizer's signature, not the route's",
+    ),
     "max_length": (
         r"this model's (limit|max_length)|over what this model takes|tokenized whole up to",
         "an input over the model's max_length: JSON Schema counts characters, not a tokenizer's tokens",
