@@ -33,6 +33,7 @@ from cluster.http.schemas import JSONInt, checked
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
 from cluster.kinds import KINDS
 
+MAX_TOKENS = 2**31 - 1  # a bound on the field itself (a model's own limit is its max_length)
 CHAT_KINDS = tuple(name for name, kind in KINDS.items() if kind.head == "next_token")
 
 
@@ -61,8 +62,8 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    max_tokens: Annotated[JSONInt, Field(ge=1), checked(minimum=1)] | None = None
-    max_completion_tokens: Annotated[JSONInt, Field(ge=1), checked(minimum=1)] | None = None
+    max_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[StrictFloat, checked(minimum=0, maximum=0)] | None = None  # greedy only, for now
     top_p: StrictFloat | None = Field(None, gt=0, le=1)
     n: JSONInt = Field(1, ge=1, le=16)

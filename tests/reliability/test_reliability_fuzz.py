@@ -148,6 +148,28 @@ ROUTES: dict[tuple[str, str], list] = {
         {"inputs": ["What is 2 + 2?", "4"], "raw_scores": True},
         {"inputs": [["a"], ["q", "a"]], "truncate": True, "truncation_direction": "Left"},
     ],
+    ("POST", "/v1/chat/completions"): [
+        {"model": "judge", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 4},
+        {
+            "model": "rater",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "q"}]},
+            ],
+            "max_completion_tokens": 3,
+            "n": 2,
+            "stop": ["\n"],
+            "logprobs": True,
+            "temperature": 0,
+        },
+        {
+            "model": "judge",
+            "messages": CONV,
+            "max_tokens": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ],
     # FastAPI's documentation routes, where create_app serves them (else they are unknown paths)
     ("GET", "/openapi.json"): [None],
     ("GET", "/docs"): [None],
@@ -180,6 +202,7 @@ GROUPS = {  # path -> the protocol module that serves it (its error style)
     ),
     **dict.fromkeys(["/v1/embeddings", "/v1/classify"], "sglang"),
     "/predict": "tei",
+    "/v1/chat/completions": "chat",
     **dict.fromkeys(["/openapi.json", *HTML_PATHS], "docs"),
 }
 STYLE_OF_GROUP = {
@@ -190,6 +213,7 @@ STYLE_OF_GROUP = {
     "vllm": "vllm",
     "sglang": "sglang",
     "tei": "tei",
+    "chat": "vllm",  # OpenAI's error body, as vLLM sends it
 }
 PATHS = sorted({p for _, p in ROUTES})
 POST_ROUTES = sorted(k for k, bodies in ROUTES.items() if bodies != [None])
@@ -317,7 +341,12 @@ class Fuzzer:
         if not req.authorized and req.path not in OPEN_PATHS:
             assert resp.status_code == 401, f"{resp.status_code} without a valid key for {req!r}: {text[:500]}"
         if 200 <= resp.status_code < 300:
-            if req.method != "HEAD" and req.path not in HTML_PATHS and req.path != "/health":
+            if resp.headers.get("content-type", "").startswith("text/event-stream"):  # a chat stream
+                events = [line[6:] for line in text.split("\n\n") if line.startswith("data: ")]
+                assert events and events[-1] == "[DONE]", f"{req!r}: a stream that does not end: {text[-300:]}"
+                for event in events[:-1]:
+                    json.loads(event)  # each chunk is JSON
+            elif req.method != "HEAD" and req.path not in HTML_PATHS and req.path != "/health":
                 resp.json()  # a success is JSON
             return
         if 300 <= resp.status_code < 400:  # Starlette's redirect of `/route/` to `/route`, and no other
