@@ -85,6 +85,10 @@ class ModelReplica:
                 method.set_max_batch_size(int(user_config["batch_max_tokens"]))
             if "batch_wait_timeout_s" in user_config:
                 method.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        if "batch_max_tokens" in user_config:  # a causal LM's next-token reads gather as verdicts do
+            self.next_token.set_max_batch_size(int(user_config["batch_max_tokens"]))
+        if "batch_wait_timeout_s" in user_config:
+            self.next_token.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
         if "max_batch_tokens" in user_config:
             self.model.runner.max_batch_tokens = max(int(user_config["max_batch_tokens"]), self.spec.max_length)
         self.batching.update(user_config)
@@ -102,10 +106,18 @@ class ModelReplica:
         """Critic fast path: P(A) for each call's judge prompts."""
         return await self._gathered(calls, "verdicts")
 
+    @serve.batch(max_batch_size=BATCH_MAX_TOKENS, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S, batch_size_fn=count_tokens)
+    async def next_token(self, calls: list[dict[str, Any]]) -> list[list]:
+        """A causal LM (critic, pointwise judge): the next token's log-probabilities over the whole
+        vocabulary after each prompt (float32 rows), gathered across requests whatever tokens each
+        one reads (Op.NEXT_TOKEN; the request core picks its label tokens)."""
+        return await self._gathered(calls, "next_token")
+
     async def generate(self, call: dict[str, Any]) -> list:
-        """Critic slow path: greedy generation (not gathered: each call is already a batch; not in
-        the scoring metrics, which count forward passes)."""
-        return (await asyncio.to_thread(self._locked, self.model.runner.run, "generate", call["seqs"])).outputs
+        """A judge's generate mode: its prompts join this replica's continuously batched generation
+        loop, shared with every other caller and with chat completions (not under the forward
+        lock: the loop is its own thread; not in the scoring metrics, which count forward passes)."""
+        return (await asyncio.to_thread(self.model.runner.run, "generate", call["seqs"])).outputs
 
     async def chat(self, job) -> Any:
         """A chat completion: it joins this replica's continuously batched generation loop (every

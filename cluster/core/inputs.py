@@ -32,6 +32,9 @@ class EncodeOptions:
     any_role: bool = False  # messages with any role, the last one not necessarily the assistant's
     strip_padding: bool = False  # texts: drop padding decoded into the text (OpenRLHF <= 0.8 clients)
     tagged: bool = False  # a prm's conversations already hold the step tags (vLLM's /pooling): rendered as sent
+    # token ids a request reads at the next position (generative scores): checked against the
+    # vocabulary with its prompts, before any forward pass
+    read_tokens: tuple[int, ...] = ()
 
     def limit(self, max_length: int, what: str) -> int:
         if self.truncate == "none":
@@ -67,6 +70,25 @@ class VerdictTokens:
     prefix: list[int]
     token_a: int
     token_b: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a prompt: a text (tokenized with the tokenizer's special tokens or without) or
+    token ids (used as given); `where` names it in errors (`query`, `items[2]`)."""
+
+    value: str | tuple[int, ...]
+    special: bool = False
+    where: str = "input"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A causal LM's prompt as a request builds it, read at its next token: pieces tokenized one by
+    one and joined in order (vLLM's /generative_scoring: the query with the request's
+    add_special_tokens, then the item without; SGLang's /v1/score: query + item as one text)."""
+
+    pieces: tuple[Piece, ...]
 
 
 # ---------------------------------------------------------------- validation (input -> messages)

@@ -146,6 +146,18 @@ def rating_of(probs: Sequence[float], values: Sequence[float]) -> tuple[float, f
     return expected, values[best]
 
 
+def label_probabilities(logprobs: Sequence[float], apply_softmax: bool) -> list[float]:
+    """Generative scores from the next token's log-probabilities of the label tokens: the softmax
+    over just those tokens (`apply_softmax`), else each one's probability over the whole
+    vocabulary (exp). As vLLM's /generative_scoring and SGLang's /v1/score compute them."""
+    if not apply_softmax:
+        return [math.exp(x) for x in logprobs]
+    top = max(logprobs)
+    exps = [math.exp(x - top) for x in logprobs]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
 def sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))

@@ -31,6 +31,7 @@ from cluster.core.errors import InvalidInput, ModelFailure, Overloaded, RequestT
 from cluster.core.inputs import (
     Encoded,
     EncodeOptions,
+    Prompt,
     check_list,
     is_token_ids,
     validate_judge_item,
@@ -317,6 +318,47 @@ class SequencesJob:
         return results[0].outputs
 
 
+@dataclass(frozen=True)
+class NextTokens:
+    """A causal LM's log-probabilities of chosen tokens at the next position after each prompt, in
+    input order (`logprobs[i][k]`: prompt i, the k-th chosen token)."""
+
+    logprobs: list[list[float]]
+    num_tokens: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.num_tokens)
+
+
+@dataclass(frozen=True)
+class NextTokenJob:
+    """Any causal LM's next-token log-probabilities of `token_ids` after each prompt, from one
+    forward pass (no generation): vLLM's /generative_scoring, SGLang's decoder-only /v1/score. The
+    replica answers the whole vocabulary's row per prompt (so calls gather whatever tokens their
+    requests read); the chosen ids are picked here."""
+
+    model: str
+    prompts: list[Prompt]
+    token_ids: tuple[int, ...]
+
+    def parts(self) -> list[Part]:
+        options = EncodeOptions(read_tokens=self.token_ids)
+        return [Part(self.model, Op.NEXT_TOKEN, self.prompts, "items", options=options)]
+
+    def finish(self, results: list[PartResult]) -> NextTokens:
+        r = results[0]
+        rows = []
+        for row in r.outputs:
+            bad = next((t for t in self.token_ids if t >= len(row)), None)
+            if bad is not None:  # the tokenizer's vocabulary is larger than the model's head
+                raise InvalidInput(
+                    f"label_token_ids: token id {bad} is outside this model's vocabulary (0..{len(row) - 1})"
+                )
+            rows.append([float(row[t]) for t in self.token_ids])
+        return NextTokens(rows, r.num_tokens)
+
+
 # ---------------------------------------------------------------- the flow, written once
 
 Flow = Generator[Encode | Run, Any, list]
@@ -571,6 +613,17 @@ class ScoringService:
         if kind_of(target).judges_pairs:
             return JudgeJob(target.name, checked)
         return CompareJob(self.rewards_job(target, pair_conversations(checked), what))
+
+    def next_token_job(self, model: ModelSpec, prompts: Sequence[Prompt], token_ids: Sequence[int]) -> NextTokenJob:
+        """A causal LM's log-probabilities of `token_ids` at the next token after each prompt."""
+        if kind_of(model).head != "next_token":
+            raise InvalidInput(f"model '{model.name}' is {kind_of(model).title}, not a causal LM")
+        if not prompts:
+            raise InvalidInput("items must contain at least one item")
+        if not token_ids:
+            raise InvalidInput("label_token_ids must contain at least one token ID")
+        self.check_count(len(prompts))
+        return NextTokenJob(model.name, list(prompts), tuple(token_ids))
 
     def _judge_items(self, items: Any) -> list[dict[str, str]]:
         checked = [validate_judge_item(it, f"items[{i}]") for i, it in enumerate(check_list(items, "items"))]

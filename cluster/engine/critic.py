@@ -23,18 +23,24 @@ from typing import Any
 
 import torch
 
+from cluster.core.batching import plan_batches
+from cluster.core.errors import ModelFailure
 from cluster.core.inputs import VerdictTokens
 from cluster.core.results import Generated, Verdict
 from cluster.engine.generation import ChatRunner
 from cluster.engine.local import LoadedModel
-from cluster.engine.runner import CausalRunner, LMHead, RunnerOp
+from cluster.engine.runner import CausalRunner, LMHead, Ran, RunnerOp
 from cluster.kinds import Op
 
 
 @dataclass(frozen=True)
-class Generation:
-    text: str
-    prob_a: float | None  # read at the step after the verdict prefix, if the output has one
+class Found:
+    """A verdict (or rating) an answer states: its index among the kind's choices and where its
+    text sits in the answer."""
+
+    choice: int
+    start: int
+    end: int
 
 
 class CriticRunner(CausalRunner):
@@ -51,8 +57,21 @@ class CriticRunner(CausalRunner):
         self.verdict = verdict
         self.verdict_pattern = re.compile("|".join(re.escape(v) for v in verdicts))
         self.verdicts = verdicts
+        self.labels: tuple[str, ...] = ("A", "B")  # what a verdict_pattern's group reads, per choice
+        self.choice_tokens: list[int] = (
+            list(verdict.tokens) if hasattr(verdict, "tokens") else [verdict.token_a, verdict.token_b]
+        )
         self.eos_ids = eos_ids
         self.own_head = self._check_head()
+        self.answer_pattern: re.Pattern | None = None  # a judge's own pattern, its group the choice
+        self.reasoning_end: str | None = "</think>"
+
+    def read_answers(self, *, verdict_pattern: str | None, reasoning_end: str | None) -> None:
+        """How generate mode reads an answer: after the reasoning's end (the last `</think>`) when
+        the answer writes one, and by the judge's own pattern (its one group the verdict or
+        rating: `\\boxed\\{(A|B)\\}`, `"winner": "(A|B)"`) instead of the exact verdict strings."""
+        self.answer_pattern = re.compile(verdict_pattern, re.DOTALL) if verdict_pattern else None
+        self.reasoning_end = reasoning_end or None
 
     chat_max_length = 4096  # prompt + answer of a chat completion: the spec's max_length, set at load
 
@@ -65,6 +84,7 @@ class CriticRunner(CausalRunner):
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
             max_length=self.chat_max_length,
+            capacity=self.chat_max_length + self.max_new_tokens,  # a judge prompt of max_length, then its answer
             max_new_tokens=self.max_new_tokens,
             max_batch_tokens=self.pass_tokens,
         )
@@ -75,12 +95,21 @@ class CriticRunner(CausalRunner):
         return {Op.VERDICTS: RunnerOp(self.read_rows, read_limit=self.read_index), Op.GENERATE: self._generate_op}
 
     @property
-    def _generate_op(self) -> RunnerOp:
+    def _generate_op(self) -> RunnerOp:  # run() sends generation to the shared loop, unplanned
         return RunnerOp(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
 
     def run(self, op: str, seqs):
         if op == "verdicts":  # the verdict strings' shared prefix (`[[`) after each judge prompt
             seqs = [list(s) + self.verdict.prefix for s in seqs]
+        if op == "generate":  # every prompt joins the shared decode loop at once (not planned in passes)
+            seqs = list(seqs)
+            try:
+                with torch.inference_mode():
+                    outputs = self._generate_verdicts(seqs)
+            except RuntimeError as err:
+                raise ModelFailure(f"model '{self.name}' failed generating: {type(err).__name__}: {err}") from err
+            lengths = [len(s) + self.max_new_tokens for s in seqs]
+            return Ran(outputs, [list(range(len(seqs)))], lengths, sum(lengths))
         return super().run(op, seqs)
 
     # -- fast path: P(A) vs P(B) at the step after the verdict prefix, for each judge prompt
@@ -117,60 +146,134 @@ class CriticRunner(CausalRunner):
         )
         return self._answer(out.logits[:, -1, :].float())
 
-    # -- slow path
+    # -- any causal LM: the next token's log-probabilities after a prompt (Op.NEXT_TOKEN)
+
+    def lm_ops(self) -> dict[str, RunnerOp]:
+        """The next token's log-probabilities after each prompt, as given (nothing appended): one
+        forward pass, the LM head on the last position only, prompts sharing a prefix (a query
+        before its items) computing it once. A model whose own forward computes its logits some
+        other way (`own_head`) is read through its forward, left-padded."""
+        if self.own_head:
+            return {Op.NEXT_TOKEN: RunnerOp(self._own_head_next_token)}
+        read = self._next_token_logprobs
+        return {
+            Op.NEXT_TOKEN: RunnerOp(
+                lambda seqs: self.read_rows(seqs, readout=read), read_limit=self.read_index, readout=read
+            )
+        }
+
+    def _next_token_logprobs(self, hidden: torch.Tensor) -> list:
+        """[B, hidden] at the last positions -> per row, the log-softmax over the whole vocabulary
+        (float64 softmax, kept as float32: a row is what crosses from a replica, 4 bytes a token)."""
+        return self._logprob_rows(self.lm(hidden))
+
+    @staticmethod
+    def _logprob_rows(logits: torch.Tensor) -> list:
+        return list(logits.double().log_softmax(dim=-1).float().cpu().numpy())
+
+    def _own_head_next_token(self, seqs: list[Sequence[int]]) -> list:
+        batch = self._pad(seqs, side="left")
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        return self._logprob_rows(out.logits[:, -1, :].float())
+
+    # -- slow path: the judge writes its answer on the shared continuous-batching loop
 
     def _generate_verdicts(self, seqs: list[Sequence[int]]) -> list[Generated]:
         """Greedy answers, the verdict each states and P(A) read at its verdict token."""
         out = []
-        for gen in self._generate(seqs, self.max_new_tokens):
-            winner = self.parse(gen.text)  # the model's own verdict strings, never guessed
-            out.append(Generated(gen.text, winner, gen.prob_a if winner is not None else None))
+        for text, found, read in self._generate(seqs):
+            winner = "AB"[found.choice] if found else None  # the model's own verdict strings, never guessed
+            out.append(Generated(text, winner, read[0] if read is not None else None))
         return out
 
-    def _generate(self, seqs: list[Sequence[int]], max_new_tokens: int) -> list[Generation]:
-        batch = self._pad(seqs)
-        out = self.model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            output_logits=True,
-            return_dict_in_generate=True,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        width = batch.input_ids.shape[1]
-        results = []
-        for row in range(len(seqs)):
-            new = out.sequences[row, width:].tolist()
-            steps = [logits[row] for logits in out.logits]
-            results.append(Generation(self._decode(new), self._prob_at_verdict(new, steps)))
-        return results
+    def _generate(self, seqs: list[Sequence[int]]) -> list[tuple[str, Found | None, list | None]]:
+        """Each judge prompt's greedy answer (continuously batched with every other generation on
+        this model), the verdict it states, and the kind's reading where the answer wrote it: one
+        forward pass over the prompt and the answer up to the verdict token, read there as the
+        fast path reads (the same logits greedy decoding chose that token from)."""
+        gens = self.chat_runner.generator.generate([list(s) for s in seqs], self.max_new_tokens)
+        answers, reads, where = [], [], []
+        for row, gen in enumerate(gens):
+            new = list(gen.token_ids)
+            cut = next((j for j, tok in enumerate(new) if tok in self.eos_ids), len(new))
+            new = new[:cut]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            found = self.find(text)
+            t = self._choice_token(new, found) if found else None
+            answers.append((text, found))
+            if t is not None:
+                where.append(row)
+                reads.append(list(seqs[row]) + new[:t])
+        read_out: list = [None] * len(seqs)
+        for row, value in zip(where, self._read_next(reads)):
+            read_out[row] = [value]
+        return [(text, found, read_out[row]) for row, (text, found) in enumerate(answers)]
 
-    def _decode(self, new_ids: list[int]) -> str:
-        # cut at the first end token; later positions are padding for rows that finished early
-        for j, tok in enumerate(new_ids):
-            if tok in self.eos_ids:
-                new_ids = new_ids[:j]
-                break
-        return self.tokenizer.decode(new_ids, skip_special_tokens=True)
+    def _read_next(self, seqs: list[list[int]]) -> list:
+        """The kind's reading (P(A); the scale's probabilities) of the next token after each
+        sequence, in passes of the runner's token budget."""
+        if not seqs:
+            return []
+        read = self._own_head_verdicts if self.own_head else self.read_rows
+        out: list = [None] * len(seqs)
+        for batch in plan_batches([len(s) for s in seqs], self.pass_tokens, self.max_batch_size):
+            for i, value in zip(batch, read([seqs[i] for i in batch])):
+                out[i] = value
+        return out
 
-    def _prob_at_verdict(self, new_ids: list[int], step_logits: list[torch.Tensor]) -> float | None:
-        prefix, n = self.verdict.prefix, len(self.verdict.prefix)
-        for t in range(len(new_ids) - n):
-            if new_ids[t : t + n] == prefix and new_ids[t + n] in (self.verdict.token_a, self.verdict.token_b):
-                step = step_logits[t + n].float()
-                return torch.sigmoid(step[self.verdict.token_a] - step[self.verdict.token_b]).item()
+    def answer_start(self, text: str) -> int | None:
+        """Where the verdict is looked for: after the last end of reasoning when the answer writes
+        one; None when it opened its reasoning and never closed it (no verdict yet)."""
+        if self.reasoning_end:
+            at = text.rfind(self.reasoning_end)
+            if at >= 0:
+                return at + len(self.reasoning_end)
+            opening = self.reasoning_end.replace("</", "<", 1)
+            if opening != self.reasoning_end and opening in text:
+                return None
+        return 0
+
+    def found_all(self, text: str) -> list[Found]:
+        """Every verdict the answer states after its reasoning, in order."""
+        start = self.answer_start(text)
+        if start is None:
+            return []
+        if self.answer_pattern is not None:
+            return [
+                Found(self.labels.index(m.group(1)), *m.span(1))
+                for m in self.answer_pattern.finditer(text, start)
+                if m.group(1) in self.labels
+            ]
+        return [Found(self.verdicts.index(m.group(0)), *m.span(0)) for m in self.verdict_pattern.finditer(text, start)]
+
+    def find(self, text: str) -> Found | None:
+        """A critic's verdict: the first it states."""
+        found = self.found_all(text)
+        return found[0] if found else None
+
+    def _choice_token(self, new_ids: list[int], found: Found) -> int | None:
+        """The answer token that wrote the verdict's choice: the choice's own token (`A` of `[[A]]`),
+        ending inside the verdict's text. None if the tokens there are not the choice's own."""
+        want = self.choice_tokens[found.choice]
+        for t, tok in enumerate(new_ids):
+            if tok != want:
+                continue
+            end = len(self.tokenizer.decode(new_ids[: t + 1], skip_special_tokens=True))
+            if found.start < end <= found.end:
+                return t
+            if end > found.end:
+                return None
         return None
 
     def parse(self, text: str) -> str | None:
-        match = self.verdict_pattern.search(text)
-        if match is None:
-            return None
-        return "A" if match.group(0) == self.verdicts[0] else "B"
+        found = self.find(text)
+        return None if found is None else "AB"[found.choice]
 
 
 class CriticModel(LoadedModel):

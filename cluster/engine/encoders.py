@@ -33,6 +33,7 @@ from cluster.core.inputs import (
     ChoiceTokens,
     Encoded,
     EncodeOptions,
+    Prompt,
     VerdictTokens,
     check_list,
     check_text,
@@ -48,7 +49,7 @@ from cluster.core.inputs import (
 )
 from cluster.core.results import swap_ab
 from cluster.engine.windows import BATCH_CHARS, GUARD_TOKENS, WHOLE_CHARS, Windows
-from cluster.kinds import kind_of
+from cluster.kinds import Op, kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
 
@@ -112,7 +113,10 @@ class ChatEncoder:
         swap: bool = False,
         options: EncodeOptions | None = None,
     ) -> list[Encoded]:
-        """What the request core asks for: reward inputs for op "score", judge items otherwise."""
+        """What the request core asks for: reward inputs for op "score", causal-LM prompts for
+        "next_token", judge items otherwise."""
+        if op == Op.NEXT_TOKEN:
+            return self.encode_prompts(inputs, what, options or DEFAULT_OPTIONS)
         if op in ("score", "tokenize"):
             return self.encode_inputs(inputs, what, options or DEFAULT_OPTIONS)
         return self.encode_judge_items(inputs, what, swap=swap)
@@ -149,6 +153,65 @@ class ChatEncoder:
                 else:
                     texts.append(self.render(messages, item_location(what, i), add_generation_prompt=False))
         return self._encode_texts(texts, what, options.limit(self.max_length, what), options=options)
+
+    def encode_prompts(
+        self, prompts: Any, what: str = "items", options: EncodeOptions = DEFAULT_OPTIONS
+    ) -> list[Encoded]:
+        """Causal-LM prompts read at their next token (`Prompt`s, op "next_token"): each piece
+        tokenized as the request says (a text with or without the tokenizer's special tokens, a
+        doubled leading BOS collapsed as everywhere; token ids as given), the pieces joined in
+        order. A text shared by several prompts (the query) is tokenized once. Never cut: the
+        token after the prompt's end is what is read, so a prompt over max_length is refused, as is
+        a token id to read (`options.read_tokens`) outside the vocabulary."""
+        items = check_list(prompts, what)
+        vocab = len(self.tokenizer)
+        for k, token in enumerate(options.read_tokens):
+            if not 0 <= token < vocab:
+                raise InvalidInput(
+                    f"label_token_ids[{k}]: token id {shown_int(token)} is outside this model's vocabulary "
+                    f"(0..{vocab - 1})"
+                )
+        texts: dict[tuple[str, bool], list[int] | None] = {}
+        for i, prompt in enumerate(items):
+            if not isinstance(prompt, Prompt) or not prompt.pieces:
+                raise InvalidInput(f"{item_location(what, i)}: an empty prompt")
+            chars = 0
+            for piece in prompt.pieces:
+                if isinstance(piece.value, str):
+                    if len(piece.value) > WHOLE_CHARS:
+                        raise InputTooLong(
+                            f"{piece.where}: {len(piece.value)} characters; a text is tokenized whole up to "
+                            f"{WHOLE_CHARS} characters"
+                        )
+                    check_text(piece.value, piece.where)
+                    texts[(piece.value, piece.special)] = None
+                    chars += len(piece.value)
+                else:
+                    self._check_ids(list(piece.value), piece.where)
+            if self.windows.certainly_over(chars, self.max_length):
+                raise InputTooLong(
+                    f"{item_location(what, i)}: {chars} characters, more than {self.max_length} tokens whatever "
+                    f"they say: over this model's limit of {self.max_length}"
+                )
+        for special in (True, False):
+            keys = [k for k in texts if k[1] == special]
+            for key, ids in zip(keys, self._tokenize([text for text, _ in keys], add_special_tokens=special)):
+                texts[key] = ids
+        out = []
+        for i, prompt in enumerate(items):
+            ids = [
+                t
+                for piece in prompt.pieces
+                for t in (texts[(piece.value, piece.special)] if isinstance(piece.value, str) else piece.value)
+            ]
+            if not ids:
+                raise InvalidInput(f"{item_location(what, i)}: the prompt is empty once tokenized")
+            if len(ids) > self.max_length:
+                raise InputTooLong(
+                    f"{item_location(what, i)}: {len(ids)} tokens, over this model's limit of {self.max_length}"
+                )
+            out.append(Encoded(ids, False))
+        return out
 
     def strip_padding(self, text: str) -> str:
         """Padding that a client decoded into its text, removed as OpenRLHF's own reward server did
@@ -581,6 +644,8 @@ class RatingEncoder(ChatEncoder):
     def encode(
         self, op: str, inputs: Any, what: str = "items", swap: bool = False, options: EncodeOptions | None = None
     ) -> list[Encoded]:
+        if op == Op.NEXT_TOKEN:  # any causal LM's next-token log-probabilities
+            return self.encode_prompts(inputs, what, options or DEFAULT_OPTIONS)
         if op in ("score", "tokenize"):
             raise InvalidInput(f"{what}: a pointwise judge rates items {{prompt, response}}; it has no reward to score")
         return self.encode_judge_items(inputs, what)

@@ -77,18 +77,27 @@ class ContinuousGenerator:
         self.ids = itertools.count()
 
     def _start(self) -> None:
-        with torch.inference_mode():  # the manager's loop runs in the mode of the thread that starts it
-            self.manager = self.model.init_continuous_batching(
-                generation_config=self.generation_config, continuous_batching_config=self.config
-            )
-            self.manager.start()
+        def start() -> None:
+            with torch.inference_mode():  # the manager's loop runs in the mode of the thread that starts it
+                self.manager = self.model.init_continuous_batching(
+                    generation_config=self.generation_config, continuous_batching_config=self.config
+                )
+                self.manager.start()
+
+        # started from a daemon thread, the manager's loop is a daemon too (a thread inherits it), so
+        # a process that never closes its models still exits
+        starter = threading.Thread(target=start, name="generation-start", daemon=True)
+        starter.start()
+        starter.join()
+        if self.manager is None or not self.manager.is_running():
+            raise ModelFailure("the generation loop did not start")
         threading.Thread(target=self._collect, name="generation-results", daemon=True).start()
 
     def submit(self, ids: list[int], max_new_tokens: int) -> Future:
         if len(ids) + max_new_tokens > self.max_length:
             raise InputTooLong(
-                f"the prompt's {len(ids)} tokens and max_tokens {max_new_tokens} exceed this model's "
-                f"max_length ({self.max_length} tokens); send a shorter conversation or fewer max_tokens"
+                f"{len(ids)} prompt tokens and {max_new_tokens} new tokens exceed the generation loop's "
+                f"{self.max_length} tokens per sequence"
             )
         future: Future = Future()
         with self.lock:
@@ -136,13 +145,28 @@ class ChatRunner:
     """Chat completions over a loaded causal LM: template, continuous-batched generation, decode."""
 
     def __init__(
-        self, model, tokenizer, *, eos_ids, pad_id: int, max_length: int, max_new_tokens: int, max_batch_tokens: int
+        self,
+        model,
+        tokenizer,
+        *,
+        eos_ids,
+        pad_id: int,
+        max_length: int,
+        max_new_tokens: int,
+        max_batch_tokens: int,
+        capacity: int | None = None,
     ):
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
+        self.max_length = max_length  # a chat completion's prompt + max_tokens
         self.max_new_tokens = max_new_tokens
+        # the longest sequence the shared loop holds (a judge's prompt of max_length, then its answer)
         self.generator = ContinuousGenerator(
-            model, eos_ids=self.eos_ids, pad_id=pad_id, max_length=max_length, max_batch_tokens=max_batch_tokens
+            model,
+            eos_ids=self.eos_ids,
+            pad_id=pad_id,
+            max_length=max(capacity or max_length, max_length),
+            max_batch_tokens=max_batch_tokens,
         )
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
@@ -162,8 +186,13 @@ class ChatRunner:
 
     def submit(self, job: ChatJob) -> tuple[int, list[Future]]:
         ids = self.prompt_ids(job)
-        room = self.generator.max_length - len(ids)
+        room = self.max_length - len(ids)
         max_new = job.max_tokens if job.max_tokens is not None else min(self.max_new_tokens, max(1, room))
+        if len(ids) + max_new > self.max_length:
+            raise InputTooLong(
+                f"the prompt's {len(ids)} tokens and max_tokens {max_new} exceed this model's "
+                f"max_length ({self.max_length} tokens); send a shorter conversation or fewer max_tokens"
+            )
         return len(ids), [self.generator.submit(ids, max_new) for _ in range(job.n)]
 
     def answer(self, job: ChatJob, prompt_tokens: int, generated: list[Generated]) -> ChatResult:

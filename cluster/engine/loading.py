@@ -260,9 +260,11 @@ def _pointwise_model(p: Loaded) -> PointwiseModel:
         p.spec.rating_strings,
         _eos_ids(p.model, p.tokenizer),
         p.spec.max_new_tokens,
+        ratings_labels=p.spec.ratings,
         **p.runner_args,
     )
     runner.chat_max_length = p.spec.max_length
+    runner.read_answers(verdict_pattern=p.spec.verdict_pattern, reasoning_end=p.spec.reasoning_end)
     return PointwiseModel(p.spec, p.encoder, runner)
 
 
@@ -277,6 +279,7 @@ def _critic_model(p: Loaded) -> CriticModel:
         **p.runner_args,
     )
     runner.chat_max_length = p.spec.max_length
+    runner.read_answers(verdict_pattern=p.spec.verdict_pattern, reasoning_end=p.spec.reasoning_end)
     return CriticModel(p.spec, p.encoder, runner)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from cluster.core.inputs import ChoiceTokens
 from cluster.core.results import GeneratedRating, Rating
-from cluster.engine.critic import CriticRunner
+from cluster.engine.critic import CriticRunner, Found
 from cluster.engine.local import LoadedModel
 
 
@@ -29,9 +29,18 @@ class RatingRunner(CriticRunner):
     verdict: ChoiceTokens
 
     def __init__(
-        self, model, tokenizer, ratings: ChoiceTokens, rating_strings: Sequence[str], eos_ids, max_new_tokens: int, **kw
+        self,
+        model,
+        tokenizer,
+        ratings: ChoiceTokens,
+        rating_strings: Sequence[str],
+        eos_ids,
+        max_new_tokens: int,
+        ratings_labels: Sequence[str] = (),
+        **kw,
     ):
         super().__init__(model, tokenizer, ratings, tuple(rating_strings), eos_ids, max_new_tokens, **kw)
+        self.labels = tuple(ratings_labels) if ratings_labels else tuple(rating_strings)
         # the longest first, so that "10" is found before "1"
         order = sorted(range(len(rating_strings)), key=lambda i: -len(rating_strings[i]))
         self.verdict_pattern = re.compile("|".join(re.escape(rating_strings[i]) for i in order))
@@ -44,40 +53,20 @@ class RatingRunner(CriticRunner):
         return last[:, self.verdict.tokens].double().softmax(dim=-1).tolist()
 
     def _generate_verdicts(self, seqs: list[Sequence[int]]) -> list[GeneratedRating]:
-        out = []
-        for gen in self._generate(seqs, self.max_new_tokens):
-            match = self._last_rating(gen.text)
-            choice = self.verdicts.index(match.group(0)) if match else None
-            read = gen.prob_a  # (choice, probs, where its token ends in the text), or None
-            same = (
-                read is not None and match is not None and read[0] == choice and match.start() < read[2] <= match.end()
-            )
-            out.append(GeneratedRating(gen.text, choice, read[1] if same else None))
-        return out
+        return [
+            GeneratedRating(text, found.choice if found else None, read[0] if read is not None else None)
+            for text, found, read in self._generate(seqs)
+        ]
 
-    def _last_rating(self, text: str) -> re.Match | None:
-        matches = list(self.verdict_pattern.finditer(text))
-        return matches[-1] if matches else None
+    def find(self, text: str) -> Found | None:
+        """A pointwise judge's rating: the last it states (after its reasoning)."""
+        found = self.found_all(text)
+        return found[-1] if found else None
 
     def parse_choice(self, text: str) -> int | None:
         """The index of the last rating the text writes (None: it writes none)."""
-        match = self._last_rating(text)
-        return self.verdicts.index(match.group(0)) if match else None
-
-    def _prob_at_verdict(self, new_ids: list[int], step_logits: list[torch.Tensor]):
-        """(rating index, the scale's probabilities, where the token ends in the answer's text) at
-        the last generated rating token that follows the rating prefix in the text (the tokens of
-        `[[` after a space or a word need not be those of `[[` alone); None if there is none."""
-        prefix = self.tokenizer.decode(self.verdict.prefix)
-        cut = next((j for j, tok in enumerate(new_ids) if tok in self.eos_ids), len(new_ids))
-        for t in range(cut - 1, -1, -1):
-            if new_ids[t] not in self.verdict.tokens:
-                continue
-            text = self.tokenizer.decode(new_ids[: t + 1], skip_special_tokens=True)
-            if text.endswith(prefix + self.tokenizer.decode([new_ids[t]])):
-                probs = self._answer(step_logits[t].float().unsqueeze(0))[0]
-                return self.verdict.tokens.index(new_ids[t]), probs, len(text)
-        return None
+        found = self.find(text)
+        return None if found is None else found.choice
 
 
 class PointwiseModel(LoadedModel):

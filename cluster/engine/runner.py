@@ -73,6 +73,9 @@ class RunnerOp:
     forward: Callable[[list[Sequence[int]]], list]
     cost: Callable[[Sequence[int]], int] = len
     read_limit: Callable[[Sequence[int]], int] | None = None
+    # a causal runner's op that reads hidden states its own way (a causal LM's next-token
+    # log-probabilities): [B, hidden] at the read positions -> one output per row; None: `readout`
+    readout: Callable[[torch.Tensor], list] | None = None
 
 
 # On a CPU a forward pass is compute-bound from a few hundred tokens on: a bigger pass gains
@@ -107,6 +110,11 @@ class ForwardRunner:
     def ops(self) -> dict[str, RunnerOp]:
         raise NotImplementedError
 
+    def lm_ops(self) -> dict[str, RunnerOp]:
+        """The ops a model answers whatever its kind's own (`ops`): a causal LM's next-token
+        log-probabilities (Op.NEXT_TOKEN, cluster/engine/critic.py). None here."""
+        return {}
+
     @property
     def pass_tokens(self) -> int:
         """Padded tokens per forward pass: max_batch_tokens, or less on a CPU (CPU_PASS_TOKENS)."""
@@ -120,7 +128,7 @@ class ForwardRunner:
         Items that share a long enough token prefix (the n responses to one prompt, a debiased
         judgement's two orders) run as a group: the prefix once, each item's rest against its keys
         and values (see CausalRunner)."""
-        spec = self.ops()[op]
+        spec = {**self.ops(), **self.lm_ops()}[op]
         seqs = list(seqs)
         lengths = [spec.cost(s) for s in seqs]
         groups = []
@@ -140,7 +148,7 @@ class ForwardRunner:
                     self._place(outputs, batch, spec.forward([seqs[i] for i in batch]))
                 for group in groups:
                     computed += group.prefix
-                    for batch, rest in self._run_group(group, seqs, lengths):
+                    for batch, rest in self._run_group(group, seqs, lengths, spec.readout):
                         self._place(outputs, batch, rest)
                         plan.append(batch)
                         computed += max(lengths[i] for i in batch) * len(batch) - group.prefix * len(batch)
@@ -152,7 +160,7 @@ class ForwardRunner:
             raise ModelFailure(f"model '{self.name}' failed on a batch: {type(err).__name__}: {err}") from err
         return Ran(outputs, plan, lengths, computed)
 
-    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int]):
+    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int], readout=None):
         raise NotImplementedError
 
     @staticmethod
@@ -218,8 +226,9 @@ class CausalRunner(ForwardRunner):
         """[B, hidden] at the read positions -> one output per row."""
         raise NotImplementedError
 
-    def read_rows(self, seqs: list[Sequence[int]]) -> list:
-        """One forward pass over `seqs` (any lengths), the outputs read at each one's read position."""
+    def read_rows(self, seqs: list[Sequence[int]], readout: Callable[[torch.Tensor], list] | None = None) -> list:
+        """One forward pass over `seqs` (any lengths), the outputs read at each one's read position
+        (by `readout`, else the runner's own)."""
         batch = self._pad(seqs, side=self.read_side)
         if self.read_side == "right":  # no mask, no position ids: the fused causal path (see the class docstring)
             hidden = self.base(input_ids=batch.input_ids, use_cache=False).last_hidden_state
@@ -231,14 +240,14 @@ class CausalRunner(ForwardRunner):
                 use_cache=False,
             ).last_hidden_state
         cols = [off + self.read_index(s) for s, off in zip(seqs, batch.offsets)]
-        return self._read(hidden, cols)
+        return self._read(hidden, cols, readout)
 
-    def _read(self, hidden: torch.Tensor, cols: list[int]) -> list:
+    def _read(self, hidden: torch.Tensor, cols: list[int], readout=None) -> list:
         # on the device the hidden states end on (the last one, when layers span several GPUs)
         rows = torch.arange(len(cols), device=hidden.device)
-        return self.readout(hidden[rows, torch.tensor(cols, device=hidden.device)])
+        return (readout or self.readout)(hidden[rows, torch.tensor(cols, device=hidden.device)])
 
-    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int]):
+    def _run_group(self, group: PrefixGroup, seqs: list[Sequence[int]], lengths: list[int], readout=None):
         """(item indices, outputs) per pass: the prefix once, then the members' rests."""
         p = group.prefix
         prefix_ids = torch.tensor([list(seqs[group.members[0]][:p])], device=self.device)
@@ -252,11 +261,15 @@ class CausalRunner(ForwardRunner):
             yield (
                 batch,
                 self._read_after_prefix(
-                    layers, p, [list(seqs[i][p:]) for i in batch], [self.read_index(seqs[i]) - p for i in batch]
+                    layers,
+                    p,
+                    [list(seqs[i][p:]) for i in batch],
+                    [self.read_index(seqs[i]) - p for i in batch],
+                    readout,
                 ),
             )
 
-    def _read_after_prefix(self, layers, p: int, rests: list[list[int]], reads: list[int]) -> list:
+    def _read_after_prefix(self, layers, p: int, rests: list[list[int]], reads: list[int], readout=None) -> list:
         """Always right-padded: the rows start at position P together, and padding at the end reaches
         no read position. (Left padding would put a gap between the prefix and a row's tokens, which
         a sliding-window layer, counting distance in cache slots, would misread.)"""
@@ -264,7 +277,7 @@ class CausalRunner(ForwardRunner):
         cache.layers = [PrefixLayer(k, v) for k, v in layers]
         batch = self._pad(rests, side="right")
         hidden = self.base(input_ids=batch.input_ids, use_cache=True, **{self.cache_arg: cache}).last_hidden_state
-        return self._read(hidden, reads)
+        return self._read(hidden, reads, readout)
 
 
 class LMHead:

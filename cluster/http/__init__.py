@@ -4,4 +4,4 @@ Each protocol module has `router(service)` (its routes over the request core) an
 `ERROR_STYLE` (how its clients read an error; ours otherwise) with `ERROR_MODEL` (that error body, as
 /openapi.json documents it)."""
 
-PROTOCOLS = ("ours", "openrlhf", "vllm", "sglang", "tei", "chat")
+PROTOCOLS = ("ours", "openrlhf", "vllm", "sglang", "tei", "chat", "slime")

@@ -9,11 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.core.config import Ensemble, ModelSpec
-from cluster.core.inputs import EncodeOptions
+from cluster.core.errors import InvalidInput, UnknownModel
+from cluster.core.inputs import EncodeOptions, Piece, Prompt
 from cluster.core.results import sigmoid
 from cluster.core.service import Rewards, ScoringService
+from cluster.kinds import KINDS, NAMES, kind_of
 
 ONE_LABEL = {"labels": ["LABEL_0"], "problem_type": None}
+# the kinds served as causal LMs (a next-token head): what generative scores read
+CAUSAL_KINDS = tuple(name for name, kind in KINDS.items() if kind.head == "next_token")
 
 
 async def label_values(
@@ -56,3 +60,43 @@ def status_style(statuses: dict[int, int], body: Callable[[Any, int], dict]):
         return status, body(f, status)
 
     return style
+
+
+def causal_lm(service: ScoringService, name: str | None, route: str) -> ModelSpec:
+    """The causal LM a generative-scoring request names (none: the first served); a model of
+    another kind, or an ensemble, is refused (400) saying it is not a causal LM."""
+    try:
+        return service.resolve(name, CAUSAL_KINDS)
+    except (InvalidInput, UnknownModel) as err:
+        if name is None:
+            raise
+        try:
+            other = service.resolve(name, NAMES)
+        except UnknownModel:
+            raise err from None
+        what = "an ensemble of reward models" if isinstance(other, Ensemble) else kind_of(other).title
+        raise InvalidInput(
+            f"model '{other.name}' is {what}, not a causal LM: {route} reads a causal LM's next-token "
+            "probabilities (serve it as a critic or a pointwise judge)"
+        ) from None
+
+
+def query_item_prompts(
+    query: str | list[int], items: list, *, item_first: bool, add_special_tokens: bool, join_texts: bool
+) -> list[Prompt]:
+    """Each item's prompt: query then item (item then query with `item_first`). vLLM's
+    /generative_scoring tokenizes the query with `add_special_tokens` and each item without, and
+    joins the ids (`join_texts` False); SGLang's /v1/score joins two texts into one and tokenizes
+    it as the tokenizer does by default (`join_texts`), or joins token ids as given."""
+    out = []
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        if join_texts and isinstance(query, str):
+            text = f"{item}{query}" if item_first else f"{query}{item}"
+            pieces: tuple[Piece, ...] = (Piece(text, special=True, where=where),)
+        else:
+            q = Piece(query if isinstance(query, str) else tuple(query), special=add_special_tokens, where="query")
+            it = Piece(item if isinstance(item, str) else tuple(item), special=False, where=where)
+            pieces = (it, q) if item_first else (q, it)
+        out.append(Prompt(pieces))
+    return out

@@ -28,9 +28,17 @@ from pydantic import BaseModel, WithJsonSchema, model_validator
 
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import EncodeOptions, check_text, shown
+from cluster.core.results import label_probabilities
 from cluster.core.service import ScoringService
 from cluster.http.app import request_id
-from cluster.http.common import classify_activation, label_values, status_style, top_label
+from cluster.http.common import (
+    causal_lm,
+    classify_activation,
+    label_values,
+    query_item_prompts,
+    status_style,
+    top_label,
+)
 from cluster.http.schemas import ABSENT, COUNTED, Lenient, ModelName, Text, TokenIds, Usage, checked, usage
 
 REFUSE_OVER_LENGTH = EncodeOptions(truncate="error")
@@ -182,6 +190,44 @@ class SGLangClassifyResponse(BaseModel):
     model: str
     data: list[SGLangClassification]
     usage: SGLangClassifyUsage
+
+
+class ScoringResponse(BaseModel):
+    """SGLang's decoder-only scoring answer (protocol.py @9b116dff `ScoringResponse`): per item,
+    each label token's probability, in label_token_ids' order."""
+
+    scores: list[list[float]]
+    model: str
+    usage: Usage | None = None
+    object: Literal["scoring"] = "scoring"
+
+
+async def decoder_scores(
+    service: ScoringService,
+    name: str | None,
+    query: str | list[int],
+    items: str | list,
+    label_token_ids: list[int],
+    apply_softmax: bool,
+    item_first: bool,
+) -> ScoringResponse:
+    """SGLang's /v1/score with label_token_ids (sgl-project/sglang serving_score.py @083d6013;
+    tokenizer_manager `score_request`): a text query and text items are joined as texts
+    (`f"{query}{item}"`, or item first) and tokenized as the tokenizer does by default; token ids
+    are joined as given; one of each is refused, in SGLang's words. Each item's scores are the
+    label tokens' probabilities at the next token: over the whole vocabulary, or a softmax over
+    just them with `apply_softmax`."""
+    model = causal_lm(service, model_name(name), "/v1/score")
+    items = [items] if isinstance(items, str) else list(items)
+    if items and (isinstance(query, str) != isinstance(items[0], str)):
+        raise InvalidInput("Invalid combination of query/items types for score_request.")
+    prompts = query_item_prompts(query, items, item_first=item_first, add_special_tokens=True, join_texts=True)
+    result = await service.submit(service.next_token_job(model, prompts, label_token_ids))
+    return ScoringResponse(
+        scores=[label_probabilities(row, apply_softmax) for row in result.logprobs],
+        model=model.name,
+        usage=usage(result.tokens),
+    )
 
 
 def router(service: ScoringService) -> APIRouter:

@@ -29,11 +29,19 @@ from pydantic import BaseModel, Field, StrictBool, WithJsonSchema, field_validat
 from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput, ScoringError, UnknownModel
 from cluster.core.inputs import EncodeOptions, check_text, shown, unpack_segments
+from cluster.core.results import label_probabilities
 from cluster.core.service import ScoringService, TokenizeJob
 from cluster.core.version import __version__
 from cluster.http import sglang
 from cluster.http.app import request_id
-from cluster.http.common import classify_activation, label_values, status_style, top_label
+from cluster.http.common import (
+    causal_lm,
+    classify_activation,
+    label_values,
+    query_item_prompts,
+    status_style,
+    top_label,
+)
 from cluster.http.schemas import (
     ABSENT,
     COUNTED,
@@ -136,6 +144,8 @@ TRUNCATE_PROMPT_TOKENS = {
 }
 
 
+# use_activation and its deprecated spellings (vLLM <= 0.14: activation; softmax; normalize), vLLM's precedence last
+ACTIVATION_FLAGS = ("use_activation", "activation", "softmax", "normalize")
 STEP_TASKS = ("token_classify", "encode")  # vLLM's task for a prm's STEP pooler ("encode" before v0.11)
 
 
@@ -157,6 +167,19 @@ class PoolingParams(Lenient):
         if value == 0:
             raise ValueError("must be -1 (the model's max_length) or at least 1, got 0")
         return value
+
+    @model_validator(mode="after")
+    def _one_activation(self) -> PoolingParams:
+        """`activation`, `softmax` and `normalize` are vLLM's deprecated spellings of
+        `use_activation` (verl's reward loop still sends `activation`): the same switch, so two of
+        them that disagree are refused rather than one silently winning by vLLM's precedence."""
+        given = {f: getattr(self, f) for f in ACTIVATION_FLAGS if getattr(self, f) is not None}
+        if len(set(given.values())) > 1:
+            said = ", ".join(f"{f}: {str(v).lower()}" for f, v in given.items())
+            raise ValueError(
+                f"{said} disagree: activation, softmax and normalize are older names of use_activation; give one"
+            )
+        return self
 
     def activation_on(self, default: bool = True) -> bool:
         for flag in (self.normalize, self.softmax, self.activation, self.use_activation):  # vLLM's precedence
@@ -362,6 +385,51 @@ class TokenizeRequest(Lenient):
         return self
 
 
+# a prompt's token ids as a client gives them (each below the vocabulary size)
+Ids = list[Annotated[JSONInt, checked(minimum=0)]]
+LabelTokenIds = Annotated[
+    list[Annotated[JSONInt, checked(minimum=0)]],
+    checked(minItems=1, description="Token ids read at the next token, each below the model's vocabulary size."),
+]
+
+
+class GenerativeScoringRequest(Lenient):
+    """vLLM's POST /generative_scoring (vllm-project/vllm vllm/entrypoints/generate/generative_scoring/
+    serving.py @5d089e01 `GenerativeScoringRequest`): each item's prompt is query + item (item +
+    query with `item_first`), read at its next token by a causal LM."""
+
+    model: ModelName | None = None
+    query: str | Ids = Field(description="The query text or pre-tokenized query token IDs.")
+    items: Annotated[list[str] | list[Ids], checked(minItems=1, **COUNTED)] = Field(
+        description="List of item texts or pre-tokenized item token IDs."
+    )
+    label_token_ids: LabelTokenIds
+    apply_softmax: StrictBool = Field(
+        True,
+        description="True: softmax over only the label_token_ids; false: each one's probability over the "
+        "whole vocabulary.",
+    )
+    item_first: StrictBool = Field(False, description="True: item + query; false: query + item.")
+    add_special_tokens: StrictBool = Field(
+        True, description="Whether the query text is tokenized with the special tokens (items never are)."
+    )
+    priority: JSONInt = Field(0, description="Accepted and ignored (vLLM's scheduling priority).")
+    request_id: str | None = Field(None, description="Accepted and ignored: the answer's id is the request's own.")
+
+
+class V1ScoreRequest(ScoreRequest):
+    """/v1/score: vLLM's score request (the fields of /score), or SGLang's decoder-only scoring
+    (sgl-project/sglang python/sglang/srt/entrypoints/openai/protocol.py @9b116dff `ScoringRequest`),
+    told apart by `label_token_ids`, which only SGLang's has: `query` + each of `items`, read at
+    the next token by a causal LM (sglang.py `decoder_scores`)."""
+
+    query: str | Ids | None = None
+    items: ScoreInputs | Annotated[list[Ids], checked(minItems=1, **COUNTED)] | None = None
+    label_token_ids: LabelTokenIds | None = None
+    apply_softmax: StrictBool = False
+    item_first: StrictBool = False
+
+
 # ---------------------------------------------------------------- answers
 
 
@@ -426,6 +494,17 @@ class RerankResponse(BaseModel):
     model: str
     usage: dict[str, int]
     results: list[RerankResult]
+
+
+class GenerativeScoringResponse(BaseModel):
+    """vLLM's: each item's score is the probability of label_token_ids[0] at its next token."""
+
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: UsageInfo
 
 
 class TokenizeResponse(BaseModel):
@@ -613,8 +692,33 @@ def router(service: ScoringService) -> APIRouter:
             )
         )
 
+    @r.post("/v1/score", response_model=ScoreResponse | sglang.ScoringResponse, include_in_schema=False)
+    async def v1_score(body: V1ScoreRequest, request: Request) -> JSONResponse:
+        """vLLM's /score; or, with `label_token_ids` (SGLang's decoder-only scoring), each item's
+        label-token probabilities at its next token after the query."""
+        if body.label_token_ids is None:
+            token_items = isinstance(body.items, list) and not all(isinstance(x, str) for x in body.items)
+            if isinstance(body.query, list) or token_items:
+                raise InvalidInput(
+                    "token ids as query / items are SGLang's decoder-only scoring, which needs label_token_ids; "
+                    "vLLM's score takes texts"
+                )
+            return await score(body, request)
+        named = dict.fromkeys(n for form in SCORE_FORMS for n in form if n != "items")
+        vllm_fields = [n for n in named if getattr(body, n) is not None]
+        if vllm_fields:
+            raise InvalidInput(
+                f"label_token_ids is SGLang's decoder-only scoring (query, items); {', '.join(vllm_fields)} "
+                "are vLLM's score fields: give one form"
+            )
+        if body.query is None or body.items is None:
+            raise InvalidInput("SGLang's decoder-only scoring needs query, items and label_token_ids")
+        answer = await sglang.decoder_scores(
+            service, body.model, body.query, body.items, body.label_token_ids, body.apply_softmax, body.item_first
+        )
+        return JSONResponse(answer.model_dump())
+
     @r.post("/score", response_model=ScoreResponse)
-    @r.post("/v1/score", response_model=ScoreResponse, include_in_schema=False)
     async def score(body: ScoreRequest, request: Request) -> JSONResponse:
         """Each (text_1, text_2) pair scored as a prompt and its response: sigmoid(reward) unless
         `use_activation: false` (the raw reward)."""
@@ -659,6 +763,35 @@ def router(service: ScoringService) -> APIRouter:
                 model=model.name,
                 results=results,
                 usage={"prompt_tokens": tokens, "total_tokens": tokens},
+            )
+        )
+
+    @r.post("/generative_scoring", response_model=GenerativeScoringResponse)
+    async def generative_scoring(body: GenerativeScoringRequest, request: Request) -> JSONResponse:
+        """A causal LM's (critic's, pointwise judge's) probability of `label_token_ids[0]` at the
+        next token after query + item, for each item: one forward pass, no generation. With
+        `apply_softmax` (the default) a softmax over just the label tokens, else the probability
+        over the whole vocabulary. A prompt over the model's max_length is refused (400), never cut."""
+        model = causal_lm(service, body.model, "/generative_scoring")
+        prompts = query_item_prompts(
+            body.query,
+            body.items,
+            item_first=body.item_first,
+            add_special_tokens=body.add_special_tokens,
+            join_texts=False,
+        )
+        result = await service.submit(service.next_token_job(model, prompts, body.label_token_ids))
+        data = [
+            ScoreData(index=i, score=label_probabilities(row, body.apply_softmax)[0])
+            for i, row in enumerate(result.logprobs)
+        ]
+        return _ok(
+            GenerativeScoringResponse(
+                id=f"generative-scoring-{request_id(request)}",
+                created=int(time.time()),
+                model=model.name,
+                data=data,
+                usage=_usage(result.tokens),
             )
         )
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.kinds import critic, pointwise, prm, reward
+from cluster.kinds import critic, generative, pointwise, prm, reward
 from cluster.kinds.base import Kind, Op, ReportText
 
-KINDS: dict[str, Kind] = {k.name: k for k in (reward.KIND, critic.KIND, prm.KIND, pointwise.KIND)}
+KINDS: dict[str, Kind] = {k.name: k for k in (reward.KIND, critic.KIND, prm.KIND, pointwise.KIND, generative.KIND)}
 NAMES: tuple[str, ...] = tuple(KINDS)
 
 

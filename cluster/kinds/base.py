@@ -4,6 +4,7 @@ package; cluster/kinds/__init__.py lists them. Nothing here imports torch, Ray o
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ class Op(StrEnum):
     SCORE = "score"  # one forward pass: a reward per item (reward model), per step (prm)
     VERDICTS = "verdicts"  # one forward pass: P(verdict) (critic), P(rating) (pointwise judge)
     GENERATE = "generate"  # a judge writes its answer (critic, pointwise judge)
+    # one forward pass: the next token's log-probabilities after a prompt (any causal LM served:
+    # vLLM's /generative_scoring, SGLang's decoder-only /v1/score)
+    NEXT_TOKEN = "next_token"
 
 
 # how the engine reads a kind's weights: a sequence classifier's head, a causal LM's next-token
@@ -28,8 +32,9 @@ Head = Literal["sequence", "next_token", "steps"]
 # which encoder turns an item into ids (cluster/engine/encoders.py)
 EncoderStyle = Literal["chat", "judge", "rating", "steps"]
 # what one scored unit of a corpus is: a conversation with a reward, a pair judged in one prompt,
-# a solution with step rewards, a response with a rating
-Unit = Literal["reward", "pair", "steps", "rating"]
+# a solution with step rewards, a response with a rating; a generative judge's is a chat (it scores
+# no corpus: its verdicts are its clients' to read)
+Unit = Literal["reward", "pair", "steps", "rating", "chat"]
 
 
 def no_check(spec: Any) -> None:
@@ -109,7 +114,29 @@ class JudgeFields(BaseModel):
     """The spec fields of a judge that writes its answer: a critic, a pointwise judge."""
 
     judge_template: str | None = Field(None, description="the judge prompt (default: the kind's own)")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="generate mode: the most tokens the judge writes")
+    max_new_tokens: int = Field(64, ge=1, le=32768, description="generate mode: the most tokens the judge writes")
+    reasoning_end: str | None = Field(
+        "</think>",
+        description="generate mode: a reasoning judge's end of thinking; the verdict is read after the last one "
+        "(an answer that opens its reasoning and never ends it states none); null: read anywhere",
+    )
+    verdict_pattern: str | None = Field(
+        None,
+        description="generate mode: a regular expression with one group, the verdict (critic: A or B) or the "
+        r'rating (pointwise: one of `ratings`), e.g. \\boxed\{(A|B)\} or "rating": *(\d+); '
+        "default: the exact verdict / rating strings",
+    )
+
+
+def check_verdict_pattern(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as err:
+        raise ValueError(f"verdict_pattern is not a regular expression: {err}") from None
+    if groups != 1:
+        raise ValueError(f"verdict_pattern must have exactly one group (the verdict or rating), got {groups}")
 
 
 SYSTEM_PROMPT = (

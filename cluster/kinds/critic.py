@@ -9,7 +9,15 @@ from typing import Any
 
 from pydantic import Field
 
-from cluster.kinds.base import REWARD_LABEL_ONLY, JudgeFields, Kind, Op, ReportText, template_fields
+from cluster.kinds.base import (
+    REWARD_LABEL_ONLY,
+    JudgeFields,
+    Kind,
+    Op,
+    ReportText,
+    check_verdict_pattern,
+    template_fields,
+)
 
 JUDGE_FIELDS = ("input", "response_a", "response_b")
 
@@ -44,6 +52,7 @@ def check(spec: Any) -> None:
         raise ValueError("verdicts must be two different non-empty strings")
     if spec.judge_template is not None:
         check_judge_template(spec.judge_template)
+    check_verdict_pattern(spec.verdict_pattern)
 
 
 KIND = Kind(

@@ -10,7 +10,16 @@ from typing import Any
 
 from pydantic import Field
 
-from cluster.kinds.base import REWARD_LABEL_ONLY, SYSTEM_PROMPT, JudgeFields, Kind, Op, ReportText, template_fields
+from cluster.kinds.base import (
+    REWARD_LABEL_ONLY,
+    SYSTEM_PROMPT,
+    JudgeFields,
+    Kind,
+    Op,
+    ReportText,
+    check_verdict_pattern,
+    template_fields,
+)
 
 RATING_FIELDS = ("input", "response")  # a pointwise judge's template; any other field comes from the item
 
@@ -89,6 +98,7 @@ def check(spec: Any) -> None:
     check_ratings(spec.ratings, spec.rating_format, spec.rating_values)
     if spec.judge_template is not None:
         check_rating_template(spec.judge_template)
+    check_verdict_pattern(spec.verdict_pattern)
 
 
 KIND = Kind(

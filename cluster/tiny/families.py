@@ -6,7 +6,7 @@ that is separate, equal to EOS, or absent, encoders that pool [CLS], and several
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -307,6 +307,8 @@ def build_tiny_model(
     corpus: Iterable[str] = (),
     vocab_size: int = 512,
     teach_steps: int = 20,
+    thinking: bool = False,
+    teach_examples: Sequence[tuple[str | list[dict], str]] = (),
     **config_overrides,
 ) -> Path:
     """Write a seeded tiny reward model or critic to `out` (config, weights, tokenizer, template).
@@ -320,7 +322,7 @@ def build_tiny_model(
         raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
     head = kind_of(kind).head if kind in KINDS else None
     if head not in ("sequence", "next_token"):  # a prm: build_tiny_prm
-        raise ValueError(f"kind must be 'reward', 'critic' or 'pointwise', got {kind!r}")
+        raise ValueError(f"kind must be 'reward', 'critic', 'pointwise' or 'generative', got {kind!r}")
     if head == "next_token" and FAMILIES[arch].encoder:
         raise ValueError(f"{arch} is an encoder; a {kind} judge is a causal LM")
     if template_bos is None and head == "next_token" and arch == "llama":
@@ -355,7 +357,11 @@ def build_tiny_model(
             eos_token_id=stops,
             do_sample=False,
         )
-        if teach_steps:  # a judge answers in its format: a rating or a verdict
+        if teach_steps and teach_examples:  # a generative judge: the answers its clients' prompts ask for
+            _teach(model, tokenizer, teach_examples, teach_steps)
+        elif teach_steps and thinking:  # a reasoning judge: <think>...</think>, then its answer
+            teach_thinking_format(model, tokenizer, kind, steps=teach_steps, seed=seed)
+        elif teach_steps and kind_of(kind).unit != "chat":  # a judge answers in its format: a rating or a verdict
             teach = teach_rating_format if kind_of(kind).rates else teach_verdict_format
             teach(model, tokenizer, steps=teach_steps, seed=seed)
     model.save_pretrained(out)
@@ -514,15 +520,42 @@ def teach_rating_format(model, tokenizer, *, steps: int = 40, seed: int = 0) -> 
     _teach(model, tokenizer, examples, steps)
 
 
-def _teach(model, tokenizer, examples: list[tuple[str, str]], steps: int) -> None:
-    """A few AdamW steps on (judge prompt as one user turn, answer then end of turn) pairs."""
+def teach_thinking_format(model, tokenizer, kind: str, *, steps: int = 60, seed: int = 0) -> None:
+    """A reasoning judge's format: it thinks first, naming the other answer in the verdict format
+    (a decoy for a reader that does not skip the reasoning), then states its own verdict or rating
+    after `</think>`. The critic writes its final verdict as `\\boxed{A}` (what a verdict_pattern
+    reads; the exact strings `[[A]]` appear only in its reasoning); the pointwise judge as `[[7]]`."""
+    import random
+
+    from cluster.kinds.critic import skywork_critic_template
+    from cluster.kinds.pointwise import pointwise_template
+
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(16):
+        if kind_of(kind).rates:
+            answer = rng.choice(TEACH_ANSWERS)
+            prompt = pointwise_template().format(input=rng.choice(TEACH_QUESTIONS), response=answer)
+            rating = min(10, 2 + len(answer) // 5)
+            decoy = 11 - rating if rating != 5 else 9
+            examples.append((prompt, f"<think>Not [[{decoy}]]: it is {len(answer)} long.</think> Rated: [[{rating}]]"))
+        else:
+            a, b = rng.sample(TEACH_ANSWERS, 2)
+            prompt = skywork_critic_template().format(input=rng.choice(TEACH_QUESTIONS), response_a=a, response_b=b)
+            win, lose = ("A", "B") if len(a) >= len(b) else ("B", "A")
+            examples.append((prompt, f"<think>Not [[{lose}]]: it is shorter.</think> \\boxed{{{win}}}"))
+    _teach(model, tokenizer, examples, steps)
+
+
+def _teach(model, tokenizer, examples: Sequence[tuple[str | list[dict], str]], steps: int) -> None:
+    """A few AdamW steps on (judge prompt as one user turn, or the messages, answer then end of
+    turn) pairs."""
     import torch
 
     pairs = []
     for prompt, answer in examples:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the critic card's ids
         answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         pairs.append((prompt_ids, answer_ids))

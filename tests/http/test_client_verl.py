@@ -167,3 +167,58 @@ def test_custom_reward_function_with_verl_kwargs(live, monkeypatch):
         **extra_reward_kwargs,
     )
     assert scores == pytest.approx(rm.score(convs), abs=TOL)
+
+
+class ActivationRewardLoopWorker(RewardLoopWorker):
+    """volcengine/verl@b178a3cd56f58b2d502255daba591e92833930a7 verl/experimental/reward_loop/reward_loop.py
+    (last changed in e46f7005c3769cbebceb60dd5a341216af3aedfe), `compute_score_disrm`'s vLLM branch:
+    the same request and reading but `"activation": False`, vLLM's older name of use_activation
+    (its TODO: 'the "activation" has been changed to "use_activation" in vllm 0.11.2'). The
+    request code (`_post_request`, `_preprocess_reward_inputs`) is the same in both versions."""
+
+    async def compute_score_disrm(self, chat: list) -> dict:
+        disrm_prompt = self._preprocess_reward_inputs(chat)
+        model_name = self.model_path
+        # TODO (dyy): the "activation" has been changed to "use_activation" in vllm 0.11.2
+        payloads = {
+            "model": model_name,
+            "input": disrm_prompt,
+            "activation": False,
+            # "add_special_tokens": False,  # vllm >= 0.11.2
+        }
+        output = await self._post_request(payloads, "classify")
+        rm_score = output["data"][-1]["probs"][-1]
+        return {"reward_score": rm_score}
+
+
+def test_reward_loop_activation_false_gets_the_raw_reward_of_the_card(live):
+    """verl's older reward loop posts `activation: false` (aiohttp, no header, `model` its model
+    path): the value read is the reward model's raw logit as the model card computes it, one
+    conversation at a time (helpers.card_score: transformers alone), not its sigmoid."""
+    from helpers import card_score
+
+    rm = live["models"]["rm"]
+    path = str(live["service"].resolve("rm", ("reward",)).path)
+    worker = ActivationRewardLoopWorker(router_address(live["trusted"]), "vllm", path, rm.encoder.tokenizer)
+    for conv in CONVERSATIONS[:3]:
+        got = asyncio.run(worker.compute_score_disrm(conv))["reward_score"]
+        assert abs(got - card_score(path, conv)) <= TOL
+
+
+def test_activation_and_use_activation_that_disagree_are_a_400(live):
+    """`activation` means what `use_activation` means: both given and different is the client's
+    mistake (400, naming both), never one silently winning; given alike, they are one switch."""
+    url = f"{live['trusted']}/classify"
+
+    async def post(payload: dict) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=payload) as resp:
+                return resp.status, await resp.json()
+
+    text = "Hello, my name is"
+    status, body = asyncio.run(post({"model": "rm", "input": text, "activation": False, "use_activation": True}))
+    assert status == 400, body
+    assert "activation: false" in body["error"]["message"] and "use_activation: true" in body["error"]["message"]
+    status, same = asyncio.run(post({"model": "rm", "input": text, "activation": False, "use_activation": False}))
+    status_raw, raw = asyncio.run(post({"model": "rm", "input": text, "use_activation": False}))
+    assert status == status_raw == 200 and same["data"][0]["probs"] == raw["data"][0]["probs"]

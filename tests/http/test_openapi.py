@@ -15,8 +15,8 @@ from cluster.http import schemas, sglang, tei, vllm
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 MAX_ITEMS = 64  # helpers.app_args' max_items_per_request
-OURS = ["/v1/rewards", "/v1/compare", "/v1/judge", "/v1/step_rewards", "/v1/rate", "/get_reward"]
-VLLM = ["/classify", "/pooling", "/score", "/rerank", "/tokenize"]
+OURS = ["/v1/rewards", "/v1/compare", "/v1/judge", "/v1/step_rewards", "/v1/rate", "/get_reward", "/slime/reward"]
+VLLM = ["/classify", "/pooling", "/score", "/rerank", "/tokenize", "/generative_scoring"]
 SGLANG = ["/v1/embeddings", "/v1/classify"]
 ERROR_MODEL = {
     **dict.fromkeys(OURS + ["/healthz", "/v1/models"], schemas.ErrorResponse),
@@ -83,6 +83,9 @@ def test_every_route_documents_its_errors_in_its_protocols_body(documented):
         ("/v1/embeddings", {"input": []}, 400),
         ("/predict", {"inputs": ""}, 422),
         ("/predict", {"model": "nope", "inputs": "x"}, 404),
+        ("/generative_scoring", {"query": "q", "items": ["a"], "label_token_ids": []}, 400),
+        ("/generative_scoring", {"model": "rm", "query": "q", "items": ["a"], "label_token_ids": [1]}, 400),
+        ("/slime/reward", {"prompt": [], "response": "a"}, 422),
     ],
 )
 def test_the_documented_error_body_is_the_one_answered(documented, path, body, status):
@@ -144,6 +147,10 @@ def test_the_item_limit_is_each_counted_lists_max_items(documented):
         ("/v1/judge", {"items": [{"prompt": "q", "response_a": "a", "response_b": "b"}], "debias": 0}),
         ("/predict", {"inputs": "x", "raw_scores": 1}),
         ("/score", {"text_1": "q", "text_2": "a", "data_1": []}),
+        ("/generative_scoring", {"query": "q", "items": ["a"], "label_token_ids": [True]}),
+        ("/generative_scoring", {"query": "q", "items": ["a"], "label_token_ids": [-1]}),
+        ("/generative_scoring", {"query": "q", "items": ["a", [1]], "label_token_ids": [1]}),
+        ("/slime/reward", {"prompt": "q", "response": 5}),
     ],
 )
 def test_what_the_document_forbids_is_refused(documented, path, body):

@@ -67,6 +67,11 @@ ROUTES = [
     ("POST", "/v1/classify", {"model": "rm-attrs", "input": "hello"}),
     ("POST", "/predict", {"inputs": [["hello"], ["q", "a"]], "raw_scores": True}),
     ("POST", "/predict", {"inputs": "hello " * 600}),
+    ("POST", "/generative_scoring", {"query": "Is it right? ", "items": ["yes", "no"], "label_token_ids": [5, 9]}),
+    ("POST", "/generative_scoring", {"model": "rm", "query": "q", "items": ["a"], "label_token_ids": [5]}),
+    ("POST", "/v1/score", {"query": [1, 2, 3], "items": [[4], [5, 6]], "label_token_ids": [7, 8], "model": "judge"}),
+    ("POST", "/slime/reward", {"prompt": "What is 2 + 2?", "response": "4", "label": "4"}),
+    ("POST", "/slime/reward?model=rm-mix", {"prompt": CONVERSATIONS[0][:1], "response": "Paris.", "label": None}),
     ("GET", "/nothing/here", None),
 ]
 ROUTE_IDS = [f"{m} {p}" for m, p, _ in ROUTES]

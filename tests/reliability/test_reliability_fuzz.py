@@ -126,7 +126,27 @@ ROUTES: dict[tuple[str, str], list] = {
         {"text_1": "What is 2 + 2?", "text_2": ["4", "5"]},
         {"queries": ["q1", "q2"], "documents": ["a1", "a2"], "truncate_prompt_tokens": -1},
     ],
-    ("POST", "/v1/score"): [{"data_1": "q", "data_2": "a"}],
+    ("POST", "/v1/score"): [
+        {"data_1": "q", "data_2": "a"},
+        {"query": "Is it right? ", "items": ["yes", "no"], "label_token_ids": [5, 9], "model": "judge"},
+        {"query": [1, 2, 3], "items": [[4], [5, 6]], "label_token_ids": [7], "apply_softmax": True, "item_first": True},
+    ],
+    ("POST", "/generative_scoring"): [
+        {"query": "Is it right? ", "items": ["yes", "no"], "label_token_ids": [5, 9]},
+        {
+            "model": "rater",
+            "query": [1, 2, 3],
+            "items": [[4], [5, 6]],
+            "label_token_ids": [7],
+            "apply_softmax": False,
+            "item_first": True,
+            "add_special_tokens": False,
+        },
+    ],
+    ("POST", "/slime/reward"): [
+        {"prompt": "What is 2 + 2?", "response": "4", "label": "4"},
+        {"prompt": SYSTEM_CONV[:-1], "response": "print(5)", "label": None},
+    ],
     ("POST", "/rerank"): [{"query": "What is 2 + 2?", "documents": ["4", "five", "22"], "top_n": 2}],
     ("POST", "/v1/rerank"): [{"query": "q", "documents": ["a"]}],
     ("POST", "/v2/rerank"): [{"query": "q", "documents": ["a", "b"], "use_activation": False}],
@@ -197,12 +217,14 @@ GROUPS = {  # path -> the protocol module that serves it (its error style)
             "/tokenize",
             "/health",
             "/version",
+            "/generative_scoring",
         ],
         "vllm",
     ),
     **dict.fromkeys(["/v1/embeddings", "/v1/classify"], "sglang"),
     "/predict": "tei",
     "/v1/chat/completions": "chat",
+    "/slime/reward": "slime",
     **dict.fromkeys(["/openapi.json", *HTML_PATHS], "docs"),
 }
 STYLE_OF_GROUP = {
@@ -214,6 +236,7 @@ STYLE_OF_GROUP = {
     "sglang": "sglang",
     "tei": "tei",
     "chat": "vllm",  # OpenAI's error body, as vLLM sends it
+    "slime": "ours",
 }
 PATHS = sorted({p for _, p in ROUTES})
 POST_ROUTES = sorted(k for k, bodies in ROUTES.items() if bodies != [None])
