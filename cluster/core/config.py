@@ -6,13 +6,13 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.core.errors import ConfigError, location
 from cluster.kinds import KINDS as KINDS_BY_NAME
-from cluster.kinds import NAMES, critic, kind_of, pointwise, prm, reward
+from cluster.kinds import NAMES, kind_of
 
 KINDS = NAMES
 FIXED_PADDING = {
@@ -489,43 +489,14 @@ def api_key_digests(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
 # own (cluster/kinds/<kind>.py); a config's `models` list is their union, told apart by `kind`.
 
 
-class RewardSpec(ModelSpec, reward.Fields):
-    kind: Literal["reward"]
+def _kind_class(base: type, kind: Any) -> type:
+    """`base` with `kind`'s own fields and `kind: Literal[<its name>]` (e.g. CriticSpec, ServedCritic)."""
+    name = kind.name.title() + ("Spec" if base is ModelSpec else base.__name__)
+    namespace = {"__annotations__": {"kind": Literal[kind.name]}, "__module__": __name__, "__qualname__": name}
+    return type(name, (base, kind.spec_fields), namespace)
 
 
-class CriticSpec(ModelSpec, critic.Fields):
-    kind: Literal["critic"]
-
-
-class PrmSpec(ModelSpec, prm.Fields):
-    kind: Literal["prm"]
-
-
-class PointwiseSpec(ModelSpec, pointwise.Fields):
-    kind: Literal["pointwise"]
-
-
-class ServedReward(ServedModel, reward.Fields):
-    kind: Literal["reward"]
-
-
-class ServedCritic(ServedModel, critic.Fields):
-    kind: Literal["critic"]
-
-
-class ServedPrm(ServedModel, prm.Fields):
-    kind: Literal["prm"]
-
-
-class ServedPointwise(ServedModel, pointwise.Fields):
-    kind: Literal["pointwise"]
-
-
-ModelSpec._by_kind = {
-    c.model_fields["kind"].annotation.__args__[0]: c for c in (RewardSpec, CriticSpec, PrmSpec, PointwiseSpec)
-}
-ServedModel._by_kind = {
-    c.model_fields["kind"].annotation.__args__[0]: c for c in (ServedReward, ServedCritic, ServedPrm, ServedPointwise)
-}
-AnyServedModel = Annotated[ServedReward | ServedCritic | ServedPrm | ServedPointwise, Field(discriminator="kind")]
+ModelSpec._by_kind = {name: _kind_class(ModelSpec, kind) for name, kind in KINDS_BY_NAME.items()}
+ServedModel._by_kind = {name: _kind_class(ServedModel, kind) for name, kind in KINDS_BY_NAME.items()}
+AnyServedModel = Annotated[Union[tuple(ServedModel._by_kind.values())], Field(discriminator="kind")]  # noqa: UP007
 AppConfig.model_rebuild()

@@ -552,7 +552,7 @@ class ScoringService:
             shown = name if len(name) <= 200 else name[:200] + "..."
             raise UnknownModel(f"model '{shown}' is not served here; see GET /v1/models")
         if model.kind not in kinds:
-            raise InvalidInput(f"model '{name}' is a {model.kind}; this route needs a {' or '.join(kinds)}")
+            raise InvalidInput(f"model '{name}' is {kind_of(model).title}; this route needs a {' or '.join(kinds)}")
         return model
 
     def _by_alias(self, name: str, kinds: tuple[str, ...]) -> ModelSpec | None:

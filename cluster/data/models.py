@@ -18,7 +18,9 @@ def resolve_model(model: ModelSpec | Mapping[str, Any] | str, via_serve: str | N
     the name of a model the Serve app serves (its spec then comes from the replica)."""
     if via_serve is not None:
         name = model.name if isinstance(model, ModelSpec) else model["name"] if isinstance(model, Mapping) else model
-        return served_model(via_serve, name)[0]
+        spec = served_model(via_serve, name)[0]
+        _check_scores_corpora(spec)
+        return spec
     if isinstance(model, ModelSpec):
         spec = model
     elif isinstance(model, Mapping):
@@ -27,8 +29,19 @@ def resolve_model(model: ModelSpec | Mapping[str, Any] | str, via_serve: str | N
         spec = ModelSpec(name=_name_from_path(str(model)), path=str(model), kind=_kind_from_config(str(model)))
     else:
         raise ConfigError(f"model: expected a ModelSpec, its fields or a model path, got {type(model).__name__}")
+    _check_scores_corpora(spec)
     _check_model(spec)
     return spec
+
+
+def _check_scores_corpora(spec: ModelSpec) -> None:
+    kind = kind_of(spec)
+    if kind.unit == "chat":
+        raise ConfigError(
+            f"model '{spec.name}' is {kind.title}: it answers chat completions, and its verdicts are its "
+            "client's to read; a corpus is scored by a reward model, prm, critic or pointwise judge (a critic "
+            "or pointwise judge with verdict_pattern reads a reasoning judge's verdicts)"
+        )
 
 
 def _name_from_path(path: str) -> str:

@@ -43,37 +43,23 @@ class Found:
     end: int
 
 
-class CriticRunner(CausalRunner):
-    """Verdict reads pad right with no mask and share prefixes (CausalRunner); generation pads left."""
+class LMRunner(CausalRunner):
+    """What every causal-LM model served shares (critic, pointwise judge, generative judge): the LM
+    head on read positions only, chat completions on the shared continuous-batching loop, and the
+    next token's log-probabilities after a prompt (generative scores). Reads pad right with no
+    mask and share prefixes (CausalRunner); a model whose own forward computes its logits some
+    other way (checked once at load) is read through its forward."""
 
-    def __init__(
-        self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids, max_new_tokens: int, **kw
-    ):
+    chat_max_length = 4096  # prompt + answer of a chat completion: the spec's max_length, set at load
+
+    def __init__(self, model, tokenizer, eos_ids, max_new_tokens: int, probe: Sequence[int] = (), **kw):
         super().__init__(model, **kw)
         self.read_side = "right"
         self.lm = LMHead(model)
         self.max_new_tokens = max_new_tokens
         self.tokenizer = tokenizer
-        self.verdict = verdict
-        self.verdict_pattern = re.compile("|".join(re.escape(v) for v in verdicts))
-        self.verdicts = verdicts
-        self.labels: tuple[str, ...] = ("A", "B")  # what a verdict_pattern's group reads, per choice
-        self.choice_tokens: list[int] = (
-            list(verdict.tokens) if hasattr(verdict, "tokens") else [verdict.token_a, verdict.token_b]
-        )
         self.eos_ids = eos_ids
-        self.own_head = self._check_head()
-        self.answer_pattern: re.Pattern | None = None  # a judge's own pattern, its group the choice
-        self.reasoning_end: str | None = "</think>"
-
-    def read_answers(self, *, verdict_pattern: str | None, reasoning_end: str | None) -> None:
-        """How generate mode reads an answer: after the reasoning's end (the last `</think>`) when
-        the answer writes one, and by the judge's own pattern (its one group the verdict or
-        rating: `\\boxed\\{(A|B)\\}`, `"winner": "(A|B)"`) instead of the exact verdict strings."""
-        self.answer_pattern = re.compile(verdict_pattern, re.DOTALL) if verdict_pattern else None
-        self.reasoning_end = reasoning_end or None
-
-    chat_max_length = 4096  # prompt + answer of a chat completion: the spec's max_length, set at load
+        self.own_head = not self.lm.matches_forward(self.base, [self.pad_id, *probe], self.device)
 
     @cached_property
     def chat_runner(self) -> ChatRunner:
@@ -90,61 +76,10 @@ class CriticRunner(CausalRunner):
         )
 
     def ops(self) -> dict[str, RunnerOp]:
-        if self.own_head:  # the model's own forward, left-padded (see `_check_head`)
-            return {Op.VERDICTS: RunnerOp(self._own_head_verdicts), Op.GENERATE: self._generate_op}
-        return {Op.VERDICTS: RunnerOp(self.read_rows, read_limit=self.read_index), Op.GENERATE: self._generate_op}
-
-    @property
-    def _generate_op(self) -> RunnerOp:  # run() sends generation to the shared loop, unplanned
-        return RunnerOp(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
-
-    def run(self, op: str, seqs):
-        if op == "verdicts":  # the verdict strings' shared prefix (`[[`) after each judge prompt
-            seqs = [list(s) + self.verdict.prefix for s in seqs]
-        if op == "generate":  # every prompt joins the shared decode loop at once (not planned in passes)
-            seqs = list(seqs)
-            try:
-                with torch.inference_mode():
-                    outputs = self._generate_verdicts(seqs)
-            except RuntimeError as err:
-                raise ModelFailure(f"model '{self.name}' failed generating: {type(err).__name__}: {err}") from err
-            lengths = [len(s) + self.max_new_tokens for s in seqs]
-            return Ran(outputs, [list(range(len(seqs)))], lengths, sum(lengths))
-        return super().run(op, seqs)
-
-    # -- fast path: P(A) vs P(B) at the step after the verdict prefix, for each judge prompt
+        return {}
 
     def read_index(self, seq: Sequence[int]) -> int:
         return len(seq) - 1
-
-    def readout(self, hidden: torch.Tensor) -> list:
-        return self._answer(self.lm(hidden))
-
-    def _answer(self, last: torch.Tensor) -> list:
-        """The next-token logits where the answer is read ([B, vocab]) -> one output per row."""
-        return self._prob_a(last)
-
-    def _prob_a(self, last: torch.Tensor) -> list[float]:
-        # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
-        return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
-
-    def _check_head(self) -> bool:
-        """Whether the model's own forward computes its last logits some other way than LM head +
-        final soft-capping (a logit scale, a custom head): then the fast path calls its forward."""
-        return not self.lm.matches_forward(self.base, [self.pad_id, *self.verdict.prefix], self.device)
-
-    def _own_head_verdicts(self, seqs: list[Sequence[int]]) -> list[float]:
-        batch = self._pad(seqs, side="left")
-        # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
-        # the model's own head on one position per row
-        out = self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            logits_to_keep=1,
-        )
-        return self._answer(out.logits[:, -1, :].float())
 
     # -- any causal LM: the next token's log-probabilities after a prompt (Op.NEXT_TOKEN)
 
@@ -181,6 +116,81 @@ class CriticRunner(CausalRunner):
             logits_to_keep=1,
         )
         return self._logprob_rows(out.logits[:, -1, :].float())
+
+
+class CriticRunner(LMRunner):
+    """Verdict reads pad right with no mask and share prefixes (CausalRunner); generation joins the
+    shared loop."""
+
+    def __init__(
+        self, model, tokenizer, verdict: VerdictTokens, verdicts: tuple[str, str], eos_ids, max_new_tokens: int, **kw
+    ):
+        super().__init__(model, tokenizer, eos_ids, max_new_tokens, probe=verdict.prefix, **kw)
+        self.verdict = verdict
+        self.verdict_pattern = re.compile("|".join(re.escape(v) for v in verdicts))
+        self.verdicts = verdicts
+        self.labels: tuple[str, ...] = ("A", "B")  # what a verdict_pattern's group reads, per choice
+        self.choice_tokens: list[int] = (
+            list(verdict.tokens) if hasattr(verdict, "tokens") else [verdict.token_a, verdict.token_b]
+        )
+        self.answer_pattern: re.Pattern | None = None  # a judge's own pattern, its group the choice
+        self.reasoning_end: str | None = "</think>"
+
+    def read_answers(self, *, verdict_pattern: str | None, reasoning_end: str | None) -> None:
+        """How generate mode reads an answer: after the reasoning's end (the last `</think>`) when
+        the answer writes one, and by the judge's own pattern (its one group the verdict or
+        rating: `\\boxed\\{(A|B)\\}`, `"winner": "(A|B)"`) instead of the exact verdict strings."""
+        self.answer_pattern = re.compile(verdict_pattern, re.DOTALL) if verdict_pattern else None
+        self.reasoning_end = reasoning_end or None
+
+    def ops(self) -> dict[str, RunnerOp]:
+        if self.own_head:  # the model's own forward, left-padded (see LMRunner)
+            return {Op.VERDICTS: RunnerOp(self._own_head_verdicts), Op.GENERATE: self._generate_op}
+        return {Op.VERDICTS: RunnerOp(self.read_rows, read_limit=self.read_index), Op.GENERATE: self._generate_op}
+
+    @property
+    def _generate_op(self) -> RunnerOp:  # run() sends generation to the shared loop, unplanned
+        return RunnerOp(self._generate_verdicts, cost=lambda s: len(s) + self.max_new_tokens)
+
+    def run(self, op: str, seqs):
+        if op == "verdicts":  # the verdict strings' shared prefix (`[[`) after each judge prompt
+            seqs = [list(s) + self.verdict.prefix for s in seqs]
+        if op == "generate":  # every prompt joins the shared decode loop at once (not planned in passes)
+            seqs = list(seqs)
+            try:
+                with torch.inference_mode():
+                    outputs = self._generate_verdicts(seqs)
+            except RuntimeError as err:
+                raise ModelFailure(f"model '{self.name}' failed generating: {type(err).__name__}: {err}") from err
+            lengths = [len(s) + self.max_new_tokens for s in seqs]
+            return Ran(outputs, [list(range(len(seqs)))], lengths, sum(lengths))
+        return super().run(op, seqs)
+
+    # -- fast path: P(A) vs P(B) at the step after the verdict prefix, for each judge prompt
+
+    def readout(self, hidden: torch.Tensor) -> list:
+        return self._answer(self.lm(hidden))
+
+    def _answer(self, last: torch.Tensor) -> list:
+        """The next-token logits where the answer is read ([B, vocab]) -> one output per row."""
+        return self._prob_a(last)
+
+    def _prob_a(self, last: torch.Tensor) -> list[float]:
+        # float64 sigmoid: P(A) keeps its log-odds recoverable (the pipeline's margins) up to ~36
+        return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
+
+    def _own_head_verdicts(self, seqs: list[Sequence[int]]) -> list[float]:
+        batch = self._pad(seqs, side="left")
+        # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
+        # the model's own head on one position per row
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        return self._answer(out.logits[:, -1, :].float())
 
     # -- slow path: the judge writes its answer on the shared continuous-batching loop
 

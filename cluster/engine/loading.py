@@ -16,6 +16,7 @@ from cluster.core.errors import ConfigError, ModelLoadError
 from cluster.core.service import ScoringService
 from cluster.engine.critic import CriticModel, CriticRunner
 from cluster.engine.encoders import ChatEncoder, StepEncoder, load_tokenizer
+from cluster.engine.generative import GenerativeModel, GenerativeRunner
 from cluster.engine.local import LoadedModel, ThreadedBackend, ThreadedEncoder
 from cluster.engine.placement import plan_placement, quantization_config
 from cluster.engine.prm import PrmModel, StepRewardRunner
@@ -283,12 +284,21 @@ def _critic_model(p: Loaded) -> CriticModel:
     return CriticModel(p.spec, p.encoder, runner)
 
 
+def _generative_model(p: Loaded) -> GenerativeModel:
+    runner = GenerativeRunner(
+        p.model, p.tokenizer, _eos_ids(p.model, p.tokenizer), p.spec.max_new_tokens, **p.runner_args
+    )
+    runner.chat_max_length = p.spec.max_length
+    return GenerativeModel(p.spec, p.encoder, runner)
+
+
 # each kind's loaded-model class and runner, by kind name (cluster/kinds)
 LOADERS: dict[str, Callable[[Loaded], LoadedModel]] = {
     "reward": _reward_model,
     "critic": _critic_model,
     "prm": _prm_model,
     "pointwise": _pointwise_model,
+    "generative": _generative_model,
 }
 
 

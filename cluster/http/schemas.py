@@ -33,6 +33,7 @@ from pydantic import (
 
 from cluster.core.inputs import shown, unicode_problem, validate_conversation, validate_judge_item, validate_step_item
 from cluster.core.results import STEP_AGGREGATES, Mode, check_mode
+from cluster.kinds import NAMES
 
 
 def _unicode(value: str) -> str:
@@ -442,7 +443,7 @@ class ModelCard(BaseModel):
     max_model_len: int
     permission: list[dict[str, Any]] = Field(default_factory=list)
     name: str
-    kind: Literal["reward", "critic", "prm", "pointwise"]
+    kind: Literal[NAMES]
     max_length: int
     default: bool
     aliases: list[str] = Field(default_factory=list)  # other names requests may use (its path too)
