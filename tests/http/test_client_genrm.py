@@ -125,7 +125,6 @@ def genrm(tmp_path_factory):
     from cluster.core.config import AppConfig
     from cluster.engine.loading import local_service
     from cluster.http.app import create_app
-
     from cluster.tiny import build_tiny_model
 
     path = build_tiny_model(
@@ -456,4 +455,5 @@ def test_a_generative_judge_is_listed_and_answers_the_openai_client(genrm):
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     assert r.status_code == 422
-    assert r.json()["error"]["message"].startswith("model 'genrm-demo' is a generative judge; this route needs a reward")
+    message = r.json()["error"]["message"]
+    assert message.startswith("model 'genrm-demo' is a generative judge; this route needs a reward")

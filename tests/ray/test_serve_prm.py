@@ -157,7 +157,8 @@ def test_ratings_over_http_equal_in_process(prm_app):
     bad = prm_app["client"].post("/v1/rate", json={"items": [{"prompt": "q"}]})
     assert bad.status_code == 422 and bad.json()["error"]["message"] == "items[0].response: missing"
     wrong = prm_app["client"].post("/v1/step_rewards", json={"model": "judge", "items": ITEMS})
-    assert wrong.status_code == 422 and "is a pointwise judge; this route needs a prm" in wrong.json()["error"]["message"]
+    assert wrong.status_code == 422
+    assert "is a pointwise judge; this route needs a prm" in wrong.json()["error"]["message"]
 
 
 def test_the_handle_api_through_reward_client(prm_app):
