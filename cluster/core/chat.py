@@ -17,6 +17,14 @@ class ChatJob:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None  # with temperature > 0: the same answer for the same seed
+    top_logprobs: int = 0  # per token, the likeliest alternatives and their logprobs
+
+    @property
+    def samples(self) -> bool:
+        return self.temperature > 0
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,7 @@ class Choice:
     pieces: list[str]  # what each token adds to `text` (a stream's deltas: they join to `text`)
     logprobs: list[float] | None
     finish_reason: str  # "stop" (an end token or a stop string) or "length"
+    top: list[list[tuple[str, float, int]]] | None = None  # per token: top_logprobs (text, logprob, id)
 
 
 @dataclass(frozen=True)

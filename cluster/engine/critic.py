@@ -15,7 +15,9 @@ some other way (checked once at load) is read through its own forward instead.
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -43,6 +45,27 @@ class Found:
     end: int
 
 
+def serialize_forwards(base) -> None:
+    """One forward pass at a time through `base` (the decoder every pass of a causal LM goes
+    through), whichever thread runs it: the generation loops' steps, a judge's reads, a scoring
+    pass. transformers' forward is not safe to run twice at once on one model: it sets
+    `config.is_causal` from a call's `is_causal` for the length of the call (the continuous-batching
+    step passes False) and restores it after, so an overlapping pass would attend without its causal
+    mask, and two overlapping restores can leave the wrong value set for good."""
+    if getattr(base, "forward_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    inner = base.forward
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with lock:
+            return inner(*args, **kwargs)
+
+    base.forward_lock = lock
+    base.forward = forward
+
+
 class LMRunner(CausalRunner):
     """What every causal-LM model served shares (critic, pointwise judge, generative judge): the LM
     head on read positions only, chat completions on the shared continuous-batching loop, and the
@@ -54,12 +77,19 @@ class LMRunner(CausalRunner):
 
     def __init__(self, model, tokenizer, eos_ids, max_new_tokens: int, probe: Sequence[int] = (), **kw):
         super().__init__(model, **kw)
+        serialize_forwards(self.base)
         self.read_side = "right"
         self.lm = LMHead(model)
         self.max_new_tokens = max_new_tokens
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
-        self.own_head = not self.lm.matches_forward(self.base, [self.pad_id, *probe], self.device)
+        self.probe = [self.pad_id, *probe]
+        self.own_head = self._check_head()
+
+    def _check_head(self) -> bool:
+        """Whether the model's own forward computes its last logits some other way than LM head +
+        final soft-capping (a logit scale, a custom head): then reads call its forward."""
+        return not self.lm.matches_forward(self.base, self.probe, self.device)
 
     @cached_property
     def chat_runner(self) -> ChatRunner:
@@ -73,10 +103,36 @@ class LMRunner(CausalRunner):
             capacity=self.chat_max_length + self.max_new_tokens,  # a judge prompt of max_length, then its answer
             max_new_tokens=self.max_new_tokens,
             max_batch_tokens=self.pass_tokens,
+            read_logprobs=self.answer_logprobs,
         )
 
     def ops(self) -> dict[str, RunnerOp]:
         return {}
+
+    def answer_logprobs(self, prompt: list[int], answer: list[int], top: int) -> tuple[list[float], list]:
+        """Each answer token's log-probability under the model (log-softmax of the logits that
+        predicted it) and, per token, the `top` likeliest tokens as (id, logprob): one forward pass
+        over prompt + answer, the LM head on the answer's positions only, in slices."""
+        ids = torch.tensor([[*prompt, *answer]], device=self.device)
+        targets = torch.tensor(answer, device=self.device)
+        with torch.inference_mode():
+            if self.own_head:
+                logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=len(answer) + 1).logits[0, :-1]
+                slices = [logits.float()]
+            else:
+                hidden = self.base(input_ids=ids, use_cache=False).last_hidden_state[0, len(prompt) - 1 : -1]
+                slices = [self.lm(hidden[i : i + 256]) for i in range(0, len(answer), 256)]
+            chosen, best = [], []
+            at = 0
+            for logits in slices:
+                logprobs = logits.double().log_softmax(dim=-1)
+                rows = torch.arange(len(logprobs), device=logprobs.device)
+                chosen += logprobs[rows, targets[at : at + len(logprobs)]].tolist()
+                if top:
+                    values, indices = logprobs.topk(top, dim=-1)
+                    best += [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+                at += len(logprobs)
+        return chosen, best if top else None
 
     def read_index(self, seq: Sequence[int]) -> int:
         return len(seq) - 1

@@ -1,14 +1,20 @@
 """Generation with continuous batching: every generating caller of a loaded causal LM (chat
-completions, from any number of concurrent requests and ingress replicas) shares one
-`transformers` ContinuousBatchingManager (paged KV cache, a background decode loop): a request
-joins the running batch at its next step and leaves it when it ends, so nobody waits on the
-longest answer of someone else's batch.
+completions, a judge's generate mode, from any number of concurrent requests and ingress replicas)
+shares one `transformers` ContinuousBatchingManager (paged KV cache, a background decode loop): a
+request joins the running batch at its next step and leaves it when it ends, so nobody waits on
+the longest answer of someone else's batch.
 
-Greedy (temperature 0) only, in this first cut: the manager samples or not for all its requests
-(`GenerationConfig.do_sample`), and its seed is the manager's, not a request's, so a request's
-`seed` could not make sampling reproducible. Greedy output equals one-at-a-time `model.generate`
-token for token (fp32; tests/parity/test_chat_generation.py), and each token's logprob is the
-log-softmax of its step's logits.
+Greedy requests (temperature 0, the default) run on a greedy manager: their output equals
+one-at-a-time `model.generate` token for token (fp32; tests/http/test_client_openai.py), and each
+token's logprob is the log-softmax of its step's logits. Sampled requests (temperature > 0, with
+top_p) run on a second manager that samples with each request's own temperature and top_p
+(transformers' per-request processors). Its random numbers are the loop's, shared by whoever is
+in the batch, so a request that gives a `seed` is sampled apart from it instead: `model.generate`
+with the same temperature and top-p warpers, then the Gumbel-max trick with a generator seeded by
+the request (argmax of the scores plus Gumbel noise is a draw from their softmax), one request at
+a time, the same answer for the same seed whoever else is served. The logprobs of a sampled
+answer, and every answer's top_logprobs, are read by one forward pass over prompt and answer: the
+model's own distribution, before temperature and top-p (vLLM's default, raw logprobs).
 
 `chat(job)` is the whole of one chat completion on the model's side (the replica or this
 process): the messages through the model's own chat template, the generation, the answer decoded
@@ -22,8 +28,10 @@ import inspect
 import itertools
 import math
 import threading
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -45,7 +53,9 @@ class ContinuousGenerator:
     """One ContinuousBatchingManager over `model`, started on first use. `submit(ids, n)` is
     thread-safe and returns at once (a Future); the manager's loop runs the decode steps."""
 
-    def __init__(self, model, *, eos_ids: list[int], pad_id: int, max_length: int, max_batch_tokens: int):
+    def __init__(
+        self, model, *, eos_ids: list[int], pad_id: int, max_length: int, max_batch_tokens: int, sampling: bool = False
+    ):
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -55,12 +65,14 @@ class ContinuousGenerator:
         # the KV cache holds at least one longest sequence and a budget's worth of others
         kv_tokens = max(max_length, 4 * max_batch_tokens)
         self.generation_config = GenerationConfig(
-            do_sample=False,
+            do_sample=sampling,
             max_new_tokens=max_length,
             eos_token_id=self.eos_ids,
             pad_token_id=pad_id,
-            temperature=None,
-            top_p=None,
+            # sampling: placeholders that make the manager build its per-request temperature and top-p
+            # processors (a value of 1 builds none); every request sends its own
+            temperature=0.5 if sampling else None,
+            top_p=0.5 if sampling else None,
             top_k=None,
         )
         self.config = ContinuousBatchingConfig(
@@ -70,6 +82,7 @@ class ContinuousGenerator:
             return_logprobs=True,
             use_async_batching=False,
             auto_switch_to_flash=False,  # the replica's other passes share this model as loaded
+            per_request_processors=sampling,
         )
         self.manager = None
         self.pending: dict[str, Future] = {}
@@ -93,7 +106,7 @@ class ContinuousGenerator:
             raise ModelFailure("the generation loop did not start")
         threading.Thread(target=self._collect, name="generation-results", daemon=True).start()
 
-    def submit(self, ids: list[int], max_new_tokens: int) -> Future:
+    def submit(self, ids: list[int], max_new_tokens: int, **sampling: float) -> Future:
         if len(ids) + max_new_tokens > self.max_length:
             raise InputTooLong(
                 f"{len(ids)} prompt tokens and {max_new_tokens} new tokens exceed the generation loop's "
@@ -105,7 +118,9 @@ class ContinuousGenerator:
                 self._start()
             rid = f"g{next(self.ids)}"
             self.pending[rid] = future
-            self.manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids)
+            self.manager.add_request(
+                ids, request_id=rid, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, **sampling
+            )
         return future
 
     def _collect(self) -> None:
@@ -155,19 +170,30 @@ class ChatRunner:
         max_new_tokens: int,
         max_batch_tokens: int,
         capacity: int | None = None,
+        read_logprobs: Callable[[list[int], list[int], int], tuple[list[float], list]] | None = None,
     ):
+        self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
+        self.pad_id = pad_id
         self.max_length = max_length  # a chat completion's prompt + max_tokens
         self.max_new_tokens = max_new_tokens
+        # (prompt ids, answer ids, top) -> each answer token's logprob and its top alternatives
+        self.read_logprobs = read_logprobs
         # the longest sequence the shared loop holds (a judge's prompt of max_length, then its answer)
-        self.generator = ContinuousGenerator(
-            model,
+        self.loop_args = dict(
             eos_ids=self.eos_ids,
             pad_id=pad_id,
             max_length=max(capacity or max_length, max_length),
             max_batch_tokens=max_batch_tokens,
         )
+        self.generator = ContinuousGenerator(model, **self.loop_args)
+        self.seeded_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seeded-sampling")
+
+    @cached_property
+    def sampler(self) -> ContinuousGenerator:
+        """The sampling loop (started on the first sampled request)."""
+        return ContinuousGenerator(self.model, sampling=True, **self.loop_args)
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
         named = set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
@@ -193,24 +219,65 @@ class ChatRunner:
                 f"the prompt's {len(ids)} tokens and max_tokens {max_new} exceed this model's "
                 f"max_length ({self.max_length} tokens); send a shorter conversation or fewer max_tokens"
             )
-        return len(ids), [self.generator.submit(ids, max_new) for _ in range(job.n)]
+        if not job.samples:
+            return ids, [self.generator.submit(ids, max_new) for _ in range(job.n)]
+        if job.seed is None:
+            warp = {"temperature": float(job.temperature), "top_p": float(job.top_p)}
+            return ids, [self.sampler.submit(ids, max_new, **warp) for _ in range(job.n)]
+        return ids, [self.seeded_pool.submit(self._seeded, ids, max_new, job)]
 
-    def answer(self, job: ChatJob, prompt_tokens: int, generated: list[Generated]) -> ChatResult:
-        return ChatResult(prompt_tokens, [self._choice(job, g) for g in generated])
+    def _seeded(self, ids: list[int], max_new: int, job: ChatJob) -> list[Generated]:
+        """A seeded request's n samples, apart from the shared loops (see the module docstring)."""
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        generator = torch.Generator().manual_seed(job.seed)
+        warpers = [TemperatureLogitsWarper(float(job.temperature))]
+        if job.top_p < 1:
+            warpers.append(TopPLogitsWarper(float(job.top_p)))
+        processors = LogitsProcessorList([*warpers, GumbelMax(generator)])
+        prompt = torch.tensor([ids], device=self.model.device)
+        out = []
+        with torch.inference_mode():
+            for _ in range(job.n):
+                seq = self.model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    logits_processor=processors,
+                    eos_token_id=self.eos_ids,
+                    pad_token_id=self.pad_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+                new = seq[0, len(ids) :].tolist()
+                end = next((j + 1 for j, tok in enumerate(new) if tok in self.eos_ids), len(new))
+                out.append(Generated(new[:end], []))
+        return out
+
+    def answer(self, job: ChatJob, prompt: list[int], generated: list) -> ChatResult:
+        flat = [g for item in generated for g in (item if isinstance(item, list) else [item])]
+        return ChatResult(len(prompt), [self._choice(job, prompt, g) for g in flat])
 
     def chat(self, job: ChatJob) -> ChatResult:
-        n, futures = self.submit(job)
-        return self.answer(job, n, [f.result() for f in futures])
+        prompt, futures = self.submit(job)
+        return self.answer(job, prompt, [f.result() for f in futures])
 
     async def achat(self, job: ChatJob) -> ChatResult:
-        n, futures = self.submit(job)
-        return self.answer(job, n, list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))))
+        prompt, futures = self.submit(job)
+        generated = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        return await asyncio.to_thread(self.answer, job, prompt, generated)
 
-    def _choice(self, job: ChatJob, g: Generated) -> Choice:
-        ids, logprobs = list(g.token_ids), list(g.logprobs)
+    def _choice(self, job: ChatJob, prompt: list[int], g: Generated) -> Choice:
+        ids, logprobs, top = list(g.token_ids), list(g.logprobs), None
+        wants_read = (job.logprobs and job.samples) or job.top_logprobs
+        if wants_read and ids and self.read_logprobs is not None:  # the model's own distribution (docstring)
+            logprobs, top = self.read_logprobs(prompt, ids, job.top_logprobs)
         finish = "length"
         if ids and ids[-1] in self.eos_ids:
             ids, logprobs, finish = ids[:-1], logprobs[:-1], "stop"
+            top = top[:-1] if top is not None else None
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
         if cut >= 0:  # the answer ends before its first stop string (OpenAI's: the stop string is not returned)
@@ -219,6 +286,7 @@ class ChatRunner:
             while keep < len(ids) and len(self.tokenizer.decode(ids[:keep], skip_special_tokens=True)) < cut:
                 keep += 1
             ids, logprobs = ids[:keep], logprobs[:keep]
+            top = top[:keep] if top is not None else None
         tokens = [self.tokenizer.decode([t]) for t in ids]
         pieces, sent = [], 0
         for k in range(1, len(ids) + 1):  # the text as decoded so far, less what was sent
@@ -226,4 +294,21 @@ class ChatRunner:
             upto = min(max(upto, sent), len(text))
             pieces.append(text[sent:upto])
             sent = upto
-        return Choice(text, ids, tokens, pieces, logprobs if job.logprobs else None, finish)
+        named = None
+        if job.logprobs and job.top_logprobs and top is not None:
+            named = [[(self.tokenizer.decode([t]), lp, t) for t, lp in row] for row in top]
+        return Choice(text, ids, tokens, pieces, logprobs if job.logprobs else None, finish, named)
+
+
+class GumbelMax:
+    """A logits processor that makes greedy decoding draw a sample: the scores plus Gumbel noise
+    from the request's own generator (argmax of logits + Gumbel(0, 1) is a draw from their
+    softmax). Tokens the warpers removed (-inf) stay removed."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(scores.shape, generator=self.generator, dtype=torch.float64).clamp_(min=1e-300)
+        gumbel = -torch.log(-torch.log(u))
+        return scores.double() + gumbel.to(scores.device)

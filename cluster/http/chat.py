@@ -1,5 +1,5 @@
 """OpenAI chat completions: POST /v1/chat/completions, for every causal-LM model served (critics,
-pointwise judges): how RL frameworks reach an LLM judge (verl's GenRM reward function, ROLL,
+pointwise judges, generative judges): how RL frameworks reach an LLM judge (verl's GenRM reward function, ROLL,
 SkyRL, AReaL, NeMo Gym through the `openai` client). Replayed with the `openai` package itself in
 tests/http/test_client_openai.py.
 
@@ -10,9 +10,12 @@ The request as the `openai` client sends it (openai-python `resources/chat/compl
 the protocol has and we do not use are ignored, as vLLM does. Errors in OpenAI's shape (vLLM's,
 cluster/http/vllm.py), which the client raises as its typed errors.
 
-Served now: greedy decoding (`temperature` 0 or absent: the judges' generation config). A stream
-sends the answer as OpenAI's chunks once it is complete (the generation is continuously batched
-on the model's side; tokens are not yet streamed as they are decoded).
+`temperature` 0 or absent is greedy (a judge's verdicts reproducible unless the client asks for
+sampling); above 0 it samples with `top_p`, reproducibly when the request gives a `seed`
+(cluster/engine/generation.py). `logprobs` and `top_logprobs` are the model's own distribution
+(before temperature and top-p, as vLLM's raw logprobs). A stream sends the answer as OpenAI's
+chunks once it is complete (the generation is continuously batched on the model's side; tokens
+are not yet streamed as they are decoded).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from cluster.core.chat import ChatJob, ChatResult
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
-from cluster.http.schemas import JSONInt, checked
+from cluster.http.schemas import JSONInt
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
 from cluster.kinds import KINDS
 
@@ -64,16 +67,18 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
     max_completion_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
-    temperature: Annotated[StrictFloat, checked(minimum=0, maximum=0)] | None = None  # greedy only, for now
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)  # 0 or absent: greedy
     top_p: StrictFloat | None = Field(None, gt=0, le=1)
     n: JSONInt = Field(1, ge=1, le=16)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     logprobs: StrictBool = False
-    top_logprobs: Annotated[JSONInt, Field(ge=0, le=20), checked(minimum=0, maximum=0)] | None = None  # > 0: not yet
+    top_logprobs: Annotated[JSONInt, Field(ge=0, le=20)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    seed: JSONInt | None = None
+    seed: Annotated[JSONInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: each logprobs token as "token_id:<id>" (text cannot tell byte pieces apart)
+    return_tokens_as_token_ids: StrictBool = False
 
 
 class TokenLogprob(BaseModel):
@@ -123,10 +128,8 @@ def _text(content: str | list[TextPart] | None) -> str:
 
 
 def chat_job(body: ChatRequest) -> ChatJob:
-    if body.temperature not in (None, 0):
-        raise InvalidInput("temperature: only greedy decoding (temperature 0) is served here for now")
-    if body.top_logprobs:
-        raise InvalidInput("top_logprobs: only the chosen tokens' logprobs are served (top_logprobs 0)")
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidInput("top_logprobs: logprobs must be true when top_logprobs is used")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     messages = [{**m.model_dump(exclude_none=True), "content": _text(m.content)} for m in body.messages]
     return ChatJob(
@@ -136,17 +139,30 @@ def chat_job(body: ChatRequest) -> ChatJob:
         stop=tuple(stops),
         logprobs=body.logprobs,
         template_kwargs=dict(body.chat_template_kwargs or {}),
+        temperature=float(body.temperature or 0.0),
+        top_p=float(body.top_p if body.top_p is not None else 1.0),
+        seed=None if body.seed is None else body.seed % 2**64,  # a torch generator's seed: 64 bits
+        top_logprobs=body.top_logprobs or 0,
     )
 
 
-def _token_logprob(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")), "top_logprobs": []}
+def _entry(text: str, logprob: float, token_id: int, as_ids: bool) -> dict:
+    token = f"token_id:{token_id}" if as_ids else text
+    return {"token": token, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
-def _logprobs(choice) -> dict | None:
+def _token_logprob(choice, k: int, as_ids: bool) -> dict:
+    top = choice.top[k] if choice.top else ()
+    return {
+        **_entry(choice.tokens[k], choice.logprobs[k], choice.token_ids[k], as_ids),
+        "top_logprobs": [_entry(t, lp, i, as_ids) for t, lp, i in top],
+    }
+
+
+def _logprobs(choice, as_ids: bool) -> dict | None:
     if choice.logprobs is None:
         return None
-    return {"content": [_token_logprob(t, lp) for t, lp in zip(choice.tokens, choice.logprobs)]}
+    return {"content": [_token_logprob(choice, k, as_ids) for k in range(len(choice.tokens))]}
 
 
 def _usage(result: ChatResult) -> dict:
@@ -157,7 +173,7 @@ def _usage(result: ChatResult) -> dict:
     }
 
 
-def completion(result: ChatResult, model: str) -> dict:
+def completion(result: ChatResult, model: str, as_ids: bool = False) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -167,7 +183,7 @@ def completion(result: ChatResult, model: str) -> dict:
             {
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
-                "logprobs": _logprobs(c),
+                "logprobs": _logprobs(c, as_ids),
                 "finish_reason": c.finish_reason,
             }
             for i, c in enumerate(result.choices)
@@ -176,7 +192,7 @@ def completion(result: ChatResult, model: str) -> dict:
     }
 
 
-def chunks(result: ChatResult, model: str, include_usage: bool):
+def chunks(result: ChatResult, model: str, include_usage: bool, as_ids: bool = False):
     """The answer as OpenAI's stream: per choice a role delta, its tokens' deltas, a finish
     chunk; a usage chunk (no choices) when asked; then [DONE]."""
     head = {
@@ -195,7 +211,7 @@ def chunks(result: ChatResult, model: str, include_usage: bool):
         for k, piece in enumerate(c.pieces):
             lp = None
             if c.logprobs is not None:
-                lp = {"content": [_token_logprob(c.tokens[k], c.logprobs[k])]}
+                lp = {"content": [_token_logprob(c, k, as_ids)]}
             yield event([{"index": i, "delta": {"content": piece}, "logprobs": lp, "finish_reason": None}])
         yield event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}])
     if include_usage:
@@ -215,7 +231,9 @@ def router(service: ScoringService) -> APIRouter:
         result = await service.chat(model, chat_job(body))
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(chunks(result, model.name, usage), media_type="text/event-stream")
-        return JSONResponse(completion(result, model.name))
+            return StreamingResponse(
+                chunks(result, model.name, usage, body.return_tokens_as_token_ids), media_type="text/event-stream"
+            )
+        return JSONResponse(completion(result, model.name, body.return_tokens_as_token_ids))
 
     return r

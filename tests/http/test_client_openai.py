@@ -31,7 +31,7 @@ def reference(critic_dir):
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
 
-    def answer(messages, max_tokens=MAX_TOKENS):
+    def prompt(messages) -> list[int]:
         text_messages = [
             {
                 **m,
@@ -39,7 +39,10 @@ def reference(critic_dir):
             }
             for m in messages
         ]
-        ids = tok.apply_chat_template(text_messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return tok.apply_chat_template(text_messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    def answer(messages, max_tokens=MAX_TOKENS):
+        ids = prompt(messages)
         with torch.inference_mode():
             out = model.generate(
                 torch.tensor([ids]),
@@ -63,6 +66,21 @@ def reference(critic_dir):
             "prompt_tokens": len(ids),
         }
 
+    def logprobs_of(messages, tokens: list[str]) -> list[float]:
+        """The log-softmax of each answer token, the answer as vLLM's `token_id:<id>` texts."""
+        ids, out = prompt(messages), [int(t.removeprefix("token_id:")) for t in tokens]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + out])).logits[0].double().log_softmax(-1)
+        return [logits[len(ids) - 1 + k, t].item() for k, t in enumerate(out)]
+
+    def top_of(messages, answer_so_far: list[int], k: int) -> list[tuple[str, float]]:
+        ids = prompt(messages) + list(answer_so_far)
+        with torch.inference_mode():
+            logprobs = model(torch.tensor([ids])).logits[0, -1].double().log_softmax(-1)
+        values, indices = logprobs.topk(k)
+        return [(tok.decode([i]), v) for i, v in zip(indices.tolist(), values.tolist())]
+
+    answer.logprobs_of, answer.top_of = logprobs_of, top_of
     return answer
 
 
@@ -159,10 +177,148 @@ def test_errors_are_the_clients_typed_errors(live, client):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES[0])
     with pytest.raises(openai.BadRequestError, match="temperature"):
-        client.chat.completions.create(model="judge", messages=MESSAGES[0], temperature=0.7)
+        client.chat.completions.create(model="judge", messages=MESSAGES[0], temperature=2.5)
+    with pytest.raises(openai.BadRequestError, match="logprobs must be true"):
+        client.chat.completions.create(model="judge", messages=MESSAGES[0], top_logprobs=3)
     with pytest.raises(openai.BadRequestError, match="reward"):
         client.chat.completions.create(model="rm", messages=MESSAGES[0])
     with pytest.raises(openai.BadRequestError, match="max_length"):
         client.chat.completions.create(model="judge", messages=MESSAGES[0], max_tokens=100_000)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="judge", messages=[])
+
+
+# ---------------------------------------------------------------- sampling and top_logprobs
+
+
+@pytest.fixture(scope="module")
+def first_token(critic_dir):
+    """The card's next-token distribution after a conversation's generation prompt: softmax of the
+    logits over the temperature, the top-p nucleus kept (HF's TopPLogitsWarper rule: the smallest
+    set whose mass reaches top_p), renormalized."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(critic_dir)
+    model = AutoModelForCausalLM.from_pretrained(critic_dir, dtype=torch.float32).eval()
+
+    def distribution(messages, temperature, top_p=1.0):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+        probs = (logits / temperature).softmax(-1)
+        order = probs.argsort(descending=True)
+        keep = (probs[order].cumsum(0) - probs[order]) < top_p  # mass before each token below top_p
+        nucleus = torch.zeros_like(probs)
+        nucleus[order[keep]] = probs[order[keep]]
+        eos = model.generation_config.eos_token_id
+        return nucleus / nucleus.sum(), tok, eos if isinstance(eos, list) else [eos]
+
+    return distribution
+
+
+END = "<end>"
+
+
+def outcomes(p: torch.Tensor, tok, eos_ids) -> dict[str, float]:
+    """The card's distribution over what the wire can tell apart: a token's text (byte pieces of
+    one character all read as U+FFFD), or an end token (no text, finish_reason stop)."""
+    out: dict[str, float] = {}
+    for i in torch.nonzero(p).flatten().tolist():
+        key = END if i in eos_ids else tok.decode([i])
+        out[key] = out.get(key, 0.0) + p[i].item()
+    return out
+
+
+def drawn(choices) -> list[str]:
+    keys = []
+    for c in choices:
+        if not c.logprobs.content:
+            assert c.finish_reason == "stop"
+            keys.append(END)
+        else:
+            keys.append(c.logprobs.content[0].token)
+    return keys
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["shared-loop", "seeded"])
+def test_sampling_draws_from_the_cards_tempered_nucleus(client, first_token, seeded):
+    """Temperature and top-p sampling, on the shared sampling loop and on the seeded path: the first
+    token of 320 one-token answers is distributed as the card's softmax(logits / T) restricted to
+    the top-p nucleus (total variation < 0.1 over its four likeliest tokens and the rest: greedy
+    would put all mass on one, a sampler that ignored the temperature much more than the card's on
+    the likeliest), and no draw falls outside the nucleus (a sampler that ignored top_p would)."""
+    messages = [{"role": "user", "content": "Say something kind."}]
+    p, tok, eos_ids = first_token(messages, temperature=1.7, top_p=0.8)
+    assert len(outcomes(p, tok, eos_ids)) >= 3  # a spread the test can see
+    ask = dict(model="judge", messages=messages, max_tokens=1, temperature=1.7, top_p=0.8, logprobs=True)
+    choices = []
+    if seeded:
+        for seed in range(320):
+            choices += client.chat.completions.create(**ask, seed=seed).choices
+    else:
+        for _ in range(20):
+            choices += client.chat.completions.create(**ask, n=16).choices
+    want, got = outcomes(p, tok, eos_ids), drawn(choices)
+    outside = sorted({k for k in got if k not in want})
+    assert not outside, f"tokens outside the top-p nucleus: {outside}"
+    # the four likeliest outcomes and the rest: bins 320 draws measure to a few percent
+    bins = sorted(want, key=want.get, reverse=True)[:4]
+    expected = [want[k] for k in bins] + [1 - sum(want[k] for k in bins)]
+    seen = [got.count(k) / len(got) for k in bins] + [sum(k not in bins for k in got) / len(got)]
+    assert 0.5 * sum(abs(a - b) for a, b in zip(seen, expected)) < 0.1, (bins, seen, expected)
+
+
+def test_a_seed_gives_the_same_sample_whoever_else_is_served(live, reference):
+    """The same seed, alone and among concurrent unseeded and greedy requests: the same text;
+    another seed: another sample (over several answers); logprobs the card's log-softmax."""
+    messages = MESSAGES[1]
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=live["keyed"] + "/v1", api_key=API_KEY, max_retries=0) as c:
+
+            def seeded(seed):
+                return c.chat.completions.create(
+                    model="judge",
+                    messages=messages,
+                    max_tokens=12,
+                    temperature=1.3,
+                    seed=seed,
+                    logprobs=True,
+                    n=2,
+                    extra_body={"return_tokens_as_token_ids": True},  # vLLM's: ids, not texts
+                )
+
+            alone = await seeded(7)
+            crowd = await asyncio.gather(
+                seeded(7),
+                *(
+                    c.chat.completions.create(model="judge", messages=m, max_tokens=12, temperature=1.0)
+                    for m in MESSAGES
+                ),
+                *(c.chat.completions.create(model="judge", messages=m, max_tokens=12) for m in MESSAGES),
+                seeded(8),
+            )
+            return alone, crowd[0], crowd[-1]
+
+    alone, again, other = asyncio.run(main())
+    texts = [c.message.content for c in alone.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert texts != [c.message.content for c in other.choices]
+    for choice in alone.choices:  # the model's own logprobs of what it sampled (before temperature)
+        ref = reference.logprobs_of(messages, [t.token for t in choice.logprobs.content])
+        got = [t.logprob for t in choice.logprobs.content]
+        assert got == pytest.approx(ref, abs=1e-4)
+
+
+def test_top_logprobs_are_the_cards_likeliest_tokens(client, reference):
+    out = client.chat.completions.create(
+        model="judge", messages=MESSAGES[0], max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=5
+    )
+    ref = reference(MESSAGES[0])
+    content = out.choices[0].logprobs.content
+    assert out.choices[0].message.content == ref["text"]
+    for k, entry in enumerate(content):
+        want = reference.top_of(MESSAGES[0], ref["ids"][:k], 5)
+        assert [t.token for t in entry.top_logprobs] == [t for t, _ in want]
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx([lp for _, lp in want], abs=1e-4), k
+        assert entry.top_logprobs[0].token == entry.token  # greedy wrote the likeliest

@@ -477,7 +477,7 @@ def test_rate_template_fields_are_required_per_item(client):
     r = client.post("/v1/rate", json={"model": "judge", "items": ITEMS, "mode": "sample"})
     assert r.status_code == 422 and "mode" in r.json()["error"]["message"]
     r = client.post("/v1/rate", json={"model": "qwen-prm", "items": ITEMS})
-    assert r.status_code == 422 and "model 'qwen-prm' is a prm" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "model 'qwen-prm' is a process reward model" in r.json()["error"]["message"]
 
 
 # ---------------------------------------------------------------- RewardClient over HTTP, /v1/models

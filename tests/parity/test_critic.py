@@ -191,3 +191,34 @@ def test_other_family_critics_match_the_card(model_dirs, arch):
     assert (first[0] == bos) == (arch in ("gemma2", "mistral", "smollm"))  # SmolLM's is the template's
     for item, v in zip(ITEMS, critic.judge(ITEMS)):
         assert v.prob_a == pytest.approx(card_prob_a(path, critic, item), abs=1e-5)
+
+
+def test_reads_beside_the_generation_loop_keep_their_causal_mask(critic_dir):
+    """transformers' forward sets `config.is_causal` from its call for the call's length (the
+    continuous-batching step passes False): verdict reads running while chat completions generate
+    on the same model must still be the reads done alone, and the model's config left as it was."""
+    import threading
+
+    from cluster.core.chat import ChatJob
+
+    critic = load_critic(critic_dir, max_new_tokens=8)
+    alone = [v.prob_a for v in critic.judge(ITEMS)]
+    stop = threading.Event()
+
+    def generate():
+        job = ChatJob(messages=[{"role": "user", "content": "Say something kind."}], max_tokens=16, n=2)
+        while not stop.is_set():
+            critic.runner.chat_runner.chat(job)
+
+    threads = [threading.Thread(target=generate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(12):
+            assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(alone, abs=1e-6)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert getattr(critic.runner.model.config, "is_causal", None) is None
+    assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(alone, abs=1e-6)

@@ -59,7 +59,10 @@ def test_extra_message_keys_are_ignored(rm):
     ("fields", "message"),
     [
         (dict(temperature=0.1), r"ModelSpec: unknown field 'temperature'"),
-        (dict(kind="embedding"), r"ModelSpec\.kind: Input should be 'reward', 'critic', 'prm' or 'pointwise'"),
+        (
+            dict(kind="embedding"),
+            r"ModelSpec\.kind: Input should be 'reward', 'critic', 'prm', 'pointwise' or 'generative'",
+        ),
         (dict(dtype="fp8"), r"ModelSpec\.dtype"),
         (dict(truncation="right"), r"ModelSpec\.truncation"),
         (dict(max_length=8192, max_batch_tokens=4096), r"max_batch_tokens \(4096\) must be >= max_length"),
