@@ -44,6 +44,7 @@ def prm_app(serve_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("prm-app")
     qwen, shepherd = build_tiny_prm(root / "qwen", style="qwen"), build_tiny_prm(root / "shepherd", style="shepherd")
     judge = build_tiny_model(root / "judge", kind="pointwise")
+    genrm = build_tiny_model(root / "genrm", kind="generative")
     cpu = {"num_gpus": 0, "num_cpus": 0.25, "max_ongoing_requests": 16, "max_queued_requests": 64}
     specs = [
         {
@@ -74,6 +75,7 @@ def prm_app(serve_port, tmp_path_factory):
             "max_batch_tokens": 4096,
             "max_new_tokens": 12,
         },
+        {"name": "genrm", "path": str(genrm), "kind": "generative", "dtype": "float32", "max_length": 1024},
     ]
     deploy(
         {
@@ -207,3 +209,34 @@ def test_ray_data_via_serve_scores_prm_and_judge_rows_like_in_process(prm_app, t
     assert close(table["score"].to_pylist(), [w.expected for w in want])
     assert table["rating"].to_pylist() == [w.rating for w in want]
     assert all(close(g, w.probs) for g, w in zip(table["rating_probs"].to_pylist(), want))
+
+
+def test_openai_client_chat_completions_of_a_pointwise_and_a_generative_judge_through_serve(prm_app):
+    """The `openai` package through Serve's proxy to the pointwise judge's and the generative
+    judge's replicas: concurrent greedy completions equal the in-process model's (its continuous
+    batching loop is compared with one-at-a-time `generate` in tests/http/test_client_openai.py),
+    and a seeded sample is the in-process seeded sample."""
+    import asyncio
+
+    import openai
+
+    from cluster.core.chat import ChatJob
+
+    convs = [[{"role": "user", "content": f"Judge answer {i}: " + "word " * i}] for i in range(6)]
+
+    async def main():
+        base = f"http://127.0.0.1:{prm_app['port']}{PREFIX}/v1"
+        async with openai.AsyncOpenAI(base_url=base, api_key=API_KEY, max_retries=0) as c:
+            greedy = [
+                c.chat.completions.create(model=m, messages=v, max_tokens=12) for m in ("judge", "genrm") for v in convs
+            ]
+            seeded = c.chat.completions.create(model="genrm", messages=convs[1], max_tokens=12, temperature=1.2, seed=5)
+            return await asyncio.gather(*greedy, seeded)
+
+    *answers, sample = asyncio.run(main())
+    for (model, conv), answer in zip([(m, v) for m in ("judge", "genrm") for v in convs], answers):
+        local = prm_app["local"][model].runner.chat_runner.chat(ChatJob(messages=conv, max_tokens=12))
+        assert answer.choices[0].message.content == local.choices[0].text
+        assert answer.usage.completion_tokens == local.completion_tokens
+    job = ChatJob(messages=convs[1], max_tokens=12, temperature=1.2, seed=5)
+    assert sample.choices[0].message.content == prm_app["local"]["genrm"].chat(**vars(job)).choices[0].text
