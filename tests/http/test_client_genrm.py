@@ -6,6 +6,9 @@ greedy `model.generate` (the card's loop) on the same messages.
 
 Sources (read with the search tool; the request and parse code below is theirs, verbatim where
 quoted):
+- verl's reward-loop GenRM test: volcengine/verl@b178a3cd56f58b2d502255daba591e92833930a7
+  tests/experimental/reward_loop/reward_fn.py (aiohttp, the answer validated as the openai package's
+  ChatCompletion, sampling at temperature 0.7 / top_p 0.8, max_tokens 4096).
 - verl's remote GenRM recipe: volcengine/verl@246cac4ca6b0e3ce1009bc48aaa798689e0600af
   recipe/genrm_remote/reward_function.py (the last in-tree version, before recipe/ moved to
   verl-recipe), with last_boxed_only_string / remove_boxed from
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from typing import List, Optional, Tuple  # noqa: UP035 - NeMo Gym's parse, verbatim
 
@@ -49,6 +53,25 @@ Your task is to review and critique the solution step by step, and output whethe
 
 Please put your final answer (i.e., 'True' or 'False') in \\boxed{{}}.
 """.strip()
+
+# verl tests/experimental/reward_loop/reward_fn.py
+GRM_PROMPT_TEMPLATE = """
+You are given a problem and a proposed solution.
+
+Problem:
+{problem}
+
+Solution:
+{solution}
+
+Please evaluate how well the solution addresses the problem. 
+Give a score from 1 to 10, where:
+- 1 means the solution is completely irrelevant or incorrect.
+- 5 means the solution is partially correct but incomplete or not well reasoned.
+- 10 means the solution is fully correct, well-reasoned, and directly solves the problem.
+
+Only output the score as a single number (integer).
+""".strip()  # noqa: W291 - verl's own trailing space
 
 # SkyRL examples/train/llm_as_a_judge/llm_judge_env.py
 PROMPT = """
@@ -102,6 +125,8 @@ def teach_examples() -> list[tuple[str | list[dict], str]]:
     out: list = []
     for problem, solution, answer in PROBLEMS:
         right = solution.endswith(answer)
+        verdict = "Scored.\n\n" + ("10" if right else "2")
+        out.append((GRM_PROMPT_TEMPLATE.format(problem=problem, solution=solution), verdict))
         out.append((GENRM_PROMPT_TEMPLATE.format(problem=problem, solution=solution), f"Checked.\n\\boxed{{{right}}}"))
         action = f"{solution}\n#### {solution.split()[-1]}"
         out.append((skyrl_message(f"#### {answer}", action), f"Compared.\n### Final Score: {int(right)}"))
@@ -134,6 +159,7 @@ def genrm(tmp_path_factory):
         teach_steps=150,
         teach_examples=teach_examples(),
         hidden=96,
+        max_positions=8192,
     )
     config = AppConfig.parse(
         {
@@ -143,7 +169,8 @@ def genrm(tmp_path_factory):
                     "name": "genrm-demo",
                     "path": str(path),
                     "kind": "generative",
-                    "max_length": 2048,
+                    "max_length": 8192,  # verl asks for 4096 new tokens
+                    "aliases": [os.path.expanduser("~/models/Qwen/Qwen2.5-1.5B-Instruct")],  # verl's `model`
                     "max_new_tokens": 96,
                 }
             ],
@@ -272,6 +299,58 @@ def test_verl_genrm_recipe_reward_function(genrm):
     assert set(rewards) <= {0.0, 1.0}
 
 
+# ---------------------------------------------------------------- verl's reward-loop GenRM test
+
+
+def test_verl_reward_loop_genrm_compute_score(genrm):
+    """verl's compute_score_gsm8k: aiohttp to `/v1/chat/completions` with its sampling parameters
+    (temperature 0.7, top_p 0.8, max_tokens 4096) and its model path as `model` (an alias here), the
+    answer validated by the `openai` package's ChatCompletion, the score the integer after the last
+    blank line. Sampled, so its text is not the greedy one: checked is that the client's own
+    validation and parse succeed on every answer (the sampling itself is compared with the card's
+    distribution in tests/http/test_client_openai.py)."""
+    from openai.types.chat import ChatCompletion
+
+    router_address = genrm["trusted"].removeprefix("http://")
+
+    async def chat_complete(router_address: str, chat_complete_request: dict):
+        url = f"http://{router_address}/v1/chat/completions"
+        try:
+            timeout = aiohttp.ClientTimeout(total=None)
+            session = aiohttp.ClientSession(timeout=timeout)
+            async with session.post(url, json=chat_complete_request) as resp:
+                output = await resp.text()
+                output = json.loads(output)
+                return ChatCompletion(**output)
+        finally:
+            await session.close()
+
+    async def compute_score_gsm8k(solution_str: str, extra_info: dict):
+        grm_prompt = GRM_PROMPT_TEMPLATE.format(problem=extra_info["question"], solution=solution_str)
+        messages = [{"role": "user", "content": grm_prompt}]
+        sampling_params = {"temperature": 0.7, "top_p": 0.8, "max_tokens": 4096}
+        model_name = os.path.expanduser("~/models/Qwen/Qwen2.5-1.5B-Instruct")
+        chat_complete_request = {"messages": messages, "model": model_name, **sampling_params}
+        result = await chat_complete(router_address=router_address, chat_complete_request=chat_complete_request)
+        grm_response = result.choices[0].message.content
+        try:
+            score = int(grm_response.split("\n\n")[-1].strip())
+        except Exception:  # noqa: BLE001 - verl's own
+            score = 0
+        return {"score": score, "acc": score == 10, "genrm_response": grm_response}, result
+
+    async def main():
+        return await asyncio.gather(*(compute_score_gsm8k(s, {"question": p}) for p, s, _ in PROBLEMS * 3))
+
+    results = asyncio.run(main())
+    for out, completion in results:
+        assert completion.choices[0].finish_reason in ("stop", "length")
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+        assert 0 <= out["score"] <= 10
+    # the taught format comes through sampling at 0.7 on most answers: the client reads a score
+    assert sum(out["score"] > 0 for out, _ in results) >= len(results) // 2
+
+
 # ---------------------------------------------------------------- SkyRL's LLM-as-a-judge environment
 
 
@@ -281,7 +360,7 @@ def test_skyrl_llm_judge_environment(genrm, monkeypatch):
     from openai import OpenAI
 
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    client = OpenAI(base_url=genrm["keyed"] + "/v1", api_key=__import__("os").getenv("OPENAI_API_KEY"))
+    client = OpenAI(base_url=genrm["keyed"] + "/v1", api_key=os.getenv("OPENAI_API_KEY"))
 
     def _get_reward(ground_truth: str, action: str) -> float:
         message = skyrl_message(ground_truth, action)
