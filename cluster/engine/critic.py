@@ -51,16 +51,30 @@ def serialize_forwards(base) -> None:
     pass. transformers' forward is not safe to run twice at once on one model: it sets
     `config.is_causal` from a call's `is_causal` for the length of the call (the continuous-batching
     step passes False) and restores it after, so an overlapping pass would attend without its causal
-    mask, and two overlapping restores can leave the wrong value set for good."""
+    mask, and two overlapping restores can leave the wrong value set for good.
+
+    And each pass runs with its own attention: a generation loop on an eager-attention model
+    (Gemma-2: soft-capping, never SDPA) switches the model to `paged|eager` for as long as the loop
+    lives; every other pass (reads, scoring, a seeded `generate`) runs with the implementation the
+    model was loaded with, as the card computes it."""
     if getattr(base, "forward_lock", None) is not None:
         return
     lock = threading.RLock()
     inner = base.forward
+    config = base.config
+    loaded = config._attn_implementation
 
     @functools.wraps(inner)
     def forward(*args, **kwargs):
         with lock:
-            return inner(*args, **kwargs)
+            current = config._attn_implementation
+            if "read_index" in kwargs or current == loaded:  # a generation loop's step, or nothing switched
+                return inner(*args, **kwargs)
+            config._attn_implementation = loaded
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                config._attn_implementation = current
 
     base.forward_lock = lock
     base.forward = forward

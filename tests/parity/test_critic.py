@@ -222,3 +222,23 @@ def test_reads_beside_the_generation_loop_keep_their_causal_mask(critic_dir):
             t.join()
     assert getattr(critic.runner.model.config, "is_causal", None) is None
     assert [v.prob_a for v in critic.judge(ITEMS)] == pytest.approx(alone, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "qwen2"])
+def test_generation_equals_the_card_and_leaves_the_reads_as_they_were(model_dirs, arch):
+    """A family's critic generates (generate mode, chat) on the continuous-batching loop: the text is
+    the card's one-at-a-time `generate`, and the fast path's P(A) afterwards is the card's. Gemma-2
+    loads with eager attention (soft-capping); the loop runs it as `paged|eager` and every other
+    pass keeps the implementation the model was loaded with."""
+    from cluster.core.chat import ChatJob
+
+    path = model_dirs(f"{arch}-critic", kind="critic", arch=arch, teach_steps=0)
+    critic = load_critic(path, max_new_tokens=8)
+    generated = critic.judge(ITEMS, mode="generate")
+    chat = critic.runner.chat_runner.chat(ChatJob(messages=[{"role": "user", "content": "Say hi."}], max_tokens=8))
+    for item, g in zip(ITEMS, generated):
+        _, card_text = card_generate(path, card_judge_ids(path, item, skywork_critic_template()), 8)
+        assert g.text == card_text
+    assert chat.choices[0].text  # the loop ran
+    for item, v in zip(ITEMS, critic.judge(ITEMS)):
+        assert v.prob_a == pytest.approx(card_prob_a(path, critic, item), abs=1e-5)
