@@ -177,6 +177,11 @@ class LMRunner(CausalRunner):
         return list(logits.double().log_softmax(dim=-1).float().cpu().numpy())
 
     def _own_head_next_token(self, seqs: list[Sequence[int]]) -> list:
+        return self._logprob_rows(self._own_head_last_logits(seqs))
+
+    def _own_head_last_logits(self, seqs: list[Sequence[int]]) -> torch.Tensor:
+        """The model's own forward, left-padded: every row's last real token is the last column, so
+        logits_to_keep=1 runs its own head on one position per row ([B, vocab], float32)."""
         batch = self._pad(seqs, side="left")
         out = self.model(
             input_ids=batch.input_ids,
@@ -185,7 +190,7 @@ class LMRunner(CausalRunner):
             use_cache=False,
             logits_to_keep=1,
         )
-        return self._logprob_rows(out.logits[:, -1, :].float())
+        return out.logits[:, -1, :].float()
 
 
 class CriticRunner(LMRunner):
@@ -250,17 +255,7 @@ class CriticRunner(LMRunner):
         return torch.sigmoid((last[:, self.verdict.token_a] - last[:, self.verdict.token_b]).double()).tolist()
 
     def _own_head_verdicts(self, seqs: list[Sequence[int]]) -> list[float]:
-        batch = self._pad(seqs, side="left")
-        # left padding: every row's last real token is the last column, so logits_to_keep=1 runs
-        # the model's own head on one position per row
-        out = self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            logits_to_keep=1,
-        )
-        return self._answer(out.logits[:, -1, :].float())
+        return self._answer(self._own_head_last_logits(seqs))
 
     # -- slow path: the judge writes its answer on the shared continuous-batching loop
 
