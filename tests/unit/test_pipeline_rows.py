@@ -392,3 +392,14 @@ def test_pointwise_pairs_rate_both_responses(tmp_path, judge_spec, judge):
     assert set(summary["per_subset"]) == {"chat", "math"}
     assert sum(summary["rating_stats"]["chosen"]["counts"].values()) == 8
     assert summary["score_stats"]["count"] == 16
+
+
+def test_a_generative_judge_is_refused_by_name_before_anything_runs(tmp_path, model_dirs):
+    """A generative judge answers chat completions; its verdicts are its clients' to read, so a
+    corpus run refuses it in the driver, saying which kinds score corpora."""
+    from cluster.data.models import resolve_model
+
+    path = model_dirs("genrm-corpus", kind="generative", teach_steps=0)
+    with pytest.raises(ConfigError, match="model 'g' is a generative judge: it answers chat completions") as err:
+        resolve_model({"name": "g", "path": str(path), "kind": "generative"})
+    assert "verdict_pattern" in str(err.value)
