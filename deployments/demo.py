@@ -79,6 +79,21 @@ def demo_requests(rm_text: str) -> list[tuple[str, str, dict | None]]:
         ("POST", "/classify", {"text": [rm_text]}),  # SGLang
         ("POST", "/v1/embeddings", {"model": "tiny-rm", "input": rm_text}),  # SGLang, verl
         ("POST", "/predict", {"inputs": rm_text, "raw_scores": True}),  # TEI
+        (  # OpenAI chat completions (the `openai` client; verl's GenRM, SkyRL, NeMo Gym)
+            "POST",
+            "/v1/chat/completions",
+            {"model": "tiny-critic", "messages": [{"role": "user", "content": DEMO_PAIR["prompt"]}], "max_tokens": 8},
+        ),
+        (  # vLLM's generative scores: P(label token) after a prompt, one forward pass
+            "POST",
+            "/generative_scoring",
+            {"model": "tiny-critic", "query": DEMO_PAIR["prompt"], "items": [" yes", " no"], "label_token_ids": [1, 2]},
+        ),
+        (  # slime's remote reward model
+            "POST",
+            "/slime/reward",
+            {"prompt": DEMO_PAIR["prompt"], "response": DEMO_PAIR["response_a"], "label": None},
+        ),
         ("POST", "/v1/rewards", {"conversations": [[{"role": "bot", "content": "hi"}]]}),
     ]
 

@@ -80,6 +80,9 @@ def test_serve_demo_answers_every_route_over_http(tmp_path):
         "/version",
         "/v1/embeddings",
         "/predict",
+        "/v1/chat/completions",
+        "/generative_scoring",
+        "/slime/reward",
     }
     assert statuses == ["200"] * (len(statuses) - 1) + ["422"]  # the last request is the bad one
     assert '"text": "[[A]]"' in proc.stdout or '"text": "[[B]]"' in proc.stdout
