@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from cluster.core.chat import ChatJob, ChatResult
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
-from cluster.http.schemas import JSONInt
+from cluster.http.schemas import JSONInt, checked
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
 from cluster.kinds import KINDS
 
@@ -65,17 +65,19 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    max_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
-    max_completion_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS)] | None = None
+    max_tokens: Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS), checked(minimum=1, maximum=MAX_TOKENS)] | None = None
+    max_completion_tokens: (
+        Annotated[JSONInt, Field(ge=1, le=MAX_TOKENS), checked(minimum=1, maximum=MAX_TOKENS)] | None
+    ) = None
     temperature: StrictFloat | None = Field(None, ge=0, le=2)  # 0 or absent: greedy
     top_p: StrictFloat | None = Field(None, gt=0, le=1)
     n: JSONInt = Field(1, ge=1, le=16)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     logprobs: StrictBool = False
-    top_logprobs: Annotated[JSONInt, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[JSONInt, Field(ge=0, le=20), checked(minimum=0, maximum=20)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    seed: Annotated[JSONInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    seed: JSONInt | None = None  # any integer: its value modulo 2**64 seeds the sampling
     chat_template_kwargs: dict[str, Any] | None = None
     # vLLM's: each logprobs token as "token_id:<id>" (text cannot tell byte pieces apart)
     return_tokens_as_token_ids: StrictBool = False

@@ -33,7 +33,7 @@ from cluster.core.config import Ensemble
 from cluster.core.errors import InvalidInput
 from cluster.core.inputs import EncodeOptions, check_text, validate_conversation
 from cluster.core.service import ScoringService
-from cluster.http.schemas import Lenient, ModelName
+from cluster.http.schemas import Lenient, ModelName, Text
 from cluster.kinds import NAMES, kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
@@ -44,11 +44,20 @@ MODEL_PARAMETER = (
 )
 
 
+class SlimeMessage(Lenient):
+    """A chat message of slime's prompt: any role the model's chat template takes."""
+
+    role: Text
+    content: str
+
+
 class SlimeRewardRequest(Lenient):
     """slime's `Sample` fields (slime/utils/types.py): `prompt` is a string or chat messages,
     `label` may be null (any JSON: only a judge template's {label} reads it, as a string)."""
 
-    prompt: str | list[dict[str, Any]] = Field(description="The prompt text (one user turn) or chat messages.")
+    prompt: str | Annotated[list[SlimeMessage], Field(min_length=1)] = Field(
+        description="The prompt text (one user turn) or chat messages (at least one)."
+    )
     response: str = Field(description="The policy's response: the assistant turn scored.")
     label: Any = Field(None, description="The sample's label; read only by a judge template with a {label} field.")
 
@@ -69,16 +78,17 @@ def router(service: ScoringService) -> APIRouter:
         pointwise judge's expected rating of the response."""
         target = resolve(service, model)
         check_text(body.response, "response")
+        prompt = body.prompt if isinstance(body.prompt, str) else [m.model_dump() for m in body.prompt]
         if isinstance(target, Ensemble) or kind_of(target).scalar_reward:
             head = (
-                [{"role": "user", "content": check_text(body.prompt, "prompt")}]
-                if isinstance(body.prompt, str)
-                else validate_conversation(body.prompt, "prompt", require_assistant_last=False, any_role=True)
+                [{"role": "user", "content": check_text(prompt, "prompt")}]
+                if isinstance(prompt, str)
+                else validate_conversation(prompt, "prompt", require_assistant_last=False, any_role=True)
             )
             conversation = [*head, {"role": "assistant", "content": body.response}]
             result = await service.submit(service.rewards_job(target, [conversation], "prompt", ANY_ROLE))
             return JSONResponse(result.scores[0])
-        item = {"prompt": judge_prompt(body.prompt), "response": body.response}
+        item = {"prompt": judge_prompt(prompt), "response": body.response}
         if "label" in rating_extra_fields(target.template):
             if not isinstance(body.label, str):
                 raise InvalidInput(

@@ -49,7 +49,8 @@ SEMANTIC_REFUSALS = {
         "a conversation ends with the response to score: JSON Schema has no keyword for an array's last item",
     ),
     "model_kind": (
-        r"is an? [a-z ]+; this route needs a|is an? [a-z ]+: its [a-z ]+ (are|is) served by",
+        r"is an? [a-z ]+; (this route needs a|/\S+ answers)|is an? [a-z ]+: its [a-z ]+ (are|is) served by|"
+        r"is an? [a-z ]+, not a causal LM",
         "`model` names a served model of another kind than the route's: which name is which kind is the "
         "app's configuration (GET /v1/models), not the route's",
     ),
@@ -86,6 +87,18 @@ SEMANTIC_REFUSALS = {
         "text_1 and text_2 of related lengths: JSON Schema cannot relate two arrays' lengths",
     ),
     "rid_count": (r"request id\(s\) for \d+ input\(s\)", "one rid per input: two arrays' lengths again"),
+    "activation_names": (
+        r"disagree: activation, softmax and normalize are older names of use_activation",
+        "vLLM's four names of one switch, given with different values: JSON Schema cannot relate fields' values",
+    ),
+    "logprobs_together": (
+        r"logprobs must be true when top_logprobs is used",
+        "top_logprobs asks for more of what logprobs turns on (OpenAI's rule): one field's value given another's",
+    ),
+    "empty_prompt": (
+        r"the prompt is empty once tokenized",
+        "a generative score's query and item both empty: two fields' lengths together, and a tokenizer's",
+    ),
 }
 
 
