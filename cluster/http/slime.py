@@ -34,10 +34,11 @@ from cluster.core.errors import InvalidInput
 from cluster.core.inputs import EncodeOptions, check_text, validate_conversation
 from cluster.core.service import ScoringService
 from cluster.http.schemas import Lenient, ModelName, Text
-from cluster.kinds import NAMES, kind_of
+from cluster.kinds import KINDS, NAMES, kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
-KINDS = ("reward", "pointwise")  # what answers one number for a prompt and its response
+# what answers one number for a prompt and its response: a reward, or a rating
+ONE_NUMBER_KINDS = tuple(name for name, kind in KINDS.items() if kind.unit in ("reward", "rating"))
 ANY_ROLE = EncodeOptions(any_role=True)  # slime's messages are the dataset's, in any role its template takes
 MODEL_PARAMETER = (
     "The model: a reward model (or ensemble) or a pointwise judge (default: the first reward model served)."
@@ -106,7 +107,7 @@ def resolve(service: ScoringService, name: str | None):
     """The reward model, ensemble or pointwise judge named (none: the first reward model, else the
     first pointwise judge); another kind is refused, saying what this route answers."""
     try:
-        return service.resolve(name, KINDS)
+        return service.resolve(name, ONE_NUMBER_KINDS)
     except InvalidInput:
         other = service.resolve(name, NAMES)
         raise InvalidInput(
