@@ -210,7 +210,7 @@ class ChatRunner:
             ids = ids["input_ids"]
         return list(ids)
 
-    def submit(self, job: ChatJob) -> tuple[int, list[Future]]:
+    def submit(self, job: ChatJob) -> tuple[list[int], list[Future]]:
         ids = self.prompt_ids(job)
         room = self.max_length - len(ids)
         max_new = job.max_tokens if job.max_tokens is not None else min(self.max_new_tokens, max(1, room))

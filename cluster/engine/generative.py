@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.core.chat import ChatJob, ChatResult
-from cluster.engine.critic import LMRunner
+from cluster.engine.lm import LMRunner
 from cluster.engine.local import LoadedModel
 
 
