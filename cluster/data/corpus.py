@@ -128,6 +128,7 @@ class Layout:
     step_aggregate: str | None = None  # a prm: how its step rewards become the score (min, last, mean, product)
     rating_values: tuple[float, ...] | None = None  # a pointwise judge: each rating's value, in scale order
     item_fields: tuple[str, ...] = ()  # a pointwise judge: the further fields its template reads from each row
+    generate: bool = False  # a judge writes its answers (mode="generate"); they are kept in judge_texts
 
     @property
     def unit(self) -> str:
@@ -138,6 +139,10 @@ class Layout:
 
     @property
     def result_columns(self) -> tuple[str, ...]:
+        return (*self._result_columns, *(("judge_texts",) if self.generate else ()))
+
+    @property
+    def _result_columns(self) -> tuple[str, ...]:
         if self.shape != "pairs":
             if self.unit == "steps":
                 return (

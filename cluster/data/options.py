@@ -13,12 +13,18 @@ FLUSH_S = 30.0  # default: a model actor commits what it scored at least this of
 
 
 class ScoringOptions(StrictModel):
-    """How a corpus is scored. Only shape/debias change results; the rest is speed and plumbing."""
+    """How a corpus is scored. Only shape/debias/mode change results; the rest is speed and plumbing."""
 
     shape: Literal["auto", "conversations", "prompt_response", "pairs"] = Field(
         "auto", description="row shape; auto: from the columns"
     )
     debias: bool = Field(False, description="critic: judge both orders and average")
+    mode: Literal["logits", "generate"] = Field(
+        "logits",
+        description="critic / pointwise judge: logits reads the verdict from one forward pass; generate lets "
+        "the judge write its answer (reasoning judges: the verdict after its reasoning, by its verdict_pattern), "
+        "kept in judge_texts; a row whose judge states no verdict is left unscored (its scores null)",
+    )
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="skip: bad rows go to errors.jsonl with the reason and the run goes on"
     )

@@ -18,7 +18,7 @@ from cluster.core.config import ModelSpec
 from cluster.core.errors import ConfigError, InvalidInput
 from cluster.data.progress import shard_rows
 
-MANIFEST_KEYS = ("model", "shape", "debias", "inputs")
+MANIFEST_KEYS = ("model", "shape", "debias", "mode", "inputs")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -77,8 +77,19 @@ def _layout(
         kind_fields["step_aggregate"] = spec.step_aggregate
     elif kind.rates:
         kind_fields.update(rating_values=tuple(spec.rating_numbers), item_fields=rating_extra_fields(spec.template))
+    if opts.mode == "generate" and kind.unit not in ("pair", "rating"):
+        raise ConfigError(
+            f"mode='generate' is for a critic or a pointwise judge (a judge that writes its answer); "
+            f"model '{spec.name}' is {kind.title}"
+        )
     return Layout(
-        shape, spec.kind, multi, conversation_column, values=len(output_labels(spec, opts.via_serve)) > 1, **kind_fields
+        shape,
+        spec.kind,
+        multi,
+        conversation_column,
+        values=len(output_labels(spec, opts.via_serve)) > 1,
+        generate=opts.mode == "generate",
+        **kind_fields,
     )
 
 
@@ -246,13 +257,18 @@ def _score_corpus(
     if require is not None:  # a recipe's own check (filter_solutions: a prm's solutions), before anything runs
         require(layout)
     out = Path(output_path)
+    identity, generated = _model_identity(spec), {}
+    if layout.generate:  # what decides a written answer's verdict (absent otherwise: older folders stay resumable)
+        identity |= {k: getattr(spec, k) for k in ("max_new_tokens", "reasoning_end", "verdict_pattern")}
+        generated = {"mode": "generate"}
     _prepare_output(
         out,
         {
-            "model": _model_identity(spec),
+            "model": identity,
             "shape": layout.shape,
             "debias": opts.debias,
             "inputs": sorted({c["rel"] for c in chunks}),
+            **generated,
         },
         overwrite,
     )
@@ -321,7 +337,7 @@ def _score_corpus(
             "started_at": started_at,
             "finished_at": _now(),
             "version": code_version(),
-            "options": opts.model_dump(include={"shape", "debias", "on_error", "batch_rows", "via_serve"}),
+            "options": opts.model_dump(include={"shape", "debias", "mode", "on_error", "batch_rows", "via_serve"}),
         },
     }
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -13,11 +13,12 @@ import pyarrow as pa
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ScoringError
 from cluster.core.memory import return_big_blocks
+from cluster.core.results import Generated
 from cluster.data.corpus import STAGE_COLUMNS, Layout, critic_orders, row_result, row_units
 from cluster.data.options import FLUSH_S
 from cluster.data.reading import where_of
 from cluster.data.resume import write_shard
-from cluster.kinds import kind_of
+from cluster.kinds import Op, kind_of
 
 # The columns the tokenize stage hands the score stage (dropped before writing), by name and type.
 # int64 ids: an encoder's text pair carries its segment inside the id (tokenization.SEGMENT_B).
@@ -60,6 +61,8 @@ RESULT_TYPES = {
     "rejected_rating": pa.float64(),
     "chosen_ratings": pa.list_(pa.float64()),
     "rejected_ratings": pa.list_(pa.float64()),
+    # a judge that writes its answers (mode="generate"): each judge prompt's answer, in the row's order
+    "judge_texts": pa.list_(pa.string()),
 }
 SIDE_VECTORS = ("chosen_values", "rejected_values", "chosen_step_rewards", "rejected_step_rewards")
 
@@ -154,8 +157,9 @@ class _ScoreStage:
         flush_s: float = FLUSH_S,
     ):
         self.kind = kind
-        self.op = kind_of(kind).fast_op  # a reward model / prm: rewards, step rewards; a judge: P(verdict)
         self.layout = Layout(**layout)
+        # a reward model / prm: rewards, step rewards; a judge: P(verdict), or its written answers
+        self.op = Op.GENERATE if self.layout.generate else kind_of(kind).fast_op
         self.debias = debias
         self.keep_errors = keep_errors  # on_error="skip": an `error` column, null for scored rows
         self.out_dir, self.flush_s = out_dir, flush_s
@@ -195,6 +199,10 @@ class _ScoreStage:
         col = {name: batch.column(name).to_pylist() for name in INTERNAL}
         flat = [seq for row_ids, err in zip(col["_ids"], col["_error"]) if err is None for seq in row_ids]
         outputs = self.forward(flat) if flat else []
+        texts: list = [None] * len(outputs)
+        if self.layout.generate:  # a judge's answers: the text kept, the verdict's reading scored (None: none stated)
+            texts = [g.text for g in outputs]
+            outputs = [g.prob_a if isinstance(g, Generated) else g.probs for g in outputs]
         vectors: list = [None] * len(outputs)
         if kind_of(self.kind).head == "sequence":  # (scalar, every label's value or None) per sequence
             outputs, vectors = [s for s, _ in outputs], [v for _, v in outputs]
@@ -204,18 +212,24 @@ class _ScoreStage:
                 results.append({})
                 continue
             n = len(col["_ids"][i])
-            results.append(
-                row_result(
-                    self.layout,
-                    outputs[at : at + n],
-                    col["_truncated"][i],
-                    sum(len(s) for s in col["_ids"][i]),
-                    n_chosen=col["_n_chosen"][i],
-                    chosen_is_b=col["_chosen_is_b"][i],
-                    debias=self.debias,
-                    values=vectors[at : at + n],
+            tokens = sum(len(s) for s in col["_ids"][i])
+            if any(o is None for o in outputs[at : at + n]):  # a judge's answer states no verdict: unscored
+                results.append({"truncated": col["_truncated"][i], "num_tokens": tokens})
+            else:
+                results.append(
+                    row_result(
+                        self.layout,
+                        outputs[at : at + n],
+                        col["_truncated"][i],
+                        tokens,
+                        n_chosen=col["_n_chosen"][i],
+                        chosen_is_b=col["_chosen_is_b"][i],
+                        debias=self.debias,
+                        values=vectors[at : at + n],
+                    )
                 )
-            )
+            if self.layout.generate:
+                results[-1]["judge_texts"] = texts[at : at + n]
             at += n
         out = batch.drop_columns(list(INTERNAL))
         for name in self.layout.result_columns:

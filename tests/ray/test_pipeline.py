@@ -152,6 +152,28 @@ def test_output_of_another_model_is_not_resumed(ray_cluster, tmp_path, rm_path, 
     assert summary["rows_scored_now"] == 3
 
 
+def test_a_reasoning_critic_scores_a_corpus_in_generate_mode_and_resumes_only_so(ray_cluster, tmp_path, model_dirs):
+    """mode="generate" through Ray Data and the output folder: the rows equal the in-process stages'
+    (tests/unit/test_pipeline_rows.py compares those with critic.judge(mode="generate")), the answers
+    are in judge_texts, and the folder resumes only with mode="generate" (its run.json records it)."""
+    from helpers import score_rows_in_process
+
+    path = model_dirs("thinking-critic", kind="critic", arch="llama", thinking=True, teach_steps=100)
+    spec = {"name": "judge", "path": str(path), "kind": "critic", "max_new_tokens": 40}
+    spec["verdict_pattern"] = r"\\boxed\{(A|B)\}"
+    corpus = write(tmp_path / "p.jsonl", pair_rows(5))
+    summary = score_corpus(corpus, tmp_path / "out", spec, mode="generate", **FAST)
+    assert summary["rows_scored_now"] == 5 and summary["run"]["options"]["mode"] == "generate"
+    got = read_scores(tmp_path / "out")
+    want, _ = score_rows_in_process(corpus, spec, mode="generate", **FAST)
+    assert close(got["prob_chosen"].to_pylist(), want["prob_chosen"].to_pylist())
+    assert got["judge_texts"].to_pylist() == want["judge_texts"].to_pylist()
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["mode"] == "generate"
+    with pytest.raises(ConfigError, match="mode"):
+        score_corpus(corpus, tmp_path / "out", spec, **FAST)
+    assert score_corpus(corpus, tmp_path / "out", spec, mode="generate", **FAST)["rows_scored_now"] == 0
+
+
 # ---------------------------------------------------------------- bad input
 
 

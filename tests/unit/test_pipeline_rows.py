@@ -403,3 +403,59 @@ def test_a_generative_judge_is_refused_by_name_before_anything_runs(tmp_path, mo
     with pytest.raises(ConfigError, match="model 'g' is a generative judge: it answers chat completions") as err:
         resolve_model({"name": "g", "path": str(path), "kind": "generative"})
     assert "verdict_pattern" in str(err.value)
+
+
+# ---------------------------------------------------------------- reasoning judges over a corpus (mode="generate")
+
+
+def test_generate_mode_judges_pairs_after_the_reasoning_and_keeps_the_answers(tmp_path, model_dirs):
+    """mode="generate" on a reasoning critic: each pair judged as critic.judge(mode="generate")
+    judges it (the same orders as the fast path's), P(chosen) from the verdict read after the
+    reasoning, every answer kept in judge_texts. The same judge read by exact strings states no
+    verdict after its reasoning (its `[[A]]`/`[[B]]` are in the reasoning only): those rows are
+    unscored (null), counted as skipped, their answers kept."""
+    path = model_dirs("thinking-critic", kind="critic", arch="llama", thinking=True, teach_steps=100)
+    spec = {"name": "judge", "path": str(path), "kind": "critic", "max_new_tokens": 40}
+    boxed = {**spec, "verdict_pattern": r"\\boxed\{(A|B)\}"}
+    rows = pair_rows(6)
+    corpus = write_corpus(tmp_path / "p.jsonl", rows)
+    table, summary = score_rows_in_process(corpus, boxed, mode="generate", **FAST)
+    items = [{"prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]} for r in rows]
+    swaps = [critic_swap(it) for it in items]
+    flipped = [
+        {**it, "response_a": it["response_b"], "response_b": it["response_a"]} if s else it
+        for it, s in zip(items, swaps)
+    ]
+    judged = load_model(boxed).judge(flipped, mode="generate")
+    assert all(v.prob_a is not None for v in judged)
+    assert close(table["prob_chosen"].to_pylist(), [1 - v.prob_a if s else v.prob_a for v, s in zip(judged, swaps)])
+    assert table["judge_texts"].to_pylist() == [[v.text] for v in judged]
+    assert all("</think>" in v.text for v in judged)
+    assert summary["scored"] == len(rows) and summary["accuracy"] is not None
+
+    plain, plain_summary = score_rows_in_process(corpus, spec, mode="generate", **FAST)
+    assert plain["prob_chosen"].to_pylist() == [None] * len(rows)
+    assert plain["chosen_wins"].to_pylist() == [None] * len(rows)
+    assert plain["judge_texts"].to_pylist() == table["judge_texts"].to_pylist()
+    assert plain_summary["scored"] == 0 and plain_summary["skipped"] == len(rows)
+
+
+def test_generate_mode_rates_after_the_reasoning(tmp_path, model_dirs):
+    path = model_dirs("thinking-judge", kind="pointwise", arch="llama", thinking=True, teach_steps=100)
+    spec = {"name": "rater", "path": str(path), "kind": "pointwise", "max_new_tokens": 40}
+    rows = [{"prompt": PROMPTS[i], "response": GOOD[i]} for i in range(4)]
+    table, summary = score_rows_in_process(write_corpus(tmp_path / "r.jsonl", rows), spec, mode="generate", **FAST)
+    rated = load_model(spec).rate(rows, mode="generate")
+    assert all(r.rating is not None for r in rated)
+    assert table["rating"].to_pylist() == [r.rating for r in rated]
+    assert close(table["score"].to_pylist(), [r.expected for r in rated])
+    assert table["judge_texts"].to_pylist() == [[r.text] for r in rated]
+    assert summary["kind"] == "pointwise"
+
+
+def test_generate_mode_is_for_judges(tmp_path, rm_path):
+    with pytest.raises(ConfigError, match="mode='generate' is for a critic or a pointwise judge"):
+        score_rows_in_process(
+            write_corpus(tmp_path / "c.jsonl", pair_rows(2)), {"name": "rm", "path": str(rm_path), "kind": "reward"},
+            mode="generate",
+        )  # fmt: skip
