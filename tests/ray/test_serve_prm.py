@@ -210,6 +210,13 @@ def test_ray_data_via_serve_scores_prm_and_judge_rows_like_in_process(prm_app, t
     assert table["rating"].to_pylist() == [w.rating for w in want]
     assert all(close(g, w.probs) for g, w in zip(table["rating_probs"].to_pylist(), want))
 
+    # generate mode on the replica's continuous-batching loop: the ratings it writes, its answers kept
+    score_corpus(tmp_path / "rate.jsonl", tmp_path / "pw-gen", "judge", mode="generate", **fast)
+    table, want = read_scores(tmp_path / "pw-gen"), prm_app["local"]["judge"].rate(RATE * 2, mode="generate")
+    assert table["judge_texts"].to_pylist() == [[w.text] for w in want]
+    assert table["rating"].to_pylist() == [w.rating for w in want]
+    assert close([x for x in table["score"].to_pylist() if x is not None], [w.expected for w in want if w.probs])
+
 
 def test_openai_client_chat_completions_of_a_pointwise_and_a_generative_judge_through_serve(prm_app):
     """The `openai` package through Serve's proxy to the pointwise judge's and the generative
