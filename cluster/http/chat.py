@@ -32,12 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from cluster.core.chat import ChatJob, ChatResult
 from cluster.core.errors import InvalidInput
 from cluster.core.service import ScoringService
+from cluster.http.common import CAUSAL_KINDS
 from cluster.http.schemas import JSONInt, checked
 from cluster.http.vllm import ERROR_MODEL, ERROR_STYLE  # noqa: F401 - this module's error style: OpenAI's
-from cluster.kinds import KINDS
 
 MAX_TOKENS = 2**31 - 1  # a bound on the field itself (a model's own limit is its max_length)
-CHAT_KINDS = tuple(name for name, kind in KINDS.items() if kind.head == "next_token")
 
 
 class TextPart(BaseModel):
@@ -229,7 +228,7 @@ def router(service: ScoringService) -> APIRouter:
 
     @r.post("/v1/chat/completions", response_model=ChatCompletion, responses={200: {"content": stream}})
     async def chat_completions(body: ChatRequest):
-        model = service.resolve(body.model, CHAT_KINDS)
+        model = service.resolve(body.model, CAUSAL_KINDS)
         result = await service.chat(model, chat_job(body))
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
