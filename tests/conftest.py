@@ -15,6 +15,7 @@ from helpers import (
     REWARD_VARIANTS,
     InProcessClient,
     LiveServer,
+    S3Server,
     app_args,
     deploy,
     free_port,
@@ -105,6 +106,14 @@ def judge_spec(model_dirs) -> dict:
     """A tiny pointwise judge (rates on 1..10)."""
     path = model_dirs("pointwise-judge", kind="pointwise", arch="llama")
     return {"name": "pw", "path": str(path), "kind": "pointwise", "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API server on loopback (helpers.S3Server), for the whole run."""
+    server = S3Server()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

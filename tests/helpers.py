@@ -11,6 +11,9 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -19,6 +22,26 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Object storage in the tests is a real S3 API server on loopback (moto's, started by the `s3`
+# fixture on this port), reached the way users reach theirs: through the standard AWS environment,
+# set here, before any Ray worker starts, so that workers inherit it as a node's environment.
+S3_PORT = int(os.environ.get("SCORING_TEST_S3_PORT") or 0) or None
+if S3_PORT is None:
+    with socket.socket() as _s:
+        _s.bind(("127.0.0.1", 0))
+        S3_PORT = _s.getsockname()[1]
+    os.environ["SCORING_TEST_S3_PORT"] = str(S3_PORT)
+S3_ENV = {
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "test-access-key",
+    "AWS_SECRET_ACCESS_KEY": "test-secret-key-not-for-logs",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # never wait on an instance-metadata lookup
+}
+os.environ.update(S3_ENV)
+# a model path on s3:// is copied once per node into this cache (cluster/engine/weights.py)
+os.environ.setdefault("SCORING_CLUSTER_CACHE", os.path.join(tempfile.gettempdir(), f"scoring-cache-{os.getpid()}"))
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -642,9 +665,9 @@ def score_rows_in_process(input_path, model, **options):
         raise InvalidInput(empty[0]["error"].split(": ", 1)[1])
     if not chunks:
         raise InvalidInput(f"{input_path}: the input holds no rows")
-    layout = _corpus_layout(chunks, spec, opts)
+    layout = _corpus_layout(chunks, spec, opts, base)
     read = pa.concat_tables(
-        [read_chunk(chunk, opts.on_error, asdict(layout)) for chunk in chunks], promote_options="permissive"
+        [read_chunk(chunk, opts.on_error, asdict(layout), base) for chunk in chunks], promote_options="permissive"
     )
     tokenize = TokenizeStage(spec=spec.model_dump(), layout=asdict(layout), debias=opts.debias, on_error=opts.on_error)
     keep_errors = opts.on_error == "skip"
@@ -665,3 +688,49 @@ def score_rows_in_process(input_path, model, **options):
         errors, table = errors + table.num_rows - scored.num_rows, scored
     summary = {"model": spec.name, "shape": layout.shape, "errors": errors}
     return table, {**summary, **summarize(table, default_kind=spec.kind)}
+
+
+class S3Server:
+    """moto's S3 server from PyPI in its own process on 127.0.0.1:S3_PORT (the AWS environment
+    above points at it). `bucket()` makes a fresh bucket; `put_folder` uploads local files."""
+
+    def __init__(self):
+        self.url = S3_ENV["AWS_ENDPOINT_URL"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        self.count = 0
+
+    @property
+    def fs(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.url, allow_bucket_creation=True)
+
+    def bucket(self, name: str = "bucket") -> str:
+        """A new, empty bucket: its s3:// URI."""
+        self.count += 1
+        bucket = f"{name}-{self.count}"
+        self.fs.create_dir(bucket)
+        return f"s3://{bucket}"
+
+    def put_folder(self, local: Path, uri: str) -> str:
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(str(local), uri.removeprefix("s3://"), destination_filesystem=self.fs)
+        return uri
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from cluster.cli.score import entrypoint, score_command
@@ -30,7 +29,8 @@ def submit_scoring_job(
 ) -> str | dict[str, Any]:
     """Submit `score_corpus(input_path, output_path, model, **options)` to the Ray cluster whose job
     server (the dashboard, e.g. http://head:8265) is at `address`. Paths are as the cluster sees
-    them. Returns the job id, or with wait=True the run's summary once it succeeds."""
+    them (a URI, s3://..., is the same everywhere). Returns the job id, or with wait=True the run's
+    summary once it succeeds."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
@@ -42,7 +42,9 @@ def submit_scoring_job(
     if not wait:
         return job_id
     wait_for_job(address, job_id, timeout_s)
-    return json.loads((Path(output_path) / "summary.json").read_text())
+    from cluster.data.storage import locate
+
+    return json.loads(locate(output_path).child("summary.json").read_text())
 
 
 def wait_for_job(address: str, job_id: str, timeout_s: float = 3600, poll_s: float = 1.0) -> str:

@@ -32,8 +32,15 @@ def _flag(field: str) -> str:
 def add_score_arguments(
     parser: argparse.ArgumentParser, curate: bool = False, calibration: bool = False, solutions: bool = False
 ) -> None:
-    parser.add_argument("input", help="a parquet/JSONL/JSON file, a folder of them, or a glob")
-    parser.add_argument("output", help="output folder (parts/, summary.json, errors.jsonl); rerun to resume")
+    parser.add_argument(
+        "input",
+        help="a parquet/JSONL/JSON file, a folder of them, or a glob; local or a URI (s3://, gs://, abfs://, "
+        "hdfs://, file://; credentials and endpoint from the environment, e.g. AWS_ENDPOINT_URL)",
+    )
+    parser.add_argument(
+        "output",
+        help="output folder (parts/, summary.json, errors.jsonl), local or a URI; rerun to resume",
+    )
     parser.add_argument(
         "--model",
         required=True,

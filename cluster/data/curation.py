@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -16,9 +15,10 @@ from cluster.core.errors import ConfigError, InvalidInput
 from cluster.data.corpus import Layout
 from cluster.data.models import resolve_model
 from cluster.data.options import ScoringOptions
-from cluster.data.resume import _write_atomic, read_scores
+from cluster.data.resume import read_scores
 from cluster.data.scoring import _score_corpus, score_corpus
 from cluster.data.stages import ModelStage
+from cluster.data.storage import Location, locate
 from cluster.kinds import kind_of
 
 
@@ -28,33 +28,35 @@ def filter_pairs(
     model: ModelSpec | Mapping[str, Any] | str,
     *,
     min_margin: float = 0.0,
+    filesystem=None,
     **options: Any,
 ) -> dict[str, Any]:
     """Keep the preference pairs the model agrees with: chosen beats rejected by more than 0 and by
     at least `min_margin` (for rows with several responses per side, every chosen/rejected pair
     must). Scores go to `output_path` (resumable, as score_corpus); the rows to `kept.parquet` and
     `dropped.parquet` there, with their scores. Rows that could not be scored are in errors.jsonl."""
-    summary = score_corpus(input_path, output_path, model, **options)
+    summary = score_corpus(input_path, output_path, model, filesystem=filesystem, **options)
     if summary["shape"] != "pairs":
         raise InvalidInput(f"{input_path}: filter_pairs needs preference pairs (prompt + chosen + rejected)")
-    table = read_scores(output_path)
+    out = locate(output_path, filesystem)
+    table = read_scores(out)
     margins = (
         table["margins"].to_pylist() if "margins" in table.column_names else [[m] for m in table["margin"].to_pylist()]
     )
     keep = pa.array([all(m > 0 and m >= min_margin for m in row) for row in margins], type=pa.bool_())
-    return {**summary, "min_margin": min_margin, **_split_kept(table, keep, Path(output_path))}
+    return {**summary, "min_margin": min_margin, **_split_kept(table, keep, out)}
 
 
-def _split_kept(table: pa.Table, keep: pa.Array, out: Path) -> dict[str, Any]:
+def _split_kept(table: pa.Table, keep: pa.Array, out: Location) -> dict[str, Any]:
     """The rows `keep` marks to kept.parquet, the others to dropped.parquet, in `out`: their counts and files."""
     kept, dropped = table.filter(keep), table.filter(pc.invert(keep))
-    _write_atomic(out / "kept.parquet", kept)
-    _write_atomic(out / "dropped.parquet", dropped)
+    out.child("kept.parquet").write(kept)
+    out.child("dropped.parquet").write(dropped)
     return {
         "kept": kept.num_rows,
         "dropped": dropped.num_rows,
-        "kept_file": str(out / "kept.parquet"),
-        "dropped_file": str(out / "dropped.parquet"),
+        "kept_file": out.child("kept.parquet").shown,
+        "dropped_file": out.child("dropped.parquet").shown,
     }
 
 
@@ -65,6 +67,7 @@ def filter_solutions(
     *,
     min_step_reward: float = 0.5,
     overwrite: bool = False,
+    filesystem=None,
     **options: Any,
 ) -> dict[str, Any]:
     """Keep the solutions a process reward model finds no weak step in: every step's reward (the
@@ -94,25 +97,30 @@ def filter_solutions(
                 "response, or conversations); this corpus holds pairs: use filter_pairs"
             )
 
-    summary = _score_corpus(input_path, output_path, spec, overwrite, opts, ModelStage, require=solutions)
-    table = read_scores(output_path)
+    summary = _score_corpus(
+        input_path, output_path, spec, overwrite, opts, ModelStage, require=solutions, filesystem=filesystem
+    )
+    out = locate(output_path, filesystem)
+    table = read_scores(out)
     if "weakest_step_reward" in table.column_names:
         keep = pc.fill_null(pc.greater_equal(table["weakest_step_reward"], pa.scalar(float(min_step_reward))), False)
     else:  # nothing scored
         keep = pa.array([False] * table.num_rows, pa.bool_())
-    return {**summary, "min_step_reward": min_step_reward, **_split_kept(table, keep, Path(output_path))}
+    return {**summary, "min_step_reward": min_step_reward, **_split_kept(table, keep, out)}
 
 
 def calibrate(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     model: ModelSpec | Mapping[str, Any] | str,
+    *,
+    filesystem=None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score a corpus (resumable, as score_corpus) and return the reward model's score mean and std
     over it (every scored response: both sides of pairs), as the `shaping` a served model takes:
     `{"normalize": {"mean": ..., "std": ...}}`."""
-    summary = score_corpus(input_path, output_path, model, **options)
+    summary = score_corpus(input_path, output_path, model, filesystem=filesystem, **options)
     if summary["kind"] != "reward":
         raise InvalidInput(f"calibrate measures a reward model's scores; this model is a {summary['kind']}")
     stats = summary.get("score_stats") or {}

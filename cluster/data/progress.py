@@ -10,13 +10,15 @@ a row counts once its shard is renamed into place. Where it shows:
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import IO
 
 import pyarrow.parquet as pq
+
+from cluster.data.storage import Location, locate
 
 # Where the display goes when no file is given: sys.stderr, unless a command routes it elsewhere
 # (the CLI sends Ray's stderr to a log file and its own display to the terminal: cli/score.py).
@@ -29,15 +31,16 @@ class ShardCounter:
     """Rows in the committed shards of `parts_dir` (scored parquet rows + errored JSONL lines),
     reading each new shard's footer or lines once."""
 
-    def __init__(self, parts_dir: Path):
-        self.parts_dir = Path(parts_dir)
+    def __init__(self, parts_dir: str | os.PathLike | Location):
+        self.parts_dir = locate(parts_dir)
         self.seen: dict[str, int] = {}
 
     def rows(self) -> int:
         for path in self.parts_dir.glob("part-*.parquet"):
             if path.name not in self.seen:
                 try:
-                    self.seen[path.name] = pq.ParquetFile(path).metadata.num_rows
+                    with path.open() as f:
+                        self.seen[path.name] = pq.ParquetFile(f).metadata.num_rows
                 except (OSError, ValueError):  # renamed into place a moment ago, or racing: next poll
                     continue
         for path in self.parts_dir.glob("errors-*.jsonl"):
@@ -76,7 +79,7 @@ class RunProgress:
 
     def __init__(
         self,
-        parts_dir: Path,
+        parts_dir: str | os.PathLike | Location,
         total: int,
         *,
         enabled: bool = True,
@@ -163,6 +166,6 @@ class RunProgress:
         self._last_line = time.monotonic()
 
 
-def shard_rows(parts_dir: Path) -> int:
+def shard_rows(parts_dir: str | os.PathLike | Location) -> int:
     """Rows committed in a folder's shards (scored and errored)."""
     return ShardCounter(parts_dir).rows()

@@ -3,18 +3,19 @@ source_row); a malformed row fails alone (raise: an error naming it; skip: an er
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cluster.core.errors import InvalidInput, ScoringError
 from cluster.data.corpus import Layout, move_aside, row_units
+from cluster.data.storage import Location, _lines, expand, glob_matches, locate, unreachable
 
 INPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -27,42 +28,52 @@ def where_of(row: Mapping[str, Any]) -> str:
     return "row"
 
 
-def expand_inputs(input_path: str | os.PathLike) -> tuple[list[str], str]:
-    """(files, base): a file, a folder (its parquet/JSONL/JSON files, recursively) or a glob."""
-    path = str(input_path)
-    if os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in INPUT_SUFFIXES and p.is_file())
-        base = path
-    elif os.path.isfile(path):
-        files, base = [path], os.path.dirname(path)
+def expand_inputs(
+    input_path: str | os.PathLike | Location, filesystem: pafs.FileSystem | None = None
+) -> tuple[list[Location], Location]:
+    """(files, base): a file, a folder (its parquet/JSONL/JSON files, recursively) or a glob, local
+    or a URI (cluster/data/storage.py). Row ids name a file relative to `base`."""
+    root, pattern = expand(input_path, filesystem)
+    shown = os.fspath(input_path) if not isinstance(input_path, Location) else input_path.shown
+    if pattern:
+        files = [f for f in root.files() if glob_matches(pattern, posixpath.relpath(f.path, root.path))]
+        base = _common_folder(files) if files else root
+    elif root.is_dir():
+        files, base = [f for f in root.files() if f.path.endswith(INPUT_SUFFIXES)], root
+    elif root.is_file():
+        files, base = [root], root.parent()
     else:
-        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-        base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+        files, base = [], root
     if not files:
-        raise InvalidInput(f"{path}: no input files (expected a parquet/JSONL/JSON file, a folder of them, or a glob)")
+        raise InvalidInput(f"{shown}: no input files (expected a parquet/JSONL/JSON file, a folder of them, or a glob)")
     for f in files:
-        if not f.endswith(INPUT_SUFFIXES):
+        if not f.path.endswith(INPUT_SUFFIXES):
             raise InvalidInput(f"{f}: unsupported file type (expected {', '.join(INPUT_SUFFIXES)})")
     return files, base
 
 
-def _rel(file: str, base: str) -> str:
-    return os.path.relpath(file, base) if base else file
+def _common_folder(files: list[Location]) -> Location:
+    folder = posixpath.commonpath([posixpath.dirname(f.path) for f in files])
+    return files[0]._at(folder) if folder != files[0].path else files[0]
 
 
-def plan_chunks(files: list[str], base: str, rows_per_chunk: int) -> tuple[list[dict], list[dict]]:
+def plan_chunks(
+    files: list[Location | str], base: Location | str, rows_per_chunk: int
+) -> tuple[list[dict], list[dict]]:
     """Read tasks of about `rows_per_chunk` rows each, plus the files that hold no rows at all.
-    Row ids are (file relative to the input, row index), stable across runs."""
+    Row ids are (file relative to the input, row index), stable across runs. A chunk names its
+    file by its path on the input's filesystem (the read task is given the filesystem)."""
     chunks, empty = [], []
-    for file in files:
-        rel = _rel(file, base)
-        if file.endswith(".parquet"):
+    base = locate(base)
+    for file in map(locate, files):
+        rel = posixpath.relpath(file.path, base.path) if base.path else file.path
+        if file.path.endswith(".parquet"):
             found = _parquet_chunks(file, rel, rows_per_chunk)
-        elif file.endswith(".jsonl"):
+        elif file.path.endswith(".jsonl"):
             found = _jsonl_chunks(file, rel, rows_per_chunk)
         else:
             n = len(_load_json_rows(file, rel))
-            found = [_chunk(file, rel, "json", 0, n)] if n else []
+            found = [_chunk(file.path, rel, "json", 0, n)] if n else []
         if found:
             chunks += found
         else:
@@ -87,9 +98,10 @@ def _chunk(file: str, rel: str, fmt: str, start: int, stop: int, **extra: Any) -
     }
 
 
-def _parquet_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
+def _parquet_chunks(file: Location, rel: str, rows_per_chunk: int) -> list[dict]:
     try:
-        meta = pq.ParquetFile(file).metadata
+        with file.open() as f:
+            meta = pq.ParquetFile(f).metadata
     except Exception as err:
         raise InvalidInput(f"{rel}: not a readable parquet file ({err})") from None
     chunks, groups, start, count = [], [], 0, 0
@@ -98,52 +110,52 @@ def _parquet_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
         count += meta.row_group(g).num_rows
         if count >= rows_per_chunk or g == meta.num_row_groups - 1:
             if count:
-                chunks.append(_chunk(file, rel, "parquet", start, start + count, groups=groups))
+                chunks.append(_chunk(file.path, rel, "parquet", start, start + count, groups=groups))
             start, groups, count = start + count, [], 0
     return chunks
 
 
-def _jsonl_chunks(file: str, rel: str, rows_per_chunk: int) -> list[dict]:
+def _jsonl_chunks(file: Location, rel: str, rows_per_chunk: int) -> list[dict]:
     """Byte offsets of every `rows_per_chunk`-th non-blank line (one pass, no parsing)."""
     chunks, offset, row, line = [], 0, 0, 0
     start = None
-    with open(file, "rb") as f:
-        for raw in f:
-            line += 1
-            if raw.strip():
-                if row % rows_per_chunk == 0:
-                    if start is not None:
-                        chunks.append(start | {"stop": row})
-                    start = _chunk(file, rel, "jsonl", row, row, offset=offset, line=line)
-                row += 1
-            offset += len(raw)
+    for raw in file.lines():
+        line += 1
+        if raw.strip():
+            if row % rows_per_chunk == 0:
+                if start is not None:
+                    chunks.append(start | {"stop": row})
+                start = _chunk(file.path, rel, "jsonl", row, row, offset=offset, line=line)
+            row += 1
+        offset += len(raw)
     if start is not None:
         chunks.append(start | {"stop": row})
     return chunks
 
 
-def _load_json_rows(file: str, rel: str) -> list:
+def _load_json_rows(file: Location, rel: str) -> list:
     try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as err:
+        data = json.loads(file.read_bytes())
+    except ValueError as err:
         raise InvalidInput(f"{rel}: not valid JSON ({err}); use JSON lines (.jsonl) for one object per line") from None
     if not isinstance(data, list):
         raise InvalidInput(f"{rel}: a .json input must hold a list of row objects, got {type(data).__name__}")
     return data
 
 
-def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Table:
+def read_chunk(chunk: dict, on_error: str, layout: dict | None = None, source: Location | None = None) -> pa.Table:
     """One read task: the chunk's rows not already done, with source_file/source_row and `_error`.
     With a layout, each row is checked against it here, so a malformed row (raise: an error naming
     file, row and field; skip: an error row) never reaches Arrow, where it could fail a whole block.
     Every row is judged on its own: the table's columns are those of all the chunk's rows (never
     only its first row's), and a value of a type Arrow cannot put in one column with the file's
-    other rows' fails that row alone (see `_to_table`)."""
+    other rows' fails that row alone (see `_to_table`). `source` is the input's location (its
+    filesystem: local when not given); a file the driver listed that this node cannot open is an
+    error of the whole run, naming the node (`storage.unreachable`)."""
     done = set(chunk["done"])
     checked = Layout(**layout) if layout else None
     out = []
-    for i, row in enumerate(_chunk_rows(chunk, on_error)):
+    for i, row in enumerate(_chunk_rows(chunk, on_error, source)):
         index = chunk["start"] + i
         if index in done:
             continue
@@ -156,23 +168,34 @@ def read_chunk(chunk: dict, on_error: str, layout: dict | None = None) -> pa.Tab
                     raise
                 row = _error_row(chunk["rel"], index, f"{type(err).__name__}: {err.message}")
         out.append(row)
-    return _to_table(out, chunk, on_error, checked) if out else _empty_rows()
+    return _to_table(out, chunk, on_error, checked, source) if out else _empty_rows()
 
 
-def _chunk_rows(chunk: dict, on_error: str) -> Iterator[dict]:
+def _file(chunk: dict, source: Location | None) -> Location:
+    fs = source.fs if source is not None else pafs.LocalFileSystem()
+    shown = posixpath.join(source.shown, chunk["rel"]) if source is not None else chunk["file"]
+    return Location(fs, chunk["file"], shown)
+
+
+def _chunk_rows(chunk: dict, on_error: str, source: Location | None) -> Iterator[dict]:
     """The chunk's rows as dicts, in order, each with `_error` (None, or why it is no row object:
     skip); JSONL lazily, a line at a time."""
-    if chunk["fmt"] == "parquet":
-        table = pq.ParquetFile(chunk["file"]).read_row_groups(chunk["groups"])
-        return iter([{**move_aside(r), "_error": None} for r in table.to_pylist()])
-    if chunk["fmt"] == "json":
-        return iter(
-            [
-                _object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
-                for i, r in enumerate(_load_json_rows(chunk["file"], chunk["rel"]))
-            ]
-        )
-    return _read_jsonl(chunk, on_error)
+    file = _file(chunk, source)
+    try:
+        if chunk["fmt"] == "parquet":
+            with file.open() as f:
+                table = pq.ParquetFile(f).read_row_groups(chunk["groups"])
+            return iter([{**move_aside(r), "_error": None} for r in table.to_pylist()])
+        if chunk["fmt"] == "json":
+            return iter(
+                [
+                    _object_row(r, chunk["rel"], chunk["start"] + i, None, on_error)
+                    for i, r in enumerate(_load_json_rows(file, chunk["rel"]))
+                ]
+            )
+        return _read_jsonl(chunk, on_error, file.open())
+    except FileNotFoundError as err:
+        raise unreachable("the input file", file, err) from None
 
 
 def _error_row(rel: str, index: int, error: str) -> dict:
@@ -182,7 +205,9 @@ def _error_row(rel: str, index: int, error: str) -> dict:
 META_COLUMNS = ("_error", "source_file", "source_row")
 
 
-def _to_table(rows: list[dict], chunk: dict, on_error: str, layout: Layout | None = None) -> pa.Table:
+def _to_table(
+    rows: list[dict], chunk: dict, on_error: str, layout: Layout | None = None, source: Location | None = None
+) -> pa.Table:
     """The rows as one table with the union of their columns, in the order first seen. A column
     Arrow cannot hold (a string in one row, a list in another) fails the rows whose value does not
     fit the type most of the file's first rows hold there (`_reference_row`, read only then): raise
@@ -201,7 +226,7 @@ def _to_table(rows: list[dict], chunk: dict, on_error: str, layout: Layout | Non
         if bad_column is None:
             return pa.table(arrays)
         if ref is None:
-            ref = _reference_row(chunk, layout)
+            ref = _reference_row(chunk, layout, source)
         odd = _misfits([r.get(bad_column) for r in rows], ref.get(bad_column))
         if not odd:  # every value fits the reference on its own but not all together: fail the column
             odd = {
@@ -251,13 +276,14 @@ def _misfits(values: list, reference: Any) -> dict[int, str]:
     return odd
 
 
-def _read_jsonl(chunk: dict, on_error: str) -> Iterator[dict]:
+def _read_jsonl(chunk: dict, on_error: str, opened: pa.NativeFile) -> Iterator[dict]:
+    """The chunk's rows from its byte offset on (`opened` by the caller, so that a file this node
+    cannot see fails there, not at the first row)."""
     count, line = 0, chunk["line"]
-    with open(chunk["file"], "rb") as f:
+    with opened as f:
         f.seek(chunk["offset"])
-        while count < chunk["stop"] - chunk["start"]:
-            raw = f.readline()
-            if not raw:
+        for raw in _lines(f):
+            if count >= chunk["stop"] - chunk["start"]:
                 break
             if raw.strip():
                 index = chunk["start"] + count
@@ -294,29 +320,29 @@ def _empty_rows() -> pa.Table:
     )
 
 
-def _read_batch(batch: pa.Table, on_error: str, layout: dict) -> pa.Table:
-    tables = [read_chunk(chunk, on_error, layout) for chunk in batch.to_pylist()]
+def _read_batch(batch: pa.Table, on_error: str, layout: dict, source: Location | None = None) -> pa.Table:
+    tables = [read_chunk(chunk, on_error, layout, source) for chunk in batch.to_pylist()]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _file_rows(chunks: list[dict], on_error: str) -> Iterator[tuple[int, dict]]:
+def _file_rows(chunks: list[dict], on_error: str, source: Location | None = None) -> Iterator[tuple[int, dict]]:
     """(row index, row) through one file's chunks in order, a chunk at a time (lazily)."""
     for chunk in chunks:
-        for i, row in enumerate(_chunk_rows(chunk, on_error)):
+        for i, row in enumerate(_chunk_rows(chunk, on_error, source)):
             yield chunk["start"] + i, row
 
 
 REFERENCE_ROWS = 100  # a file's first rows, read to find the type each column should have
 
 
-def _reference_row(chunk: dict, layout: Layout | None) -> dict:
+def _reference_row(chunk: dict, layout: Layout | None, source: Location | None = None) -> dict:
     """Per column, a value of the type most of the file's first rows that can be scored hold there
     (ties: the first seen): what a row's value must merge with, so that one odd row fails alone,
     even as row 0, and every chunk of the file decides alike."""
     if chunk["fmt"] == "parquet":  # one type per column already
         return {}
     head = {**chunk, "start": 0, "stop": REFERENCE_ROWS, "offset": 0, "line": 1}
-    rows = [r for r, _ in zip(_chunk_rows(head, "skip"), range(REFERENCE_ROWS)) if _fits(r, layout)]
+    rows = [r for r, _ in zip(_chunk_rows(head, "skip", source), range(REFERENCE_ROWS)) if _fits(r, layout)]
     seen: dict[str, dict[str, list]] = {}  # column (in the order first seen) -> type -> [count, first value]
     for row in rows:
         for column, value in row.items():

@@ -6,17 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
 from cluster.core.config import ModelSpec
 from cluster.core.errors import ConfigError, InvalidInput
 from cluster.data.progress import shard_rows
+from cluster.data.storage import Location, locate
 
 MANIFEST_KEYS = ("model", "shape", "debias", "mode", "inputs")
 
@@ -25,19 +24,19 @@ class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or a signal. `message()` says what is safely written and how to
     resume; ask it after Ray has shut down, when no model actor can commit another piece."""
 
-    def __init__(self, out: Path, base: int, todo: int, code: int):
+    def __init__(self, out: Location, base: int, todo: int, code: int):
         super().__init__(f"interrupted; rerun the same call to resume ({out})")
         self.out, self.base, self.todo, self.code = out, base, todo, code
 
     def message(self) -> str:
-        total = shard_rows(self.out / "parts")
+        total = shard_rows(self.out.child("parts"))
         return (
             f"{total - self.base} of this run's {self.todo} rows are safely written ({total} in {self.out} in "
             "all); run the same command again to resume from there"
         )
 
 
-def _interrupted(stop: BaseException, out: Path, base: int, todo: int) -> Interrupted:
+def _interrupted(stop: BaseException, out: Location, base: int, todo: int) -> Interrupted:
     code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
     return Interrupted(out, base, todo, code)
 
@@ -73,10 +72,11 @@ IDENTITY_FIELDS = {
 }
 
 
-def _prepare_output(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    run_file = out / "run.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+def _prepare_output(out: Location, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Check that `out` is new, empty or this same run's folder, and write run.json there."""
+    run_file = out.child("run.json")
+    if overwrite:
+        out.delete()
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         changed = [k for k in MANIFEST_KEYS if previous.get(k) != manifest.get(k)]
@@ -85,44 +85,47 @@ def _prepare_output(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
                 f"{out}: holds a run with different {', '.join(changed)} (was {[previous.get(k) for k in changed]}); "
                 "resuming would mix results. Use another output folder, or overwrite=True (--overwrite)"
             )
-    elif out.exists() and any(out.iterdir()):
+    elif out.is_file() or out.files():
         raise ConfigError(f"{out}: exists and is not a scoring output folder; choose an empty or new folder")
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "parts").glob("*.tmp"):  # a shard a killed run was writing: never committed
-        stale.unlink()
-    _write_atomic(run_file, json.dumps(manifest, indent=2))
+    parts = out.child("parts")
+    parts.makedirs()
+    for stale in parts.glob("*.tmp"):  # a shard a killed run was writing: never committed
+        stale.delete()
+    run_file.write(json.dumps(manifest, indent=2))
 
 
-def _done_rows(out: Path) -> dict[str, set[int]]:
+def _done_rows(out: Location) -> dict[str, set[int]]:
     """Row ids already in a committed shard (scored or errored)."""
     done: dict[str, set[int]] = {}
-    for part in sorted((out / "parts").glob("part-*.parquet")):
-        ids = pq.read_table(part, columns=["source_file", "source_row"]).to_pydict()
+    parts = out.child("parts")
+    for part in parts.glob("part-*.parquet"):
+        ids = part.read_parquet(columns=["source_file", "source_row"]).to_pydict()
         for rel, row in zip(ids["source_file"], ids["source_row"]):
             done.setdefault(rel, set()).add(row)
-    for part in sorted((out / "parts").glob("errors-*.jsonl")):
+    for part in parts.glob("errors-*.jsonl"):
         for line in part.read_text().splitlines():
             rec = json.loads(line)
             done.setdefault(rec["source_file"], set()).add(rec["source_row"])
     return done
 
 
-def write_shard(batch: pa.Table, out_dir: str) -> pa.Table:
+def write_shard(batch: pa.Table, out_dir: str | os.PathLike | Location) -> pa.Table:
     """Commit one batch: scored rows to a parquet shard and errored rows to a JSONL shard, each
-    written to a temporary name and renamed (atomic), named by a hash of its row ids."""
+    written whole or not at all (storage.Location.write), named by a hash of its row ids."""
+    out_dir = locate(out_dir)
     if "error" in batch.column_names:
         failed = batch.filter(pc.is_valid(batch["error"]))
         scored = batch.filter(pc.is_null(batch["error"])).drop_columns(["error"])
     else:
         failed, scored = batch.slice(0, 0), batch
     if scored.num_rows:
-        _write_atomic(Path(out_dir) / f"part-{_shard_key(scored)}.parquet", scored)
+        out_dir.child(f"part-{_shard_key(scored)}.parquet").write(scored)
     if failed.num_rows:
         lines = [
             json.dumps({"source_file": r["source_file"], "source_row": r["source_row"], "error": r["error"]})
             for r in failed.select(["source_file", "source_row", "error"]).to_pylist()
         ]
-        _write_atomic(Path(out_dir) / f"errors-{_shard_key(failed)}.jsonl", "\n".join(lines) + "\n")
+        out_dir.child(f"errors-{_shard_key(failed)}.jsonl").write("\n".join(lines) + "\n")
     tokens = pc.sum(scored["num_tokens"]).as_py() if scored.num_rows else 0
     return pa.table({"rows": [scored.num_rows], "errors": [failed.num_rows], "tokens": [tokens or 0]})
 
@@ -132,40 +135,33 @@ def _shard_key(table: pa.Table) -> str:
     return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:20]
 
 
-def _write_atomic(path: Path, content: pa.Table | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(content, pa.Table):
-        pq.write_table(content, tmp)
-    else:
-        tmp.write_text(content)
-    os.replace(tmp, path)
-
-
-def _merge_errors(out: Path, file_errors: list[dict]) -> int:
+def _merge_errors(out: Location, file_errors: list[dict]) -> int:
     """errors.jsonl: file-level problems plus every errored row, in input order."""
     records = list(file_errors)
-    for part in sorted((out / "parts").glob("errors-*.jsonl")):
+    for part in out.child("parts").glob("errors-*.jsonl"):
         records += [json.loads(line) for line in part.read_text().splitlines()]
     records.sort(key=lambda r: (r["source_file"], -1 if r["source_row"] is None else r["source_row"]))
-    target = out / "errors.jsonl"
+    target = out.child("errors.jsonl")
     if records:
-        _write_atomic(target, "".join(json.dumps(r) + "\n" for r in records))
-    elif target.exists():
-        target.unlink()
+        target.write("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        target.delete()
     return len(records)
 
 
-def read_scores(path: str | os.PathLike) -> pa.Table:
-    """A scoring output folder (its shards, in input order) or a parquet file, as one table."""
-    path = Path(path)
+def read_scores(path: str | os.PathLike | Location, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """A scoring output folder (its shards, in input order) or a parquet file, as one table; a
+    local path or a URI (s3://..., cluster/data/storage.py), or a path on `filesystem`."""
+    path = locate(path, filesystem)
     if path.is_file():
-        return pq.read_table(path)
-    parts = sorted((path / "parts").glob("part-*.parquet")) if (path / "parts").is_dir() else []
+        return path.read_parquet()
+    parts_dir = path.child("parts")
+    parts = parts_dir.glob("part-*.parquet")
     if not parts:
-        if (path / "parts").is_dir():
+        if parts_dir.is_dir():
             return pa.table({})
         raise InvalidInput(f"{path}: not a scoring output folder or parquet file")
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+    table = pa.concat_tables([p.read_parquet() for p in parts], promote_options="permissive")
     table = table.sort_by([("source_file", "ascending"), ("source_row", "ascending")])
     return _first_of_each_row(table)
 

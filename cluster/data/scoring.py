@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from cluster.core.config import ModelSpec
@@ -21,16 +20,9 @@ from cluster.data.models import output_labels, resolve_model, served_model
 from cluster.data.options import ScoringOptions
 from cluster.data.progress import RunProgress
 from cluster.data.reading import _file_rows, _read_batch, expand_inputs, plan_chunks
-from cluster.data.resume import (
-    _done_rows,
-    _interrupted,
-    _merge_errors,
-    _model_identity,
-    _prepare_output,
-    _write_atomic,
-    read_scores,
-)
+from cluster.data.resume import _done_rows, _interrupted, _merge_errors, _model_identity, _prepare_output, read_scores
 from cluster.data.stages import ModelStage, ServeStage, TokenizeStage, _ScoreStage
+from cluster.data.storage import Location, is_uri, locate
 from cluster.kinds import kind_of
 from cluster.kinds.pointwise import rating_extra_fields
 
@@ -99,7 +91,7 @@ def _scored(
     layout: Layout,
     opts: ScoringOptions,
     model_stage: type[_ScoreStage] | None = None,
-    out_dir: str | None = None,
+    out_dir: Location | None = None,
 ):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -220,16 +212,26 @@ def score_corpus(
     model: ModelSpec | Mapping[str, Any] | str,
     *,
     overwrite: bool = False,
+    filesystem=None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score every row of parquet/JSONL/JSON files into `output_path` and return the summary.
+
+    Both paths may be local or URIs (`s3://bucket/corpus/`, `gs://...`, `abfs://...`, `hdfs://...`,
+    `file://...`), opened through pyarrow with credentials and endpoint from the environment (e.g.
+    `AWS_ENDPOINT_URL`), or paths on `filesystem` (a configured `pyarrow.fs.FileSystem`). Every node
+    of the Ray cluster reads the input and writes shards there, so both must be reachable from every
+    node: object storage, or a filesystem all nodes mount (a path only the driver sees is an error
+    naming the node that cannot open it).
 
     Output folder: `parts/` (parquet shards, one per batch, written atomically), `errors.jsonl`
     (rows that could not be scored, with the reason, on_error='skip'), `summary.json` and
     `run.json`. Run it again with the same arguments after a crash and it scores only the rows no
     shard holds yet: none lost, none twice. Load the results with `read_scores(output_path)`.
     """
-    return _score_corpus(input_path, output_path, model, overwrite, ScoringOptions.parse(options), ModelStage)
+    return _score_corpus(
+        input_path, output_path, model, overwrite, ScoringOptions.parse(options), ModelStage, filesystem=filesystem
+    )
 
 
 def _score_corpus(
@@ -240,6 +242,7 @@ def _score_corpus(
     opts: ScoringOptions,
     model_stage: type[_ScoreStage],
     require: Callable[[Layout], None] | None = None,
+    filesystem=None,
 ) -> dict[str, Any]:
     import ray
     from ray.data import TaskPoolStrategy
@@ -247,16 +250,16 @@ def _score_corpus(
     from cluster.data.metrics import summarize
 
     spec = resolve_model(model, opts.via_serve)
-    files, base = expand_inputs(input_path)
+    files, base = expand_inputs(input_path, filesystem)
     chunks, empty = plan_chunks(files, base, opts.rows_per_shard)
     if empty and opts.on_error == "raise":
         raise InvalidInput(empty[0]["error"].split(": ", 1)[1])
     if not chunks:
         raise InvalidInput(f"{input_path}: the input holds no rows")
-    layout = _corpus_layout(chunks, spec, opts)
+    layout = _corpus_layout(chunks, spec, opts, base)
     if require is not None:  # a recipe's own check (filter_solutions: a prm's solutions), before anything runs
         require(layout)
-    out = Path(output_path)
+    out = locate(output_path, filesystem)
     identity, generated = _model_identity(spec), {}
     if layout.generate:  # what decides a written answer's verdict (absent otherwise: older folders stay resumable)
         identity |= {k: getattr(spec, k) for k in ("max_new_tokens", "reasoning_end", "verdict_pattern")}
@@ -282,7 +285,8 @@ def _score_corpus(
     started_at, started = _now(), time.perf_counter()
     counts = {"rows": 0, "errors": 0, "tokens": 0}
     todo = sum(c["stop"] - c["start"] - len(c["done"]) for c in pending)
-    with quiet_ray_data(opts.verbose), RunProgress(out / "parts", todo, enabled=opts.progress) as progress:
+    parts = out.child("parts")
+    with quiet_ray_data(opts.verbose), RunProgress(parts, todo, enabled=opts.progress) as progress:
         try:
             if pending:
                 ds = ray.data.from_items(pending, override_num_blocks=len(pending))
@@ -291,14 +295,14 @@ def _score_corpus(
                 # and a few at a time (a small share alone would let Ray start dozens of workers)
                 ds = ds.map_batches(
                     _read_batch,
-                    fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout)},
+                    fn_kwargs={"on_error": opts.on_error, "layout": asdict(layout), "source": base},
                     batch_size=1,
                     batch_format="pyarrow",
                     num_cpus=IO_TASK_CPUS,
                     compute=TaskPoolStrategy(size=min(IO_TASKS, len(pending))),
                 )
                 # the model actors write their own shards (a piece at a time) and return counts
-                ds = _scored(ds, spec, layout, opts, model_stage, out_dir=str(out / "parts"))
+                ds = _scored(ds, spec, layout, opts, model_stage, out_dir=parts)
                 for stats in ds.iter_rows():
                     for key in counts:
                         counts[key] += stats[key]
@@ -315,13 +319,13 @@ def _score_corpus(
     table = read_scores(out)
     moved = moved_columns(table.column_names)
     summary = {
-        "output": str(out),
+        "output": out.shown,
         "model": spec.name,
         "shape": layout.shape,
         "rows_scored_now": counts["rows"],
         "rows_done_before": sum(len(v) for v in done.values()),
         "errors": error_rows,
-        "errors_file": str(out / "errors.jsonl") if error_rows else None,
+        "errors_file": out.child("errors.jsonl").shown if error_rows else None,
         "moved_columns": moved,
         "seconds": round(seconds, 3),
         "rows_per_s": counts["rows"] / seconds if seconds and counts["rows"] else None,
@@ -332,7 +336,7 @@ def _score_corpus(
             "model_path": spec.path,
             "model_kind": spec.kind,
             "model_revision": spec.revision,
-            "input": os.path.abspath(str(input_path)),
+            "input": _shown_input(input_path),
             "inputs": sorted({c["rel"] for c in chunks}),
             "started_at": started_at,
             "finished_at": _now(),
@@ -340,15 +344,21 @@ def _score_corpus(
             "options": opts.model_dump(include={"shape", "debias", "mode", "on_error", "batch_rows", "via_serve"}),
         },
     }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    out.child("summary.json").write(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _shown_input(input_path) -> str:
+    """The input as the summary records it: a local path made absolute, a URI as given."""
+    given = os.fspath(input_path)
+    return given if is_uri(given) else os.path.abspath(given)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) -> Layout:
+def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions, source: Location | None = None) -> Layout:
     """The corpus's layout from its first row, checked by turning it into what the model scores;
     with on_error='skip' from its first row that passes, so a corrupt row 0 is one error row, not
     the end of the run. With raise each later file's first row must fit it (an error naming file,
@@ -360,7 +370,7 @@ def _corpus_layout(chunks: list[dict], spec: ModelSpec, opts: ScoringOptions) ->
     for rel, file_chunks in by_file.items():
         # later files are held to the first one's shape, so a missing column is named as such
         shaped = opts if layout is None else opts.model_copy(update={"shape": layout.shape})
-        rows = _file_rows(file_chunks, opts.on_error) if layout is None or opts.on_error == "raise" else ()
+        rows = _file_rows(file_chunks, opts.on_error, source) if layout is None or opts.on_error == "raise" else ()
         for index, row in rows:
             try:
                 found = _row_layout(row, index, rel, spec, shaped)

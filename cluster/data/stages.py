@@ -18,6 +18,7 @@ from cluster.data.corpus import STAGE_COLUMNS, Layout, critic_orders, row_result
 from cluster.data.options import FLUSH_S
 from cluster.data.reading import where_of
 from cluster.data.resume import write_shard
+from cluster.data.storage import Location, unreachable
 from cluster.kinds import Op, kind_of
 
 # The columns the tokenize stage hands the score stage (dropped before writing), by name and type.
@@ -153,9 +154,13 @@ class _ScoreStage:
         layout: dict[str, Any],
         debias: bool,
         keep_errors: bool,
-        out_dir: str | None = None,
+        out_dir: Location | None = None,
         flush_s: float = FLUSH_S,
     ):
+        if out_dir is not None and not out_dir.parent().child("run.json").exists():
+            # the driver wrote run.json before any actor started: a node that cannot see it would
+            # write shards the driver never reads (rows lost, and scored again on every resume)
+            raise unreachable("the output folder", out_dir.parent())
         self.kind = kind
         self.layout = Layout(**layout)
         # a reward model / prm: rewards, step rewards; a judge: P(verdict), or its written answers
@@ -254,7 +259,7 @@ class ModelStage(_ScoreStage):
         debias: bool,
         keep_errors: bool,
         threads: int,
-        out_dir: str | None = None,
+        out_dir: Location | None = None,
         flush_s: float = FLUSH_S,
     ):
         import torch
@@ -281,7 +286,7 @@ class ServeStage(_ScoreStage):
         deployment: str,
         call_tokens: int,
         model_name: str,
-        out_dir: str | None = None,
+        out_dir: Location | None = None,
         flush_s: float = FLUSH_S,
         spec: dict[str, Any] | None = None,
     ):

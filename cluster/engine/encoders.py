@@ -48,6 +48,7 @@ from cluster.core.inputs import (
     validate_step_item,
 )
 from cluster.core.results import swap_ab
+from cluster.engine.weights import local_spec
 from cluster.engine.windows import BATCH_CHARS, GUARD_TOKENS, WHOLE_CHARS, Windows
 from cluster.kinds import Op, kind_of
 from cluster.kinds.pointwise import rating_extra_fields
@@ -682,6 +683,7 @@ def _by_chars(texts: Sequence) -> list[list[int]]:
 def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
+    spec = local_spec(spec, weights=False)  # a URI path: this node's copy of its small files (engine/weights.py)
     try:
         return AutoTokenizer.from_pretrained(
             spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code

@@ -22,6 +22,7 @@ from cluster.engine.placement import plan_placement, quantization_config
 from cluster.engine.prm import PrmModel, StepRewardRunner
 from cluster.engine.rating import PointwiseModel, RatingRunner
 from cluster.engine.reward import LastTokenRunner, OwnForwardRunner, RewardHead, RewardModel, RewardRunner
+from cluster.engine.weights import local_spec
 from cluster.kinds import kind_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,6 +80,7 @@ def load_config(spec: ModelSpec, label: str | None = None):
     from transformers import AutoConfig
 
     label = label or f"model '{spec.name}'"
+    spec = local_spec(spec, weights=False)
     if os.path.isdir(spec.path) and not os.path.isfile(os.path.join(spec.path, "config.json")):
         raise ModelLoadError(
             f"{label}: {spec.path!r} is not a model directory (no config.json); "
@@ -167,7 +169,7 @@ def load_model(spec: ModelSpec | dict[str, Any]):
     """Load the model `spec` describes (a ModelSpec or a dict of its fields): a RewardModel,
     CriticModel, PrmModel or PointwiseModel."""
 
-    spec = ModelSpec.parse(spec)
+    spec = local_spec(ModelSpec.parse(spec), weights=True)  # a URI path: this node's copy (engine/weights.py)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     config = load_config(spec)

@@ -80,6 +80,58 @@ def test_score_dataset_is_lazy_and_matches(ray_cluster, rm_path, rm):
     assert "error" not in out[0] and "source_file" not in out[0]
 
 
+@pytest.mark.parametrize("layout", ["conversations", "several responses", "prm steps", "pointwise pairs"])
+def test_score_dataset_gives_every_layout_the_columns_score_corpus_writes(
+    ray_cluster, tmp_path, rm_path, prm_spec, judge_spec, layout
+):
+    """A Dataset of each layout score_corpus detects: the input's columns and the kind's result
+    columns, equal to what the pipeline's own stages write for the same rows as a file (in
+    process, tests/helpers.py), whatever order Ray Data returns the rows in."""
+    from helpers import score_rows_in_process
+
+    if layout == "conversations":
+        model, rows = rm_path, [{"id": i, "conversations": turn(p, g)} for i, (p, g) in enumerate(zip(PROMPTS, GOOD))]
+    elif layout == "several responses":
+        model, rows = (
+            rm_path,
+            [
+                {"id": i, "prompt": PROMPTS[i], "chosen": [GOOD[i], GOOD[i] + "!"], "rejected": [BAD[i], BAD[i] + "?"]}
+                for i in range(5)
+            ],
+        )
+    elif layout == "prm steps":
+        model, rows = (
+            prm_spec,
+            [
+                {"id": i, "prompt": PROMPTS[i], "steps": [GOOD[i], BAD[i], GOOD[(i + 1) % 8]][: 1 + i % 3]}
+                for i in range(5)
+            ],
+        )
+    else:
+        model, rows = judge_spec, pair_rows(4)
+    expected, _ = score_rows_in_process(write(tmp_path / "rows.jsonl", rows), model, **FAST)
+    scored = score_dataset(ray.data.from_items(rows), model, **FAST)
+    assert isinstance(scored, ray.data.Dataset)
+    got = {r["id"]: r for r in scored.take_all()}
+    want = {r["id"]: r for r in expected.to_pylist()}
+    assert sorted(got) == sorted(want)
+    for key, row in got.items():
+        assert set(row) == set(want[key]) - {"source_file", "source_row"}
+        for column, value in row.items():
+            if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+                assert close(_flat(value), _flat(want[key][column])), (layout, column)
+            else:
+                assert _plain(value) == _plain(want[key][column]), (layout, column)
+
+
+def _flat(value) -> list[float]:
+    return [float(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
 # ---------------------------------------------------------------- resume after a killed run
 
 
@@ -634,12 +686,14 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow  # for time (CI runs `pytest -m slow`)
-def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, monkeypatch):
-    """examples/score_corpus.ipynb in a real Jupyter kernel, joined to this cluster; its last cell
-    submits the same run as a Ray Job through the dashboard and compares the summaries."""
+def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, s3, tmp_path, monkeypatch):
+    """examples/score_corpus.ipynb in a real Jupyter kernel, joined to this cluster; its object
+    storage cell runs on the test's S3 server (through the AWS environment, as a user's would); its
+    last cell submits the same run as a Ray Job through the dashboard and compares the summaries."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     root = REPO
+    monkeypatch.setenv("SCORING_S3_BUCKET", s3.bucket("notebook").removeprefix("s3://"))
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
     monkeypatch.setenv("SCORING_JOB_ADDRESS", ray_cluster["dashboard"])
     monkeypatch.setenv("PYTHONPATH", str(root))
@@ -650,6 +704,7 @@ def test_notebook_runs_top_to_bottom_and_submits_a_job(ray_cluster, tmp_path, mo
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "kept" in outputs and "report.html" in outputs
     assert "set SCORING_JOB_ADDRESS" not in outputs  # the job cell really ran
+    assert "set SCORING_S3_BUCKET" not in outputs and "chat rows scored through score_dataset" in outputs
     # the scoring cell's progress is one widget (tqdm.auto with ipywidgets), and Ray Data's own
     # progress and logs stay out of the notebook
     [score_cell] = [c for c in nb.cells if c.cell_type == "code" and "summary = pipeline.score_corpus" in c.source]

@@ -180,16 +180,20 @@ def test_readme_python_example_runs(where, tmp_path, capsys):
 
 
 def test_every_readme_code_block_is_one_a_test_runs():
-    """The README holds three code blocks, each run by a test: the two commands (the test command is
+    """The README holds four code blocks, each run by a test: the two commands (the test command is
     .ci/run's, below; the demo command is what test_serve_demo_answers_every_route_over_http runs,
-    with --once), the Python example (above) and the curl (tests/ray/test_readme_examples.py)."""
+    with --once), the Python example (above), the curl (tests/ray/test_readme_examples.py) and the
+    object-storage example (tests/ray/test_object_storage.py, on the test's S3 server)."""
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
-    assert [lang for lang, _ in blocks] == ["bash", "python", "bash"], "a new README block needs a test that runs it"
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "python"], (
+        "a new README block needs a test that runs it"
+    )
     commands = blocks[0][1]
     assert re.search(r"^# 1\. install and run the demo.*\n(#.*\n)*.*&& python -m cluster demo$", commands, flags=re.M)
     assert "# 2. install and run the tests" in commands
     assert blocks[1][1] == python_block(README)
     assert blocks[2][1].startswith("curl ")
+    assert "s3://my-bucket/" in blocks[3][1]
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -4,15 +4,17 @@ that a wrong argument is one clear error; and the rows of it that hold a result.
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.core.errors import InvalidInput
 from cluster.data.metrics import valid_mask
+from cluster.data.storage import Location, locate
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".parquet")
 OUTPUT_FILES = ("summary.json", "run.json", "errors.jsonl", "kept.parquet", "dropped.parquet")
@@ -23,7 +25,7 @@ RESULT_COLUMNS = ("chosen_wins", "score")
 class ScoredRun:
     """One scoring output: its rows, and what its folder recorded about the run."""
 
-    source: str  # the path as given on the command line
+    source: str  # the path or URI as given on the command line
     table: pa.Table
     saved: dict = field(default_factory=dict)  # summary.json, {} when absent or unreadable
     manifest: dict = field(default_factory=dict)  # run.json
@@ -37,20 +39,21 @@ class ScoredRun:
 
     @property
     def name(self) -> str:
-        path = Path(self.source)
-        return (path.stem if path.is_file() else path.name) or str(path)
+        name = posixpath.basename(self.source.rstrip("/"))
+        return (name.removesuffix(".parquet") if name.endswith(".parquet") else name) or self.source
 
 
-def load_scored(path: str | Path) -> ScoredRun:
-    """A scoring output folder (or a parquet file of scored rows), checked first, so that a wrong
-    argument is one clear InvalidInput (a line the CLI prints), not a pyarrow traceback."""
+def load_scored(path: str | os.PathLike | Location) -> ScoredRun:
+    """A scoring output folder (or a parquet file of scored rows), local or a URI, checked first,
+    so that a wrong argument is one clear InvalidInput (a line the CLI prints), not a pyarrow
+    traceback."""
     given = str(path)
-    path = Path(path)
+    path = locate(path)
     if not path.exists():
         raise InvalidInput(f"{given}: no such file or folder")
     if path.is_file():
         return ScoredRun(given, _read_scored_file(path, given))
-    parts = path / "parts"
+    parts = path.child("parts")
     if not parts.is_dir():
         if _holds_input_files(path):
             raise InvalidInput(
@@ -61,12 +64,12 @@ def load_scored(path: str | Path) -> ScoredRun:
             f"{given}: not a scoring output folder (it has no parts/; python -m cluster score "
             "INPUT OUT writes parts/, summary.json and run.json to OUT)"
         )
-    shards = sorted(parts.glob("part-*.parquet"))
+    shards = parts.glob("part-*.parquet")
     if not shards:
-        if any(parts.glob("errors-*.jsonl")) or (path / "errors.jsonl").is_file():
+        if parts.glob("errors-*.jsonl") or path.child("errors.jsonl").is_file():
             raise InvalidInput(
                 f"{given}: no scored rows: every row scored so far failed (reasons in "
-                f"{path / 'errors.jsonl'} or {parts}/errors-*.jsonl)"
+                f"{path.child('errors.jsonl')} or {parts}/errors-*.jsonl)"
             )
         raise InvalidInput(
             f"{given}: no scored rows yet (parts/ holds no shards): the run is still going or stopped "
@@ -74,7 +77,8 @@ def load_scored(path: str | Path) -> ScoredRun:
         )
     for shard in shards:
         try:
-            pq.read_metadata(shard)
+            with shard.open() as f:
+                pq.read_metadata(f)
         except (pa.ArrowException, OSError) as err:
             raise InvalidInput(
                 f"{shard}: not a readable parquet shard ({first_line(err)}); delete it and run the "
@@ -87,25 +91,26 @@ def load_scored(path: str | Path) -> ScoredRun:
         table = read_scores(path)
     except (pa.ArrowException, OSError) as err:
         raise InvalidInput(f"{given}: its shards cannot be read together ({first_line(err)})") from None
-    saved, manifest = _read_json(path / "summary.json"), _read_json(path / "run.json")
-    errors_file = path / "errors.jsonl"
-    errors_logged = len(errors_file.read_text(encoding="utf-8").splitlines()) if errors_file.is_file() else None
+    saved, manifest = _read_json(path.child("summary.json")), _read_json(path.child("run.json"))
+    errors_file = path.child("errors.jsonl")
+    errors_logged = len(errors_file.read_text().splitlines()) if errors_file.is_file() else None
     return ScoredRun(given, table, saved, manifest, errors_logged)
 
 
-def _read_scored_file(path: Path, given: str) -> pa.Table:
-    if path.name in OUTPUT_FILES and (path.parent / "parts").is_dir() and path.suffix != ".parquet":
-        folder = shlex.quote(str(path.parent))
+def _read_scored_file(path: Location, given: str) -> pa.Table:
+    suffix = posixpath.splitext(path.name)[1]
+    if path.name in OUTPUT_FILES and path.parent().child("parts").is_dir() and suffix != ".parquet":
+        folder = shlex.quote(str(path.parent()))
         raise InvalidInput(f"{given}: a file of a scoring output; pass its folder: python -m cluster report {folder}")
-    if path.suffix in (".jsonl", ".json"):
+    if suffix in (".jsonl", ".json"):
         raise InvalidInput(input_file_message(given))
-    if path.suffix != ".parquet":
+    if suffix != ".parquet":
         raise InvalidInput(
             f"{given}: not a scoring output (expected the output folder of python -m cluster score, "
             "or a parquet file of scored rows)"
         )
     try:
-        table = pq.read_table(path)
+        table = path.read_parquet()
     except (pa.ArrowException, OSError) as err:
         raise InvalidInput(f"{given}: not a readable parquet file ({first_line(err)})") from None
     if not any(column in table.column_names for column in RESULT_COLUMNS):
@@ -120,13 +125,13 @@ def input_file_message(given: str) -> str:
     )
 
 
-def _holds_input_files(folder: Path) -> bool:
-    return any(entry.is_file() and entry.suffix in INPUT_SUFFIXES for entry in folder.rglob("*"))
+def _holds_input_files(folder: Location) -> bool:
+    return any(entry.path.endswith(INPUT_SUFFIXES) for entry in folder.files())
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Location) -> dict:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
