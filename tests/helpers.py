@@ -48,6 +48,17 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from cluster.core.results import SCORE_TOLERANCE  # noqa: E402
 
+# The Ray pipeline tests' options: small read chunks and batches (many shards from a few rows), a
+# quarter CPU per tokenizer and half per model actor, no GPUs (the fake ones belong to Serve replicas)
+FAST = {
+    "progress": False,
+    "batch_rows": 4,
+    "rows_per_shard": 3,
+    "tokenizer_num_cpus": 0.25,
+    "num_cpus": 0.5,
+    "num_gpus": 0,
+}
+
 REPO = Path(__file__).resolve().parents[1]  # the repository's root
 TOL = SCORE_TOLERANCE  # every parity check: ours vs the card's computation, fp32, absolute
 

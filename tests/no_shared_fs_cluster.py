@@ -23,18 +23,12 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
+from helpers import FAST  # noqa: E402  (tests/ is this script's folder, first on sys.path)
 
 from cluster import load_model, read_scores, score_corpus  # noqa: E402
 from cluster.core.errors import ScoringError  # noqa: E402
 
-OPTIONS = {
-    "progress": False,
-    "batch_rows": 4,
-    "rows_per_shard": 4,
-    "tokenizer_num_cpus": 0.25,
-    "num_cpus": 0.5,
-    "num_gpus": 0,
-}
+OPTIONS = {**FAST, "rows_per_shard": 4}
 
 
 def start_worker(address: str, hidden: str) -> subprocess.Popen:

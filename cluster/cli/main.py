@@ -94,6 +94,13 @@ COMMANDS: dict[str, tuple[str, str, str, str, dict]] = {
         "run",
         {},
     ),
+    "gpu-check": (
+        "the seed models' shapes on a GPU with random weights: tokens/s, MFU, parity, attention, placement",
+        "cluster.bench.gpu_check",
+        "add_arguments",
+        "run",
+        {},
+    ),
 }
 
 

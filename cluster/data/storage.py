@@ -275,4 +275,3 @@ def unreachable(what: str, where: Location, err: BaseException | None = None) ->
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-

@@ -20,7 +20,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, S3_ENV, close, pair_rows, turn, write_corpus
+from helpers import FAST, REPO, S3_ENV, close, pair_rows, turn, write_corpus
 from ray.data.expressions import col
 
 from cluster import InvalidInput
@@ -29,15 +29,6 @@ from cluster.data.storage import locate
 from cluster.engine.weights import local_copy
 
 ray = pytest.importorskip("ray")
-
-FAST = {
-    "progress": False,
-    "batch_rows": 4,
-    "rows_per_shard": 3,
-    "tokenizer_num_cpus": 0.25,
-    "num_cpus": 0.5,
-    "num_gpus": 0,
-}
 
 
 def rm_spec(path: str) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import BAD, GOOD, PROMPTS, REPO, TOL, close, pair_rows, turn, write_corpus
+from helpers import BAD, FAST, GOOD, PROMPTS, REPO, TOL, close, pair_rows, turn, write_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,14 +27,6 @@ from cluster.data.pipeline import filter_pairs, read_scores, score_corpus, score
 
 ray = pytest.importorskip("ray")
 
-FAST = {
-    "progress": False,
-    "batch_rows": 4,
-    "rows_per_shard": 3,
-    "tokenizer_num_cpus": 0.25,
-    "num_cpus": 0.5,
-    "num_gpus": 0,
-}  # the fake GPUs belong to the Serve replicas
 write = write_corpus  # (with the corpus words, what test_curator_runs.py imports from here)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import TOL, close, write_corpus
+from helpers import FAST, TOL, close, write_corpus
 from test_pipeline_rows import QUESTIONS, STEPS, SYSTEM  # the prm tests' corpus words
 
 from cluster import ConfigError, InvalidInput, ModelLoadError, ModelSpec
@@ -24,14 +24,7 @@ pytestmark = pytest.mark.slow  # a Ray Data suite: `pytest -m slow` (CI runs it 
 
 ray = pytest.importorskip("ray")
 
-FAST = {
-    "progress": False,
-    "batch_rows": 4,
-    "rows_per_shard": 4,
-    "tokenizer_num_cpus": 0.25,
-    "num_cpus": 0.5,
-    "num_gpus": 0,
-}
+FAST = {**FAST, "rows_per_shard": 4}
 STEP_COLUMNS = {
     "score": pa.float64(),
     "step_rewards": pa.list_(pa.float64()),

@@ -12,19 +12,22 @@ from collections import Counter
 
 import pyarrow as pa
 import pytest
-from helpers import BAD, CONVERSATIONS, GOOD, PROMPTS, TOL, close, pair_rows, score_rows_in_process, turn, write_corpus
+from helpers import (
+    BAD,
+    CONVERSATIONS,
+    FAST,
+    GOOD,
+    PROMPTS,
+    TOL,
+    close,
+    pair_rows,
+    score_rows_in_process,
+    turn,
+    write_corpus,
+)
 
 from cluster import ConfigError, ModelSpec, load_model
 from cluster.data.corpus import critic_swap
-
-FAST = {
-    "progress": False,
-    "batch_rows": 4,
-    "rows_per_shard": 3,
-    "tokenizer_num_cpus": 0.25,
-    "num_cpus": 0.5,
-    "num_gpus": 0,
-}  # the Ray runs' options: the same read chunks and batches
 
 
 def ray_running() -> bool:
