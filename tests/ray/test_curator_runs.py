@@ -206,7 +206,7 @@ def test_a_batch_is_committed_in_pieces_of_about_flush_s(ray_cluster, tmp_path, 
 def test_pieces_hold_flush_s_seconds_of_work_at_the_measured_speed():
     from cluster.data.pipeline import FIRST_PIECE_TOKENS, _ScoreStage
 
-    stage = _ScoreStage("reward", {"shape": "conversations", "kind": "reward"}, False, False, "/unused", flush_s=2.0)
+    stage = _ScoreStage("reward", {"shape": "conversations", "kind": "reward"}, False, False, flush_s=2.0)
     batch = pa.table({"_ids": [[[1] * 300, [2] * 200]] * 10})  # 10 rows of 500 tokens
     assert FIRST_PIECE_TOKENS == 1024  # not measured yet: pieces of 1,024 tokens or just over, 3 rows
     assert [p.num_rows for p in stage._pieces(batch)] == [3, 3, 3, 1]
